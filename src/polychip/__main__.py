@@ -1,0 +1,5 @@
+import sys
+
+from polychip.cli import main
+
+sys.exit(main())

@@ -1,0 +1,18 @@
+"""Time, memory and communication estimates: analytic, overridable by measured profiles."""
+
+from polychip.costmodel.comm import LinkKind, p2p_time_s, ring_allreduce_time_s
+from polychip.costmodel.compute import ComputeProfile, StageTimes
+from polychip.costmodel.estimate import CostModel, PlanCost
+from polychip.costmodel.memory import MemoryBreakdown, in_flight_micro_batches
+
+__all__ = [
+    "ComputeProfile",
+    "CostModel",
+    "LinkKind",
+    "MemoryBreakdown",
+    "PlanCost",
+    "StageTimes",
+    "in_flight_micro_batches",
+    "p2p_time_s",
+    "ring_allreduce_time_s",
+]

@@ -1,0 +1,312 @@
+"""One entry point: the cost of a set of pipeline replicas on a cluster.
+
+step = slowest replica's pipeline (1F1B/GPipe closed form) + gradient sync across the
+data-parallel holders of every layer (hierarchical across islands, not overlapped) +
+the optimizer step. The planner, the simulator and the runtime's emulated clocks all
+read their per-stage times from here, so they cannot disagree about a chip's speed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from polychip.costmodel.comm import (
+    LinkKind,
+    bridge_time_s,
+    hierarchical_allreduce_time_s,
+    p2p_time_s,
+)
+from polychip.costmodel.compute import (
+    INTRA_NODE_LATENCY_S,
+    ComputeProfile,
+    StageTimes,
+    block_times,
+    embedding_times,
+    head_times,
+)
+from polychip.costmodel.memory import (
+    MemoryBreakdown,
+    in_flight_micro_batches,
+    stage_memory,
+    stage_params,
+)
+from polychip.plan.plan import Estimate, Replica, Stage
+from polychip.spec.accelerators import Accelerator
+from polychip.spec.cluster import Cluster
+from polychip.spec.job import TrainingJob
+from polychip.spec.model import ModelSpec
+
+ADAMW_BYTES_PER_PARAM = 28  # read fp32 master, m, v, 16-bit grad; write them + 16-bit weight
+
+
+@dataclass(frozen=True)
+class PlanCost:
+    step_time_s: float
+    tokens_per_s: float
+    mfu: float
+    pipeline_s: float
+    dp_sync_s: float
+    optimizer_s: float
+    bubble_fraction: float
+    # (replica, stage) -> memory of one device of that stage
+    memory: dict[tuple[int, int], MemoryBreakdown] = field(default_factory=dict)
+    violations: tuple[str, ...] = ()
+
+    @property
+    def feasible(self) -> bool:
+        return not self.violations
+
+    def to_estimate(self, replicas: tuple[Replica, ...], cm: CostModel) -> Estimate:
+        peak: dict[str, int] = {}
+        cap: dict[str, int] = {}
+        for (ri, si), mem in self.memory.items():
+            chip = replicas[ri].stages[si].chip
+            peak[chip] = max(peak.get(chip, 0), mem.total)
+            cap[chip] = cm.chip(chip).memory_bytes
+        return Estimate(
+            step_time_s=self.step_time_s,
+            tokens_per_s=self.tokens_per_s,
+            mfu=self.mfu,
+            peak_memory_bytes=peak,
+            memory_capacity_bytes=cap,
+            breakdown_s={
+                "pipeline": self.pipeline_s,
+                "dp_sync": self.dp_sync_s,
+                "optimizer": self.optimizer_s,
+            },
+            bubble_fraction=self.bubble_fraction,
+            source="analytic",
+        )
+
+
+class CostModel:
+    def __init__(
+        self,
+        cluster: Cluster,
+        model: ModelSpec,
+        job: TrainingJob,
+        profile: ComputeProfile | None = None,
+    ):
+        self.cluster, self.model, self.job, self.profile = cluster, model, job, profile
+        self.nodes = cluster.nodes
+        self._chips = {c.name: c for c in cluster.chips()}
+        self._stage_cache: dict[tuple, StageTimes] = {}
+
+    def chip(self, name: str) -> Accelerator:
+        return self._chips[name]
+
+    # ---- compute ------------------------------------------------------------------------
+    def stage_times(
+        self,
+        chip: Accelerator,
+        num_layers: int,
+        tp: int,
+        micro_batch: int,
+        first: bool,
+        last: bool,
+        recompute: bool,
+    ) -> StageTimes:
+        """Forward and backward seconds of one micro-batch on one stage."""
+        key = (chip.name, num_layers, tp, micro_batch, first, last, recompute)
+        hit = self._stage_cache.get(key)
+        if hit is not None:
+            return hit
+        seq, prec = self.job.seq_len, self.job.precision
+        block = None
+        if self.profile is not None:
+            block = self.profile.block_times(chip.name, tp, micro_batch, seq)
+        if block is None:
+            block = block_times(chip, self.model, seq, micro_batch, tp, prec)
+        fwd = num_layers * block.fwd_s
+        bwd = num_layers * (block.bwd_s + (block.fwd_s if recompute else 0.0))
+        if first:
+            emb = embedding_times(chip, self.model, seq, micro_batch, tp)
+            fwd, bwd = fwd + emb.fwd_s, bwd + emb.bwd_s
+        if last:
+            head = head_times(chip, self.model, seq, micro_batch, tp, prec)
+            fwd, bwd = fwd + head.fwd_s, bwd + head.bwd_s
+        out = StageTimes(fwd, bwd)
+        self._stage_cache[key] = out
+        return out
+
+    def times_of(self, replica: Replica, si: int) -> StageTimes:
+        st = replica.stages[si]
+        return self.stage_times(
+            self.chip(st.chip),
+            st.num_layers,
+            st.tp,
+            replica.micro_batch_size,
+            si == 0,
+            si == replica.num_stages - 1,
+            st.recompute,
+        )
+
+    # ---- links --------------------------------------------------------------------------
+    def device_nic_bw(self, node: int) -> float:
+        """A chip's share of its node's NIC when every chip of the node communicates."""
+        g = self.nodes[node].group
+        return g.nic_bw_bytes_per_s / g.chips_per_node
+
+    def link(self, node_a: int, node_b: int) -> tuple[LinkKind, float, float]:
+        """(kind, bandwidth bytes/s, latency s) between a stage on node_a and one on node_b."""
+        ga, gb = self.nodes[node_a].group, self.nodes[node_b].group
+        net = self.cluster.network
+        if node_a == node_b:
+            return LinkKind.INTRA_NODE, ga.chip.link_bw_bytes_per_s, INTRA_NODE_LATENCY_S
+        bw = min(ga.nic_bw_bytes_per_s, gb.nic_bw_bytes_per_s)
+        if ga.chip.island != gb.chip.island:
+            return LinkKind.BRIDGE, bw, net.latency_s
+        return LinkKind.INTER_NODE, bw, net.latency_s
+
+    def activation_bytes(self, micro_batch: int) -> float:
+        return 2.0 * micro_batch * self.job.seq_len * self.model.hidden_size
+
+    def transfer_time_s(self, node_a: int, node_b: int, n_bytes: float) -> float:
+        kind, bw, lat = self.link(node_a, node_b)
+        if kind is LinkKind.BRIDGE:
+            return bridge_time_s(n_bytes, bw, self.cluster.network.host_copy_bw_bytes_per_s, lat)
+        return p2p_time_s(n_bytes, bw, lat)
+
+    def boundary_time_s(self, replica: Replica, si: int) -> float:
+        """Activations (or their gradients) of one micro-batch from stage si to si + 1."""
+        a, b = replica.stages[si], replica.stages[si + 1]
+        return self.transfer_time_s(a.node, b.node, self.activation_bytes(replica.micro_batch_size))
+
+    # ---- pipeline -----------------------------------------------------------------------
+    def pipeline_time_s(self, replica: Replica) -> tuple[float, float]:
+        """(step seconds of the pipeline, busy device-seconds) under 1F1B or GPipe:
+        fill + drain of every stage and boundary, plus (M - 1) x the bottleneck."""
+        m = replica.num_micro_batches
+        totals = [self.times_of(replica, i).total_s for i in range(replica.num_stages)]
+        comms = [self.boundary_time_s(replica, i) for i in range(replica.num_stages - 1)]
+        bottleneck = max(totals + comms)
+        span = sum(totals) + 2 * sum(comms) + (m - 1) * bottleneck
+        busy = m * sum(t * replica.stages[i].tp for i, t in enumerate(totals))
+        return span, busy
+
+    # ---- data-parallel gradient sync -------------------------------------------------------
+    def _segment_allreduce_s(self, holders: list[tuple[Stage, int]], n_params: int) -> float:
+        """All-reduce the gradient of `n_params` parameters among stages `holders`
+        ((stage, tp) of each replica holding them), hierarchically by island."""
+        if len(holders) <= 1:
+            return 0.0
+        by_island: dict[str, list[Stage]] = {}
+        for st, _ in holders:
+            by_island.setdefault(self.chip(st.chip).island, []).append(st)
+        n_bytes = max(2.0 * n_params / tp for _, tp in holders)
+        islands = []
+        for members in by_island.values():
+            nodes = {s.node for s in members}
+            if len(nodes) == 1:
+                chip = self.chip(members[0].chip)
+                islands.append((len(members), chip.link_bw_bytes_per_s, INTRA_NODE_LATENCY_S))
+            else:
+                bw = min(self.device_nic_bw(n) for n in nodes)
+                islands.append((len(members), bw, self.cluster.network.latency_s))
+        bridge = min(self.device_nic_bw(st.node) for st, _ in holders)
+        net = self.cluster.network
+        return hierarchical_allreduce_time_s(
+            n_bytes, islands, bridge, net.host_copy_bw_bytes_per_s, net.latency_s
+        )
+
+    def dp_sync_time_s(self, replicas: tuple[Replica, ...]) -> float:
+        """Slowest device's gradient sync: the layers of its stage are cut into segments
+        whose holder set is constant, each segment all-reduced among its holders."""
+        if len(replicas) <= 1:
+            return 0.0
+        bounds = sorted(
+            {b for r in replicas for s in r.stages for b in (s.layer_start, s.layer_end)}
+        )
+        segments = list(itertools.pairwise(bounds))
+        seg_time: dict[tuple[int, int], float] = {}
+        for a, b in segments:
+            holders = []
+            for r in replicas:
+                st = next(s for s in r.stages if s.layer_start <= a < s.layer_end)
+                holders.append((st, st.tp))
+            seg_time[(a, b)] = self._segment_allreduce_s(holders, (b - a) * self.model.layer_params)
+        firsts = [(r.stages[0], r.stages[0].tp) for r in replicas]
+        lasts = [(r.stages[-1], r.stages[-1].tp) for r in replicas]
+        embed_s = self._segment_allreduce_s(firsts, self.model.embedding_params)
+        head_s = self._segment_allreduce_s(lasts, self.model.head_params)
+        worst = 0.0
+        for r in replicas:
+            for si, st in enumerate(r.stages):
+                t = sum(v for (a, _), v in seg_time.items() if st.layer_start <= a < st.layer_end)
+                t += embed_s if si == 0 else 0.0
+                t += head_s if si == r.num_stages - 1 else 0.0
+                worst = max(worst, t)
+        return worst
+
+    # ---- memory and optimizer ------------------------------------------------------------
+    def memory_of(
+        self, replica: Replica, si: int, schedule: str, zero_shards: int
+    ) -> MemoryBreakdown:
+        st = replica.stages[si]
+        chip = self.chip(st.chip)
+        return stage_memory(
+            self.model,
+            seq_len=self.job.seq_len,
+            num_layers=st.num_layers,
+            first=si == 0,
+            last=si == replica.num_stages - 1,
+            tp=st.tp,
+            micro_batch=replica.micro_batch_size,
+            in_flight=in_flight_micro_batches(
+                schedule, si, replica.num_stages, replica.num_micro_batches
+            ),
+            recompute=st.recompute,
+            zero_shards=zero_shards,
+            capacity_bytes=chip.memory_bytes,
+        )
+
+    def optimizer_time_s(self, replicas: tuple[Replica, ...], zero_shards: int) -> float:
+        worst = 0.0
+        for r in replicas:
+            for si, st in enumerate(r.stages):
+                owned = stage_params(self.model, st.num_layers, si == 0, si == r.num_stages - 1)
+                owned /= st.tp * max(zero_shards, 1)
+                worst = max(
+                    worst, owned * ADAMW_BYTES_PER_PARAM / self.chip(st.chip).memory_bw_bytes_per_s
+                )
+        return worst
+
+    # ---- everything ----------------------------------------------------------------------
+    def evaluate(
+        self, replicas: tuple[Replica, ...], schedule: str = "1f1b", zero1: bool = False
+    ) -> PlanCost:
+        zero_shards = len(replicas) if zero1 else 1
+        spans = [self.pipeline_time_s(r) for r in replicas]
+        pipeline_s = max(s for s, _ in spans)
+        dp_s = self.dp_sync_time_s(replicas)
+        opt_s = self.optimizer_time_s(replicas, zero_shards)
+        step = pipeline_s + dp_s + opt_s
+        tokens_per_s = self.job.tokens_per_step / step
+        flops = self.model.training_flops_per_token(self.job.seq_len) * tokens_per_s
+        mfu = flops / self.cluster.peak_flops(self.job.precision)
+        devices = sum(r.num_devices for r in replicas)
+        busy = sum(b for _, b in spans)
+        memory: dict[tuple[int, int], MemoryBreakdown] = {}
+        violations: list[str] = []
+        for ri, r in enumerate(replicas):
+            for si, st in enumerate(r.stages):
+                mem = self.memory_of(r, si, schedule, zero_shards)
+                memory[(ri, si)] = mem
+                cap = self.chip(st.chip).memory_bytes
+                if mem.total > cap:
+                    violations.append(
+                        f"replica {ri} stage {si} on {st.chip}: needs {mem.total / 2**30:.1f} GiB "
+                        f"of {cap / 2**30:.0f} GiB"
+                    )
+        return PlanCost(
+            step_time_s=step,
+            tokens_per_s=tokens_per_s,
+            mfu=mfu,
+            pipeline_s=pipeline_s,
+            dp_sync_s=dp_s,
+            optimizer_s=opt_s,
+            bubble_fraction=max(0.0, 1.0 - busy / (devices * pipeline_s)),
+            memory=memory,
+            violations=tuple(violations),
+        )

@@ -1,0 +1,146 @@
+"""The plan: which devices form each stage of each pipeline replica, and what each does.
+
+A plan is self-contained: it embeds the resolved cluster, the model shape and the job, so
+the simulator and the runtime need nothing else. Ranks are numbered replica by replica,
+stage by stage, then by tensor-parallel rank (`Plan.ranks`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from polychip.spec.cluster import Cluster
+from polychip.spec.job import TrainingJob
+from polychip.spec.model import ModelSpec
+
+SCHEMA_VERSION = 1
+ScheduleKind = Literal["1f1b", "gpipe", "interleaved-1f1b"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Blocks [layer_start, layer_end) on `tp` chips of one node (tensor parallel inside).
+
+    The first stage of a replica also holds the embedding; the last, the final norm, the
+    output head and the loss.
+    """
+
+    layer_start: int
+    layer_end: int
+    node: int  # global node index: cluster node groups in file order, nodes within
+    local_devices: tuple[int, ...]  # chip slots on that node, one per TP rank
+    chip: str
+    recompute: bool = False  # full activation recompute of this stage's blocks
+
+    @property
+    def tp(self) -> int:
+        return len(self.local_devices)
+
+    @property
+    def num_layers(self) -> int:
+        return self.layer_end - self.layer_start
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One pipeline; trains on `batch_size` sequences of the global batch per step."""
+
+    stages: tuple[Stage, ...]
+    batch_size: int
+    micro_batch_size: int
+
+    @property
+    def num_micro_batches(self) -> int:
+        return self.batch_size // self.micro_batch_size
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    @property
+    def num_devices(self) -> int:
+        return sum(s.tp for s in self.stages)
+
+    def shape_key(self) -> tuple:
+        """Replicas with equal keys behave identically (same chips, layers, batch)."""
+        return (
+            tuple((s.chip, s.layer_start, s.layer_end, s.tp, s.recompute) for s in self.stages),
+            self.batch_size,
+            self.micro_batch_size,
+        )
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a plan is expected to achieve. `source` says how it was obtained."""
+
+    step_time_s: float
+    tokens_per_s: float
+    mfu: float  # model FLOPs / (step time x the cluster's summed dense peak)
+    peak_memory_bytes: dict[str, int] = field(default_factory=dict)  # per chip type, worst device
+    memory_capacity_bytes: dict[str, int] = field(default_factory=dict)
+    breakdown_s: dict[str, float] = field(default_factory=dict)  # pipeline, dp_sync, optimizer
+    bubble_fraction: float = 0.0
+    source: Literal["analytic", "simulated"] = "analytic"
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A reference point on the same cost model (best single type, naive mixed, ideal)."""
+
+    name: str
+    description: str
+    tokens_per_s: float
+    step_time_s: float | None = None
+    mfu: float | None = None
+    feasible: bool = True
+    per_chip_tokens_per_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    rank: int
+    replica: int
+    stage: int
+    tp_rank: int
+    node: int
+    local_device: int
+    chip: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    cluster: Cluster
+    model: ModelSpec
+    job: TrainingJob
+    replicas: tuple[Replica, ...]
+    schedule: ScheduleKind = "1f1b"
+    virtual_stages: int = 1  # > 1 only with interleaved-1f1b
+    zero1: bool = False  # optimizer state sharded across each layer's data-parallel group
+    estimate: Estimate | None = None
+    baselines: dict[str, Baseline] = field(default_factory=dict)
+    ideal: Baseline | None = None
+    notes: tuple[str, ...] = ()
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def world_size(self) -> int:
+        return sum(r.num_devices for r in self.replicas)
+
+    def ranks(self) -> tuple[RankInfo, ...]:
+        out: list[RankInfo] = []
+        for ri, rep in enumerate(self.replicas):
+            for si, st in enumerate(rep.stages):
+                for ti, dev in enumerate(st.local_devices):
+                    out.append(RankInfo(len(out), ri, si, ti, st.node, dev, st.chip))
+        return tuple(out)
+
+    def stage_ranks(self, replica: int, stage: int) -> tuple[int, ...]:
+        return tuple(r.rank for r in self.ranks() if (r.replica, r.stage) == (replica, stage))
+
+    def chip(self, name: str):
+        for c in self.cluster.chips():
+            if c.name == name:
+                return c
+        raise KeyError(name)

@@ -1,0 +1,80 @@
+"""A plan's invariants. Planner output and hand-written plans both pass through here."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from polychip.spec.errors import PolychipError
+
+if TYPE_CHECKING:
+    from polychip.plan.plan import Plan
+
+
+class PlanError(PolychipError):
+    """A plan file that is not a plan, of another version, or inconsistent with itself."""
+
+
+def validate_plan(plan: Plan, file: str | None = None) -> None:
+    """Raise PlanError naming the field of the first broken invariant."""
+    where = f"{file}: " if file else ""
+    nodes = plan.cluster.nodes
+    model = plan.model
+    used: dict[tuple[int, int], str] = {}
+    total = 0
+    for ri, rep in enumerate(plan.replicas):
+        at = f"{where}replicas[{ri}]"
+        expect = 0
+        for si, st in enumerate(rep.stages):
+            here = f"{at}.stages[{si}]"
+            if st.layer_start != expect or st.layer_end <= st.layer_start:
+                raise PlanError(
+                    f"{here}.layers: [{st.layer_start}, {st.layer_end}) must start at layer "
+                    f"{expect} and be non-empty: each layer on exactly one stage per replica"
+                )
+            expect = st.layer_end
+            if not 0 <= st.node < len(nodes):
+                raise PlanError(
+                    f"{here}.node: {st.node} is not a node of the cluster (it has {len(nodes)})"
+                )
+            group = nodes[st.node].group
+            if group.chip.name != st.chip:
+                raise PlanError(
+                    f"{here}.chip: {st.chip!r} but node {st.node} has {group.chip.name!r} chips"
+                )
+            for dev in st.local_devices:
+                if not 0 <= dev < group.chips_per_node:
+                    raise PlanError(
+                        f"{here}.local_devices: {dev} is not a chip slot of node "
+                        f"{st.node} (it has {group.chips_per_node})"
+                    )
+                if (st.node, dev) in used:
+                    raise PlanError(
+                        f"{here}.local_devices: device {dev} of node {st.node} is "
+                        f"already used by {used[(st.node, dev)]}"
+                    )
+                used[(st.node, dev)] = here.removeprefix(where)
+            if model.num_heads % st.tp or model.num_kv_heads % st.tp:
+                raise PlanError(
+                    f"{here}.tp: {st.tp} must divide num_heads {model.num_heads} "
+                    f"and num_kv_heads {model.num_kv_heads}"
+                )
+        if expect != model.num_layers:
+            raise PlanError(
+                f"{at}.stages: cover layers [0, {expect}) but the model has "
+                f"{model.num_layers}: each layer on exactly one stage"
+            )
+        if rep.batch_size % rep.micro_batch_size:
+            raise PlanError(
+                f"{at}.micro_batch_size: {rep.micro_batch_size} must divide "
+                f"batch_size {rep.batch_size}"
+            )
+        total += rep.batch_size
+    if total != plan.job.global_batch:
+        raise PlanError(
+            f"{where}replicas: batch shares sum to {total}, the job's global batch "
+            f"is {plan.job.global_batch}"
+        )
+    if plan.schedule != "interleaved-1f1b" and plan.virtual_stages != 1:
+        raise PlanError(
+            f"{where}virtual_stages: {plan.virtual_stages} needs schedule interleaved-1f1b"
+        )

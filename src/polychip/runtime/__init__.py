@@ -1,0 +1,1 @@
+"""The only layer that imports torch: executes a Plan with torch.distributed."""

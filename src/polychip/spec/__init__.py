@@ -1,0 +1,1 @@
+"""Facts: accelerators (catalog), cluster, model, training job; validated input files."""

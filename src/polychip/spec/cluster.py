@@ -1,0 +1,232 @@
+"""Cluster file (YAML) -> validated, frozen Cluster.
+
+Units in the file follow each field's usual convention: `nic_gbps` is gigaBITS per second
+(network convention); chip figures (`memory_gbps`, `intra_node_gbps`) are gigaBYTES per
+second (datasheet convention). Internally everything is bytes and bytes/s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+
+from polychip.spec.accelerators import (
+    Accelerator,
+    build_accelerator,
+    catalog_entry,
+    resolve_name,
+    unknown_chip_error,
+)
+from polychip.spec.errors import SpecError, pydantic_message
+
+CLUSTER_SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChipDecl(_Strict):
+    vendor: str | None = None
+    display_name: str | None = None
+    device_type: Literal["cuda", "npu", "mlu", "xpu", "hpu", "cpu"] | None = None
+    torch_backend: str | None = None
+    collective_library: str | None = None
+    intra_node_link: str | None = None
+    peak_tflops_bf16: PositiveFloat | None = None
+    peak_tflops_fp16: PositiveFloat | None = None
+    memory_gib: PositiveFloat | None = None
+    memory_gbps: PositiveFloat | None = None
+    intra_node_gbps: PositiveFloat | None = None
+    compute_efficiency: float | None = Field(default=None, gt=0, le=1)
+
+
+class NodeDecl(_Strict):
+    chip: str
+    count: PositiveInt = Field(description="number of nodes of this kind")
+    chips_per_node: PositiveInt = 8
+    nic_gbps: PositiveFloat = Field(description="node's total bandwidth to the network, Gbit/s")
+    label: str | None = None
+
+
+class NetworkDecl(_Strict):
+    kind: Literal["roce", "infiniband", "ethernet"] = "roce"
+    latency_us: float = Field(default=10.0, ge=0)
+    # Cross-island traffic is staged through host memory: device->host->NIC->host->device.
+    host_copy_gbps: PositiveFloat = Field(default=25.0, description="PCIe host copy, GB/s")
+
+
+class ClusterDecl(_Strict):
+    schema_version: Literal[1] = 1
+    name: str = "cluster"
+    nodes: list[NodeDecl] = Field(min_length=1)
+    network: NetworkDecl = NetworkDecl()
+    chips: dict[str, ChipDecl] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NodeGroup:
+    """`num_nodes` interchangeable nodes: same chip, same shape, same NIC."""
+
+    index: int
+    chip: Accelerator
+    num_nodes: int
+    chips_per_node: int
+    nic_bw_bytes_per_s: float
+    label: str
+
+    @property
+    def num_devices(self) -> int:
+        return self.num_nodes * self.chips_per_node
+
+
+@dataclass(frozen=True)
+class Network:
+    kind: str
+    latency_s: float
+    host_copy_bw_bytes_per_s: float
+
+
+@dataclass(frozen=True)
+class Node:
+    """One physical node, numbered globally in file order."""
+
+    index: int
+    group: NodeGroup
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    groups: tuple[NodeGroup, ...]
+    network: Network
+
+    @property
+    def num_devices(self) -> int:
+        return sum(g.num_devices for g in self.groups)
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        out: list[Node] = []
+        for g in self.groups:
+            out.extend(Node(len(out), g) for _ in range(g.num_nodes))
+        return tuple(out)
+
+    def first_node(self, group: NodeGroup) -> int:
+        return sum(g.num_nodes for g in self.groups[: group.index])
+
+    def group_of_node(self, node: int) -> NodeGroup:
+        for g in self.groups:
+            start = self.first_node(g)
+            if start <= node < start + g.num_nodes:
+                return g
+        raise IndexError(f"node {node} is not in cluster {self.name!r}")
+
+    def chips(self) -> tuple[Accelerator, ...]:
+        """Distinct chip types in file order."""
+        seen: dict[str, Accelerator] = {}
+        for g in self.groups:
+            seen.setdefault(g.chip.name, g.chip)
+        return tuple(seen.values())
+
+    def peak_flops(self, precision: str) -> float:
+        return sum(g.num_devices * g.chip.peak_flops(precision) for g in self.groups)
+
+
+def _resolve_chip(decl: ClusterDecl, name: str, file: str | None, key: str) -> Accelerator:
+    inline = decl.chips.get(name)
+    canonical = resolve_name(name)
+    if inline is None and canonical is None:
+        raise unknown_chip_error(name, file=file, key=key)
+    entry: dict[str, Any] = catalog_entry(name) if canonical is not None else {}
+    if inline is not None:  # inline figures complete or override the catalog's
+        entry.update(inline.model_dump(exclude_none=True))
+    return build_accelerator(canonical or name, entry, file=file, key=key)
+
+
+def cluster_from_dict(data: Any, file: str | None = None) -> Cluster:
+    if not isinstance(data, dict):
+        raise SpecError("a cluster file is a YAML mapping with a `nodes:` list", file=file)
+    try:
+        decl = ClusterDecl.model_validate(data)
+    except ValidationError as exc:
+        raise pydantic_message(exc, file) from None
+    groups = []
+    for i, node in enumerate(decl.nodes):
+        chip = _resolve_chip(decl, node.chip, file, f"nodes[{i}].chip")
+        groups.append(
+            NodeGroup(
+                index=i,
+                chip=chip,
+                num_nodes=node.count,
+                chips_per_node=node.chips_per_node,
+                nic_bw_bytes_per_s=node.nic_gbps * 1e9 / 8,
+                label=node.label or f"{chip.name}x{node.chips_per_node}",
+            )
+        )
+    net = decl.network
+    network = Network(net.kind, net.latency_us * 1e-6, net.host_copy_gbps * 1e9)
+    return Cluster(decl.name, tuple(groups), network)
+
+
+def load_cluster(path: str | Path) -> Cluster:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError("cluster file not found (give the path to a YAML file)", file=str(path))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else None
+        raise SpecError(
+            f"not valid YAML: {getattr(exc, 'problem', exc)}", file=str(path), key=where
+        ) from None
+    return cluster_from_dict(data, file=str(path))
+
+
+def cluster_to_dict(cluster: Cluster) -> dict[str, Any]:
+    """The resolved cluster (every chip figure inline) -- embedded in plan files."""
+    chips = {}
+    for chip in cluster.chips():
+        chips[chip.name] = {
+            "vendor": chip.vendor,
+            "display_name": chip.display_name,
+            "device_type": chip.device_type,
+            "torch_backend": chip.torch_backend,
+            "collective_library": chip.collective_library,
+            "intra_node_link": chip.intra_node_link,
+            "peak_tflops_bf16": None
+            if chip.peak_flops_bf16 is None
+            else chip.peak_flops_bf16 / 1e12,
+            "peak_tflops_fp16": None
+            if chip.peak_flops_fp16 is None
+            else chip.peak_flops_fp16 / 1e12,
+            "memory_gib": chip.memory_bytes / 1024**3,
+            "memory_gbps": chip.memory_bw_bytes_per_s / 1e9,
+            "intra_node_gbps": chip.link_bw_bytes_per_s * 2 / 1e9,
+            "compute_efficiency": chip.compute_efficiency,
+        }
+    return {
+        "schema_version": CLUSTER_SCHEMA_VERSION,
+        "name": cluster.name,
+        "nodes": [
+            {
+                "chip": g.chip.name,
+                "count": g.num_nodes,
+                "chips_per_node": g.chips_per_node,
+                "nic_gbps": g.nic_bw_bytes_per_s * 8 / 1e9,
+                "label": g.label,
+            }
+            for g in cluster.groups
+        ],
+        "network": {
+            "kind": cluster.network.kind,
+            "latency_us": cluster.network.latency_s * 1e6,
+            "host_copy_gbps": cluster.network.host_copy_bw_bytes_per_s / 1e9,
+        },
+        "chips": {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in chips.items()},
+    }
