@@ -1,0 +1,1 @@
+"""polychip: plan, simulate and run one LLM training job across mixed-vendor accelerators."""
