@@ -11,6 +11,7 @@ import torch.distributed as dist
 from polychip.runtime.data import SampleStream, StdlibCorpus, share_range
 from polychip.runtime.errors import RuntimeSetupError
 from polychip.runtime.grads import (
+    AllReduce,
     hierarchical_allreduce_,
     new_island_groups,
     scale_for_share,
@@ -33,7 +34,7 @@ def _optimizer(name: str, model: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 def _train_and_compare(rank: int, shares: list[int], optimizer: str, num_steps: int,
-                       allreduce=None) -> None:  # type: ignore[no-untyped-def]
+                       allreduce: AllReduce | None = None) -> None:
     """Train one replica on its share with weighted_allreduce_, and the single-process
     reference on the whole batch; their parameters must agree after every step."""
     global_batch = sum(shares)

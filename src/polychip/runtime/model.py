@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -192,7 +193,8 @@ class StageModule(nn.Module):
             assert self.head is not None and self.embed is not None
             self.head.weight = self.embed.weight
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True
+               ) -> StageModule:
         # Conversions such as to_empty() or .to() may replace the two references of a tied
         # weight by two tensors; point the head back at the embedding.
         super()._apply(fn, recurse)
