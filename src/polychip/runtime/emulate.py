@@ -1,0 +1,120 @@
+"""Emulated chip clocks: fixed-duration compute phases.
+
+An emulated chip runs the real mathematics of a phase, then sleeps until the phase has lasted
+exactly ``dilation * target_s`` seconds, where ``target_s`` is what the cost model gives for
+that chip and that work. The dilation (about 3 on a 2-core host with 4 ranks) is chosen so the
+real computation always fits in its slot; a phase whose body took longer than its slot is an
+*overrun*: it is not padded, and counted so that the report can say the emulation was off.
+See RUNTIME-NOTES.md, "Emulating slower chips".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from polychip.runtime.errors import RuntimeSetupError
+
+
+@dataclass(frozen=True)
+class PhaseTotals:
+    """Totals for all runs of one named phase. ``slot_s`` is 0 when emulation is off."""
+
+    name: str
+    num_calls: int
+    compute_s: float
+    padded_s: float
+    slot_s: float
+    num_overruns: int
+
+
+@dataclass(frozen=True)
+class ClockSummary:
+    dilation: float | None
+    phases: tuple[PhaseTotals, ...]
+
+    @property
+    def emulated(self) -> bool:
+        return self.dilation is not None
+
+    @property
+    def num_overruns(self) -> int:
+        return sum(p.num_overruns for p in self.phases)
+
+    @property
+    def compute_s(self) -> float:
+        return sum(p.compute_s for p in self.phases)
+
+    @property
+    def padded_s(self) -> float:
+        return sum(p.padded_s for p in self.phases)
+
+    def phase(self, name: str) -> PhaseTotals:
+        for totals in self.phases:
+            if totals.name == name:
+                return totals
+        raise KeyError(name)
+
+
+@dataclass
+class _Accumulator:
+    num_calls: int = 0
+    compute_s: float = 0.0
+    padded_s: float = 0.0
+    slot_s: float = 0.0
+    num_overruns: int = 0
+
+
+class PhaseClock:
+    """Times compute phases; with a ``dilation``, pads each one to ``dilation * target_s``.
+
+    ``PhaseClock(None)`` turns emulation off: phases run and are timed, never padded.
+    """
+
+    def __init__(self, dilation: float | None) -> None:
+        if dilation is not None and not dilation > 0:
+            raise RuntimeSetupError(
+                f"dilation={dilation}: the emulation dilation must be > 0 (about 3 on a small "
+                f"shared host); pass None to run without emulated clocks")
+        self.dilation = dilation
+        self._totals: dict[str, _Accumulator] = {}
+
+    @property
+    def emulated(self) -> bool:
+        return self.dilation is not None
+
+    @contextmanager
+    def phase(self, name: str, target_s: float | None = None) -> Iterator[None]:
+        """Run the body, then (when emulated) sleep until ``dilation * target_s`` has passed
+        since the phase began. A body that raises is neither padded nor counted."""
+        if self.dilation is not None and (target_s is None or target_s < 0):
+            raise RuntimeSetupError(
+                f"phase {name!r} has target_s={target_s}: an emulated clock needs the "
+                f"phase's duration on the emulated chip (>= 0 s) from the cost model")
+        begin = time.perf_counter()
+        yield
+        body_end = time.perf_counter()
+        totals = self._totals.setdefault(name, _Accumulator())
+        totals.num_calls += 1
+        totals.compute_s += body_end - begin
+        if self.dilation is None:
+            return
+        assert target_s is not None
+        slot_s = self.dilation * target_s
+        totals.slot_s += slot_s
+        deadline = begin + slot_s
+        if body_end > deadline:
+            totals.num_overruns += 1
+            return
+        now = body_end
+        while now < deadline:
+            time.sleep(deadline - now)
+            now = time.perf_counter()
+        totals.padded_s += now - body_end
+
+    def summary(self) -> ClockSummary:
+        return ClockSummary(self.dilation, tuple(
+            PhaseTotals(name, t.num_calls, t.compute_s, t.padded_s, t.slot_s, t.num_overruns)
+            for name, t in self._totals.items()))

@@ -1,0 +1,311 @@
+"""A decoder-only transformer (RMSNorm, rotary embeddings, grouped-query attention, SwiGLU)
+built stage by stage.
+
+A stage holds the global layers ``[layer_start, layer_end)``, optionally the embedding (first
+stage) and the final norm plus output head (last stage). Layers live in an ``nn.ModuleDict``
+keyed by the *global* layer index, so parameter names (``layers.5.attn.wq.weight``) do not
+depend on the stage split: checkpoints are layout-independent and a stage can be compared with
+the full model parameter by parameter.
+
+Initialisation draws every parameter from its own generator seeded by (seed, parameter name),
+so a stage built alone gets bit-identical values to the same parameters of the full model.
+Build on the ``meta`` device and call :meth:`StageModule.materialize` so that a rank only
+allocates its own layers (:func:`build_stage` does both).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polychip.runtime.errors import RuntimeSetupError
+
+INIT_STD = 0.02
+"""Standard deviation of the normal init of weight matrices (residual outputs are scaled down)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    ffn_hidden_size: int
+    vocab_size: int
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads",
+                     "ffn_hidden_size", "vocab_size"):
+            value = getattr(self, name)
+            if value < 1:
+                raise RuntimeSetupError(f"ModelConfig.{name}={value}: must be >= 1; "
+                                        f"give a positive size")
+        if self.hidden_size % self.num_heads:
+            raise RuntimeSetupError(
+                f"ModelConfig.hidden_size={self.hidden_size} is not divisible by "
+                f"num_heads={self.num_heads}; choose sizes with hidden_size % num_heads == 0")
+        if self.num_heads % self.num_kv_heads:
+            raise RuntimeSetupError(
+                f"ModelConfig.num_heads={self.num_heads} is not a multiple of "
+                f"num_kv_heads={self.num_kv_heads}; grouped-query attention shares each "
+                f"key/value head among num_heads / num_kv_heads query heads")
+        if self.head_dim % 2:
+            raise RuntimeSetupError(
+                f"ModelConfig head_dim={self.head_dim} (hidden_size / num_heads) is odd; "
+                f"rotary embeddings rotate pairs of channels, so make it even")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.to(x.dtype) * self.weight
+
+
+def rotary_cos_sin(seq_len: int, head_dim: int, theta: float, like: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables [seq_len, head_dim] for the rotate-half (Llama) convention."""
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=like.device, dtype=dtype)
+                               / head_dim)
+    angles = torch.outer(torch.arange(seq_len, device=like.device, dtype=dtype), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos().to(like.dtype), angles.sin().to(like.dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [b, heads, s, head_dim] by position."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Attention(nn.Module):
+    """Causal grouped-query attention. Separate wq/wk/wv (column-parallel under TP) and wo
+    (row-parallel) so that tensor parallelism can split heads across ranks."""
+
+    def __init__(self, config: ModelConfig, tp_size: int) -> None:
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.num_local_heads = config.num_heads // tp_size
+        self.num_local_kv_heads = config.num_kv_heads // tp_size
+        h, d = config.hidden_size, self.head_dim
+        self.wq = nn.Linear(h, self.num_local_heads * d, bias=False)
+        self.wk = nn.Linear(h, self.num_local_kv_heads * d, bias=False)
+        self.wv = nn.Linear(h, self.num_local_kv_heads * d, bias=False)
+        self.wo = nn.Linear(self.num_local_heads * d, h, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        q = self.wq(x).view(b, s, self.num_local_heads, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(b, s, self.num_local_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(b, s, self.num_local_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        group = self.num_local_heads // self.num_local_kv_heads
+        if group > 1:
+            k = k.repeat_interleave(group, dim=1)
+            v = v.repeat_interleave(group, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.wo(out.transpose(1, 2).reshape(b, s, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU: w_down(silu(w_gate x) * w_up x). w_gate/w_up column-parallel, w_down row-parallel
+    under TP."""
+
+    def __init__(self, config: ModelConfig, tp_size: int) -> None:
+        super().__init__()
+        local_ffn = config.ffn_hidden_size // tp_size
+        self.w_gate = nn.Linear(config.hidden_size, local_ffn, bias=False)
+        self.w_up = nn.Linear(config.hidden_size, local_ffn, bias=False)
+        self.w_down = nn.Linear(local_ffn, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, tp_size: int) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.attn = Attention(config, tp_size)
+        self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.mlp = MLP(config, tp_size)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class StageModule(nn.Module):
+    """Global layers [layer_start, layer_end), plus the embedding and/or the head.
+
+    ``forward``: the stage with the embedding takes token ids [b, s] (long), any other stage
+    hidden states [b, s, hidden]; the stage with the head returns logits [b, s, vocab], any
+    other stage hidden states.
+
+    With ``tie_embeddings``, a stage holding both embedding and head shares one weight
+    (``embed.weight``). A head-only stage holds its own ``head.weight`` initialised to the same
+    values as ``embed.weight``; keeping the two copies equal during training (summing their
+    gradients) is the pipeline's job.
+    """
+
+    def __init__(self, config: ModelConfig, layer_start: int, layer_end: int,
+                 has_embedding: bool, has_head: bool, tp_rank: int = 0, tp_size: int = 1,
+                 tp_group: object | None = None) -> None:
+        super().__init__()
+        _check_stage(config, layer_start, layer_end, has_embedding, has_head, tp_size)
+        self.config = config
+        self.layer_start, self.layer_end = layer_start, layer_end
+        self.has_embedding, self.has_head = has_embedding, has_head
+        self.tp_rank, self.tp_size, self.tp_group = tp_rank, tp_size, tp_group
+        h = config.hidden_size
+        self.embed = nn.Embedding(config.vocab_size, h) if has_embedding else None
+        self.layers = nn.ModuleDict({str(i): DecoderLayer(config, tp_size)
+                                     for i in range(layer_start, layer_end)})
+        self.final_norm = RMSNorm(h, config.norm_eps) if has_head else None
+        self.head = nn.Linear(h, config.vocab_size, bias=False) if has_head else None
+        self._tie()
+
+    @property
+    def shares_tied_weight(self) -> bool:
+        return self.config.tie_embeddings and self.has_embedding and self.has_head
+
+    def _tie(self) -> None:
+        if self.shares_tied_weight:
+            assert self.head is not None and self.embed is not None
+            self.head.weight = self.embed.weight
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True
+               ) -> StageModule:
+        # Conversions such as to_empty() or .to() may replace the two references of a tied
+        # weight by two tensors; point the head back at the embedding.
+        super()._apply(fn, recurse)
+        self._tie()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embed is not None:
+            x = self.embed(x)
+        cos, sin = rotary_cos_sin(x.shape[1], self.config.head_dim, self.config.rope_theta, x)
+        for layer in self.layers.values():
+            x = layer(x, cos, sin)
+        if self.head is not None:
+            assert self.final_norm is not None
+            x = self.head(self.final_norm(x))
+        return x
+
+    @torch.no_grad()
+    def init_weights(self, seed: int) -> None:
+        """Fill every parameter from a generator seeded by (seed, parameter name).
+
+        Values are drawn in float32 on the CPU, then copied to the parameter's dtype and device,
+        so the initial model is the same whatever the stage split, dtype or device.
+        """
+        for name, param in self.named_parameters():
+            param.copy_(_initial_value(self.config, _init_name(self.config, name),
+                                       tuple(param.shape), seed))
+
+    def materialize(self, device: torch.device | str, seed: int,
+                    dtype: torch.dtype | None = None) -> StageModule:
+        """Allocate a meta-built stage on ``device`` (in ``dtype``) and initialise it."""
+        self.to_empty(device=device)
+        if dtype is not None:
+            self.to(dtype=dtype)
+        self.init_weights(seed)
+        return self
+
+
+def _check_stage(config: ModelConfig, layer_start: int, layer_end: int, has_embedding: bool,
+                 has_head: bool, tp_size: int) -> None:
+    if tp_size != 1:
+        raise RuntimeSetupError(
+            f"tp_size={tp_size}: tensor parallelism inside a stage is not yet supported by the "
+            f"runtime; use tp_size=1 (one device per stage replica)")
+    if not 0 <= layer_start <= layer_end <= config.num_layers:
+        raise RuntimeSetupError(
+            f"stage layers [{layer_start}, {layer_end}) must satisfy 0 <= start <= end <= "
+            f"num_layers={config.num_layers}; give a layer range inside the model")
+    if layer_start == layer_end and not (has_embedding or has_head):
+        raise RuntimeSetupError(
+            f"stage layers [{layer_start}, {layer_end}) are empty and the stage has neither the "
+            f"embedding nor the head; give the stage at least one layer")
+    if has_embedding and layer_start != 0:
+        raise RuntimeSetupError(
+            f"stage [{layer_start}, {layer_end}) has the embedding but does not start at layer "
+            f"0; only the first stage (layer_start=0) can hold the embedding")
+    if has_head and layer_end != config.num_layers:
+        raise RuntimeSetupError(
+            f"stage [{layer_start}, {layer_end}) has the head but does not end at layer "
+            f"num_layers={config.num_layers}; only the last stage can hold the head")
+
+
+def _init_name(config: ModelConfig, name: str) -> str:
+    # A tied head that lives apart from the embedding starts as a copy of the embedding.
+    return "embed.weight" if config.tie_embeddings and name == "head.weight" else name
+
+
+def _name_seed(seed: int, name: str) -> int:
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _initial_value(config: ModelConfig, name: str, shape: tuple[int, ...], seed: int
+                   ) -> torch.Tensor:
+    if name.endswith("norm.weight"):
+        return torch.ones(shape)
+    std = INIT_STD
+    if name.endswith(("attn.wo.weight", "mlp.w_down.weight")):
+        std /= math.sqrt(2 * config.num_layers)  # residual outputs (GPT-2 scaling)
+    generator = torch.Generator(device="cpu").manual_seed(_name_seed(seed, name))
+    return torch.randn(shape, generator=generator, dtype=torch.float32) * std
+
+
+def build_stage(config: ModelConfig, layer_start: int, layer_end: int, *, seed: int = 0,
+                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                has_embedding: bool | None = None, has_head: bool | None = None,
+                tp_rank: int = 0, tp_size: int = 1, tp_group: object | None = None
+                ) -> StageModule:
+    """Build a stage on the meta device and materialise only it on ``device``.
+
+    ``has_embedding`` / ``has_head`` default to whether the stage is first / last.
+    """
+    if has_embedding is None:
+        has_embedding = layer_start == 0
+    if has_head is None:
+        has_head = layer_end == config.num_layers
+    with torch.device("meta"):
+        stage = StageModule(config, layer_start, layer_end, has_embedding, has_head,
+                            tp_rank=tp_rank, tp_size=tp_size, tp_group=tp_group)
+    return stage.materialize(device, seed, dtype)
+
+
+def build_full_model(config: ModelConfig, *, seed: int = 0, device: torch.device | str = "cpu",
+                     dtype: torch.dtype = torch.float32) -> StageModule:
+    """The whole model as one stage: all layers, the embedding and the head."""
+    return build_stage(config, 0, config.num_layers, seed=seed, device=device, dtype=dtype)
+
+
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over every token of logits [b, s, vocab] against targets [b, s]."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    if flat.dtype in (torch.float16, torch.bfloat16):
+        flat = flat.float()
+    return F.cross_entropy(flat, targets.reshape(-1))

@@ -1,0 +1,81 @@
+"""Emulated chip clocks: phases last exactly dilation x target; overruns are counted."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from polychip.runtime.emulate import PhaseClock
+from polychip.runtime.errors import RuntimeSetupError
+
+TOLERANCE_S = 0.01  # sleep wake-up latency on a busy host; the lower bound is exact
+
+
+def test_phase_lasts_dilation_times_target() -> None:
+    clock = PhaseClock(dilation=2.0)
+    begin = time.perf_counter()
+    with clock.phase("forward", target_s=0.05):
+        sum(range(1000))  # the real work, far shorter than the slot
+    elapsed = time.perf_counter() - begin
+    assert 0.1 <= elapsed < 0.1 + TOLERANCE_S
+    totals = clock.summary().phase("forward")
+    assert totals.num_calls == 1 and totals.num_overruns == 0
+    assert totals.slot_s == pytest.approx(0.1)
+    assert totals.compute_s + totals.padded_s == pytest.approx(0.1, abs=TOLERANCE_S)
+
+
+def test_body_longer_than_slot_is_an_overrun_and_not_padded() -> None:
+    clock = PhaseClock(dilation=2.0)
+    begin = time.perf_counter()
+    with clock.phase("backward", target_s=0.01):
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - begin
+    assert 0.05 <= elapsed < 0.05 + TOLERANCE_S
+    summary = clock.summary()
+    assert summary.num_overruns == 1
+    totals = summary.phase("backward")
+    assert totals.padded_s == 0.0 and totals.compute_s >= 0.05
+
+
+def test_totals_accumulate_per_phase() -> None:
+    clock = PhaseClock(dilation=1.0)
+    for _ in range(3):
+        with clock.phase("a", target_s=0.002):
+            pass
+    with clock.phase("b", target_s=0.0):
+        pass
+    summary = clock.summary()
+    assert [p.name for p in summary.phases] == ["a", "b"]
+    assert summary.phase("a").num_calls == 3
+    assert summary.phase("a").slot_s == pytest.approx(0.006)
+    assert summary.phase("b").num_overruns == 1  # a zero-length slot is always overrun
+
+
+def test_emulation_off_only_times_the_body() -> None:
+    clock = PhaseClock(dilation=None)
+    begin = time.perf_counter()
+    with clock.phase("forward", target_s=10.0):
+        time.sleep(0.01)
+    assert time.perf_counter() - begin < 0.01 + TOLERANCE_S
+    summary = clock.summary()
+    assert not summary.emulated and summary.num_overruns == 0
+    assert summary.phase("forward").compute_s >= 0.01
+    assert summary.padded_s == 0.0
+
+
+def test_a_failing_body_is_not_padded_or_counted() -> None:
+    clock = PhaseClock(dilation=1.0)
+    begin = time.perf_counter()
+    with pytest.raises(ZeroDivisionError), clock.phase("forward", target_s=1.0):
+        _ = 1 / 0
+    assert time.perf_counter() - begin < 0.5
+    assert clock.summary().phases == ()
+
+
+def test_bad_dilation_and_missing_target_are_setup_errors() -> None:
+    with pytest.raises(RuntimeSetupError, match="dilation=0"):
+        PhaseClock(dilation=0)
+    clock = PhaseClock(dilation=3.0)
+    with pytest.raises(RuntimeSetupError, match="target_s=None"), clock.phase("forward"):
+        pass
