@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
+from polychip.spec.errors import PolychipError
 
-class RuntimeSetupError(ValueError):
-    """A runtime input is wrong. The message names the value, the rule it broke and the fix.
 
-    It will later subclass the project-wide ``PolychipError``; until then it is a plain
-    ``ValueError`` so that callers can already catch it as one.
-    """
+class RuntimeSetupError(PolychipError):
+    """A runtime input is wrong. The message names the value, the rule it broke and the fix."""
