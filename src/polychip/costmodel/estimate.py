@@ -229,7 +229,10 @@ class CostModel:
         firsts = [(r.stages[0], r.stages[0].tp) for r in replicas]
         lasts = [(r.stages[-1], r.stages[-1].tp) for r in replicas]
         embed_s = self._segment_allreduce_s(firsts, self.model.embedding_params)
-        head_s = self._segment_allreduce_s(lasts, self.model.head_params)
+        # A tied output head on its own stage is a copy of the embedding: its gradient too.
+        tied = self.model.tie_embeddings and any(r.num_stages > 1 for r in replicas)
+        head_n = self.model.head_params + (self.model.embedding_params if tied else 0)
+        head_s = self._segment_allreduce_s(lasts, head_n)
         worst = 0.0
         for r in replicas:
             for si, st in enumerate(r.stages):

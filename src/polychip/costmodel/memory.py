@@ -39,11 +39,16 @@ def in_flight_micro_batches(schedule: str, stage: int, num_stages: int, num_micr
 
 
 def stage_params(model: ModelSpec, num_layers: int, first: bool, last: bool) -> int:
+    """Parameters a stage holds. With tied embeddings, a last stage that is not also the
+    first keeps its own copy of the embedding as the output projection (Megatron keeps the
+    copies equal by all-reducing their gradients), so it holds, updates and syncs it."""
     params = num_layers * model.layer_params
     if first:
         params += model.embedding_params
     if last:
         params += model.head_params
+        if model.tie_embeddings and not first:
+            params += model.embedding_params
     return params
 
 
