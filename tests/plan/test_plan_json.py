@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from handbuilt_plan import make_plan
 
 from polychip.plan import (
     SCHEMA_VERSION,
@@ -18,6 +17,8 @@ from polychip.plan import (
     plan_to_dict,
     save_plan,
 )
+
+from .handbuilt_plan import make_plan
 
 
 @pytest.fixture

@@ -7,9 +7,10 @@ import random
 from collections.abc import Callable
 
 import pytest
-from handbuilt_plan import make_plan
 
 from polychip.plan import Plan, PlanError, Replica, Stage, validate_plan
+
+from .handbuilt_plan import make_plan
 
 
 def _stage(plan: Plan, ri: int, si: int, **changes: object) -> Plan:
