@@ -249,3 +249,12 @@ def test_cluster_dict_round_trip(data: dict) -> None:
     again = cluster_from_dict(cluster_to_dict(cluster))
     assert again == cluster
     assert cluster_to_dict(again) == cluster_to_dict(cluster)
+
+
+def test_docs_describe_every_cluster_key() -> None:
+    from polychip.spec.cluster import ChipDecl, ClusterDecl, NetworkDecl, NodeDecl
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "cluster-format.md").read_text()
+    for decl in (ClusterDecl, NodeDecl, NetworkDecl, ChipDecl):
+        for key in decl.model_fields:
+            assert f"`{key}`" in doc, f"docs/cluster-format.md does not describe {key}"
