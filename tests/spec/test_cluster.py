@@ -169,6 +169,9 @@ BAD = [
      "chips.x.compute_efficiency", "less than or equal"),
     ("nodes:\n  - {chip: x, count: 1, nic_gbps: 1}\nchips:\n  x: {peak_tflops: 1}\n",
      "chips.x.peak_tflops", "unknown key"),
+    ("nodes:\n  - {chip: h800, count: 1, nic_gbps: .inf}\n", "nodes[0].nic_gbps", "finite"),
+    ("nodes:\n  - {chip: h800, count: 1, nic_gbps: 1}\nnetwork: {latency_us: .nan}\n",
+     "network.latency_us", "finite"),
     ("schema_version: 2\nnodes:\n  - {chip: h800, count: 1, nic_gbps: 1}\n", "schema_version",
      "1"),
 ]  # fmt: skip
