@@ -142,6 +142,34 @@ class CostModel:
             st.recompute,
         )
 
+    # ---- one stage, as the simulator replays it ---------------------------------------------
+    def stage_memory_at(
+        self, replica: Replica, si: int, in_flight: int, zero_shards: int
+    ) -> MemoryBreakdown:
+        """Memory of one device of stage `si` holding `in_flight` micro-batches' activations
+        (`memory_of` takes that count from the schedule's closed form; the simulator counts)."""
+        st = replica.stages[si]
+        return stage_memory(
+            self.model,
+            seq_len=self.job.seq_len,
+            num_layers=st.num_layers,
+            first=si == 0,
+            last=si == replica.num_stages - 1,
+            tp=st.tp,
+            micro_batch=replica.micro_batch_size,
+            in_flight=in_flight,
+            recompute=st.recompute,
+            zero_shards=zero_shards,
+            capacity_bytes=self.chip(st.chip).memory_bytes,
+        )
+
+    def stage_optimizer_time_s(self, replica: Replica, si: int, zero_shards: int) -> float:
+        """AdamW step of one device of stage `si` (memory bound)."""
+        st = replica.stages[si]
+        owned = stage_params(self.model, st.num_layers, si == 0, si == replica.num_stages - 1)
+        owned /= st.tp * max(zero_shards, 1)
+        return owned * ADAMW_BYTES_PER_PARAM / self.chip(st.chip).memory_bw_bytes_per_s
+
     # ---- links --------------------------------------------------------------------------
     def device_nic_bw(self, node: int) -> float:
         """A chip's share of its node's NIC when every chip of the node communicates."""
