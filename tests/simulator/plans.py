@@ -7,11 +7,12 @@ from typing import Any
 
 from polychip.costmodel import CostModel, StageTimes
 from polychip.plan import Plan, Replica, Stage
-from polychip.spec.cluster import Cluster, cluster_from_dict
+from polychip.spec.cluster import Cluster, cluster_from_dict, load_cluster
 from polychip.spec.job import TrainingJob
 from polychip.spec.model import load_model
 
 FREE_NIC_GBPS = 1e12  # with latency 0: communication that costs (next to) nothing
+MIXED = load_cluster("examples/clusters/h800-910b.yaml")  # h800 nodes 0-1, 910b nodes 2-5
 
 
 def cluster(*nodes: dict[str, Any], latency_us: float = 10.0, host_copy_gbps: float = 25.0):
@@ -64,24 +65,19 @@ def make_plan(
     return Plan(cl, spec, job, tuple(reps), schedule, virtual_stages, zero1)
 
 
-def split(num_layers: int, num_stages: int) -> list[int]:
-    """Layer counts as even as they go, the remainder on the first stages."""
-    q, r = divmod(num_layers, num_stages)
-    return [q + (i < r) for i in range(num_stages)]
-
-
-def pipeline(
-    num_stages: int, micro_batches: int, schedule: str = "1f1b", layers: int = 1, **kw: Any
-) -> Plan:
-    """One replica of llama2-7b with `layers` layers per stage (the last stage takes the
-    rest), one chip per stage, each stage on its own node, free communication."""
-    counts = [layers] * (num_stages - 1) + [32 - layers * (num_stages - 1)]
+def mixed_plan(**kw):
+    """Two alike cross-island pipelines sharing node 0, one h800 replica, one 910b one."""
     return make_plan(
-        free_comm_cluster(num_stages),
-        [[(n, s, 1) for s, n in enumerate(counts)]],
+        MIXED,
+        [
+            [(12, 0, 4), (20, 2, 8)],
+            [(12, 0, 4), (20, 3, 8)],
+            [(32, 1, 8)],
+            [(16, 4, 8), (16, 5, 8)],
+        ],
         model="llama2-7b",
-        micro_batches=micro_batches,
-        schedule=schedule,
+        micro_batches=4,
+        seq_len=2048,
         **kw,
     )
 

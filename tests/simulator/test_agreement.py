@@ -19,12 +19,10 @@ import pytest
 
 from polychip.costmodel import CostModel
 from polychip.simulator import simulate
-from polychip.spec.cluster import load_cluster
 
-from .plans import cluster, make_plan
+from .plans import MIXED, cluster, make_plan
 
 H800 = cluster({"chip": "h800", "count": 8, "chips_per_node": 8, "nic_gbps": 400})
-MIXED = load_cluster("examples/clusters/h800-910b.yaml")  # h800 nodes 0-1, 910b nodes 2-5
 
 
 def analytic(plan):

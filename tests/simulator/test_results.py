@@ -7,28 +7,8 @@ import pytest
 
 from polychip.plan import Estimate
 from polychip.simulator import simulate
-from polychip.spec.cluster import load_cluster
 
-from .plans import make_plan
-
-MIXED = load_cluster("examples/clusters/h800-910b.yaml")  # h800 nodes 0-1, 910b nodes 2-5
-
-
-def mixed_plan(**kw):
-    """Two alike cross-island pipelines sharing node 0, one h800 replica, one 910b one."""
-    return make_plan(
-        MIXED,
-        [
-            [(12, 0, 4), (20, 2, 8)],
-            [(12, 0, 4), (20, 3, 8)],
-            [(32, 1, 8)],
-            [(16, 4, 8), (16, 5, 8)],
-        ],
-        model="llama2-7b",
-        micro_batches=4,
-        seq_len=2048,
-        **kw,
-    )
+from .plans import MIXED, make_plan, mixed_plan
 
 
 @pytest.mark.parametrize("overlap", [True, False])
