@@ -13,7 +13,7 @@ transfer. A transfer is a chain of such legs (`Leg`), run one after the other.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 Resource = tuple[int, int]  # (node, 0 = send side / 1 = receive side)
@@ -44,8 +44,8 @@ class Flow:
 class Fabric:
     """The cluster's NICs and the flows crossing them."""
 
-    def __init__(self, capacity: Callable[[Resource], float], post: Post) -> None:
-        self._capacity = capacity
+    def __init__(self, nic_bw_bytes_per_s: Sequence[float], post: Post) -> None:
+        self._nic = nic_bw_bytes_per_s  # per node, each direction
         self._post = post
         self._flows: dict[Resource, set[Flow]] = {}
         self._units: dict[Resource, int] = {}
@@ -64,12 +64,15 @@ class Fabric:
         touched: set[Flow] = set()
         for res in resources:
             touched |= self._flows.get(res, set())
+        nic, units = self._nic, self._units
         for f in touched:
+            rate = min(nic[res[0]] / units[res] for res, _ in f.loads)
+            if rate == f.rate:
+                continue  # its finish event still stands
             f.left = max(0.0, f.left - f.rate * (now - f.t))
-            f.t = now
-            f.rate = min(self._capacity(res) / self._units[res] for res, _ in f.loads)
+            f.t, f.rate = now, rate
             f.version += 1
-            self._post(now + f.left / f.rate, self._finish, f, f.version)
+            self._post(now + f.left / rate, self._finish, f, f.version)
 
     def _finish(self, now: float, flow: Flow, version: int) -> None:
         if version != flow.version:
