@@ -212,44 +212,42 @@ def build_schedule(plan: Plan, replicas: Iterable[int] | None = None) -> Schedul
             leaders[-1].append(rank)
             rank += st.tp
     segments = grad_segments(plan)
+    held: dict[tuple[int, int], list[str]] = {}
+    for seg in segments:
+        for holder in seg.holders:
+            held.setdefault(holder, []).append(seg.name)
     wanted = range(len(plan.replicas)) if replicas is None else sorted(set(replicas))
     programs = []
     for ri in wanted:
         rep = plan.replicas[ri]
         for si, st in enumerate(rep.stages):
-            acts = _pipeline_actions(kind, si, rep.num_stages, rep.num_micro_batches, v)
+            acts = _pipeline_actions(kind, si, rep.num_micro_batches, v, leaders[ri])
             ranks = tuple(range(leaders[ri][si], leaders[ri][si] + st.tp))
-            peers = leaders[ri]
-            acts = [a if a.peer < 0 else _with_peer(a, peers[a.peer]) for a in acts]
-            mine = [s for s in segments if (ri, si) in s.holders]
-            acts += [Action(Op.ALLREDUCE, segment=s.name) for s in mine]
+            acts += [Action(Op.ALLREDUCE, segment=name) for name in held.get((ri, si), [])]
             acts.append(Action(Op.OPTIMIZER))
             programs.append(StageProgram(ri, si, ranks, tuple(acts)))
     groups = {s.name: tuple(leaders[ri][si] for ri, si in s.holders) for s in segments}
     return Schedule(kind, v, tuple(programs), groups)
 
 
-def _with_peer(a: Action, peer: int) -> Action:
-    return Action(a.op, a.micro, a.chunk, peer, a.segment)
-
-
-def _pipeline_actions(kind: str, p: int, S: int, M: int, v: int) -> list[Action]:
-    """Compute actions with their receives before and sends after; `peer` holds the peer's
-    stage index here (`build_schedule` turns it into the peer's leader rank)."""
+def _pipeline_actions(kind: str, p: int, M: int, v: int, leaders: list[int]) -> list[Action]:
+    """Stage p's compute actions with their receives before and sends after; `leaders`:
+    the leader rank of each stage of the replica."""
+    S = len(leaders)
     last = S * v - 1
     out: list[Action] = []
     for forward, m, c in compute_order(kind, p, S, M, v):
         j = c * S + p  # virtual stage
         if forward:
             if j > 0:
-                out.append(Action(Op.RECV_ACT, m, c, (j - 1) % S))
+                out.append(Action(Op.RECV_ACT, m, c, leaders[(j - 1) % S]))
             out.append(Action(Op.FORWARD, m, c))
             if j < last:
-                out.append(Action(Op.SEND_ACT, m, c, (j + 1) % S))
+                out.append(Action(Op.SEND_ACT, m, c, leaders[(j + 1) % S]))
         else:
             if j < last:
-                out.append(Action(Op.RECV_GRAD, m, c, (j + 1) % S))
+                out.append(Action(Op.RECV_GRAD, m, c, leaders[(j + 1) % S]))
             out.append(Action(Op.BACKWARD, m, c))
             if j > 0:
-                out.append(Action(Op.SEND_GRAD, m, c, (j - 1) % S))
+                out.append(Action(Op.SEND_GRAD, m, c, leaders[(j - 1) % S]))
     return out
