@@ -111,8 +111,8 @@ def mixed_tp1(cl: Cluster) -> Plan:
     return _plan(cl, "llama3-8b", replicas)
 
 
-def _small_plans() -> list[tuple[str, Plan]]:
-    """The agreement cases of tests/simulator/test_agreement.py: llama2-7b, 8 micro-batches."""
+def _small_plans(overlap_cases: bool = False) -> list[tuple[str, Plan]]:
+    """The cases of tests/simulator/test_agreement.py: llama2-7b, 8 micro-batches."""
     h800 = cluster_from_dict(
         {"nodes": [{"chip": "h800", "count": 8, "chips_per_node": 8, "nic_gbps": 400}]}
     )
@@ -136,12 +136,21 @@ def _small_plans() -> list[tuple[str, Plan]]:
 
     four = [(8, s, 8) for s in range(4)]
     two = [four, [(8, 4 + s, 8) for s in range(4)]]
+    heavy = [[(n, s + 4 * r, 8) for s, n in enumerate([2, 6, 10, 14])] for r in range(2)]
+    if overlap_cases:
+        return [
+            ("2 x 4 stages TP8, 8 layers each", plan(h800, two)),
+            ("2 x 4 stages TP8, 2/6/10/14 layers", plan(h800, heavy)),
+        ]
     return [
         ("4 stages TP8, GPipe", plan(h800, [four], "gpipe")),
         ("2 x 4 stages TP8, GPipe", plan(h800, two, "gpipe")),
         ("4 stages TP8, 1F1B", plan(h800, [four])),
         ("2 x 4 stages TP8, 1F1B", plan(h800, two)),
-        ("8 x 4 stages TP1, one NIC per stage", plan(h800, [[(8, s, 1) for s in range(4)]] * 8)),
+        (
+            "8 pipelines x 4 stages TP1, sharing NICs",
+            plan(h800, [[(8, s, 1) for s in range(4)]] * 8),
+        ),
         ("h800 -> 910b, 16 + 16 layers", plan(mixed, [[(16, 0, 8), (16, 2, 8)]])),
         ("h800 -> 910b, 21 + 11 layers", plan(mixed, [[(21, 0, 8), (11, 2, 8)]])),
         ("h800 replica + 910b replica", plan(mixed, [[(32, 0, 8)], [(16, 2, 8), (16, 3, 8)]])),
@@ -158,6 +167,17 @@ def _agreement(name: str, plan: Plan) -> dict:
         ("optimizer", sim.optimizer_s, cost.optimizer_s),
     ]
     return {"plan": name} | {k: (s / a if a else None) for k, s, a in pairs}
+
+
+def _overlap(name: str, plan: Plan) -> dict:
+    off, on = simulate(plan, overlap_grad_sync=False), simulate(plan)
+    return {
+        "plan": name,
+        "step_no_overlap_s": off.step_time_s,
+        "step_overlap_s": on.step_time_s,
+        "exposed_sync_no_overlap_s": off.dp_sync_s,
+        "exposed_sync_overlap_s": on.dp_sync_s,
+    }
 
 
 def _best_of(fn: Callable[[], object], repeat: int) -> tuple[float, float, object]:
@@ -211,6 +231,7 @@ def main() -> None:
             }
         )
     agreement = [_agreement(name, plan) for name, plan in _small_plans()]
+    overlap = [_overlap(name, plan) for name, plan in _small_plans(overlap_cases=True)]
     cols = [
         ("plan", "plan", "{}"),
         ("chips", "chips", "{:,}"),
@@ -222,7 +243,7 @@ def main() -> None:
         ("step_time_simulated_s", "step sim s", "{:.3f}"),
         ("step_time_every_replica_s", "step every s", "{:.3f}"),
         ("step_time_analytic_s", "step analytic s", "{:.3f}"),
-        ("simulated_over_analytic", "sim / analytic", "{:.3f}"),
+        ("simulated_over_analytic", "sim (overlap) / analytic", "{:.3f}"),
     ]
     print("| " + " | ".join(c[1] for c in cols) + " |")
     print("|" + "---|" * len(cols))
@@ -236,8 +257,14 @@ def main() -> None:
     for r in agreement:
         cells = [f"{r[k]:.4f}" if r[k] is not None else "—" for k in list(r)[1:]]
         print(f"| {r['plan']} | " + " | ".join(cells) + " |")
+    print("\ngradient sync overlapped with backward, or not (1F1B, ms)")
+    print("| plan | step, no overlap | step, overlap | exposed sync, no overlap | overlap |")
+    print("|---|---|---|---|---|")
+    for r in overlap:
+        print(f"| {r['plan']} | " + " | ".join(f"{r[k] * 1e3:.1f}" for k in list(r)[1:]) + " |")
     if args.json:
-        doc = {"cluster": str(CLUSTER.relative_to(ROOT)), "rows": rows, "agreement": agreement}
+        doc = {"cluster": str(CLUSTER.relative_to(ROOT)), "rows": rows}
+        doc |= {"agreement": agreement, "overlap": overlap}
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
 
 
