@@ -70,7 +70,7 @@ class Engine:
             for si in range(plan.replicas[c.rep].num_stages):
                 if (c.rep, si) not in at:
                     raise SimulationDeadlock(
-                        f"the schedule has no program for replica {c.rep} stage {si}"
+                        f"the schedule has no program for replica {c.rep} stage {si} of the plan"
                     )
         self.colls: dict[str, Coll] = {}
         for seg in grad_segments(plan):

@@ -52,6 +52,7 @@ class SimResult:
     critical_path: tuple[tuple[str, float], ...]  # (what, seconds), largest first
     plan: Plan = field(repr=False, compare=False)
     recording: Recording = field(repr=False, compare=False)
+    # replayed program index -> [(time, bytes of one of its devices)], a step function
     memory_timeline: dict[int, list[tuple[float, int]]] = field(repr=False, compare=False)
 
     def stage_of_rank(self, rank: int) -> StageResult:
