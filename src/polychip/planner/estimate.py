@@ -8,9 +8,11 @@ computed per shape instead of per replica (assumes every island spans several no
 from __future__ import annotations
 
 import itertools
+from bisect import bisect_right
 from collections.abc import Sequence
 
 from polychip.costmodel.comm import hierarchical_allreduce_time_s
+from polychip.costmodel.compute import INTRA_NODE_LATENCY_S
 from polychip.planner.shapes import Shape
 
 Classes = Sequence[tuple[Shape, int]]
@@ -23,6 +25,7 @@ class Estimator:
         self.cluster, self.model = self.cm.cluster, self.cm.model
         self._opt: dict[tuple[int, int], float] = {}
         self._allreduce: dict[tuple, float] = {}
+        self.layer_params = self.model.layer_params
 
     def pipeline_s(self, classes: Classes) -> float | None:
         """Closed-form batch split: sum over replicas of mb * ((T - fill) / beat + 1) = G."""
@@ -52,25 +55,43 @@ class Estimator:
 
         def allreduce(holders: list[tuple[int, int, int]], params: int) -> float:
             """holders: (group, tp, count)."""
-            key = (tuple(holders), params)
+            key = (tuple(holders), params, tuple(sorted(used.items())))
             hit = self._allreduce.get(key)
             if hit is None:
                 hit = self._allreduce[key] = _allreduce(holders, params)
             return hit
 
+        used: dict[int, int] = {}
+        for s, n in classes:
+            for g, d in s.devices.items():
+                used[g] = used.get(g, 0) + d * n
+
+        def one_node(g: int) -> bool:  # placement packs a group's chips into one node
+            return groups[g].num_nodes == 1 or used[g] <= groups[g].chips_per_node
+
         def _allreduce(holders: list[tuple[int, int, int]], params: int) -> float:
             islands: dict[str, list] = {}
+            nic = []
             for g, _, n in holders:
                 chip = groups[g].chip
                 bw = groups[g].nic_bw_bytes_per_s / groups[g].chips_per_node
-                isl = islands.setdefault(chip.island, [0, bw])
+                nic.append(bw)
+                isl = islands.setdefault(chip.island, [0, bw, set()])
                 isl[0] += n
                 isl[1] = min(isl[1], bw)
+                isl[2].add(g)
+            rings = []
+            for p, bw, gs in islands.values():
+                if len(gs) == 1 and one_node(next(iter(gs))):
+                    chip = groups[next(iter(gs))].chip
+                    rings.append((p, chip.link_bw_bytes_per_s, INTRA_NODE_LATENCY_S))
+                else:
+                    rings.append((p, bw, net.latency_s))
             n_bytes = max(2.0 * params / tp for _, tp, _ in holders)
-            bridge = min(v[1] for v in islands.values())
+            bridge = min(nic)
             return hierarchical_allreduce_time_s(
                 n_bytes,
-                [(p, bw, net.latency_s) for p, bw in islands.values()],
+                rings,
                 bridge,
                 net.host_copy_bw_bytes_per_s,
                 net.latency_s,
@@ -80,25 +101,23 @@ class Estimator:
         for s, n in classes:
             per_stage = [(seg.group, seg.tp) for seg in s.template for _ in range(seg.num_stages)]
             starts = list(itertools.accumulate(s.layers, initial=0))
-            stage_groups.append((s, n, per_stage, starts))
-        bounds = sorted({b for _, _, _, st in stage_groups for b in st})
-        seg_time = {}
+            stage_groups.append((n, per_stage, starts))
+        bounds = sorted({b for _, _, st in stage_groups for b in st})
+        prefix = [0.0]
         for a, b in itertools.pairwise(bounds):
             holders = []
-            for _s, n, per_stage, starts in stage_groups:
-                i = next(i for i in range(len(per_stage)) if starts[i] <= a < starts[i + 1])
-                holders.append((*per_stage[i], n))
-            seg_time[a] = allreduce(holders, (b - a) * self.model.layer_params)
-        embed = allreduce(
-            [(*ps[0], n) for _, n, ps, _ in stage_groups], self.model.embedding_params
-        )
-        head = allreduce([(*ps[-1], n) for _, n, ps, _ in stage_groups], self.model.head_params)
+            for n, per_stage, starts in stage_groups:
+                holders.append((*per_stage[bisect_right(starts, a) - 1], n))
+            prefix.append(prefix[-1] + allreduce(holders, (b - a) * self.layer_params))
+        index = {b: i for i, b in enumerate(bounds)}
+        embed = allreduce([(*ps[0], n) for n, ps, _ in stage_groups], self.model.embedding_params)
+        head = allreduce([(*ps[-1], n) for n, ps, _ in stage_groups], self.model.head_params)
         worst = 0.0
-        for _s, _n, per_stage, starts in stage_groups:
+        for _n, per_stage, starts in stage_groups:
+            last = len(per_stage) - 1
             for i in range(len(per_stage)):
-                t = sum(v for a, v in seg_time.items() if starts[i] <= a < starts[i + 1])
-                t += embed if i == 0 else 0.0
-                t += head if i == len(per_stage) - 1 else 0.0
+                t = prefix[index[starts[i + 1]]] - prefix[index[starts[i]]]
+                t += (embed if i == 0 else 0.0) + (head if i == last else 0.0)
                 worst = max(worst, t)
         return worst
 

@@ -177,6 +177,9 @@ def _spread(bits: int, step: int, count: int, mask: int) -> int:
 
 def _exact_totals(ranges: list[tuple[int, int, int]], target: int) -> list[int] | None:
     """Pick n_i in [lo_i, hi_i] (micro-batches of size v_i) with sum v_i n_i = target."""
+    if len(ranges) == 1:
+        v, lo, hi = ranges[0]
+        return [target // v] if target % v == 0 and lo <= target // v <= hi else None
     mask = (1 << (target + 1)) - 1
     layers = [1]
     for v, lo, hi in ranges:
@@ -247,7 +250,7 @@ def split_batch(
             return None
         for _ in range(200):  # bisection on the slowest replica's time
             mid = (lo + hi) / 2
-            if mid <= lo or mid >= hi or hi - lo <= 1e-12 * hi:
+            if mid <= lo or mid >= hi or hi - lo <= 1e-10 * hi:
                 break
             if assignment(mid) is not None:
                 hi = mid

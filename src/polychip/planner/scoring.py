@@ -85,6 +85,19 @@ class Scorer:
             current, micro, worst = tried, micro2, worst2
         return current, micro
 
+    def score_placed(
+        self, with_micro: Sequence[tuple[Shape, Sequence[int]]], zero1: bool
+    ) -> Scored | None:
+        """Place shapes with their micro-batches per replica and score them exactly."""
+        replicas = assign(self.cm.cluster, with_micro)
+        if replicas is None:
+            return None
+        self.evaluations += 1
+        cost = self.cm.evaluate(replicas, self.builder.schedule, zero1)
+        if not cost.feasible or not math.isfinite(cost.step_time_s):
+            return None
+        return Scored(tuple((s, tuple(ms)) for s, ms in with_micro), replicas, zero1, cost)
+
     def score(self, classes: Sequence[tuple[Shape, int]]) -> Scored | None:
         """The exact score of a candidate, or None if it cannot be a plan."""
         classes = [(s, n) for s, n in classes if n > 0]
@@ -98,15 +111,7 @@ class Scorer:
         if refined is not None:
             shapes, micro = refined
             with_micro = [(s, ms) for (s, _), ms in zip(shapes, micro, strict=True)]
-            replicas = assign(self.cm.cluster, with_micro)
-            if replicas is not None:
-                zero1 = self.zero1_for(len(replicas))
-                self.evaluations += 1
-                cost = self.cm.evaluate(replicas, self.builder.schedule, zero1)
-                if cost.feasible and math.isfinite(cost.step_time_s):
-                    out = Scored(
-                        tuple((s, tuple(ms)) for s, ms in with_micro), replicas, zero1, cost
-                    )
+            out = self.score_placed(with_micro, self.zero1_for(sum(len(ms) for ms in micro)))
         self._seen[key] = out
         return out
 

@@ -36,6 +36,8 @@ Progress = Callable[[float, str], None]
 FILLS_PER_GROUP = 4  # fill options kept per group for the per-type cross product
 EXACT_SHORTLIST = 24  # candidates scored exactly per search
 FULL_ESTIMATES = 600  # candidates (best by pipeline time alone) given the full estimate
+ALL_ESTIMATES_UP_TO = 4000  # ... or all of them when there are no more than this
+FEW_COPIES = (1, 2, 3, 4, 6, 8)  # replica counts tried for every shape alone (small clusters)
 LARGE = 64  # chips: above this, mixed pipelines are generated from a pruned set
 ALL_ORDERS_UP_TO = 3  # groups in a mixed pipeline: every order up to this many
 
@@ -194,7 +196,8 @@ class FastSearch:
         # stage 1: pipeline time only (an upper bound on tokens/s), keeping the best of every
         # family (mixed template) too; stage 2: + gradient sync and optimizer
         first = sorted(pool.values(), key=lambda x: -x[0])
-        keep = {id(c): c for _, _, c in first[:FULL_ESTIMATES]}
+        limit = len(first) if len(first) <= ALL_ESTIMATES_UP_TO else FULL_ESTIMATES
+        keep = {id(c): c for _, _, c in first[:limit]}
         seen_family: set = set()
         for _, family, c in first:
             if family not in seen_family:
@@ -255,6 +258,13 @@ class FastSearch:
             cand = tuple(c for part in combo for c in part)
             if cand:
                 out.append((None, cand))
+        if sum(self.cluster.groups[g].num_devices for g in singles) <= LARGE:
+            for g, shapes in singles.items():  # few copies of one shape: sync and latency
+                for s in shapes:  # can outweigh more replicas on small clusters
+                    most = self.cluster.groups[g].num_devices // s.num_devices
+                    for k in FEW_COPIES:
+                        if k <= most:
+                            out.append((None, ((s, k),)))
         best_tp = {
             g: max(shapes, key=lambda s: s.rate / s.num_devices).template[0].tp
             for g, shapes in singles.items()
@@ -298,17 +308,28 @@ class FastSearch:
         return out
 
     def polish(self, best: Scored | None) -> Scored | None:
-        """Local moves on the winner: one replica more or fewer of each shape."""
-        improved = True
-        rounds = 0
-        while best is not None and improved and rounds < 4:
-            improved = False
-            rounds += 1
+        """Local moves on the winner, scored exactly: one replica more or fewer of a shape,
+        a single replica of it, dropping it, or another micro-batch size for it."""
+        for _ in range(4):
+            if best is None:
+                return None
+            start = best
             base = [(s, len(ms)) for s, ms in best.classes]
-            for i in range(len(base)):
-                for delta in (1, -1):
-                    cand = [(s, n + (delta if j == i else 0)) for j, (s, n) in enumerate(base)]
-                    new = better(best, self.scorer.score(tuple(cand)))
-                    if new is not best:
-                        best, improved = new, True
+            for i, (shape, n) in enumerate(base):
+                others = base[:i] + base[i + 1 :]
+                moves: list[list[tuple[Shape, int]]] = [
+                    [*others, (shape, n + 1)],
+                    [*others, (shape, n - 1)],
+                    [*others, (shape, 1)],
+                    others,
+                ]
+                for mb in micro_batch_sizes(self.job.global_batch):
+                    if mb != shape.micro_batch_size:
+                        alt = self.builder.build(shape.template, mb, shape.zero_shards)
+                        if alt is not None:
+                            moves.append([*others, (alt, n)])
+                for cand in moves:
+                    best = better(best, self.scorer.score(tuple(cand)))
+            if best is start:
+                break
         return best

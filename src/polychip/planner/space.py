@@ -102,7 +102,7 @@ def all_templates(
                     yield tuple(segs)
 
 
-def zero_shard_buckets(max_replicas: int, allow_zero1: bool, factor: int = 4) -> list[int]:
+def zero_shard_buckets(max_replicas: int, allow_zero1: bool, factor: int = 8) -> list[int]:
     """Replica counts at which memory is checked (ZeRO-1 shards optimizer state over the
     replicas): 1, factor, factor^2, ... up to max_replicas."""
     out = [1]
