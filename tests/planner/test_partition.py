@@ -123,3 +123,15 @@ def test_split_batch_too_small() -> None:
     cls = BatchClass(count=4, micro_batch_size=1, time_s=lambda m: float(m))
     assert split_batch([cls], 3) is None
     assert split_batch([cls], 4) == ((1, 1, 1, 1),)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_upper_envelope_is_the_max_of_lines(seed: int) -> None:
+    from polychip.planner.exhaustive import upper_envelope
+
+    rng = random.Random(seed)
+    lines = [(rng.uniform(0, 3), rng.uniform(-5, 5)) for _ in range(rng.randint(1, 12))]
+    env = upper_envelope(lines)
+    for _ in range(50):
+        t = rng.uniform(0, 20)
+        assert env(t) == pytest.approx(max(a * t + b for a, b in lines))

@@ -15,8 +15,10 @@ placed and scored (gradient sync and the optimizer only add time).
 from __future__ import annotations
 
 import itertools
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 
+from polychip.costmodel.compute import INTRA_NODE_LATENCY_S
 from polychip.planner.partition import BatchClass, split_batch
 from polychip.planner.scoring import Scored, Scorer, better
 from polychip.planner.shapes import Shape
@@ -36,6 +38,31 @@ def compositions(total: int, parts: int) -> list[tuple[int, ...]]:
     return out
 
 
+def upper_envelope(lines: list[tuple[float, float]]) -> Callable[[float], float]:
+    """max over lines (slope, intercept) of slope * t + intercept, as a function of t >= 0."""
+    if not lines:
+        return lambda t: 0.0
+    hull: list[tuple[float, float]] = []
+    for a, b in sorted(set(lines)):
+        if hull and hull[-1][0] == a:
+            hull.pop()
+        while len(hull) >= 2:
+            (a1, b1), (a2, b2) = hull[-2], hull[-1]
+            # drop the middle line if the new one overtakes line 1 before line 2 does
+            if (b - b1) * (a2 - a1) >= (b2 - b1) * (a - a1):
+                hull.pop()
+            else:
+                break
+        hull.append((a, b))
+    cuts = [(b1 - b2) / (a2 - a1) for (a1, b1), (a2, b2) in itertools.pairwise(hull)]
+
+    def value(t: float) -> float:
+        a, b = hull[bisect_right(cuts, t)]
+        return a * t + b
+
+    return value
+
+
 class Exhaustive:
     def __init__(
         self,
@@ -50,8 +77,9 @@ class Exhaustive:
         self.progress = progress or (lambda f, m: None)
         self._comps: dict[int, list[tuple[int, ...]]] = {}
         self._lines: dict[tuple, list[Shape]] = {}
-        self._times: dict[tuple, tuple[float, Shape]] = {}
+        self._times: dict[tuple, dict[int, tuple[float, Shape | None]]] = {}
         self.candidates = 0
+        self.sync_floor_s = 0.0
 
     # ---- layer splits by brute force -------------------------------------------------------
     def _m_key(self, kind: Kind, m: int) -> int:
@@ -61,7 +89,7 @@ class Exhaustive:
 
     def lines(self, kind: Kind, shards: int, m_key: int) -> list[Shape]:
         """One shape per composition that fits memory at this context."""
-        key = (kind, shards, m_key)
+        key = (id(kind), shards, m_key)
         if key not in self._lines:
             tpl, mb = kind
             stages = sum(seg.num_stages for seg in tpl)
@@ -71,17 +99,21 @@ class Exhaustive:
         return self._lines[key]
 
     def best_at(self, kind: Kind, shards: int, m: int) -> tuple[float, Shape | None]:
-        key = (kind, shards, m)
-        if key not in self._times:
-            best: tuple[float, Shape | None] = (float("inf"), None)
+        """The fastest composition of `kind` for m micro-batches (time, shape)."""
+        table = self._times.get((id(kind), shards))
+        if table is None:
+            table = self._times[(id(kind), shards)] = {}
+        hit = table.get(m)
+        if hit is None:
+            hit = (float("inf"), None)
             for s in self.lines(kind, shards, self._m_key(kind, m)):
                 if s.max_micro_batches is not None and m > s.max_micro_batches:
                     continue
                 t = s.time_s(m)
-                if t < best[0]:
-                    best = (t, s)
-            self._times[key] = best  # type: ignore[assignment]
-        return self._times[key]  # type: ignore[return-value]
+                if t < hit[0]:
+                    hit = (t, s)
+            table[m] = hit
+        return hit
 
     # ---- one multiset ---------------------------------------------------------------------
     def evaluate(self, classes: Sequence[tuple[Kind, int]], best: Scored | None) -> Scored | None:
@@ -101,6 +133,7 @@ class Exhaustive:
                 continue
             self.candidates += 1
             worst = max(b.time_s(m) for b, ms in zip(batch, micro, strict=True) for m in ms)
+            worst += self.sync_floor_s if replicas > 1 else 0.0
             if best is not None and self.job.tokens_per_step / worst <= best.tokens_per_s:
                 continue  # exact: sync and optimizer can only add time
             with_micro: dict[int, tuple[Shape, list[int]]] = {}
@@ -112,6 +145,20 @@ class Exhaustive:
             scored = self.scorer.score_placed(list(with_micro.values()), zero1)
             best = better(best, scored)
         return best
+
+    def _sync_floor_s(self, kinds: list[Kind], groups: Sequence[int]) -> float:
+        """A lower bound on gradient sync for any plan of two or more replicas: a first-stage
+        chip all-reduces at least one layer and the embedding; each all-reduce (ring inside
+        an island, or across islands) moves at least its bytes once over the fastest link
+        and pays two latencies."""
+        tp = max((seg.tp for k in kinds for seg in k[0]), default=1)
+        gs = [self.cluster.groups[i] for i in groups]
+        bw = max(
+            max(g.chip.link_bw_bytes_per_s, g.nic_bw_bytes_per_s / g.chips_per_node) for g in gs
+        )
+        lat = min(INTRA_NODE_LATENCY_S, self.cluster.network.latency_s)
+        params = self.model.layer_params + self.model.embedding_params
+        return 2.0 * params / tp / bw + 4 * lat
 
     # ---- the enumeration ------------------------------------------------------------------
     def run(self, groups: Sequence[int], incumbent: Scored | None = None) -> Scored | None:
@@ -141,13 +188,44 @@ class Exhaustive:
                 fill[k] = min(x.fill_s for x in lines)
                 rate[k] = max(x.micro_batch_size / x.beat_s for x in lines)
         kinds = sorted(fill, key=lambda k: -rate[k] / sum(template_devices(k[0]).values()))
-        density = max((rate[k] / sum(template_devices(k[0]).values()) for k in kinds), default=0)
+        # A replica of kind k finishes mb * (1 + (T - fill) / beat) sequences by time T at
+        # most (continuous relaxation): a line in T. Per chip, the best of all kinds is the
+        # upper envelope of those lines divided by the kind's chips.
+        lines = []
+        for k in kinds:
+            d = sum(template_devices(k[0]).values())
+            lines.append((rate[k] / d, k[1] * (1 - fill[k] * rate[k] / k[1]) / d))
+        envelope = upper_envelope(lines)
         capacity = {i: self.cluster.groups[i].num_devices for i in groups}
         best: Scored | None = incumbent
+        self.sync_floor_s = self._sync_floor_s(kinds, groups)
 
-        def bound(slowest_fill: float, speed: float, chips_left: int) -> float:
-            t = max(slowest_fill, g / (speed + chips_left * density))
-            return self.job.tokens_per_step / t
+        def bound(
+            slowest_fill: float,
+            chosen_lines: list[tuple[float, float]],
+            chips_left: int,
+            floor: float,
+        ) -> float:
+            """Tokens/s no completion can beat: the least T by which the chosen replicas plus
+            the best possible use of the chips left could process the global batch."""
+
+            def done(t: float) -> float:
+                own = sum(max(0.0, a * t + b) for a, b in chosen_lines)
+                return own + chips_left * max(0.0, envelope(t))
+
+            lo = slowest_fill
+            if done(lo) >= g:
+                return self.job.tokens_per_step / (lo + floor)
+            hi = max(lo, 1e-12) * 2
+            while done(hi) < g:
+                hi *= 2
+            for _ in range(40):
+                mid = (lo + hi) / 2
+                if done(mid) >= g:
+                    hi = mid
+                else:
+                    lo = mid
+            return self.job.tokens_per_step / (lo + floor)
 
         def dfs(
             start: int,
@@ -155,7 +233,7 @@ class Exhaustive:
             left: dict[int, int],
             seqs: int,
             slowest: float,
-            speed: float,
+            own: list[tuple[float, float]],
         ):
             nonlocal best
             for j in range(start, len(kinds)):
@@ -171,15 +249,19 @@ class Exhaustive:
                     if seqs + kind[1] * count > g:
                         break
                     rest = {grp: left[grp] - need.get(grp, 0) * count for grp in left}
-                    slow2, speed2 = max(slowest, fill[kind]), speed + count * rate[kind]
-                    if best is not None and bound(slow2, speed2, sum(rest.values())) <= (
+                    slow2 = max(slowest, fill[kind])
+                    a = rate[kind]
+                    own2 = [*own, (count * a, count * kind[1] * (1 - fill[kind] * a / kind[1]))]
+                    many = sum(n for _, n in chosen) + count > 1
+                    floor = self.sync_floor_s if many else 0.0
+                    if best is not None and bound(slow2, own2, sum(rest.values()), floor) <= (
                         best.tokens_per_s
                     ):
                         break  # exact: more replicas only lower this bound
                     classes = [*chosen, (kind, count)]
                     best = self.evaluate(classes, best)
                     if len(classes) < self.max_classes:
-                        dfs(j + 1, classes, rest, seqs + kind[1] * count, slow2, speed2)
+                        dfs(j + 1, classes, rest, seqs + kind[1] * count, slow2, own2)
 
-        dfs(0, [], capacity, 0, 0.0, 0.0)
+        dfs(0, [], capacity, 0, 0.0, [])
         return best
