@@ -119,3 +119,11 @@ def test_bad_arguments() -> None:
         plan_job(cluster, PRESETS["tiny"], TrainingJob(8, 64), schedule="zigzag")
     with pytest.raises(PolychipError, match="max-stages"):
         plan_job(cluster, PRESETS["tiny"], TrainingJob(8, 64), max_stages=0)
+
+
+def test_gpipe_plan_beats_naive_on_h800_910b() -> None:
+    """GPipe keeps every micro-batch in flight: memory depends on the replica count."""
+    cluster = load_cluster(EXAMPLES / "h800-910b.yaml")
+    plan = plan_job(cluster, load_model("llama3-70b"), TrainingJob(64, 4096), schedule="gpipe")
+    _check_invariants(plan)
+    assert plan.estimate.tokens_per_s > plan.baselines["naive_mixed"].tokens_per_s

@@ -32,8 +32,13 @@ class Estimator:
         classes = [(s, n) for s, n in classes if n > 0]
         if not classes:
             return None
-        if sum(s.micro_batch_size * n for s, n in classes) > self.job.global_batch:
+        g = self.job.global_batch
+        if sum(s.micro_batch_size * n for s, n in classes) > g:
             return None
+        if all(s.max_micro_batches is not None for s, _ in classes) and (
+            sum(s.micro_batch_size * n * (s.max_micro_batches or 0) for s, n in classes) < g
+        ):
+            return None  # memory caps the micro-batches below the global batch
         rate = sum(n * s.rate for s, n in classes)
         lag = sum(n * s.rate * (s.fill_s - s.beat_s) for s, n in classes)
         t = (self.job.global_batch + lag) / rate

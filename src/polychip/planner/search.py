@@ -182,7 +182,12 @@ class FastSearch:
     def run(self, groups: Sequence[int]) -> Scored | None:
         job = self.job
         devices = sum(self.cluster.groups[g].num_devices for g in groups)
-        buckets = zero_shard_buckets(min(job.global_batch, devices), job.allow_zero1)
+        gpipe = self.builder.schedule == "gpipe"
+        # GPipe holds every micro-batch in flight, so memory depends on the replica count
+        # through m = G / (replicas x mb): finer steps (x2), ZeRO-1 or not.
+        buckets = zero_shard_buckets(
+            min(job.global_batch, devices), job.allow_zero1 or gpipe, factor=2 if gpipe else 8
+        )
         pool: dict[tuple, tuple[float, Classes]] = {}
         for bi, bucket in enumerate(buckets):
             self.progress(bi / len(buckets) * 0.8, f"searching (ZeRO shards {bucket})")
