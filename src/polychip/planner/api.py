@@ -4,9 +4,10 @@ estimate, baselines, the ideal and notes, all scored by one `CostModel`."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from polychip.costmodel import CostModel
-from polychip.plan.plan import Plan
+from polychip.plan.plan import Baseline, Plan
 from polychip.plan.validate import validate_plan
 from polychip.planner.baselines import baseline_of, describe_replicas, naive_mixed, type_groups
 from polychip.planner.diagnose import infeasible_error
@@ -98,16 +99,14 @@ def plan_job(
             None if naive is None else naive.cost,
         ),
     }
-    ideal_tokens = sum(per_type.values())
-    ideal = baseline_of(
+    ideal = Baseline(
         "ideal",
         "sum over chip types of each type alone ("
         + ", ".join(f"{c} {t:,.0f}" for c, t in per_type.items())
         + " tokens/s)",
-        None,
-        per_chip_tokens_per_s=per_type,
+        sum(per_type.values()),
+        per_chip_tokens_per_s=dict(per_type),
     )
-    ideal = type(ideal)("ideal", ideal.description, ideal_tokens, None, None, True, dict(per_type))
     plan = Plan(
         cluster=cluster,
         model=model,
@@ -119,7 +118,7 @@ def plan_job(
         baselines=baselines,
         ideal=ideal,
     )
-    plan = Plan(**{**plan.__dict__, "notes": tuple(plan_notes(plan, best, cm, exhaustive))})
+    plan = replace(plan, notes=tuple(plan_notes(plan, best, cm, exhaustive)))
     validate_plan(plan)
     report(1.0, "done")
     return plan

@@ -20,13 +20,12 @@ import math
 from collections.abc import Callable, Sequence
 
 from polychip.planner.estimate import Estimator
+from polychip.planner.mixed import LARGE, MixedTemplates
 from polychip.planner.scoring import Scored, Scorer, better
 from polychip.planner.shapes import Shape
 from polychip.planner.space import (
-    Segment,
     micro_batch_sizes,
     segments_of,
-    tp_degrees,
     zero_shard_buckets,
 )
 
@@ -38,8 +37,6 @@ EXACT_SHORTLIST = 24  # candidates scored exactly per search
 FULL_ESTIMATES = 600  # candidates (best by pipeline time alone) given the full estimate
 ALL_ESTIMATES_UP_TO = 4000  # ... or all of them when there are no more than this
 FEW_COPIES = (1, 2, 3, 4, 6, 8)  # replica counts tried for every shape alone (small clusters)
-LARGE = 64  # chips: above this, mixed pipelines are generated from a pruned set
-ALL_ORDERS_UP_TO = 3  # groups in a mixed pipeline: every order up to this many
 
 
 class FastSearch:
@@ -49,6 +46,7 @@ class FastSearch:
         self.max_stages = max_stages
         self.progress = progress or (lambda f, m: None)
         self.estimator = Estimator(scorer)
+        self.mixed = MixedTemplates(self.cluster, self.model, max_stages, self.job.precision)
 
     # ---- shapes -----------------------------------------------------------------------------
     def _micro_ctx(self, bucket: int, mb: int) -> int | None:
@@ -65,96 +63,6 @@ class FastSearch:
                 if s is not None:
                     out.append(s)
         return out
-
-    def mixed_templates(self, groups: Sequence[int], best_tp: dict[int, int]) -> list[tuple]:
-        """Pipelines over 2+ groups; the stage count per group follows from k copies using
-        ~1/k of each group's chips (scaled down to max_stages)."""
-        out: dict[tuple, None] = {}
-        gs = [self.cluster.groups[i] for i in groups]
-        small = sum(g.num_devices for g in gs) <= LARGE
-        for size in range(2, len(gs) + 1):
-            for subset in itertools.combinations(gs, size):
-                for order in self._orders(subset):
-                    for tps in self._tp_vectors(order, best_tp, small):
-                        kmax = min(g.num_devices // t for g, t in zip(order, tps, strict=True))
-                        for k in self._copies(order, tps, kmax, small):
-                            most = [
-                                g.num_devices // (k * t) for g, t in zip(order, tps, strict=True)
-                            ]
-                            for ns in self._stage_counts(most, small):
-                                tpl = tuple(
-                                    Segment(g.index, n, t)
-                                    for g, n, t in zip(order, ns, tps, strict=True)
-                                )
-                                out[tpl] = None
-        return list(out)
-
-    def _orders(self, subset: Sequence) -> list[tuple]:
-        if len(subset) <= ALL_ORDERS_UP_TO:
-            return list(itertools.permutations(subset))
-        keys = [
-            lambda g: -g.chip.memory_bytes,
-            lambda g: g.chip.memory_bytes,
-            lambda g: -g.chip.achievable_flops(self.job.precision),
-            lambda g: g.chip.achievable_flops(self.job.precision),
-        ]
-        return list(dict.fromkeys(tuple(sorted(subset, key=k)) for k in keys))
-
-    def _copies(self, order: Sequence, tps: Sequence[int], kmax: int, small: bool) -> list[int]:
-        """How many copies of a mixed pipeline to size it for: all on small clusters; else
-        those using every chip of its groups within max_stages, and the fewest that fit."""
-        if small:
-            return list(range(1, kmax + 1))
-
-        def stages(k: int) -> int:
-            return sum(g.num_devices // (k * t) for g, t in zip(order, tps, strict=True))
-
-        lo, hi = 1, kmax  # fewest copies whose share fits max_stages (stages(k) decreases)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if stages(mid) <= self.max_stages:
-                hi = mid
-            else:
-                lo = mid + 1
-        out = {1, lo}
-        whole = [
-            g.num_devices // t for g, t in zip(order, tps, strict=True) if g.num_devices % t == 0
-        ]
-        if len(whole) == len(order):
-            common = math.gcd(*whole)
-            for k in range(lo, min(common, kmax) + 1):
-                if common % k == 0 and stages(k) <= self.max_stages:
-                    out.add(k)
-        return sorted(out)
-
-    def _tp_vectors(
-        self, order: Sequence, best_tp: dict[int, int], small: bool
-    ) -> list[tuple[int, ...]]:
-        options = [tp_degrees(g, self.model) for g in order]
-        if small and math.prod(len(o) for o in options) <= 16:
-            return list(itertools.product(*options))
-        out = {tuple(best_tp[g.index] for g in order)}
-        for t in set(options[0]).intersection(*options[1:]):
-            out.add(tuple(t for _ in order))
-        out.add(tuple(max(o) for o in options))
-        return sorted(out)
-
-    def _stage_counts(self, most: list[int], small: bool) -> list[tuple[int, ...]]:
-        if min(most) < 1:
-            return []
-        if small and math.prod(most) <= 64:  # small clusters: every count up to the share
-            return [
-                ns
-                for ns in itertools.product(*(range(1, m + 1) for m in most))
-                if sum(ns) <= self.max_stages
-            ]
-        ns = list(most)
-        while sum(ns) > self.max_stages:
-            scale = self.max_stages / sum(ns)
-            ns = [max(1, min(n - 1, int(n * scale))) for n in ns]
-            if sum(ns) > self.max_stages and max(ns) == 1:
-                return []
-        return [tuple(ns)]
 
     # ---- fills --------------------------------------------------------------------------------
     def fills(
@@ -289,7 +197,7 @@ class FastSearch:
                 memo[(g, budget)] = opts[0] if opts else ()
             return memo[(g, budget)]
 
-        for tpl in self.mixed_templates(list(singles), best_tp):
+        for tpl in self.mixed.templates(list(singles), best_tp):
             for mb in mbs:
                 shape = self.builder.build(tpl, mb, shards, self._micro_ctx(bucket, mb))
                 if shape is None:
