@@ -26,6 +26,7 @@ from polychip.planner.shapes import Shape
 from polychip.planner.space import (
     micro_batch_sizes,
     segments_of,
+    tp_degrees,
     zero_shard_buckets,
 )
 
@@ -141,8 +142,6 @@ class FastSearch:
     ) -> list[tuple[object, Classes]]:
         singles = {g: self.single_shapes(g, bucket, shards) for g in groups}
         singles = {g: s for g, s in singles.items() if s}
-        if not singles:
-            return []
 
         # reference step time: every group filled with its best steady-state shapes
         def rank(shapes: list[Shape], value: Callable[[Shape], float]) -> list[Shape]:
@@ -178,9 +177,11 @@ class FastSearch:
                     for k in FEW_COPIES:
                         if k <= most:
                             out.append((None, ((s, k),)))
-        best_tp = {
-            g: max(shapes, key=lambda s: s.rate / s.num_devices).template[0].tp
-            for g, shapes in singles.items()
+        best_tp = {  # a group that cannot hold the model alone still joins mixed pipelines
+            g: max(singles[g], key=lambda s: s.rate / s.num_devices).template[0].tp
+            if g in singles
+            else max(tp_degrees(self.cluster.groups[g], self.model))
+            for g in groups
         }
         mbs = sorted(
             {s.micro_batch_size for opts in options.values() for o in opts for s, _ in o}
@@ -197,7 +198,7 @@ class FastSearch:
                 memo[(g, budget)] = opts[0] if opts else ()
             return memo[(g, budget)]
 
-        for tpl in self.mixed.templates(list(singles), best_tp):
+        for tpl in self.mixed.templates(list(groups), best_tp):
             for mb in mbs:
                 shape = self.builder.build(tpl, mb, shards, self._micro_ctx(bucket, mb))
                 if shape is None:
