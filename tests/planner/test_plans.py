@@ -127,3 +127,16 @@ def test_gpipe_plan_beats_naive_on_h800_910b() -> None:
     plan = plan_job(cluster, load_model("llama3-70b"), TrainingJob(64, 4096), schedule="gpipe")
     _check_invariants(plan)
     assert plan.estimate.tokens_per_s > plan.baselines["naive_mixed"].tokens_per_s
+
+
+def test_a_type_too_small_alone_joins_a_mixed_pipeline() -> None:
+    """16 x 910B cannot hold llama3-70b alone without ZeRO sharding, yet add to a pipeline."""
+    cluster = load_cluster(EXAMPLES / "a100-910b-mi300x.yaml")
+    plan = plan_job(cluster, load_model("llama3-70b"), TrainingJob(512, 4096))
+    _check_invariants(plan)
+    assert {s.chip for r in plan.replicas for s in r.stages} == {
+        "a100-80g",
+        "ascend-910b",
+        "mi300x",
+    }
+    assert plan.estimate.tokens_per_s > plan.baselines["naive_mixed"].tokens_per_s
