@@ -69,9 +69,9 @@ def examples() -> list[dict]:
     return rows
 
 
-def small(seeds: int, max_chips: int, max_stages: int) -> list[dict]:
+def small(seeds: int, max_chips: int, max_stages: int, first: int = 0) -> list[dict]:
     rows = []
-    for seed in range(seeds):
+    for seed in range(first, first + seeds):
         cluster, model, job = random_case(seed, max_chips)
         cm = CostModel(cluster, model, job)
         groups = list(range(len(cluster.groups)))
@@ -109,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--seeds", type=int, default=12, help="random small clusters")
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--max-chips", type=int, default=32)
     parser.add_argument("--max-stages", type=int, default=2, help="for the small clusters")
     parser.add_argument("--skip-examples", action="store_true")
@@ -150,7 +151,7 @@ def main() -> None:
             )
         console.print(t)
     if args.seeds:
-        out["small"] = small(args.seeds, args.max_chips, args.max_stages)
+        out["small"] = small(args.seeds, args.max_chips, args.max_stages, args.first_seed)
         t = Table(
             title=f"fast vs exhaustive, random clusters <= {args.max_chips} chips, "
             f"<= 3 types, max {args.max_stages} stages"

@@ -140,3 +140,9 @@ def test_a_type_too_small_alone_joins_a_mixed_pipeline() -> None:
         "mi300x",
     }
     assert plan.estimate.tokens_per_s > plan.baselines["naive_mixed"].tokens_per_s
+
+
+def test_exhaustive_refuses_a_big_space_before_searching() -> None:
+    cluster = load_cluster(EXAMPLES / "h800-910b.yaml")
+    with pytest.raises(PolychipError, match="--exhaustive would enumerate"):
+        plan_job(cluster, load_model("llama3-70b"), TrainingJob(64, 4096), exhaustive=True)

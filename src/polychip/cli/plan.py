@@ -37,10 +37,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", help="write the plan JSON here")
     p.add_argument("--exhaustive", action="store_true", help="slow exact search (small clusters)")
-    p.add_argument("--precision", choices=("bf16", "fp16"), default="bf16")
+    p.add_argument(
+        "--precision", choices=("bf16", "fp16"), default="bf16", help="training precision (bf16)"
+    )
     p.add_argument("--no-recompute", action="store_true", help="forbid activation recompute")
     p.add_argument("--no-zero1", action="store_true", help="forbid ZeRO-1 optimizer sharding")
-    p.add_argument("--schedule", choices=("1f1b", "gpipe"), default="1f1b")
+    p.add_argument(
+        "--schedule", choices=("1f1b", "gpipe"), default="1f1b", help="pipeline schedule (1f1b)"
+    )
     p.add_argument(
         "--max-stages",
         type=int,

@@ -70,6 +70,8 @@ def plan_job(
         done += 1
         return result
 
+    if exhaustive:  # refuse a space too big for the oracle before searching anything
+        Exhaustive(scorer, stages).kinds(list(range(len(cluster.groups))))
     alone = {chip: search(groups, f"{chip} only") for chip, groups in types.items()}
     best = None
     for result in alone.values():

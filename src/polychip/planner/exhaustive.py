@@ -161,21 +161,25 @@ class Exhaustive:
         return 2.0 * params / tp / bw + 4 * lat
 
     # ---- the enumeration ------------------------------------------------------------------
+    def kinds(self, groups: Sequence[int]) -> list[Kind]:
+        """Every (template, micro-batch size); refuses spaces too big for an oracle."""
+        out: list[Kind] = []
+        sizes = micro_batch_sizes(self.job.global_batch)
+        for tpl in all_templates(self.cluster, self.model, self.max_stages, groups):
+            out.extend((tpl, mb) for mb in sizes)
+            if len(out) > MAX_KINDS:
+                raise PolychipError(
+                    f"--exhaustive would enumerate more than {MAX_KINDS} pipeline shapes: it "
+                    f"is an oracle for small clusters; lower --max-stages (now "
+                    f"{self.max_stages}) or drop --exhaustive"
+                )
+        return out
+
     def run(self, groups: Sequence[int], incumbent: Scored | None = None) -> Scored | None:
         """The best plan over `groups`. `incumbent` (optional, e.g. the fast planner's plan)
         only prunes: a branch is cut when it provably cannot beat it."""
         g = self.job.global_batch
-        kinds: list[Kind] = [
-            (tpl, mb)
-            for tpl in all_templates(self.cluster, self.model, self.max_stages, groups)
-            for mb in micro_batch_sizes(g)
-        ]
-        if len(kinds) > MAX_KINDS:
-            raise PolychipError(
-                f"--exhaustive would enumerate {len(kinds)} pipeline shapes (limit "
-                f"{MAX_KINDS}): it is an oracle for small clusters; lower --max-stages or "
-                "drop --exhaustive"
-            )
+        kinds = self.kinds(groups)
         most = min(g, sum(self.cluster.groups[i].num_devices for i in groups))
         loose = most if self.job.allow_zero1 else 1  # the most memory any plan can leave
         # Bounds valid for every memory context (they use the loosest one): a replica takes

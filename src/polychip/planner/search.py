@@ -1,6 +1,7 @@
 """The fast planner: counts of replica shapes, ranked cheaply, the best few scored exactly.
 
-For each memory context (optimizer state sharded over 1, 4, 16, ... replicas under ZeRO-1):
+For each memory context (optimizer state sharded over 1, 8, 64, ... replicas under ZeRO-1;
+under GPipe also m = G / replicas micro-batches in flight, replicas 1, 2, 4, ...):
 
 1. per node group, every single-type shape (stages x TP x micro-batch, layers split by the
    partition DP); per group a short list of *fills* -- up to two shapes with counts that use
@@ -10,7 +11,7 @@ For each memory context (optimizer state sharded over 1, 4, 16, ... replicas und
    about 1/k of each group's chips, the leftovers filled per group as above;
 4. every candidate is ranked by a cheap estimate (closed-form batch split, gradient sync and
    optimizer time from the cost model's components), the best ones are scored exactly
-   (`scoring.Scorer`: `CostModel.evaluate`), and the winner is polished by +-1 replica moves.
+   (`scoring.Scorer`: `CostModel.evaluate`), and the winner is polished by local moves.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class FastSearch:
         buckets = zero_shard_buckets(
             min(job.global_batch, devices), job.allow_zero1 or gpipe, factor=2 if gpipe else 8
         )
-        pool: dict[tuple, tuple[float, Classes]] = {}
+        pool: dict[tuple, tuple[float, object, Classes]] = {}
         for bi, bucket in enumerate(buckets):
             self.progress(bi / len(buckets) * 0.8, f"searching (ZeRO shards {bucket})")
             shards = bucket if job.allow_zero1 else 1
