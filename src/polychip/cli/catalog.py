@@ -7,7 +7,7 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from polychip.spec.accelerators import catalog_entry, catalog_names, lookup
+from polychip.spec.accelerators import catalog_entry, catalog_names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +17,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _fmt(value: float | None, scale: float = 1.0, digits: int = 0) -> str:
-    return "—" if value is None else f"{value / scale:,.{digits}f}"
+    """A figure for a table: `digits` decimals, at least two below 1 (so 0.05 and 0.2
+    TFLOP/s do not print as 0.1 and 0.2, or both as 0)."""
+    if value is None:
+        return "—"
+    x = value / scale
+    if 0 < abs(x) < 1:
+        digits = max(digits, 2)
+    return f"{x:,.{digits}f}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,10 +63,6 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     if args.sources:
         for name in catalog_names():
-            try:
-                chip = lookup(name)
-            except Exception:  # a chip with a missing figure still lists its sources
-                chip = None
             entry = catalog_entry(name)
             console.print(f"[bold]{name}[/bold]")
             for key, fig in entry.items():
@@ -68,7 +71,6 @@ def run(args: argparse.Namespace) -> int:
                         f"  {key} = {fig.get('value')} ({fig.get('confidence')}): "
                         f"{fig.get('source')}"
                     )
-            del chip
     console.print(
         "Unknown chip? Declare it under `chips:` in the cluster file (docs/accelerators.md)."
     )

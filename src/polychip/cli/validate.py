@@ -7,6 +7,7 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
+from polychip.cli.catalog import _fmt
 from polychip.spec.cluster import load_cluster
 
 
@@ -38,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
             str(g.chips_per_node),
             str(g.num_devices),
             g.chip.island,
-            f"{g.nic_bw_bytes_per_s * 8 / 1e9:,.0f}",
-            f"{g.chip.memory_bytes / 2**30:,.0f}",
-            "—" if peak is None else f"{peak / 1e12:,.0f}",
+            _fmt(g.nic_bw_bytes_per_s * 8, 1e9),
+            _fmt(g.chip.memory_bytes, 2**30),
+            _fmt(peak, 1e12),
         )
     console = Console()
     console.print(table)

@@ -229,7 +229,10 @@ class CostModel:
         firsts = [(r.stages[0], r.stages[0].tp) for r in replicas]
         lasts = [(r.stages[-1], r.stages[-1].tp) for r in replicas]
         embed_s = self._segment_allreduce_s(firsts, self.model.embedding_params)
-        head_s = self._segment_allreduce_s(lasts, self.model.head_params)
+        # A tied output head on its own stage is a copy of the embedding: its gradient too.
+        tied = self.model.tie_embeddings and any(r.num_stages > 1 for r in replicas)
+        head_n = self.model.head_params + (self.model.embedding_params if tied else 0)
+        head_s = self._segment_allreduce_s(lasts, head_n)
         worst = 0.0
         for r in replicas:
             for si, st in enumerate(r.stages):
@@ -241,7 +244,7 @@ class CostModel:
 
     # ---- memory and optimizer ------------------------------------------------------------
     def memory_of(
-        self, replica: Replica, si: int, schedule: str, zero_shards: int
+        self, replica: Replica, si: int, schedule: str, zero_shards: int, virtual_stages: int = 1
     ) -> MemoryBreakdown:
         st = replica.stages[si]
         chip = self.chip(st.chip)
@@ -254,7 +257,7 @@ class CostModel:
             tp=st.tp,
             micro_batch=replica.micro_batch_size,
             in_flight=in_flight_micro_batches(
-                schedule, si, replica.num_stages, replica.num_micro_batches
+                schedule, si, replica.num_stages, replica.num_micro_batches, virtual_stages
             ),
             recompute=st.recompute,
             zero_shards=zero_shards,
@@ -274,8 +277,14 @@ class CostModel:
 
     # ---- everything ----------------------------------------------------------------------
     def evaluate(
-        self, replicas: tuple[Replica, ...], schedule: str = "1f1b", zero1: bool = False
+        self,
+        replicas: tuple[Replica, ...],
+        schedule: str = "1f1b",
+        zero1: bool = False,
+        virtual_stages: int = 1,
     ) -> PlanCost:
+        """Step time, throughput, MFU and per-device memory. `virtual_stages` (interleaved
+        1F1B only) raises the activations in flight; the time is 1F1B's (conservative)."""
         zero_shards = len(replicas) if zero1 else 1
         spans = [self.pipeline_time_s(r) for r in replicas]
         pipeline_s = max(s for s, _ in spans)
@@ -291,7 +300,7 @@ class CostModel:
         violations: list[str] = []
         for ri, r in enumerate(replicas):
             for si, st in enumerate(r.stages):
-                mem = self.memory_of(r, si, schedule, zero_shards)
+                mem = self.memory_of(r, si, schedule, zero_shards, virtual_stages)
                 memory[(ri, si)] = mem
                 cap = self.chip(st.chip).memory_bytes
                 if mem.total > cap:

@@ -31,19 +31,36 @@ class MemoryBreakdown:
         return self.weights + self.grads + self.optimizer + self.activations + self.reserve
 
 
-def in_flight_micro_batches(schedule: str, stage: int, num_stages: int, num_micro: int) -> int:
-    """Micro-batches whose activations a stage holds at its peak."""
+def in_flight_micro_batches(
+    schedule: str, stage: int, num_stages: int, num_micro: int, virtual_stages: int = 1
+) -> int:
+    """Micro-batches' worth of this stage's activations held at its peak.
+
+    GPipe: all M. 1F1B: min(S - i, M). Interleaved 1F1B with v model chunks per device
+    (Megatron's schedule): 2 (S - i - 1) + (v - 1) S warm-up chunk-micro-batches plus the
+    one in flight, at most v M, each 1/v of the stage -- rounded up to whole micro-batches.
+    That is more than 1F1B (the first stage holds ~S (1 + (S - 1)/(S v))), not less.
+    """
     if schedule == "gpipe":
         return num_micro
-    return min(num_stages - stage, num_micro)  # 1F1B (and interleaved, conservatively)
+    if schedule == "interleaved-1f1b" and virtual_stages > 1:
+        v = virtual_stages
+        chunks = min(2 * (num_stages - stage - 1) + (v - 1) * num_stages + 1, v * num_micro)
+        return -(-chunks // v)
+    return min(num_stages - stage, num_micro)
 
 
 def stage_params(model: ModelSpec, num_layers: int, first: bool, last: bool) -> int:
+    """Parameters a stage holds. With tied embeddings, a last stage that is not also the
+    first keeps its own copy of the embedding as the output projection (Megatron keeps the
+    copies equal by all-reducing their gradients), so it holds, updates and syncs it."""
     params = num_layers * model.layer_params
     if first:
         params += model.embedding_params
     if last:
         params += model.head_params
+        if model.tie_embeddings and not first:
+            params += model.embedding_params
     return params
 
 

@@ -149,9 +149,9 @@ def plan_from_dict(data: Any, file: str | None = None) -> Plan:
         err = exc.errors()[0]
         raise PlanError(f"{where}{key_path(tuple(err['loc']))}: {err['msg']}") from None
     try:
-        cluster = cluster_from_dict(raw.cluster, file=file)
-    except SpecError as exc:
-        raise PlanError(f"{where}cluster: {exc}") from None
+        cluster = cluster_from_dict(raw.cluster)
+    except SpecError as exc:  # its message starts with its key path inside the cluster
+        raise PlanError(f"{where}cluster{'.' if exc.key else ': '}{exc}") from None
     replicas = []
     for ri, r in enumerate(raw.replicas):
         stages = []

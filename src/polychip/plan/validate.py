@@ -37,6 +37,8 @@ def validate_plan(plan: Plan, file: str | None = None) -> None:
                     f"{here}.node: {st.node} is not a node of the cluster (it has {len(nodes)})"
                 )
             group = nodes[st.node].group
+            if not st.local_devices:
+                raise PlanError(f"{here}.local_devices: empty; a stage needs at least one chip")
             if group.chip.name != st.chip:
                 raise PlanError(
                     f"{here}.chip: {st.chip!r} but node {st.node} has {group.chip.name!r} chips"
@@ -63,6 +65,10 @@ def validate_plan(plan: Plan, file: str | None = None) -> None:
                 f"{at}.stages: cover layers [0, {expect}) but the model has "
                 f"{model.num_layers}: each layer on exactly one stage"
             )
+        sizes = {"batch_size": rep.batch_size, "micro_batch_size": rep.micro_batch_size}
+        for name, value in sizes.items():
+            if value < 1:
+                raise PlanError(f"{at}.{name}: {value} must be ≥ 1 sequence")
         if rep.batch_size % rep.micro_batch_size:
             raise PlanError(
                 f"{at}.micro_batch_size: {rep.micro_batch_size} must divide "
@@ -74,6 +80,8 @@ def validate_plan(plan: Plan, file: str | None = None) -> None:
             f"{where}replicas: batch shares sum to {total}, the job's global batch "
             f"is {plan.job.global_batch}"
         )
+    if plan.virtual_stages < 1:
+        raise PlanError(f"{where}virtual_stages: {plan.virtual_stages} must be ≥ 1")
     if plan.schedule != "interleaved-1f1b" and plan.virtual_stages != 1:
         raise PlanError(
             f"{where}virtual_stages: {plan.virtual_stages} needs schedule interleaved-1f1b"

@@ -20,10 +20,10 @@ from polychip.spec.errors import PolychipError, SpecError
 GIB = 1024**3
 PRECISIONS = ("bf16", "fp16")
 
+# One line (flow-style YAML), so an error that shows it stays one line on the terminal.
 INLINE_EXAMPLE = (
-    "chips:\n"
-    "  acme-npu: {vendor: acme, peak_tflops_bf16: 200, memory_gib: 64, "
-    "memory_gbps: 1600, intra_node_gbps: 400}"
+    "chips: {acme-npu: {vendor: acme, peak_tflops_bf16: 200, memory_gib: 64, "
+    "memory_gbps: 1600, intra_node_gbps: 400}}"
 )
 
 
@@ -62,6 +62,10 @@ class Accelerator:
         return f"{self.vendor}/{self.collective_library}"
 
     def peak_flops(self, precision: str) -> float:
+        if precision not in PRECISIONS:
+            raise PolychipError(
+                f"precision {precision!r} has no catalog peak; use one of {', '.join(PRECISIONS)}"
+            )
         peak = self.peak_flops_bf16 if precision == "bf16" else self.peak_flops_fp16
         if peak is None:
             other = "fp16" if precision == "bf16" else "bf16"
@@ -121,7 +125,7 @@ def unknown_chip_error(name: str, file: str | None = None, key: str | None = Non
     hint = f"closest known: {', '.join(near)}; " if near else ""
     return SpecError(
         f"unknown chip {name!r}: {hint}see `polychip catalog` for all names, or declare it "
-        f"inline in the cluster file:\n{INLINE_EXAMPLE}",
+        f"inline in the cluster file, e.g. {INLINE_EXAMPLE}",
         file=file,
         key=key,
     )

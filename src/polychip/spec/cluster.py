@@ -18,6 +18,7 @@ from polychip.spec.accelerators import (
     Accelerator,
     build_accelerator,
     catalog_entry,
+    normalise,
     resolve_name,
     unknown_chip_error,
 )
@@ -27,7 +28,7 @@ CLUSTER_SCHEMA_VERSION = 1
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ChipDecl(_Strict):
@@ -137,15 +138,36 @@ class Cluster:
         return sum(g.num_devices * g.chip.peak_flops(precision) for g in self.groups)
 
 
-def _resolve_chip(decl: ClusterDecl, name: str, file: str | None, key: str) -> Accelerator:
-    inline = decl.chips.get(name)
+def _inline_chips(decl: ClusterDecl, file: str | None) -> dict[str, tuple[str, ChipDecl]]:
+    """Inline chips keyed as node names are matched: a catalog chip by its canonical name
+    (so `chips: {BI150: ...}` or `{iluvatar-bi150: ...}` completes catalog `bi150`), any
+    other by its normalised name. Value: (the key as written, its declaration)."""
+    out: dict[str, tuple[str, ChipDecl]] = {}
+    for key, chip in decl.chips.items():
+        ident = resolve_name(key) or normalise(key)
+        if ident in out:
+            raise SpecError(
+                f"chip {ident!r} is declared twice (as {out[ident][0]!r} and {key!r}); "
+                f"keep one declaration",
+                file=file,
+                key=f"chips.{key}",
+            )
+        out[ident] = (key, chip)
+    return out
+
+
+def _resolve_chip(
+    inline_chips: dict[str, tuple[str, ChipDecl]], name: str, file: str | None, key: str
+) -> Accelerator:
     canonical = resolve_name(name)
-    if inline is None and canonical is None:
-        raise unknown_chip_error(name, file=file, key=key)
-    entry: dict[str, Any] = catalog_entry(name) if canonical is not None else {}
-    if inline is not None:  # inline figures complete or override the catalog's
-        entry.update(inline.model_dump(exclude_none=True))
-    return build_accelerator(canonical or name, entry, file=file, key=key)
+    inline = inline_chips.get(canonical or normalise(name))
+    if inline is None:
+        if canonical is None:
+            raise unknown_chip_error(name, file=file, key=key)
+        return build_accelerator(canonical, catalog_entry(canonical), file=file, key=key)
+    entry: dict[str, Any] = catalog_entry(canonical) if canonical is not None else {}
+    entry.update(inline[1].model_dump(exclude_none=True))  # inline completes or overrides
+    return build_accelerator(canonical or inline[0], entry, file=file, key=key)
 
 
 def cluster_from_dict(data: Any, file: str | None = None) -> Cluster:
@@ -155,9 +177,10 @@ def cluster_from_dict(data: Any, file: str | None = None) -> Cluster:
         decl = ClusterDecl.model_validate(data)
     except ValidationError as exc:
         raise pydantic_message(exc, file) from None
+    inline_chips = _inline_chips(decl, file)
     groups = []
     for i, node in enumerate(decl.nodes):
-        chip = _resolve_chip(decl, node.chip, file, f"nodes[{i}].chip")
+        chip = _resolve_chip(inline_chips, node.chip, file, f"nodes[{i}].chip")
         groups.append(
             NodeGroup(
                 index=i,
@@ -178,7 +201,13 @@ def load_cluster(path: str | Path) -> Cluster:
     if not path.is_file():
         raise SpecError("cluster file not found (give the path to a YAML file)", file=str(path))
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError("not a text file (expected UTF-8 YAML)", file=str(path)) from None
+    except OSError as exc:
+        raise SpecError(f"cannot read the cluster file: {exc.strerror}", file=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else None

@@ -121,7 +121,8 @@ PRESETS: dict[str, ModelSpec] = {
         _preset("llama3-70b", 80, 8192, 64, 8, 28672, 128256),
         _preset("qwen2-7b", 28, 3584, 28, 4, 18944, 152064),
         _preset("qwen2-72b", 80, 8192, 64, 8, 29568, 152064),
-        _preset("gpt3-175b", 96, 12288, 96, 96, 49152, 50257, mlp="gelu"),
+        # GPT-3 (like GPT-2 and Megatron's GPT) ties the output head to the embedding.
+        _preset("gpt3-175b", 96, 12288, 96, 96, 49152, 50257, mlp="gelu", tie_embeddings=True),
     )
 }
 
@@ -140,10 +141,20 @@ class _HFConfig(BaseModel):
 
 
 def model_from_hf_config(path: Path) -> ModelSpec:
+    path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise SpecError(f"not valid JSON: {exc.msg} (line {exc.lineno})", file=str(path)) from None
+    except UnicodeDecodeError:
+        raise SpecError("not a text file (expected a JSON config)", file=str(path)) from None
+    except OSError as exc:
+        raise SpecError(f"cannot read the model config: {exc.strerror}", file=str(path)) from None
+    if not isinstance(data, dict):
+        raise SpecError(
+            "a Hugging Face config.json is a JSON object (num_hidden_layers, hidden_size, ...)",
+            file=str(path),
+        )
     try:
         cfg = _HFConfig.model_validate(data)
     except ValidationError as exc:
@@ -155,13 +166,21 @@ def model_from_hf_config(path: Path) -> ModelSpec:
             file=str(path),
             key="hidden_size",
         )
+    kv_heads = cfg.num_key_value_heads or cfg.num_attention_heads
+    if cfg.num_attention_heads % kv_heads:
+        raise SpecError(
+            f"num_key_value_heads {kv_heads} must divide num_attention_heads "
+            f"{cfg.num_attention_heads} (grouped-query attention)",
+            file=str(path),
+            key="num_key_value_heads",
+        )
     gated = cfg.hidden_act in ("silu", "swish", "swiglu")
     return ModelSpec(
         name=path.stem if path.stem != "config" else path.parent.name or "hf-model",
         num_layers=cfg.num_hidden_layers,
         hidden_size=cfg.hidden_size,
         num_heads=cfg.num_attention_heads,
-        num_kv_heads=cfg.num_key_value_heads or cfg.num_attention_heads,
+        num_kv_heads=kv_heads,
         ffn_hidden_size=cfg.intermediate_size,
         vocab_size=cfg.vocab_size,
         mlp="swiglu" if gated else "gelu",
