@@ -133,6 +133,7 @@ class PhaseTargets:
 
     micro_batch_s: float  # forward + backward of one micro-batch
     optimizer_s: float  # one AdamW step over the rank's parameters
+    gradient_sync_s: float  # the step's gradient all-reduce (the slowest device's, for all)
 
 
 def phase_targets(plan: Plan, replica: int, stage: int) -> PhaseTargets:
@@ -144,7 +145,8 @@ def phase_targets(plan: Plan, replica: int, stage: int) -> PhaseTargets:
                          stage == rep.num_stages - 1) / st.tp
     return PhaseTargets(
         micro_batch_s=cost.times_of(rep, stage).total_s,
-        optimizer_s=owned * ADAMW_BYTES_PER_PARAM / cost.chip(st.chip).memory_bw_bytes_per_s)
+        optimizer_s=owned * ADAMW_BYTES_PER_PARAM / cost.chip(st.chip).memory_bw_bytes_per_s,
+        gradient_sync_s=cost.dp_sync_time_s(plan.replicas))
 
 
 def dilation_for(ratio: float, margin: float = DILATION_MARGIN) -> float:

@@ -6,9 +6,11 @@ gradient buffer; one sample-weighted all-reduce (flat inside an island, hierarch
 islands) makes every rank's gradient that of the whole batch; then AdamW (or SGD).
 
 With emulated chips every compute phase (forward + backward of a micro-batch, the optimizer
-step) lasts exactly ``dilation x`` the cost model's time for this rank's chip and work. The
-dilation, unless given, comes from a timed warm-up: the smallest round factor that fits the
-slowest real phase of any rank, with a margin (:func:`agree_dilation`).
+step) lasts exactly ``dilation x`` the cost model's time for this rank's chip and work, and the
+real gradient all-reduce is followed by ``dilation x`` the cost model's all-reduce time (the
+emulated links; the host's own all-reduce is nearly free in chip time). The dilation, unless
+given, comes from a timed warm-up: the smallest round factor that fits the slowest real phase
+of any rank, with a margin (:func:`agree_dilation`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from polychip.spec.model import ModelSpec
 
 WARMUP_WINDOW_S = 0.6
 """How long every rank computes, unpadded, to measure the host's speed under contention."""
+GRADIENT_SYNC = "gradient_sync"
+"""The emulated pause after the real all-reduce (a communication slot, not a compute phase)."""
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
@@ -181,6 +185,9 @@ class Trainer:
             global_loss = self.sync.sync()
         except RuntimeError as exc:
             raise self.failure(step, "the gradient all-reduce", exc) from exc
+        if targets is not None:  # emulated links: the all-reduce, then its modelled time
+            with clock.phase(GRADIENT_SYNC, targets.gradient_sync_s):
+                pass
         sync_end = time.perf_counter()
         with clock.phase("optimizer", targets and targets.optimizer_s):
             self.optimizer.step()
@@ -196,22 +203,22 @@ class Trainer:
             peak_memory_bytes=memory, memory_kind=kind, emulated=clock.emulated,
             dilation=clock.dilation, overruns=after.num_overruns - before.num_overruns)
 
-    def run(self, steps: int, *, progress: bool = False, label: str = "training"
-            ) -> list[StepRecord]:
-        records: list[StepRecord] = []
+    def run(self, steps: int, *, start: int = 0, progress: bool = False,
+            label: str = "training") -> list[StepRecord]:
+        """Steps ``start .. start + steps - 1``; a progress bar (loss, tokens/s) if asked."""
+        indices = range(start, start + steps)
         if not progress:
-            for step in range(steps):
-                records.append(self.step(step))
-            return records
+            return [self.step(step) for step in indices]
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+        records: list[StepRecord] = []
         tokens = self.plan.job.tokens_per_step
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]:.3f}"),
                    TextColumn("{task.fields[tps]:,.0f} tok/s wall"))
         with Progress(*columns, transient=False) as bar:
             task = bar.add_task(label, total=steps, loss=float("nan"), tps=0.0)
-            for step in range(steps):
+            for step in indices:
                 rec = self.step(step)
                 records.append(rec)
                 bar.update(task, advance=1, loss=rec.global_loss, tps=tokens / rec.seconds)
