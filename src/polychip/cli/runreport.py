@@ -16,18 +16,22 @@ def islands_line(plan: Plan, emulate: bool) -> str:
     from polychip.runtime.topology import islands, rank_roles
 
     roles = rank_roles(plan, emulate=emulate)
-    parts = [f"{roles[m[0]].island} ({roles[m[0]].backend}): ranks {', '.join(map(str, m))}"
-             for m in islands(roles)]
+    parts = []
+    for members in islands(roles):
+        first = roles[members[0]]
+        via = "" if first.island.endswith("/" + first.backend) else f" via {first.backend}"
+        parts.append(f"{first.island}{via}: ranks {', '.join(map(str, members))}")
     return f"{len(parts)} island(s): " + " | ".join(parts)
 
 
 def emulation_note(summary: RunSummary) -> str:
     if not summary.emulated:
         return "Speeds are this machine's own (no emulation)."
-    return (f"Chip speeds were EMULATED: every compute phase lasted {summary.dilation:g} x the "
-            f"cost model's time for its chip; chip-time figures = wall x {summary.dilation:g}. "
-            f"Communication ran at this host's speed. Overruns (real work longer than its "
-            f"slot): {summary.num_overruns} of {summary.num_phases} phases.")
+    d = f"{summary.dilation:g}"
+    return (f"Chip speeds were EMULATED on this CPU: every compute phase lasted {d} x the cost "
+            f"model's time for its chip, and each gradient all-reduce was followed by {d} x "
+            f"its modelled time; chip-time figures = wall x {d}. Overruns (real work longer "
+            f"than its slot): {summary.num_overruns} of {summary.num_phases} compute phases.")
 
 
 def print_train_summary(console: Console, plan: Plan, summary: RunSummary) -> None:
