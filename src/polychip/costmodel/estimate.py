@@ -246,8 +246,19 @@ class CostModel:
     def memory_of(
         self, replica: Replica, si: int, schedule: str, zero_shards: int, virtual_stages: int = 1
     ) -> MemoryBreakdown:
+        """Peak memory of one device of stage `si`, with the activations the schedule's
+        closed form says it holds at its peak."""
+        in_flight = in_flight_micro_batches(
+            schedule, si, replica.num_stages, replica.num_micro_batches, virtual_stages
+        )
+        return self.stage_memory_at(replica, si, in_flight, zero_shards)
+
+    def stage_memory_at(
+        self, replica: Replica, si: int, in_flight: int, zero_shards: int
+    ) -> MemoryBreakdown:
+        """Memory of one device of stage `si` holding `in_flight` micro-batches'
+        activations (the simulator counts them as the schedule runs)."""
         st = replica.stages[si]
-        chip = self.chip(st.chip)
         return stage_memory(
             self.model,
             seq_len=self.job.seq_len,
@@ -256,24 +267,26 @@ class CostModel:
             last=si == replica.num_stages - 1,
             tp=st.tp,
             micro_batch=replica.micro_batch_size,
-            in_flight=in_flight_micro_batches(
-                schedule, si, replica.num_stages, replica.num_micro_batches, virtual_stages
-            ),
+            in_flight=in_flight,
             recompute=st.recompute,
             zero_shards=zero_shards,
-            capacity_bytes=chip.memory_bytes,
+            capacity_bytes=self.chip(st.chip).memory_bytes,
         )
 
     def optimizer_time_s(self, replicas: tuple[Replica, ...], zero_shards: int) -> float:
-        worst = 0.0
-        for r in replicas:
-            for si, st in enumerate(r.stages):
-                owned = stage_params(self.model, st.num_layers, si == 0, si == r.num_stages - 1)
-                owned /= st.tp * max(zero_shards, 1)
-                worst = max(
-                    worst, owned * ADAMW_BYTES_PER_PARAM / self.chip(st.chip).memory_bw_bytes_per_s
-                )
-        return worst
+        """The slowest device's optimizer step."""
+        return max(
+            self.stage_optimizer_time_s(r, si, zero_shards)
+            for r in replicas
+            for si in range(r.num_stages)
+        )
+
+    def stage_optimizer_time_s(self, replica: Replica, si: int, zero_shards: int) -> float:
+        """AdamW step of one device of stage `si` (memory bound)."""
+        st = replica.stages[si]
+        owned = stage_params(self.model, st.num_layers, si == 0, si == replica.num_stages - 1)
+        owned /= st.tp * max(zero_shards, 1)
+        return owned * ADAMW_BYTES_PER_PARAM / self.chip(st.chip).memory_bw_bytes_per_s
 
     # ---- everything ----------------------------------------------------------------------
     def evaluate(

@@ -9,19 +9,41 @@ from polychip.plan.plan import (
     Replica,
     Stage,
 )
+from polychip.plan.schedule import (
+    Action,
+    Op,
+    Schedule,
+    Segment,
+    StageProgram,
+    build_schedule,
+    chunk_layers,
+    grad_segments,
+)
+from polychip.plan.schedule_text import ScheduleTextError, format_schedule, parse_schedule
 from polychip.plan.serialize import load_plan, plan_from_dict, plan_to_dict, save_plan
 from polychip.plan.validate import PlanError, validate_plan
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Action",
     "Baseline",
     "Estimate",
+    "Op",
     "Plan",
     "PlanError",
     "RankInfo",
     "Replica",
+    "Schedule",
+    "ScheduleTextError",
+    "Segment",
     "Stage",
+    "StageProgram",
+    "build_schedule",
+    "chunk_layers",
+    "format_schedule",
+    "grad_segments",
     "load_plan",
+    "parse_schedule",
     "plan_from_dict",
     "plan_to_dict",
     "save_plan",

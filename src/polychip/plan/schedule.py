@@ -1,0 +1,253 @@
+"""One training step as ordered actions per stage: what the simulator replays and the
+runtime executes.
+
+A *program* is the action list of one pipeline stage of one replica. The stage's tensor-
+parallel ranks execute it together: compute actions (F, B, OPT) are collective over the TP
+group, and only the group's leader (its lowest rank) sends and receives across stages;
+peers are named by their leader. Actions:
+
+  F3 / B3        forward / backward of micro-batch 3 on this stage (F3.1: on model chunk 1,
+                 interleaved 1F1B only)
+  SA3>r5 RA3<r2  send activations of micro-batch 3 to r5 / receive them from r2
+  SG3>r2 RG3<r5  send the input gradient to r2 / receive the output gradient from r5
+  AR[0:20]       all-reduce the gradient of layers [0, 20) among every stage holding them
+                 (AR[emb], AR[head]: the embedding, the final norm + output head)
+  OPT            optimizer step
+
+Execution rules, under which every schedule built here is deadlock-free by construction:
+a send never blocks its sender (isend; a runtime whose sends rendezvous fuses each send
+with the receive from the same peer that follows it, as Megatron's
+send_forward_recv_backward does); a receive blocks until its data is there; all-reduces
+are issued after the rank's last backward, in one global order (head, layers from the last
+down, embedding), so two ranks never wait on each other's collectives crosswise.
+
+Interleaved 1F1B (virtual_stages v > 1): stage p holds v chunks of (its layers / v) each;
+virtual stage c * S + p runs chunk c of stage p, and virtual stages take consecutive
+layers in that order (`chunk_layers`). The plan's stage layer ranges then give each stage's
+layer *count*; the layers a chunk actually holds come from `chunk_layers`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from polychip.plan.plan import Plan, Replica
+from polychip.spec.errors import PolychipError
+from polychip.spec.model import ModelSpec
+
+
+class Op(StrEnum):
+    FORWARD = "F"
+    BACKWARD = "B"
+    SEND_ACT = "SA"
+    RECV_ACT = "RA"
+    SEND_GRAD = "SG"
+    RECV_GRAD = "RG"
+    ALLREDUCE = "AR"
+    OPTIMIZER = "OPT"
+
+
+SENDS = (Op.SEND_ACT, Op.SEND_GRAD)
+RECVS = (Op.RECV_ACT, Op.RECV_GRAD)
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    op: Op
+    micro: int = -1  # micro-batch (compute, send, receive)
+    chunk: int = 0  # this rank's model chunk (interleaved 1F1B); 0 otherwise
+    peer: int = -1  # leader rank of the other stage (send, receive)
+    segment: str = ""  # all-reduce: "0:20", "emb" or "head"
+
+    def __str__(self) -> str:
+        if self.op is Op.ALLREDUCE:
+            return f"AR[{self.segment}]"
+        if self.op is Op.OPTIMIZER:
+            return "OPT"
+        text = f"{self.op}{self.micro}" + (f".{self.chunk}" if self.chunk else "")
+        if self.op in SENDS:
+            return f"{text}>r{self.peer}"
+        if self.op in RECVS:
+            return f"{text}<r{self.peer}"
+        return text
+
+
+@dataclass(frozen=True)
+class StageProgram:
+    """The actions of one stage; its TP ranks run them together, `ranks[0]` leads."""
+
+    replica: int
+    stage: int
+    ranks: tuple[int, ...]
+    actions: tuple[Action, ...]
+
+    @property
+    def leader(self) -> int:
+        return self.ranks[0]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    kind: str  # "1f1b", "gpipe" or "interleaved-1f1b"
+    virtual_stages: int
+    programs: tuple[StageProgram, ...]  # ordered by leader rank
+    groups: dict[str, tuple[int, ...]]  # all-reduce segment -> leader ranks holding it
+
+    def program_of(self, rank: int) -> StageProgram:
+        for prog in self.programs:
+            if rank in prog.ranks:
+                return prog
+        raise KeyError(f"rank {rank} is in no program of this schedule")
+
+    def actions_of(self, rank: int) -> tuple[Action, ...]:
+        return self.program_of(rank).actions
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Parameters whose gradient one all-reduce combines: a layer range held by the same
+    stages in every replica, or the embedding / the head."""
+
+    name: str  # "a:b", "emb", "head"
+    holders: tuple[tuple[int, int], ...]  # (replica, stage) holding it, in rank order
+    layer_start: int = 0
+    layer_end: int = 0
+
+    def num_params(self, model: ModelSpec) -> int:
+        if self.name == "emb":
+            return model.embedding_params
+        if self.name == "head":
+            return model.head_params
+        return (self.layer_end - self.layer_start) * model.layer_params
+
+
+def chunk_layers(replica: Replica, virtual_stages: int) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """[stage][chunk] -> (layer_start, layer_end) actually held (see the module docstring)."""
+    v = virtual_stages
+    if v == 1:
+        return tuple(((s.layer_start, s.layer_end),) for s in replica.stages)
+    out: list[list[tuple[int, int]]] = [[] for _ in replica.stages]
+    start = 0
+    for _ in range(v):
+        for si, st in enumerate(replica.stages):
+            if st.num_layers % v:
+                raise PolychipError(
+                    f"interleaved-1f1b: stage {si} has {st.num_layers} layers, not a multiple "
+                    f"of virtual_stages {v}; give every stage a multiple of {v} layers"
+                )
+            out[si].append((start, start + st.num_layers // v))
+            start += st.num_layers // v
+    return tuple(tuple(c) for c in out)
+
+
+def grad_segments(plan: Plan) -> tuple[Segment, ...]:
+    """Every segment held by two or more stages, in all-reduce order (head, layers from the
+    last down, embedding): the layer ranges whose set of holding stages is constant."""
+    layers = [chunk_layers(r, plan.virtual_stages) for r in plan.replicas]
+    bounds = sorted({b for rep in layers for st in rep for c in st for b in c})
+    segs = [Segment("head", tuple((ri, r.num_stages - 1) for ri, r in enumerate(plan.replicas)))]
+    for a, b in reversed(list(itertools.pairwise(bounds))):
+        holders = tuple(
+            (ri, next(si for si, st in enumerate(rep) if any(s <= a < e for s, e in st)))
+            for ri, rep in enumerate(layers)
+        )
+        segs.append(Segment(f"{a}:{b}", holders, a, b))
+    segs.append(Segment("emb", tuple((ri, 0) for ri in range(len(plan.replicas)))))
+    return tuple(s for s in segs if len(s.holders) > 1)
+
+
+def compute_order(kind: str, stage: int, num_stages: int, num_micro: int, v: int = 1):
+    """[(is_forward, micro_batch, chunk)] of one stage, in execution order."""
+    p, S, M = stage, num_stages, num_micro
+    if kind == "gpipe":
+        return [(True, m, 0) for m in range(M)] + [(False, m, 0) for m in range(M)]
+    if kind == "1f1b":
+        warm = min(S - p - 1, M)
+        out = [(True, m, 0) for m in range(warm)]
+        for i in range(M - warm):
+            out += [(True, warm + i, 0), (False, i, 0)]
+        return out + [(False, m, 0) for m in range(M - warm, M)]
+    # Interleaved 1F1B (Narayanan et al. 2021; Megatron-LM's order): micro-batches in
+    # groups of S, each group through chunk 0, then chunk 1, ...; backward chunks reversed.
+    total = M * v
+
+    def unit(k: int, forward: bool) -> tuple[bool, int, int]:
+        c = (k // S) % v
+        return forward, (k // (S * v)) * S + k % S, c if forward else v - 1 - c
+
+    warm = min(2 * (S - p - 1) + (v - 1) * S, total)
+    out = [unit(k, True) for k in range(warm)]
+    for k in range(total - warm):
+        out += [unit(warm + k, True), unit(k, False)]
+    return out + [unit(k, False) for k in range(total - warm, total)]
+
+
+def _check_kind(plan: Plan) -> None:
+    if plan.schedule not in ("1f1b", "gpipe", "interleaved-1f1b"):
+        raise PolychipError(f"schedule {plan.schedule!r}: use 1f1b, gpipe or interleaved-1f1b")
+    if plan.schedule != "interleaved-1f1b" or plan.virtual_stages == 1:
+        return
+    for ri, rep in enumerate(plan.replicas):
+        if rep.num_micro_batches % rep.num_stages:
+            raise PolychipError(
+                f"replicas[{ri}]: interleaved-1f1b runs micro-batches in groups of the "
+                f"{rep.num_stages} stages, but there are {rep.num_micro_batches}; make the "
+                f"micro-batch count a multiple of {rep.num_stages} or use 1f1b"
+            )
+
+
+def build_schedule(plan: Plan, replicas: Iterable[int] | None = None) -> Schedule:
+    """The schedule of `plan` (of only the given replicas, when named)."""
+    _check_kind(plan)
+    v = plan.virtual_stages if plan.schedule == "interleaved-1f1b" else 1
+    kind = "1f1b" if plan.schedule == "interleaved-1f1b" and v == 1 else plan.schedule
+    leaders: list[list[int]] = []
+    rank = 0
+    for rep in plan.replicas:
+        leaders.append([])
+        for st in rep.stages:
+            leaders[-1].append(rank)
+            rank += st.tp
+    segments = grad_segments(plan)
+    held: dict[tuple[int, int], list[str]] = {}
+    for seg in segments:
+        for holder in seg.holders:
+            held.setdefault(holder, []).append(seg.name)
+    wanted = range(len(plan.replicas)) if replicas is None else sorted(set(replicas))
+    programs = []
+    for ri in wanted:
+        rep = plan.replicas[ri]
+        for si, st in enumerate(rep.stages):
+            acts = _pipeline_actions(kind, si, rep.num_micro_batches, v, leaders[ri])
+            ranks = tuple(range(leaders[ri][si], leaders[ri][si] + st.tp))
+            acts += [Action(Op.ALLREDUCE, segment=name) for name in held.get((ri, si), [])]
+            acts.append(Action(Op.OPTIMIZER))
+            programs.append(StageProgram(ri, si, ranks, tuple(acts)))
+    groups = {s.name: tuple(leaders[ri][si] for ri, si in s.holders) for s in segments}
+    return Schedule(kind, v, tuple(programs), groups)
+
+
+def _pipeline_actions(kind: str, p: int, M: int, v: int, leaders: list[int]) -> list[Action]:
+    """Stage p's compute actions with their receives before and sends after; `leaders`:
+    the leader rank of each stage of the replica."""
+    S = len(leaders)
+    last = S * v - 1
+    out: list[Action] = []
+    for forward, m, c in compute_order(kind, p, S, M, v):
+        j = c * S + p  # virtual stage
+        if forward:
+            if j > 0:
+                out.append(Action(Op.RECV_ACT, m, c, leaders[(j - 1) % S]))
+            out.append(Action(Op.FORWARD, m, c))
+            if j < last:
+                out.append(Action(Op.SEND_ACT, m, c, leaders[(j + 1) % S]))
+        else:
+            if j < last:
+                out.append(Action(Op.RECV_GRAD, m, c, leaders[(j + 1) % S]))
+            out.append(Action(Op.BACKWARD, m, c))
+            if j > 0:
+                out.append(Action(Op.SEND_GRAD, m, c, leaders[(j - 1) % S]))
+    return out

@@ -1,0 +1,107 @@
+"""Chrome trace (JSON) of a simulated step: open it in https://ui.perfetto.dev.
+
+One process per replica with one track (thread) per device, named by rank, stage, chip
+and node; one more process, "links", with tracks per node pair and link kind (several
+lanes when transfers overlap). Times are in microseconds. Replicas replayed once for
+their class show their representative's timeline on their own devices and links.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from polychip.simulator.timeline import SimResult
+
+US = 1e6
+
+
+def _x(name: str, cat: str, start: float, end: float, pid: int, tid: int, **args) -> dict:
+    ev = {"name": name, "cat": cat, "ph": "X", "ts": start * US, "dur": (end - start) * US}
+    ev.update(pid=pid, tid=tid)
+    if args:
+        ev["args"] = args
+    return ev
+
+
+def _meta(what: str, pid: int, name: str, tid: int | None = None) -> dict:
+    ev: dict[str, Any] = {"name": what, "ph": "M", "pid": pid, "args": {"name": name}}
+    if tid is not None:
+        ev["tid"] = tid
+    return ev
+
+
+def _category(token: str) -> str:
+    if token.startswith(("F", "B")):
+        return "compute"
+    if token == "OPT":
+        return "optimizer"
+    return "allreduce" if token.startswith("AR") else "wait"
+
+
+def trace_events(result: SimResult) -> list[dict]:
+    plan, rec = result.plan, result.recording
+    events: list[dict] = []
+    first_rank, rank = [], 0
+    for r in plan.replicas:
+        first_rank.append(rank)
+        rank += r.num_devices
+    rep_of = {m: c.rep for c in rec.classes for m in c.members}
+    progs = {(p.replica, p.stage): p for p in rec.programs}
+    for ri, r in enumerate(plan.replicas):
+        pid = ri + 1
+        events.append(_meta("process_name", pid, f"replica {ri}"))
+        events.append(
+            {"name": "process_sort_index", "ph": "M", "pid": pid, "args": {"sort_index": pid}}
+        )
+        rank = first_rank[ri]
+        for si, st in enumerate(r.stages):
+            prog = progs[(rep_of[ri], si)]
+            for tp in range(st.tp):
+                label = f"r{rank} · stage {si}" + (f" tp{tp}" if st.tp > 1 else "")
+                events.append(
+                    _meta("thread_name", pid, f"{label} · {st.chip} · node {st.node}", rank)
+                )
+                for start, end, token in prog.spans + prog.waits:
+                    events.append(_x(token, _category(token), start, end, pid, rank))
+                rank += 1
+    links_pid = len(plan.replicas) + 1
+    events.append(_meta("process_name", links_pid, "links"))
+    transfers = []
+    for start, end, src, dst, kind, n in rec.transfers:
+        a, b = rec.programs[src], rec.programs[dst]
+        for m in next(c.members for c in rec.classes if c.rep == a.replica):
+            nodes = plan.replicas[m].stages
+            transfers.append((start, end, nodes[a.stage].node, nodes[b.stage].node, kind, n, ""))
+    for start, end, seg, phase, a, b, kind, n in rec.hops:
+        transfers.append((start, end, a, b, kind, n, f"AR[{seg}] {phase}"))
+    lanes: dict[tuple, list[float]] = {}
+    tids: dict[tuple, int] = {}
+    for start, end, a, b, kind, n, what in sorted(transfers, key=lambda t: t[:2]):
+        ends = lanes.setdefault((a, b, kind), [])
+        lane = next((i for i, e in enumerate(ends) if e <= start), len(ends))
+        if lane == len(ends):
+            ends.append(end)
+        ends[lane] = end
+        key = (a, b, kind, lane)
+        if key not in tids:
+            tids[key] = len(tids)
+            name = f"node {a} → node {b} · {kind}" + (f" #{lane + 1}" if lane else "")
+            events.append(_meta("thread_name", links_pid, name, tids[key]))
+        name = what or "activations/gradients"
+        events.append(_x(name, str(kind), start, end, links_pid, tids[key], bytes=n))
+    return events
+
+
+def write_trace(result: SimResult, path: str | Path) -> None:
+    doc = {
+        "traceEvents": trace_events(result),
+        "displayTimeUnit": "ms",
+        "otherData": {
+            "source": "polychip simulate",
+            "step_time_s": result.step_time_s,
+            "schedule": result.plan.schedule,
+        },
+    }
+    Path(path).write_text(json.dumps(doc))

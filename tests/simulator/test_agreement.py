@@ -1,0 +1,99 @@
+"""The simulation against the planner's analytic estimate (`CostModel.evaluate`), on the
+cost model's own durations: where they agree, how closely, and why they differ.
+
+Measured (benchmarks/RESULTS-simulator.md has the table):
+- GPipe, and the gradient all-reduce without overlap: equal to round-off.
+- 1F1B on balanced stages: the simulation is 0-3 % slower. In 1F1B's steady state a
+  stage cannot send micro-batch i + 1's activations before micro-batch i - 1's gradient
+  has come back, so every transfer sits on the cycle; the closed form hides transfers
+  behind compute (it charges max(stage, transfer) per micro-batch).
+- Pipelines sharing a NIC: the closed form gives every transfer the whole NIC; the
+  simulation shares it (8 pipelines through each NIC: about 5 % slower).
+- A stage that finishes early runs its optimizer step while others still compute; the
+  closed form adds the slowest optimizer step after the slowest pipeline.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from polychip.costmodel import CostModel
+from polychip.simulator import simulate
+
+from .plans import MIXED, cluster, make_plan
+
+H800 = cluster({"chip": "h800", "count": 8, "chips_per_node": 8, "nic_gbps": 400})
+
+
+def analytic(plan):
+    cm = CostModel(plan.cluster, plan.model, plan.job)
+    return cm.evaluate(plan.replicas, plan.schedule, plan.zero1)
+
+
+def llama(cl, replicas, schedule="1f1b", m=8):
+    return make_plan(
+        cl, replicas, model="llama2-7b", micro_batches=m, seq_len=4096, schedule=schedule
+    )
+
+
+FOUR_STAGES = [(8, 0, 8), (8, 1, 8), (8, 2, 8), (8, 3, 8)]
+TWO_REPLICAS = [FOUR_STAGES, [(8, 4 + i, 8) for i in range(4)]]
+
+
+@pytest.mark.parametrize("m", [4, 16])
+def test_gpipe_and_the_allreduce_agree_to_round_off(m):
+    plan = llama(H800, TWO_REPLICAS, "gpipe", m)
+    sim, ana = simulate(plan, overlap_grad_sync=False), analytic(plan)
+    assert sim.pipeline_s == pytest.approx(ana.pipeline_s, rel=1e-9)
+    assert sim.dp_sync_s == pytest.approx(ana.dp_sync_s, rel=1e-9)
+    assert sim.step_time_s == pytest.approx(ana.step_time_s, rel=1e-9)
+
+
+def test_the_hierarchical_allreduce_across_islands_agrees_to_round_off():
+    plan = llama(MIXED, [[(32, 0, 8)], [(16, 2, 8), (16, 3, 8)]], "gpipe")
+    sim, ana = simulate(plan, overlap_grad_sync=False), analytic(plan)
+    assert ana.dp_sync_s > 0.3  # 7B of gradients through the bridge: a big share of the step
+    assert sim.dp_sync_s == pytest.approx(ana.dp_sync_s, rel=1e-9)
+
+
+@pytest.mark.parametrize("m", [4, 16, 32])
+def test_1f1b_on_balanced_stages_is_within_3_percent_above_the_closed_form(m):
+    for replicas in ([FOUR_STAGES], TWO_REPLICAS):
+        plan = llama(H800, replicas, m=m)
+        ratio = simulate(plan, overlap_grad_sync=False).step_time_s / analytic(plan).step_time_s
+        assert 1.0 <= ratio <= 1.03
+
+
+def test_1f1b_without_communication_cost_matches_the_closed_form():
+    free = cluster(
+        {"chip": "h800", "count": 4, "chips_per_node": 8, "nic_gbps": 1e12}, latency_us=0.0
+    )
+    plan = llama(free, [FOUR_STAGES], m=16)
+    ratio = simulate(plan).pipeline_s / analytic(plan).pipeline_s
+    assert ratio == pytest.approx(1.0, abs=2e-3)  # stages differ only by embedding / head
+
+
+def test_pipelines_sharing_a_nic_are_slower_than_the_closed_form_says():
+    eight = [[(8, s, 1) for s in range(4)] for _ in range(8)]  # stage s of all on node s
+    plan = llama(H800, eight)
+    sim = simulate(plan, overlap_grad_sync=False)
+    ratio = sim.pipeline_s / analytic(plan).pipeline_s
+    assert 1.03 < ratio < 1.09
+    assert len(sim.recording.classes) == 1  # eight alike pipelines, replayed once
+
+
+def test_an_early_finishing_stage_hides_its_optimizer_step():
+    plan = llama(MIXED, [[(16, 0, 8), (16, 2, 8)]], m=8)  # the 910b stage is the slow one
+    sim, ana = simulate(plan), analytic(plan)
+    assert sim.pipeline_s == pytest.approx(ana.pipeline_s, rel=1e-6)
+    assert sim.optimizer_s < ana.optimizer_s
+    assert sim.step_time_s < ana.step_time_s
+
+
+def test_overlap_hides_the_gradient_sync_of_stages_that_finish_first():
+    heavy_last = [[(n, i, 8) for i, n in enumerate([2, 6, 10, 14])]]
+    heavy_last.append([(n, 4 + i, 8) for i, n in enumerate([2, 6, 10, 14])])
+    plan = llama(H800, heavy_last)
+    hidden, exposed = simulate(plan), simulate(plan, overlap_grad_sync=False)
+    assert hidden.dp_sync_s < 0.8 * exposed.dp_sync_s
+    assert hidden.step_time_s < exposed.step_time_s
