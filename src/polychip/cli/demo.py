@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from polychip.cli.runreport import emulation_note, islands_line
+from polychip.cli.runreport import ZERO1_NOTE, emulation_note, islands_line
 from polychip.spec.cluster import Cluster, load_cluster
 from polychip.spec.job import TrainingJob
 from polychip.spec.model import PRESETS
@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     figures = _figures(plan, even, planned, naive, estimate_tokens_per_s)
     _print(console, figures)
     console.print(emulation_note(planned))
+    if plan.zero1:
+        console.print(ZERO1_NOTE)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
         console.print(f"figures: {args.json}")

@@ -24,6 +24,10 @@ def islands_line(plan: Plan, emulate: bool) -> str:
     return f"{len(parts)} island(s): " + " | ".join(parts)
 
 
+ZERO1_NOTE = ("The plan shards optimizer state (ZeRO-1); this runtime keeps it replicated on "
+              "every rank for now: the same mathematics, more memory per device.")
+
+
 def emulation_note(summary: RunSummary) -> str:
     if not summary.emulated:
         return "Speeds are this machine's own (no emulation)."
@@ -58,3 +62,5 @@ def print_train_summary(console: Console, plan: Plan, summary: RunSummary) -> No
                     f"{r.wait_s:.3f}")
     console.print(per)
     console.print(emulation_note(s))
+    if plan.zero1:
+        console.print(ZERO1_NOTE)

@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from polychip.costmodel.estimate import ADAMW_BYTES_PER_PARAM, CostModel
-from polychip.costmodel.memory import stage_params
+from polychip.costmodel.estimate import CostModel
 from polychip.plan.plan import Plan
 from polychip.runtime.errors import RuntimeSetupError
 
@@ -140,12 +139,10 @@ def phase_targets(plan: Plan, replica: int, stage: int) -> PhaseTargets:
     """The cost model's times (the same ones the planner used) for a rank of ``plan``."""
     cost = CostModel(plan.cluster, plan.model, plan.job)
     rep = plan.replicas[replica]
-    st = rep.stages[stage]
-    owned = stage_params(plan.model, st.num_layers, stage == 0,
-                         stage == rep.num_stages - 1) / st.tp
     return PhaseTargets(
         micro_batch_s=cost.times_of(rep, stage).total_s,
-        optimizer_s=owned * ADAMW_BYTES_PER_PARAM / cost.chip(st.chip).memory_bw_bytes_per_s,
+        # the runtime keeps optimizer state replicated (ZeRO-1 is not executed yet)
+        optimizer_s=cost.stage_optimizer_time_s(rep, stage, zero_shards=1),
         gradient_sync_s=cost.dp_sync_time_s(plan.replicas))
 
 
