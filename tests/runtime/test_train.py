@@ -232,3 +232,33 @@ def test_launcher_stops_the_job_when_a_rank_dies(tmp_path: Path) -> None:
     elapsed, message = done.stdout.strip().split(" ", 1)
     assert "rank 1 (cpu-slow) died with exit code 7" in message, done.stderr
     assert float(elapsed) < 20  # the agent stops the others at once, no process-group timeout
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.dist
+def test_launch_exec_runs_torchrun_per_node_with_plan_ranks(tmp_path: Path) -> None:
+    """Two `torchrun` agents on this host play two nodes; node 0's local ranks 0 and 1 are
+    plan ranks 2 and 0 (device order differs from replica order)."""
+    from .test_topology import _two_node_plan
+
+    plan_path, metrics, text = (tmp_path / "plan.json", tmp_path / "m.jsonl",
+                                tmp_path / "text.txt")
+    save_plan(_two_node_plan(), plan_path)
+    text.write_bytes(Path(os.__file__).read_bytes()[:20_000])
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, "-m", "polychip", "launch", str(plan_path), "--nodes",
+         "localhost,localhost", "--port", str(_free_port()), "--exec", "--steps", "1",
+         "--emulate", "--dilation", "2", "--data", str(text), "--metrics", str(metrics)],
+        capture_output=True, text=True, env=env, timeout=150, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [(r["rank"], r["replica"], r["chip"], r["samples"]) for r in records] == [
+        (0, 0, "cpu-slow", 2), (1, 1, "cpu-fast", 8), (2, 2, "cpu-slow", 2)]
