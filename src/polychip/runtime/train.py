@@ -122,10 +122,6 @@ class Trainer:
             phase_targets(plan, role.replica, role.stage) if config.emulate else None)
         self.clock = PhaseClock(None)
 
-    @property
-    def num_phases_per_step(self) -> int:
-        return self.role.num_micro_batches + 1
-
     def use_dilation(self, dilation: float) -> None:
         self.clock = PhaseClock(dilation)
 
@@ -141,7 +137,8 @@ class Trainer:
         role, fwd_bwd = self.role, []
         begin = end = time.perf_counter()
         while end - begin < window_s or len(fwd_bwd) < 3:
-            x, y = self.stream.batch_for(0, role.micro_batch(len(fwd_bwd) % role.num_micro_batches))
+            micro = role.micro_batch(len(fwd_bwd) % role.num_micro_batches)
+            x, y = self.stream.batch_for(0, micro)
             start = time.perf_counter()
             loss_fn(self.model(x.to(self.device)), y.to(self.device)).backward()
             end = time.perf_counter()
@@ -163,8 +160,8 @@ class Trainer:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return DistributedRunError(
             f"rank {role.rank} (replica {role.replica}, chip {role.chip}){where}: {what} "
-            f"failed: another rank died or stopped answering within the "
-            f"{self.config.timeout_s:.0f} s process-group timeout ({first_line})")
+            f"failed: another rank died, or was silent for the {self.config.timeout_s:.0f} s "
+            f"process-group timeout ({first_line})")
 
     def step(self, step: int) -> StepRecord:
         role, targets, clock = self.role, self.targets, self.clock
