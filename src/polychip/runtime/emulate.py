@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -20,8 +20,8 @@ from polychip.costmodel.estimate import CostModel
 from polychip.plan.plan import Plan
 from polychip.runtime.errors import RuntimeSetupError
 
-DILATION_MARGIN = 1.5
-"""Slots are this much longer than the slowest real phase measured at warm-up."""
+DILATION_MARGIN = 3.0
+"""Slots are this much longer than the real work timed at warm-up (room for contention)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class PhaseTotals:
 class ClockSummary:
     dilation: float | None
     phases: tuple[PhaseTotals, ...]
+    lost_s: float = 0.0  # how much later than their slots the emulated chip finished work
 
     @property
     def emulated(self) -> bool:
@@ -86,20 +87,32 @@ class PhaseClock:
                 f"shared host); pass None to run without emulated clocks")
         self.dilation = dilation
         self._totals: dict[str, _Accumulator] = {}
+        self._deadline: float | None = None  # end of the last phase's slot
+        self._late_s = 0.0  # how late the last phase ended (a chained phase may make it up)
+        self._lost_s = 0.0  # lateness nobody made up: time the emulated chip lost
 
     @property
     def emulated(self) -> bool:
         return self.dilation is not None
 
     @contextmanager
-    def phase(self, name: str, target_s: float | None = None) -> Iterator[None]:
+    def phase(self, name: str, target_s: float | None = None, *, chain: bool = False
+              ) -> Iterator[None]:
         """Run the body, then (when emulated) sleep until ``dilation * target_s`` has passed
-        since the phase began. A body that raises is neither padded nor counted."""
+        since the phase began. A body that raises is neither padded nor counted.
+
+        ``chain``: the phase follows the previous one back to back on the emulated chip, so
+        its slot starts where the previous slot ended (not when this body starts): a phase
+        that ran a little late (an overrun) is made up by the next ones, as on a real chip
+        whose k-th micro-batch of a sequence ends at k x its time."""
         if self.dilation is not None and (target_s is None or target_s < 0):
             raise RuntimeSetupError(
                 f"phase {name!r} has target_s={target_s}: an emulated clock needs the "
                 f"phase's duration on the emulated chip (>= 0 s) from the cost model")
         begin = time.perf_counter()
+        slot_start = self._deadline if chain and self._deadline is not None else begin
+        if not chain:
+            self._lost_s, self._late_s = self._lost_s + self._late_s, 0.0
         yield
         body_end = time.perf_counter()
         totals = self._totals.setdefault(name, _Accumulator())
@@ -110,7 +123,8 @@ class PhaseClock:
         assert target_s is not None
         slot_s = self.dilation * target_s
         totals.slot_s += slot_s
-        deadline = begin + slot_s
+        deadline = self._deadline = slot_start + slot_s
+        self._late_s = max(0.0, body_end - deadline)
         if body_end > deadline:
             totals.num_overruns += 1
             return
@@ -123,7 +137,7 @@ class PhaseClock:
     def summary(self) -> ClockSummary:
         return ClockSummary(self.dilation, tuple(
             PhaseTotals(name, t.num_calls, t.compute_s, t.padded_s, t.slot_s, t.num_overruns)
-            for name, t in self._totals.items()))
+            for name, t in self._totals.items()), self._lost_s + self._late_s)
 
 
 @dataclass(frozen=True)
@@ -144,6 +158,35 @@ def phase_targets(plan: Plan, replica: int, stage: int) -> PhaseTargets:
         # the runtime keeps optimizer state replicated (ZeRO-1 is not executed yet)
         optimizer_s=cost.stage_optimizer_time_s(rep, stage, zero_shards=1),
         gradient_sync_s=cost.dp_sync_time_s(plan.replicas))
+
+
+@dataclass(frozen=True)
+class WarmupTiming:
+    """One rank's real compute for one step, timed alone, beside the cost model's times."""
+
+    host: str
+    cores: int  # CPU cores this rank may use
+    compute_s: float  # forward + backward of all its micro-batches
+    compute_target_s: float
+    optimizer_s: float
+    optimizer_target_s: float
+    step_target_s: float  # the rank's whole emulated step: compute, all-reduce, optimizer
+
+
+def dilation_from(timings: Sequence[WarmupTiming], margin: float = DILATION_MARGIN) -> float:
+    """The dilation for one plan from every rank's warm-up: each rank's real work must fit its
+    slots, and each host's ranks together must fit its cores within the emulated step (their
+    real work, squeezed onto the cores, is what stretches phases under contention); both with
+    ``margin``."""
+    fit = max(max(t.compute_s / t.compute_target_s, t.optimizer_s / t.optimizer_target_s)
+              for t in timings)
+    step_s = max(t.step_target_s for t in timings)  # every rank waits for the slowest
+    hosts: dict[str, list[WarmupTiming]] = {}
+    for t in timings:
+        hosts.setdefault(t.host, []).append(t)
+    capacity = max(sum(t.compute_s + t.optimizer_s for t in ts) / (ts[0].cores * step_s)
+                   for ts in hosts.values())
+    return dilation_for(max(fit, capacity), margin)
 
 
 def dilation_for(ratio: float, margin: float = DILATION_MARGIN) -> float:

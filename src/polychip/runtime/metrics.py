@@ -42,7 +42,8 @@ class StepRecord:
     memory_kind: str  # "device" (allocator peak) or "host-rss" (process peak, CPU runs)
     emulated: bool
     dilation: float | None
-    overruns: int  # compute phases of this step whose real work exceeded the emulated slot
+    overruns: int  # compute phases of this step whose real work ran past the emulated slot
+    lost_s: float  # how much later than the emulated chip this rank's step work finished
     version: int = METRICS_VERSION
 
     def to_json(self) -> str:
@@ -84,6 +85,7 @@ class RunSummary:
     losses: tuple[float, ...]  # global loss per step
     num_overruns: int
     num_phases: int
+    lost_fraction: float  # worst rank: its emulation lateness / its run's wall time
     replicas: tuple[ReplicaSummary, ...] = field(default_factory=tuple)
 
     @property
@@ -126,4 +128,7 @@ def summarise(records: Sequence[StepRecord], *, num_phases_per_step: Sequence[in
         losses=tuple(rank0[s].global_loss for s in steps),
         num_overruns=sum(r.overruns for r in records),
         num_phases=len(steps) * sum(num_phases_per_step),
+        lost_fraction=max(sum(r.lost_s for r in records if r.rank == rank)
+                          / sum(r.seconds for r in records if r.rank == rank)
+                          for rank in ranks),
         replicas=tuple(replicas))

@@ -15,7 +15,9 @@ of any rank, with a margin (:func:`agree_dilation`).
 
 from __future__ import annotations
 
+import os
 import resource
+import socket
 import statistics
 import time
 from collections.abc import Sequence
@@ -30,15 +32,21 @@ from polychip.costmodel.estimate import CostModel
 from polychip.plan.plan import Plan
 from polychip.runtime.data import DEFAULT_CORPUS_MAX_BYTES, SampleStream, open_source
 from polychip.runtime.data_parallel import GradSync
-from polychip.runtime.emulate import PhaseClock, PhaseTargets, dilation_for, phase_targets
+from polychip.runtime.emulate import (
+    PhaseClock,
+    PhaseTargets,
+    WarmupTiming,
+    dilation_from,
+    phase_targets,
+)
 from polychip.runtime.errors import DistributedRunError, RuntimeSetupError
 from polychip.runtime.metrics import RunSummary, StepRecord, summarise, write_metrics
 from polychip.runtime.model import ModelConfig, build_stage, loss_fn
 from polychip.runtime.topology import Topology, build_topology
 from polychip.spec.model import ModelSpec
 
-WARMUP_WINDOW_S = 0.6
-"""How long every rank computes, unpadded, to measure the host's speed under contention."""
+WARMUP_MIN_S = 0.15
+"""Each rank times its step's compute, alone, for at least this long."""
 GRADIENT_SYNC = "gradient_sync"
 """The emulated pause after the real all-reduce (a communication slot, not a compute phase)."""
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -125,35 +133,36 @@ class Trainer:
     def use_dilation(self, dilation: float) -> None:
         self.clock = PhaseClock(dilation)
 
-    def measure_ratio(self, window_s: float = WARMUP_WINDOW_S, optimizer_repeats: int = 5
-                      ) -> float:
-        """Worst (real seconds / cost-model seconds) of this rank's compute phases, timed
-        unpadded while every rank computes (the worst contention a step can see): forward +
-        backward of its micro-batches, round and round for ``window_s`` (the first one
-        warms up, the slowest of the rest counts), then the optimizer (median: it is short
-        enough for one scheduler time slice to double it). Leaves the model, its gradients
-        and optimizer untouched. Run it on every rank at once."""
-        assert self.targets is not None and optimizer_repeats >= 2
-        role, fwd_bwd = self.role, []
-        begin = end = time.perf_counter()
-        while end - begin < window_s or len(fwd_bwd) < 3:
-            micro = role.micro_batch(len(fwd_bwd) % role.num_micro_batches)
-            x, y = self.stream.batch_for(0, micro)
+    def measure_alone(self, min_s: float = WARMUP_MIN_S) -> WarmupTiming:
+        """This rank's real compute for one step, timed unpadded while the other ranks wait:
+        passes over its micro-batches (the first warms up; the median of the rest counts)
+        for at least ``min_s``, and the optimizer on a throwaway copy of the parameters (the
+        median of 4 after one). Leaves the model, its gradients and optimizer untouched."""
+        assert self.targets is not None
+        role, passes = self.role, []
+        begin = time.perf_counter()
+        while len(passes) < 3 or time.perf_counter() - begin < min_s:
             start = time.perf_counter()
-            loss_fn(self.model(x.to(self.device)), y.to(self.device)).backward()
-            end = time.perf_counter()
-            fwd_bwd.append(end - start)
+            for m in range(role.num_micro_batches):
+                x, y = self.stream.batch_for(0, role.micro_batch(m))
+                loss_fn(self.model(x.to(self.device)), y.to(self.device)).backward()
+            passes.append(time.perf_counter() - start)
         self.sync.zero_()
         copies = [torch.nn.Parameter(p.detach().clone()) for p in self.sync.params]
         for c in copies:
             c.grad = torch.zeros_like(c)
         optimizer, opt = make_optimizer(self.config, copies), []
-        for _ in range(optimizer_repeats):
+        for _ in range(5):
             start = time.perf_counter()
             optimizer.step()
             opt.append(time.perf_counter() - start)
-        return max(max(fwd_bwd[1:]) / self.targets.micro_batch_s,
-                   statistics.median(opt[1:]) / self.targets.optimizer_s)
+        t = self.targets
+        compute_target = role.num_micro_batches * t.micro_batch_s
+        return WarmupTiming(
+            host=socket.gethostname(), cores=len(os.sched_getaffinity(0)),
+            compute_s=statistics.median(passes[1:]), compute_target_s=compute_target,
+            optimizer_s=statistics.median(opt[1:]), optimizer_target_s=t.optimizer_s,
+            step_target_s=compute_target + t.optimizer_s + t.gradient_sync_s)
 
     def failure(self, step: int | None, what: str, exc: BaseException) -> DistributedRunError:
         role, where = self.role, "" if step is None else f" at step {step}"
@@ -172,7 +181,8 @@ class Trainer:
         for m in range(num_micro):
             x, y = self.stream.batch_for(step, role.micro_batch(m))
             x, y = x.to(self.device), y.to(self.device)
-            with clock.phase("forward_backward", targets and targets.micro_batch_s):
+            with clock.phase("forward_backward", targets and targets.micro_batch_s,
+                             chain=m > 0):
                 loss = loss_fn(self.model(x), y) / num_micro
                 loss.backward()
                 self.sync.add_loss_(loss)
@@ -198,7 +208,8 @@ class Trainer:
             seconds=end - begin, compute_s=(sync_begin - begin) + (end - sync_end),
             real_compute_s=after.compute_s - before.compute_s, wait_s=sync_end - sync_begin,
             peak_memory_bytes=memory, memory_kind=kind, emulated=clock.emulated,
-            dilation=clock.dilation, overruns=after.num_overruns - before.num_overruns)
+            dilation=clock.dilation, overruns=after.num_overruns - before.num_overruns,
+            lost_s=after.lost_s - before.lost_s)
 
     def run(self, steps: int, *, start: int = 0, progress: bool = False,
             label: str = "training") -> list[StepRecord]:
@@ -223,14 +234,23 @@ class Trainer:
 
 
 def agree_dilation(trainers: Sequence[Trainer]) -> float:
-    """Collective: the dilation every rank uses, from each rank's worst warm-up ratio."""
-    dist.barrier()  # every rank computes at once: the warm-up sees the host's contention
-    worst = torch.tensor([max(t.measure_ratio() for t in trainers)], dtype=torch.float64)
+    """Collective: the dilation every rank uses. Each rank times its step's compute alone,
+    in turn (:meth:`Trainer.measure_alone`); every rank then derives the same factor from all
+    the timings (:func:`dilation_from`; several trainers: the largest)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mine: list[WarmupTiming] = []
     try:
-        dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+        for turn in range(world):
+            dist.barrier()
+            if turn == rank:
+                mine = [t.measure_alone() for t in trainers]
+        gathered: list[list[WarmupTiming] | None] = [None] * world
+        dist.all_gather_object(gathered, mine)
     except RuntimeError as exc:
         raise trainers[0].failure(None, "agreeing on the dilation", exc) from exc
-    return dilation_for(float(worst.item()))
+    assert all(g is not None for g in gathered)
+    return max(dilation_from([g[i] for g in gathered if g is not None])
+               for i in range(len(trainers)))
 
 
 def estimate_tokens_per_s(plan: Plan) -> float:
