@@ -8,9 +8,10 @@ islands) makes every rank's gradient that of the whole batch; then AdamW (or SGD
 With emulated chips every compute phase (forward + backward of a micro-batch, the optimizer
 step) lasts exactly ``dilation x`` the cost model's time for this rank's chip and work, and the
 real gradient all-reduce is followed by ``dilation x`` the cost model's all-reduce time (the
-emulated links; the host's own all-reduce is nearly free in chip time). The dilation, unless
-given, comes from a timed warm-up: the smallest round factor that fits the slowest real phase
-of any rank, with a margin (:func:`agree_dilation`).
+emulated links; the host's own all-reduce is nearly free in chip time). A replica's
+micro-batches have chained slots (a late one is made up by the next). The dilation, unless
+given, comes from a warm-up in which each rank times its step alone (:func:`agree_dilation`,
+:func:`polychip.runtime.emulate.dilation_from`).
 """
 
 from __future__ import annotations
