@@ -21,7 +21,9 @@ from polychip.plan.plan import Plan
 from polychip.runtime.errors import RuntimeSetupError
 
 DILATION_MARGIN = 3.0
-"""Slots are this much longer than the real work timed at warm-up (room for contention)."""
+"""Slots are this much longer than a rank's real work timed alone (room for contention)."""
+BUSY_MARGIN = 1.25
+"""... and this much longer than its work timed while every rank computes at once."""
 
 
 @dataclass(frozen=True)
@@ -166,27 +168,32 @@ class WarmupTiming:
 
     host: str
     cores: int  # CPU cores this rank may use
-    compute_s: float  # forward + backward of all its micro-batches
+    compute_s: float  # forward + backward of all its micro-batches, this rank alone
+    busy_compute_s: float  # the same while every rank computes at once
     compute_target_s: float
     optimizer_s: float
     optimizer_target_s: float
     step_target_s: float  # the rank's whole emulated step: compute, all-reduce, optimizer
 
 
-def dilation_from(timings: Sequence[WarmupTiming], margin: float = DILATION_MARGIN) -> float:
-    """The dilation for one plan from every rank's warm-up: each rank's real work must fit its
-    slots, and each host's ranks together must fit its cores within the emulated step (their
-    real work, squeezed onto the cores, is what stretches phases under contention); both with
-    ``margin``."""
+def dilation_from(timings: Sequence[WarmupTiming], margin: float = DILATION_MARGIN,
+                  busy_margin: float = BUSY_MARGIN) -> float:
+    """The dilation for one plan from every rank's warm-up: each rank's real work, timed
+    alone, must fit its slots, and each host's ranks together must fit its cores within the
+    emulated step (their work, squeezed onto the cores, is what stretches phases under
+    contention), both with ``margin``; and each rank's work timed while every rank computes
+    (the worst moment of a step, other jobs on the host included) must fit with
+    ``busy_margin``."""
     fit = max(max(t.compute_s / t.compute_target_s, t.optimizer_s / t.optimizer_target_s)
               for t in timings)
+    busy = max(t.busy_compute_s / t.compute_target_s for t in timings)
     step_s = max(t.step_target_s for t in timings)  # every rank waits for the slowest
     hosts: dict[str, list[WarmupTiming]] = {}
     for t in timings:
         hosts.setdefault(t.host, []).append(t)
     capacity = max(sum(t.compute_s + t.optimizer_s for t in ts) / (ts[0].cores * step_s)
                    for ts in hosts.values())
-    return dilation_for(max(fit, capacity), margin)
+    return dilation_for(max(fit * margin, capacity * margin, busy * busy_margin), 1.0)
 
 
 def dilation_for(ratio: float, margin: float = DILATION_MARGIN) -> float:

@@ -134,12 +134,9 @@ class Trainer:
     def use_dilation(self, dilation: float) -> None:
         self.clock = PhaseClock(dilation)
 
-    def measure_alone(self, min_s: float = WARMUP_MIN_S) -> WarmupTiming:
-        """This rank's real compute for one step, timed unpadded while the other ranks wait:
-        passes over its micro-batches (the first warms up; the median of the rest counts)
-        for at least ``min_s``, and the optimizer on a throwaway copy of the parameters (the
-        median of 4 after one). Leaves the model, its gradients and optimizer untouched."""
-        assert self.targets is not None
+    def time_compute(self, min_s: float = WARMUP_MIN_S) -> float:
+        """Real seconds of one pass over this rank's micro-batches, unpadded: passes for at
+        least ``min_s`` (at least 3), the median after the first. Gradients are zeroed after."""
         role, passes = self.role, []
         begin = time.perf_counter()
         while len(passes) < 3 or time.perf_counter() - begin < min_s:
@@ -149,6 +146,11 @@ class Trainer:
                 loss_fn(self.model(x.to(self.device)), y.to(self.device)).backward()
             passes.append(time.perf_counter() - start)
         self.sync.zero_()
+        return statistics.median(passes[1:])
+
+    def time_optimizer(self) -> float:
+        """Real seconds of an optimizer step, on a throwaway copy of the parameters (the
+        median of 4 after one): the model and its optimizer stay untouched."""
         copies = [torch.nn.Parameter(p.detach().clone()) for p in self.sync.params]
         for c in copies:
             c.grad = torch.zeros_like(c)
@@ -157,13 +159,17 @@ class Trainer:
             start = time.perf_counter()
             optimizer.step()
             opt.append(time.perf_counter() - start)
-        t = self.targets
-        compute_target = role.num_micro_batches * t.micro_batch_s
+        return statistics.median(opt[1:])
+
+    def warmup_timing(self, alone_s: float, optimizer_s: float, busy_s: float
+                      ) -> WarmupTiming:
+        assert self.targets is not None
+        t, target = self.targets, self.role.num_micro_batches * self.targets.micro_batch_s
         return WarmupTiming(
             host=socket.gethostname(), cores=len(os.sched_getaffinity(0)),
-            compute_s=statistics.median(passes[1:]), compute_target_s=compute_target,
-            optimizer_s=statistics.median(opt[1:]), optimizer_target_s=t.optimizer_s,
-            step_target_s=compute_target + t.optimizer_s + t.gradient_sync_s)
+            compute_s=alone_s, busy_compute_s=busy_s, compute_target_s=target,
+            optimizer_s=optimizer_s, optimizer_target_s=t.optimizer_s,
+            step_target_s=target + t.optimizer_s + t.gradient_sync_s)
 
     def failure(self, step: int | None, what: str, exc: BaseException) -> DistributedRunError:
         role, where = self.role, "" if step is None else f" at step {step}"
@@ -235,21 +241,25 @@ class Trainer:
 
 
 def agree_dilation(trainers: Sequence[Trainer]) -> float:
-    """Collective: the dilation every rank uses. Each rank times its step's compute alone,
-    in turn (:meth:`Trainer.measure_alone`); every rank then derives the same factor from all
-    the timings (:func:`dilation_from`; several trainers: the largest)."""
+    """Collective: the dilation every rank uses. Each rank times its step's compute alone, in
+    turn, then all at once (the host's contention, other jobs included); every rank derives
+    the same factor from all the timings (:func:`dilation_from`; several trainers: the
+    largest)."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    mine: list[WarmupTiming] = []
+    alone: list[tuple[float, float]] = []
     try:
         for turn in range(world):
             dist.barrier()
             if turn == rank:
-                mine = [t.measure_alone() for t in trainers]
+                alone = [(t.time_compute(), t.time_optimizer()) for t in trainers]
+        dist.barrier()
+        busy = [t.time_compute(2 * WARMUP_MIN_S) for t in trainers]
+        mine = [t.warmup_timing(a, o, b) for t, (a, o), b in zip(trainers, alone, busy,
+                                                                   strict=True)]
         gathered: list[list[WarmupTiming] | None] = [None] * world
         dist.all_gather_object(gathered, mine)
     except RuntimeError as exc:
         raise trainers[0].failure(None, "agreeing on the dilation", exc) from exc
-    assert all(g is not None for g in gathered)
     return max(dilation_from([g[i] for g in gathered if g is not None])
                for i in range(len(trainers)))
 
