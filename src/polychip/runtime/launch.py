@@ -101,14 +101,16 @@ def launch_local(plan: Plan, task: Task, *, start_method: str | None = None) -> 
 
     roles = rank_roles(plan, emulate=task.emulate)
     check_devices(roles)
-    start_method = start_method or ("fork" if sys.platform == "linux" else "spawn")
+    # fork starts a rank in ~0.1 s instead of seconds, but only CPU ranks may be forked from
+    # a parent that has touched an accelerator's runtime (check_devices counts devices).
+    all_cpu = all(r.device_type == "cpu" for r in roles)
+    start_method = start_method or ("fork" if sys.platform == "linux" and all_cpu else "spawn")
     if start_method == "fork":
         _preimport()
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=len(roles),
         run_id=f"polychip-{uuid.uuid4().hex[:12]}", rdzv_backend="c10d",
         rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1,
-        # fork starts in ~0.1 s instead of seconds per rank; the parent has run no torch op
         start_method=start_method)
     # Failures are reported below, once and clearly, not as the agent's log lines.
     loggers = [logging.getLogger(n) for n in ("torch.distributed.elastic", "torch.multiprocessing")]
