@@ -34,9 +34,10 @@ def emulation_note(summary: RunSummary) -> str:
     d = f"{summary.dilation:g}"
     return (f"Chip speeds were EMULATED on this CPU: every compute phase lasted {d} x the cost "
             f"model's time for its chip, and each gradient all-reduce was followed by {d} x "
-            f"its modelled time; chip-time figures = wall x {d}. Overruns (real work longer "
-            f"than its slot): {summary.num_overruns} of {summary.num_phases} compute phases, "
-            f"which cost the emulated chips {summary.lost_fraction:.1%} of their time.")
+            f"its modelled time; chip-time figures = wall x {d}. Overruns: "
+            f"{summary.num_overruns} of {summary.num_phases} compute phases ran past their "
+            f"slot; the emulated chips lost {summary.lost_fraction:.1%} of their time to them "
+            f"(a late micro-batch is made up by the next one when it can be).")
 
 
 def print_train_summary(console: Console, plan: Plan, summary: RunSummary) -> None:
