@@ -32,12 +32,16 @@ def emulation_note(summary: RunSummary) -> str:
     if not summary.emulated:
         return "Speeds are this machine's own (no emulation)."
     d = f"{summary.dilation:g}"
+    raised = ""
+    if summary.dilation_start is not None and summary.dilation != summary.dilation_start:
+        raised = (f" The dilation was raised from {summary.dilation_start:g} during the run, "
+                  f"when overruns cost the emulated chips time.")
     return (f"Chip speeds were EMULATED on this CPU: every compute phase lasted {d} x the cost "
             f"model's time for its chip, and each gradient all-reduce was followed by {d} x "
-            f"its modelled time; chip-time figures = wall x {d}. Overruns: "
+            f"its modelled time; chip-time throughput = wall throughput x {d}. Overruns: "
             f"{summary.num_overruns} of {summary.num_phases} compute phases ran past their "
             f"slot; the emulated chips lost {summary.lost_fraction:.1%} of their time to them "
-            f"(a late micro-batch is made up by the next one when it can be).")
+            f"(a late micro-batch is made up by the next one when it can be).{raised}")
 
 
 def print_train_summary(console: Console, plan: Plan, summary: RunSummary) -> None:

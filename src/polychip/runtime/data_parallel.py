@@ -2,8 +2,9 @@
 
 Every parameter's ``.grad`` is a view into one flat buffer (per rank), so backward passes
 accumulate straight into it (gradient accumulation over micro-batches needs no copy) and the
-step needs a single collective. The buffer has one extra slot for the loss, so the global loss
-travels with the gradients for free.
+step needs a single collective. The buffer has two extra slots, the loss and the emulated
+clock's lateness, so the global loss (and what every rank's dilation governor needs) travels
+with the gradients for free.
 
 Replica r trains on b_r of the B samples: after accumulation, its buffer holds the gradient
 of its *mean* loss; :meth:`GradSync.sync` scales it by b_r / B and SUMs over the ranks
@@ -32,16 +33,17 @@ class GradSync:
         self.scale = scale_for_share(batch_share, global_batch)
         self.allreduce = allreduce
         self.num_params = sum(p.numel() for p in params)
-        self.buffer = torch.zeros(self.num_params + 1, dtype=dtype, device=device)
+        self.buffer = torch.zeros(self.num_params + 2, dtype=dtype, device=device)
         offset = 0
         for p in params:
             p.grad = self.buffer[offset:offset + p.numel()].view_as(p)
             offset += p.numel()
         self.params = params
-        self._loss = self.buffer[self.num_params:]
+        self._loss = self.buffer[self.num_params:self.num_params + 1]
+        self._late = self.buffer[self.num_params + 1:]
 
     def zero_(self) -> None:
-        """Zero the gradients (and the loss slot) in place; never set them to None."""
+        """Zero the gradients (and the extra slots) in place; never set them to None."""
         self.buffer.zero_()
 
     def add_loss_(self, loss: torch.Tensor) -> None:
@@ -53,11 +55,14 @@ class GradSync:
         """This replica's accumulated loss (valid before :meth:`sync`)."""
         return float(self._loss.item())
 
-    def sync(self) -> float:
-        """Sample-weighted SUM over the ranks, in place; returns the global mean loss."""
+    def sync(self, late_s: float = 0.0) -> tuple[float, float]:
+        """Sample-weighted SUM over the ranks, in place. Returns the global mean loss and the
+        sum over the ranks of ``late_s`` (each rank's emulation lateness), which rides along
+        unweighted."""
+        self._late.fill_(late_s / self.scale)
         self.buffer.mul_(self.scale)
         self.allreduce(self.buffer)
-        return float(self._loss.item())
+        return float(self._loss.item()), float(self._late.item())
 
     def check_views(self) -> None:
         """Our invariant: every ``.grad`` still lives in the buffer (an optimizer's

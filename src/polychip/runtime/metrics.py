@@ -2,7 +2,8 @@
 
 Times are wall seconds on this machine. With emulated chips every compute phase lasts
 ``dilation x`` the cost model's time, so *chip-time* figures (what the emulated cluster would
-do) are wall figures times the dilation; the summary gives both and says they were emulated.
+do) are wall figures divided by the step's dilation; the summary gives both and says they
+were emulated.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ class RunSummary:
     world_size: int
     tokens_per_step: int
     emulated: bool
-    dilation: float | None
+    dilation: float | None  # the last step's (raised from dilation_start after overruns)
+    dilation_start: float | None
     wall_tokens_per_s: float  # measured on this machine, steady state (step 0 left out)
     tokens_per_s: float  # chip time: wall x dilation when emulated, else wall
     ideal_tokens_per_s: float  # chip time: sum of each replica's own compute throughput
@@ -111,19 +113,26 @@ def summarise(records: Sequence[StepRecord], *, num_phases_per_step: Sequence[in
     rank0 = {r.step: r for r in records if r.rank == ranks[0]}
     tokens_per_step = sum(r.tokens for r in records if r.step == steps[0] and r.stage == 0)
     steady = steps[1:] if len(steps) > 1 else steps
-    wall = tokens_per_step * len(steady) / sum(rank0[s].seconds for s in steady)
-    scale = first.dilation if first.emulated and first.dilation else 1.0
+
+    def scale(r: StepRecord) -> float:  # chip seconds per wall second of this step
+        return 1.0 / r.dilation if r.emulated and r.dilation else 1.0
+
+    tokens = tokens_per_step * len(steady)
+    wall = tokens / sum(rank0[s].seconds for s in steady)
+    chip = tokens / sum(rank0[s].seconds * scale(rank0[s]) for s in steady)
     replicas, ideal = [], 0.0
     for rank in ranks:
         mine = [r for r in records if r.rank == rank and r.step in steady]
         compute = statistics.median(r.compute_s for r in mine)
         replicas.append(ReplicaSummary(mine[0].replica, mine[0].chip, mine[0].samples,
                                        compute, statistics.median(r.wait_s for r in mine)))
-        ideal += mine[0].tokens / compute if compute > 0 else 0.0
+        chip_compute = statistics.median(r.compute_s * scale(r) for r in mine)
+        ideal += mine[0].tokens / chip_compute if chip_compute > 0 else 0.0
+    last = rank0[steps[-1]]
     return RunSummary(
         steps=len(steps), world_size=len(ranks), tokens_per_step=tokens_per_step,
-        emulated=first.emulated, dilation=first.dilation, wall_tokens_per_s=wall,
-        tokens_per_s=wall * scale, ideal_tokens_per_s=ideal * scale,
+        emulated=first.emulated, dilation=last.dilation, dilation_start=first.dilation,
+        wall_tokens_per_s=wall, tokens_per_s=chip, ideal_tokens_per_s=ideal,
         estimate_tokens_per_s=estimate_tokens_per_s,
         losses=tuple(rank0[s].global_loss for s in steps),
         num_overruns=sum(r.overruns for r in records),

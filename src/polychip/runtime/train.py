@@ -34,11 +34,13 @@ from polychip.plan.plan import Plan
 from polychip.runtime.data import DEFAULT_CORPUS_MAX_BYTES, SampleStream, open_source
 from polychip.runtime.data_parallel import GradSync
 from polychip.runtime.emulate import (
+    DilationGovernor,
     PhaseClock,
     PhaseTargets,
     WarmupTiming,
     dilation_from,
     phase_targets,
+    plan_step_target_s,
 )
 from polychip.runtime.errors import DistributedRunError, RuntimeSetupError
 from polychip.runtime.metrics import RunSummary, StepRecord, summarise, write_metrics
@@ -130,9 +132,27 @@ class Trainer:
         self.targets: PhaseTargets | None = (
             phase_targets(plan, role.replica, role.stage) if config.emulate else None)
         self.clock = PhaseClock(None)
+        self.governor: DilationGovernor | None = None
+        self._lost_reported = 0.0
 
-    def use_dilation(self, dilation: float) -> None:
+    def use_dilation(self, dilation: float, *, adaptive: bool = False) -> None:
+        """Emulate with ``dilation``; ``adaptive``: raise it, on every rank at the same step,
+        when overruns cost the emulated chips time (:class:`DilationGovernor`)."""
         self.clock = PhaseClock(dilation)
+        self.governor = (DilationGovernor(dilation, plan_step_target_s(self.plan))
+                         if adaptive else None)
+
+    @property
+    def dilation(self) -> float | None:
+        """The dilation of the next step (None: not emulated)."""
+        return self.governor.dilation if self.governor is not None else self.clock.dilation
+
+    def raise_dilation_to(self, dilation: float) -> None:
+        """Another trainer of this job had to raise the dilation: start from there too."""
+        if self.clock.dilation is not None and dilation > self.clock.dilation:
+            self.clock.set_dilation(dilation)
+            if self.governor is not None:
+                self.governor.dilation = dilation
 
     def time_compute(self, min_s: float = WARMUP_MIN_S) -> float:
         """Real seconds of one pass over this rank's micro-batches, unpadded: passes for at
@@ -181,6 +201,8 @@ class Trainer:
 
     def step(self, step: int) -> StepRecord:
         role, targets, clock = self.role, self.targets, self.clock
+        if self.governor is not None and self.governor.dilation != clock.dilation:
+            clock.set_dilation(self.governor.dilation)  # raised at the end of the last step
         before = clock.summary()
         begin = time.perf_counter()
         self.sync.zero_()
@@ -194,11 +216,15 @@ class Trainer:
                 loss.backward()
                 self.sync.add_loss_(loss)
         local_loss = self.sync.local_loss  # also waits for the device
+        lost = clock.summary().lost_s  # lateness since the last report (optimizer's included)
+        late, self._lost_reported = lost - self._lost_reported, lost
         sync_begin = time.perf_counter()
         try:
-            global_loss = self.sync.sync()
+            global_loss, all_late = self.sync.sync(late)
         except RuntimeError as exc:
             raise self.failure(step, "the gradient all-reduce", exc) from exc
+        if self.governor is not None:
+            self.governor.observe(all_late)  # the same inputs, so the same answer, everywhere
         if targets is not None:  # emulated links: the all-reduce, then its modelled time
             with clock.phase(GRADIENT_SYNC, targets.gradient_sync_s):
                 pass
@@ -215,7 +241,7 @@ class Trainer:
             seconds=end - begin, compute_s=(sync_begin - begin) + (end - sync_end),
             real_compute_s=after.compute_s - before.compute_s, wait_s=sync_end - sync_begin,
             peak_memory_bytes=memory, memory_kind=kind, emulated=clock.emulated,
-            dilation=clock.dilation, overruns=after.num_overruns - before.num_overruns,
+            dilation=before.dilation, overruns=after.num_overruns - before.num_overruns,
             lost_s=after.lost_s - before.lost_s)
 
     def run(self, steps: int, *, start: int = 0, progress: bool = False,
@@ -297,7 +323,8 @@ def train(plan: Plan, rank: int, config: TrainConfig) -> RunSummary | None:
     topology = build_topology(plan, rank, emulate=config.emulate, timeout=config.timeout)
     trainer = Trainer(plan, config, topology)
     if config.emulate:
-        trainer.use_dilation(config.dilation or agree_dilation([trainer]))
+        trainer.use_dilation(config.dilation or agree_dilation([trainer]),
+                             adaptive=config.dilation is None)
     records = trainer.run(config.steps, progress=config.progress and rank == 0)
     return gather_summary(trainer, records, config.metrics_path)
 
