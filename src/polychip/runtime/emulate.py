@@ -10,12 +10,20 @@ See RUNTIME-NOTES.md, "Emulating slower chips".
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from polychip.costmodel.estimate import CostModel
+from polychip.plan.plan import Plan
 from polychip.runtime.errors import RuntimeSetupError
+
+DILATION_MARGIN = 3.0
+"""Slots are this much longer than a rank's real work timed alone (room for contention)."""
+BUSY_MARGIN = 1.25
+"""... and this much longer than its work timed while every rank computes at once."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,7 @@ class PhaseTotals:
 class ClockSummary:
     dilation: float | None
     phases: tuple[PhaseTotals, ...]
+    lost_s: float = 0.0  # how much later than their slots the emulated chip finished work
 
     @property
     def emulated(self) -> bool:
@@ -80,20 +89,39 @@ class PhaseClock:
                 f"shared host); pass None to run without emulated clocks")
         self.dilation = dilation
         self._totals: dict[str, _Accumulator] = {}
+        self._deadline: float | None = None  # end of the last phase's slot
+        self._late_s = 0.0  # how late the last phase ended (a chained phase may make it up)
+        self._lost_s = 0.0  # lateness nobody made up: time the emulated chip lost
 
     @property
     def emulated(self) -> bool:
         return self.dilation is not None
 
+    def set_dilation(self, dilation: float) -> None:
+        """A new factor for the phases to come (totals are kept)."""
+        if self.dilation is None or not dilation > 0:
+            raise RuntimeSetupError(
+                f"dilation={dilation}: only an emulated clock takes a new dilation (> 0)")
+        self.dilation = dilation
+
     @contextmanager
-    def phase(self, name: str, target_s: float | None = None) -> Iterator[None]:
+    def phase(self, name: str, target_s: float | None = None, *, chain: bool = False
+              ) -> Iterator[None]:
         """Run the body, then (when emulated) sleep until ``dilation * target_s`` has passed
-        since the phase began. A body that raises is neither padded nor counted."""
+        since the phase began. A body that raises is neither padded nor counted.
+
+        ``chain``: the phase follows the previous one back to back on the emulated chip, so
+        its slot starts where the previous slot ended (not when this body starts): a phase
+        that ran a little late (an overrun) is made up by the next ones, as on a real chip
+        whose k-th micro-batch of a sequence ends at k x its time."""
         if self.dilation is not None and (target_s is None or target_s < 0):
             raise RuntimeSetupError(
                 f"phase {name!r} has target_s={target_s}: an emulated clock needs the "
                 f"phase's duration on the emulated chip (>= 0 s) from the cost model")
         begin = time.perf_counter()
+        slot_start = self._deadline if chain and self._deadline is not None else begin
+        if not chain:
+            self._lost_s, self._late_s = self._lost_s + self._late_s, 0.0
         yield
         body_end = time.perf_counter()
         totals = self._totals.setdefault(name, _Accumulator())
@@ -104,7 +132,8 @@ class PhaseClock:
         assert target_s is not None
         slot_s = self.dilation * target_s
         totals.slot_s += slot_s
-        deadline = begin + slot_s
+        deadline = self._deadline = slot_start + slot_s
+        self._late_s = max(0.0, body_end - deadline)
         if body_end > deadline:
             totals.num_overruns += 1
             return
@@ -117,4 +146,109 @@ class PhaseClock:
     def summary(self) -> ClockSummary:
         return ClockSummary(self.dilation, tuple(
             PhaseTotals(name, t.num_calls, t.compute_s, t.padded_s, t.slot_s, t.num_overruns)
-            for name, t in self._totals.items()))
+            for name, t in self._totals.items()), self._lost_s + self._late_s)
+
+
+@dataclass(frozen=True)
+class PhaseTargets:
+    """Seconds the cost model gives the emulated chip for each compute phase of one rank."""
+
+    micro_batch_s: float  # forward + backward of one micro-batch
+    optimizer_s: float  # one AdamW step over the rank's parameters
+    gradient_sync_s: float  # the step's gradient all-reduce (the slowest device's, for all)
+
+
+def phase_targets(plan: Plan, replica: int, stage: int) -> PhaseTargets:
+    """The cost model's times (the same ones the planner used) for a rank of ``plan``."""
+    cost = CostModel(plan.cluster, plan.model, plan.job)
+    rep = plan.replicas[replica]
+    return PhaseTargets(
+        micro_batch_s=cost.times_of(rep, stage).total_s,
+        # the runtime keeps optimizer state replicated (ZeRO-1 is not executed yet)
+        optimizer_s=cost.stage_optimizer_time_s(rep, stage, zero_shards=1),
+        gradient_sync_s=cost.dp_sync_time_s(plan.replicas))
+
+
+@dataclass(frozen=True)
+class WarmupTiming:
+    """One rank's real compute for one step, timed alone, beside the cost model's times."""
+
+    host: str
+    cores: int  # CPU cores this rank may use
+    compute_s: float  # forward + backward of all its micro-batches, this rank alone
+    busy_compute_s: float  # the same while every rank computes at once
+    compute_target_s: float
+    optimizer_s: float
+    optimizer_target_s: float
+    step_target_s: float  # the rank's whole emulated step: compute, all-reduce, optimizer
+
+
+def dilation_from(timings: Sequence[WarmupTiming], margin: float = DILATION_MARGIN,
+                  busy_margin: float = BUSY_MARGIN) -> float:
+    """The dilation for one plan from every rank's warm-up: each rank's real work, timed
+    alone, must fit its slots, and each host's ranks together must fit its cores within the
+    emulated step (their work, squeezed onto the cores, is what stretches phases under
+    contention), both with ``margin``; and each rank's work timed while every rank computes
+    (the worst moment of a step, other jobs on the host included) must fit with
+    ``busy_margin``."""
+    fit = max(max(t.compute_s / t.compute_target_s, t.optimizer_s / t.optimizer_target_s)
+              for t in timings)
+    busy = max(t.busy_compute_s / t.compute_target_s for t in timings)
+    step_s = max(t.step_target_s for t in timings)  # every rank waits for the slowest
+    hosts: dict[str, list[WarmupTiming]] = {}
+    for t in timings:
+        hosts.setdefault(t.host, []).append(t)
+    capacity = max(sum(t.compute_s + t.optimizer_s for t in ts) / (ts[0].cores * step_s)
+                   for ts in hosts.values())
+    return dilation_for(max(fit * margin, capacity * margin, busy * busy_margin), 1.0)
+
+
+def plan_step_target_s(plan: Plan) -> float:
+    """The emulated step every rank waits for: the slowest rank's compute and optimizer, plus
+    the modelled all-reduce (the same figure on every rank)."""
+    out = 0.0
+    for ri, rep in enumerate(plan.replicas):
+        for si in range(rep.num_stages):
+            t = phase_targets(plan, ri, si)
+            out = max(out, rep.num_micro_batches * t.micro_batch_s + t.optimizer_s
+                      + t.gradient_sync_s)
+    return out
+
+
+class DilationGovernor:
+    """Raises the dilation when overruns cost the emulated chips more than ``max_lost`` of
+    their time over ``window`` steps (another job started on the host, say).
+
+    Its inputs are the same on every rank -- the time all ranks lost this step (summed by the
+    gradient all-reduce), the dilation and the plan's emulated step -- so every rank makes the
+    same decision at the same step without a collective of its own.
+    """
+
+    def __init__(self, dilation: float, step_target_s: float, *, window: int = 3,
+                 max_lost: float = 0.02, factor: float = 1.25) -> None:
+        self.dilation, self.step_target_s = dilation, step_target_s
+        self.window, self.max_lost, self.factor = window, max_lost, factor
+        self._lost: list[float] = []
+
+    def observe(self, lost_s: float) -> float | None:
+        """Record one step's lateness summed over the ranks; the new dilation, if raised."""
+        self._lost.append(lost_s)
+        if len(self._lost) < self.window:
+            return None
+        budget = self.max_lost * self.window * self.dilation * self.step_target_s
+        lost, self._lost = sum(self._lost), []
+        if lost <= budget:
+            return None
+        self.dilation = dilation_for(self.dilation, self.factor)
+        return self.dilation
+
+
+def dilation_for(ratio: float, margin: float = DILATION_MARGIN) -> float:
+    """The dilation for a worst measured real/target ratio: times ``margin``, rounded up to
+    two significant digits (so ranks and reports show a readable factor)."""
+    if not ratio > 0:
+        raise RuntimeSetupError(
+            f"measured real/target ratio {ratio}: must be > 0; the warm-up timed nothing")
+    raw = ratio * margin
+    unit = 10.0 ** (math.floor(math.log10(raw)) - 1)
+    return round(math.ceil(raw / unit - 1e-9) * unit, 12)
