@@ -10,12 +10,19 @@ See RUNTIME-NOTES.md, "Emulating slower chips".
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from polychip.costmodel.estimate import ADAMW_BYTES_PER_PARAM, CostModel
+from polychip.costmodel.memory import stage_params
+from polychip.plan.plan import Plan
 from polychip.runtime.errors import RuntimeSetupError
+
+DILATION_MARGIN = 1.5
+"""Slots are this much longer than the slowest real phase measured at warm-up."""
 
 
 @dataclass(frozen=True)
@@ -118,3 +125,36 @@ class PhaseClock:
         return ClockSummary(self.dilation, tuple(
             PhaseTotals(name, t.num_calls, t.compute_s, t.padded_s, t.slot_s, t.num_overruns)
             for name, t in self._totals.items()))
+
+
+@dataclass(frozen=True)
+class PhaseTargets:
+    """Seconds the cost model gives the emulated chip for each compute phase of one rank."""
+
+    micro_batch_s: float  # forward + backward of one micro-batch
+    optimizer_s: float  # one AdamW step over the rank's parameters
+    gradient_sync_s: float  # the step's gradient all-reduce (the slowest device's, for all)
+
+
+def phase_targets(plan: Plan, replica: int, stage: int) -> PhaseTargets:
+    """The cost model's times (the same ones the planner used) for a rank of ``plan``."""
+    cost = CostModel(plan.cluster, plan.model, plan.job)
+    rep = plan.replicas[replica]
+    st = rep.stages[stage]
+    owned = stage_params(plan.model, st.num_layers, stage == 0,
+                         stage == rep.num_stages - 1) / st.tp
+    return PhaseTargets(
+        micro_batch_s=cost.times_of(rep, stage).total_s,
+        optimizer_s=owned * ADAMW_BYTES_PER_PARAM / cost.chip(st.chip).memory_bw_bytes_per_s,
+        gradient_sync_s=cost.dp_sync_time_s(plan.replicas))
+
+
+def dilation_for(ratio: float, margin: float = DILATION_MARGIN) -> float:
+    """The dilation for a worst measured real/target ratio: times ``margin``, rounded up to
+    two significant digits (so ranks and reports show a readable factor)."""
+    if not ratio > 0:
+        raise RuntimeSetupError(
+            f"measured real/target ratio {ratio}: must be > 0; the warm-up timed nothing")
+    raw = ratio * margin
+    unit = 10.0 ** (math.floor(math.log10(raw)) - 1)
+    return round(math.ceil(raw / unit - 1e-9) * unit, 12)

@@ -1,4 +1,4 @@
-"""Errors the runtime raises for a user's mistake (bad sizes, bad files, bad shares)."""
+"""Errors the runtime raises: a user's mistake, or a distributed run that broke."""
 
 from __future__ import annotations
 
@@ -7,3 +7,8 @@ from polychip.spec.errors import PolychipError
 
 class RuntimeSetupError(PolychipError):
     """A runtime input is wrong. The message names the value, the rule it broke and the fix."""
+
+
+class DistributedRunError(RuntimeError):
+    """A collective failed mid-run: another rank died, or stopped answering for longer than the
+    process-group timeout. The message names this rank, its step and the likely cause."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -111,12 +112,16 @@ class IslandGroups:
                                 self.is_island_leader)
 
 
-def new_island_groups(islands: Sequence[Sequence[int]], *, island_backend: str | None = None,
-                      bridge_backend: str = "gloo") -> IslandGroups:
+def new_island_groups(islands: Sequence[Sequence[int]], *,
+                      island_backend: str | Sequence[str | None] | None = None,
+                      bridge_backend: str = "gloo",
+                      timeout: timedelta | None = None) -> IslandGroups:
     """Create one group per island (its lowest rank leads) and a bridge group of the leaders.
 
-    Collective: every rank of the world calls it with the same ``islands``, which must
-    partition the ranks 0..world_size-1.
+    ``island_backend`` is one backend for every island, or one per island (each island's
+    native collective library; None: the default group's backend). Collective: every rank of
+    the world calls it with the same arguments; ``islands`` must partition the ranks
+    0..world_size-1.
     """
     world_size = dist.get_world_size()
     members = sorted(r for island in islands for r in island)
@@ -126,9 +131,18 @@ def new_island_groups(islands: Sequence[Sequence[int]], *, island_backend: str |
             f"0..{world_size - 1}: every rank must be in exactly one non-empty island")
     rank = dist.get_rank()
     mine: IslandGroups | None = None
-    groups = [dist.new_group(sorted(island), backend=island_backend) for island in islands]
+    if island_backend is None or isinstance(island_backend, str):
+        backends: list[str | None] = [island_backend] * len(islands)
+    else:
+        backends = list(island_backend)
+    if len(backends) != len(islands):
+        raise RuntimeSetupError(
+            f"island_backend has {len(backends)} entries for {len(islands)} islands: give one "
+            f"backend per island, or a single backend for all")
+    groups = [dist.new_group(sorted(island), backend=backend, timeout=timeout)
+              for island, backend in zip(islands, backends, strict=True)]
     leaders = [min(island) for island in islands]
-    bridge = dist.new_group(leaders, backend=bridge_backend)
+    bridge = dist.new_group(leaders, backend=bridge_backend, timeout=timeout)
     for island, group in zip(islands, groups, strict=True):
         if rank in island:
             leads = rank == min(island)

@@ -1,0 +1,193 @@
+"""Heterogeneous data parallelism, measured side by side on this machine.
+
+1. Emulated chips with speeds 1 : 1 : 2 : 4 (examples/clusters/cpu-test.yaml, the `tiny` model):
+   tokens/s of the planned split (batch shares proportional to speed) vs the naive even split
+   of the same replicas vs the ideal (sum of the replicas' own throughputs), in interleaved
+   rounds; measured speed-up vs the cost model's (theoretical) one.
+2. Equal ranks, no emulation: polychip's training step vs plain DistributedDataParallel on the
+   same model, data and optimizer (same process count), interleaved blocks, median step time.
+
+    PYTHONPATH=src python benchmarks/runtime_dp.py --json runtime_dp.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from polychip.plan import Plan, Replica, Stage, validate_plan
+from polychip.runtime.compare import CompareTask, even_batch_split
+from polychip.runtime.emulate import phase_targets
+from polychip.runtime.launch import launch_local
+from polychip.runtime.train import TrainConfig, estimate_tokens_per_s
+from polychip.spec.cluster import cluster_from_dict, load_cluster
+from polychip.spec.job import TrainingJob
+from polychip.spec.model import PRESETS
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = PRESETS["tiny"]
+SEQ_LEN, GLOBAL_BATCH, MICRO_BATCH = 128, 32, 4
+CHIPS = ((0, 0, "cpu-slow"), (0, 1, "cpu-slow"), (1, 0, "cpu-fast"), (2, 0, "cpu-mid"))
+SPEEDS = {"cpu-slow": 1, "cpu-mid": 2, "cpu-fast": 4}
+
+
+def proportional_plan() -> Plan:
+    cluster = load_cluster(ROOT / "examples" / "clusters" / "cpu-test.yaml")
+    total = sum(SPEEDS[c] for _, _, c in CHIPS)
+    shares = [GLOBAL_BATCH * SPEEDS[c] // total for _, _, c in CHIPS]  # 4, 4, 16, 8
+    plan = Plan(cluster, TINY, TrainingJob(GLOBAL_BATCH, SEQ_LEN), tuple(
+        Replica((Stage(0, TINY.num_layers, n, (d,), c),), s, MICRO_BATCH)
+        for (n, d, c), s in zip(CHIPS, shares, strict=True)))
+    validate_plan(plan)
+    return plan
+
+
+def model_ideal_tokens_per_s(plan: Plan) -> float:
+    """Cost model: the sum over ranks of each chip's own forward+backward throughput."""
+    return sum(rep.micro_batch_size * SEQ_LEN / phase_targets(plan, i, 0).micro_batch_s
+               for i, rep in enumerate(plan.replicas))
+
+
+def heterogeneous(rounds: int, steps: int) -> dict:
+    planned = proportional_plan()
+    even = even_batch_split(planned)
+    config = TrainConfig(steps=steps, emulate=True)
+    task = CompareTask((planned, even), (steps, max(2, steps // 2)), config, rounds=rounds)
+    summaries = launch_local(planned, task)[0]
+    runs_p, runs_e = summaries[0::2], summaries[1::2]
+    p = statistics.median(s.tokens_per_s for s in runs_p)
+    e = statistics.median(s.tokens_per_s for s in runs_e)
+    ideal = statistics.median(s.ideal_tokens_per_s for s in runs_p)
+    theoretical = estimate_tokens_per_s(planned) / estimate_tokens_per_s(even)
+    return {
+        "shares_planned": [r.batch_size for r in planned.replicas],
+        "shares_even": [r.batch_size for r in even.replicas],
+        "dilation": runs_p[0].dilation,
+        "rounds": rounds,
+        "planned_tokens_per_s": p,
+        "even_tokens_per_s": e,
+        "ideal_tokens_per_s_measured": ideal,
+        "ideal_tokens_per_s_model": model_ideal_tokens_per_s(planned),
+        "planned_estimate_tokens_per_s": estimate_tokens_per_s(planned),
+        "even_estimate_tokens_per_s": estimate_tokens_per_s(even),
+        "measured_speedup": p / e,
+        "theoretical_speedup": theoretical,
+        "speedup_ratio": (p / e) / theoretical,
+        "planned_over_ideal": p / ideal,
+        "planned_tokens_per_s_rounds": [s.tokens_per_s for s in runs_p],
+        "even_tokens_per_s_rounds": [s.tokens_per_s for s in runs_e],
+        "overruns": sum(s.num_overruns for s in summaries),
+        "phases": sum(s.num_phases for s in summaries),
+    }
+
+
+# ---- overhead vs DistributedDataParallel --------------------------------------------------
+@dataclass(frozen=True)
+class OverheadTask:
+    """Interleaved blocks of polychip steps and DDP steps; rank 0 returns the step times."""
+
+    config: TrainConfig
+    rounds: int
+    block: int
+    emulate: bool = False
+
+    @property
+    def timeout(self) -> timedelta:
+        return self.config.timeout
+
+    def __call__(self, plan: Plan, rank: int) -> dict | None:
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+
+        from polychip.runtime.model import build_stage, loss_fn
+        from polychip.runtime.topology import build_topology
+        from polychip.runtime.train import Trainer, make_optimizer, model_config
+
+        trainer = Trainer(plan, self.config, build_topology(plan, rank, emulate=False))
+        role = trainer.role
+        ddp = DistributedDataParallel(build_stage(model_config(plan.model), 0,
+                                                  plan.model.num_layers, seed=0),
+                                      gradient_as_bucket_view=True)
+        opt = make_optimizer(self.config, list(ddp.parameters()))
+        stream = trainer.stream
+
+        def ddp_step(step: int) -> float:
+            begin = time.perf_counter()
+            x, y = stream.batch_for(step, role.samples)
+            opt.zero_grad(set_to_none=False)
+            loss_fn(ddp(x), y).backward()
+            opt.step()
+            return time.perf_counter() - begin
+
+        times: dict[str, list[float]] = {"polychip": [], "ddp": []}
+        step = 0
+        for r in range(self.rounds + 1):  # round 0 warms both up and is left out
+            for name in ("polychip", "ddp"):
+                dist.barrier()
+                for _ in range(self.block):
+                    seconds = (trainer.step(step).seconds if name == "polychip"
+                               else ddp_step(step))
+                    if r > 0:
+                        times[name].append(seconds)
+                    step += 1
+        return times if rank == 0 else None
+
+
+def overhead(rounds: int, block: int, ranks: int) -> dict:
+    cluster = cluster_from_dict({"name": "equal", "nodes": [
+        {"chip": "cpu-slow", "count": 1, "chips_per_node": ranks, "nic_gbps": 10}]})
+    per_rank = 8
+    plan = Plan(cluster, TINY, TrainingJob(per_rank * ranks, SEQ_LEN), tuple(
+        Replica((Stage(0, TINY.num_layers, 0, (d,), "cpu-slow"),), per_rank, per_rank)
+        for d in range(ranks)))
+    validate_plan(plan)
+    times = launch_local(plan, OverheadTask(TrainConfig(), rounds, block))[0]
+    ours, ddp = statistics.median(times["polychip"]), statistics.median(times["ddp"])
+    return {"ranks": ranks, "samples_per_rank": per_rank, "seq_len": SEQ_LEN,
+            "steps_each": len(times["ddp"]), "polychip_step_s": ours, "ddp_step_s": ddp,
+            "overhead": ours / ddp - 1.0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", metavar="OUT", help="write the figures as JSON")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--steps", type=int, default=10,
+                        help="planned-split steps per round (even split: half)")
+    parser.add_argument("--ddp-ranks", type=int, default=2)
+    args = parser.parse_args(argv)
+    begin = time.perf_counter()
+    het = heterogeneous(args.rounds, args.steps)
+    ovh = overhead(max(args.rounds, 5), 10, args.ddp_ranks)
+    print("\nEmulated chips (speeds 1:1:2:4, dilation "
+          f"{het['dilation']:g}; tokens/s in emulated chip time, median of {args.rounds})")
+    print("| split | shares | measured tok/s | cost-model estimate tok/s |")
+    print("|---|---|---:|---:|")
+    print(f"| planned (proportional) | {het['shares_planned']} | "
+          f"{het['planned_tokens_per_s']:,.0f} | {het['planned_estimate_tokens_per_s']:,.0f} |")
+    print(f"| even | {het['shares_even']} | {het['even_tokens_per_s']:,.0f} | "
+          f"{het['even_estimate_tokens_per_s']:,.0f} |")
+    print(f"| ideal (sum of replicas) | | {het['ideal_tokens_per_s_measured']:,.0f} | "
+          f"{het['ideal_tokens_per_s_model']:,.0f} |")
+    print(f"\nspeed-up planned/even: measured {het['measured_speedup']:.3f}, theoretical "
+          f"{het['theoretical_speedup']:.3f} -> {het['speedup_ratio']:.1%} of theoretical "
+          f"(target >= 90 %); planned/ideal {het['planned_over_ideal']:.1%}; overruns "
+          f"{het['overruns']} of {het['phases']} phases")
+    print(f"\nEqual ranks ({ovh['ranks']}, no emulation): step {ovh['polychip_step_s'] * 1e3:.1f}"
+          f" ms polychip vs {ovh['ddp_step_s'] * 1e3:.1f} ms DDP (median of "
+          f"{ovh['steps_each']} each) -> overhead {ovh['overhead']:+.1%} (target <= 5 %)")
+    print(f"({time.perf_counter() - begin:.0f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"heterogeneous": het, "overhead_vs_ddp": ovh},
+                                              indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""`polychip train PLAN.json`: run a plan on this machine (every rank, through torchrun's API),
+or, with --node (as in `polychip launch`'s commands), be one torchrun worker of a cluster job."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+
+from polychip.cli.runreport import print_train_summary
+
+if TYPE_CHECKING:
+    from polychip.runtime.train import TrainConfig
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a plan (heterogeneous data parallel)")
+    p.add_argument("plan", help="plan JSON file (polychip plan)")
+    add_train_options(p)
+    p.add_argument("--plan-node", type=int, metavar="N",
+                   help="run as a torchrun worker of plan node N (set by `polychip launch`)")
+    p.set_defaults(func=run)
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=20, help="optimizer steps (default 20)")
+    p.add_argument("--emulate", action="store_true",
+                   help="play the plan's chips on this CPU: every compute phase lasts its "
+                        "cost-model time x a dilation (gloo for every island)")
+    p.add_argument("--dilation", type=float, metavar="X",
+                   help="with --emulate: the dilation factor (default: from a timed warm-up)")
+    p.add_argument("--data", metavar="PATH",
+                   help="text file (bytes) or uint16 token file (.bin); default: the Python "
+                        "standard library's sources")
+    p.add_argument("--metrics", metavar="OUT.jsonl", help="one JSON record per step per rank")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate")
+    p.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default="float32")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                   help="process-group timeout: a rank silent this long fails the run")
+
+
+def train_config(args: argparse.Namespace, *, progress: bool) -> TrainConfig:
+    from polychip.runtime.train import TrainConfig
+
+    return TrainConfig(steps=args.steps, emulate=args.emulate, dilation=args.dilation,
+                       data=args.data, seed=args.seed, lr=args.lr, dtype=args.dtype,
+                       timeout_s=args.timeout, metrics_path=args.metrics, progress=progress)
+
+
+def run(args: argparse.Namespace) -> int:
+    from polychip.plan import load_plan
+    from polychip.runtime.data import SampleStream, open_source
+    from polychip.runtime.errors import DistributedRunError
+    from polychip.runtime.launch import launch_local, torchrun_worker
+    from polychip.runtime.topology import check_devices, rank_roles
+    from polychip.runtime.train import TrainTask
+
+    plan = load_plan(args.plan)
+    config = train_config(args, progress=True)
+    roles = rank_roles(plan, emulate=config.emulate)  # refuses what cannot run yet
+    # Bad data fails here, once, before any process starts.
+    SampleStream(open_source(config.data, plan.model.vocab_size), plan.job.seq_len)
+    console = Console()
+    try:
+        if args.plan_node is not None:
+            rank, summary = torchrun_worker(plan, args.plan_node, TrainTask(config))
+        else:
+            check_devices(roles)
+            rank, summary = 0, launch_local(plan, TrainTask(config))[0]
+    except DistributedRunError as exc:
+        console.print(f"[red]polychip train: the run failed[/red]: {exc}")
+        return 1
+    if rank == 0:
+        print_train_summary(console, plan, summary)
+        if config.metrics_path:
+            console.print(f"metrics: {config.metrics_path}")
+    return 0

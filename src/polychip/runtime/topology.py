@@ -1,0 +1,215 @@
+"""A plan -> each rank's role, its device, and its process groups.
+
+Ranks are the plan's ranks (`Plan.ranks()`: replica by replica, stage by stage, TP rank), not
+torchrun's: the launcher maps (node, local rank) to a plan rank and passes it explicitly.
+
+Groups: ranks whose chips share a vendor and collective library form an *island*; each island
+gets a group with its native backend (NCCL, HCCL, ... -- gloo when the chips are emulated or
+are CPUs) and the island leaders (lowest rank of each island) form a gloo *bridge* group.
+The world (default) group is gloo whenever more than one island exists, since vendor libraries
+do not talk to each other. Data parallelism currently spans every rank (one stage per
+replica); per-layer holder groups arrive with pipelines (issue 5).
+
+The role computations are pure (no torch); torch is imported where groups and devices are
+made, so the launcher can print commands without paying for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from polychip.plan.plan import Plan
+from polychip.runtime.errors import RuntimeSetupError
+
+if TYPE_CHECKING:
+    import torch
+
+    from polychip.runtime.grads import IslandGroups
+
+NOT_YET = "not yet: pipeline/tensor parallel execution lands with issue 5"
+# Device type -> (package to import that registers it, install hint).
+DEVICE_PACKAGES: dict[str, tuple[str | None, str]] = {
+    "cuda": (None, "a CUDA build of torch"),
+    "xpu": (None, "an XPU build of torch"),
+    "npu": ("torch_npu", "torch_npu (Ascend)"),
+    "mlu": ("torch_mlu", "torch_mlu (Cambricon)"),
+    "hpu": ("habana_frameworks.torch.core", "habana_frameworks (Intel Gaudi)"),
+}
+
+
+@dataclass(frozen=True)
+class RankRole:
+    """What one rank does: its place in the plan, its work and where it runs."""
+
+    rank: int
+    world_size: int
+    replica: int
+    stage: int
+    tp_rank: int
+    node: int
+    local_device: int
+    chip: str
+    island: str  # vendor/collective library of the chip
+    device_type: str  # where tensors live: the chip's device type, or cpu when emulated
+    backend: str  # collective backend inside the island (gloo when emulated)
+    emulated: bool
+    layer_start: int
+    layer_end: int
+    batch_share: int  # samples of the global batch this replica trains on each step
+    sample_start: int  # global index of the replica's first sample
+    micro_batch_size: int
+    num_micro_batches: int
+    global_batch: int
+
+    @property
+    def samples(self) -> range:
+        return range(self.sample_start, self.sample_start + self.batch_share)
+
+    def micro_batch(self, index: int) -> range:
+        """Global sample indices of micro-batch ``index`` of this replica's share."""
+        start = self.sample_start + index * self.micro_batch_size
+        return range(start, start + self.micro_batch_size)
+
+
+def check_executable(plan: Plan) -> None:
+    """Refuse what this runtime cannot execute yet, rather than run something else."""
+    for ri, rep in enumerate(plan.replicas):
+        if rep.num_stages > 1:
+            raise RuntimeSetupError(
+                f"replicas[{ri}] has {rep.num_stages} pipeline stages: {NOT_YET}; plan with "
+                f"one stage per replica (polychip plan --max-stages 1)")
+        if rep.stages[0].tp > 1:
+            raise RuntimeSetupError(
+                f"replicas[{ri}].stages[0] has tensor-parallel degree {rep.stages[0].tp}: "
+                f"{NOT_YET}; plan with tp = 1")
+    if plan.model.mlp != "swiglu":
+        raise RuntimeSetupError(
+            f"model {plan.model.name!r} has a {plan.model.mlp} MLP: the runtime's transformer "
+            f"is SwiGLU (Llama-style); train a SwiGLU model")
+
+
+def rank_roles(plan: Plan, *, emulate: bool) -> tuple[RankRole, ...]:
+    """Every rank's role, in plan rank order."""
+    check_executable(plan)
+    shares = [rep.batch_size for rep in plan.replicas]
+    out = []
+    for info in plan.ranks():
+        rep = plan.replicas[info.replica]
+        st = rep.stages[info.stage]
+        chip = plan.chip(info.chip)
+        out.append(RankRole(
+            rank=info.rank, world_size=plan.world_size, replica=info.replica,
+            stage=info.stage, tp_rank=info.tp_rank, node=info.node,
+            local_device=info.local_device, chip=chip.name, island=chip.island,
+            device_type="cpu" if emulate else chip.device_type,
+            backend="gloo" if emulate or chip.device_type == "cpu" else chip.torch_backend,
+            emulated=emulate, layer_start=st.layer_start, layer_end=st.layer_end,
+            batch_share=rep.batch_size, sample_start=sum(shares[:info.replica]),
+            micro_batch_size=rep.micro_batch_size, num_micro_batches=rep.num_micro_batches,
+            global_batch=plan.job.global_batch))
+    return tuple(out)
+
+
+def islands(roles: tuple[RankRole, ...]) -> tuple[tuple[int, ...], ...]:
+    """Ranks grouped by island, islands in order of their lowest rank."""
+    by_island: dict[str, list[int]] = {}
+    for role in roles:
+        by_island.setdefault(role.island, []).append(role.rank)
+    return tuple(tuple(ranks) for ranks in by_island.values())
+
+
+def world_backend(roles: tuple[RankRole, ...]) -> str:
+    """The default group's backend: the island's own when there is one island on devices,
+    else gloo (plus the native backend for device tensors when it is a single island)."""
+    if len({r.island for r in roles}) > 1 or all(r.backend == "gloo" for r in roles):
+        return "gloo"
+    first = roles[0]
+    return f"cpu:gloo,{first.device_type}:{first.backend}"
+
+
+def device_unavailable(device_type: str, index: int) -> str | None:
+    """Why this machine cannot run on ``device_type`` number ``index``, or None if it can."""
+    if device_type == "cpu":
+        return None
+    import torch
+
+    package, hint = DEVICE_PACKAGES.get(device_type, (None, f"torch support for {device_type}"))
+    if package is not None:
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            return f"{hint} is not installed"
+    module = getattr(torch, device_type, None)
+    if module is None or not module.is_available():
+        return f"torch finds no {device_type} device (needs {hint} and the device's driver)"
+    if index >= module.device_count():
+        return f"the plan uses {device_type}:{index} but only {module.device_count()} exist"
+    return None
+
+
+def check_devices(roles: tuple[RankRole, ...]) -> None:
+    """Raise RuntimeSetupError naming every device type of ``roles`` this machine lacks."""
+    for role in roles:
+        why = device_unavailable(role.device_type, role.local_device)
+        if why is not None:
+            raise RuntimeSetupError(
+                f"rank {role.rank} plays chip {role.chip!r} on device type "
+                f"{role.device_type!r}, but this machine cannot: {why}; run with --emulate to "
+                f"emulate the plan's chips on the CPU (gloo), or run on a machine with "
+                f"{role.device_type} devices")
+
+
+def select_device(role: RankRole) -> torch.device:
+    import torch
+
+    check_devices((role,))
+    if role.device_type == "cpu":
+        return torch.device("cpu")
+    device = torch.device(role.device_type, role.local_device)
+    getattr(torch, role.device_type).set_device(device)
+    return device
+
+
+@dataclass(frozen=True)
+class Topology:
+    """This rank's role, device and groups. ``dp_allreduce`` is the in-place SUM all-reduce
+    over the data-parallel ranks: flat inside a single island, hierarchical across islands."""
+
+    role: RankRole
+    roles: tuple[RankRole, ...]
+    device: torch.device
+    islands: tuple[tuple[int, ...], ...]
+    groups: IslandGroups
+    dp_allreduce: Callable[[torch.Tensor], None]
+
+
+def build_topology(plan: Plan, rank: int, *, emulate: bool,
+                   timeout: timedelta = timedelta(seconds=120)) -> Topology:
+    """Collective: every rank of the plan calls it (after init_process_group)."""
+    import torch.distributed as dist
+
+    from polychip.runtime.grads import new_island_groups
+
+    roles = rank_roles(plan, emulate=emulate)
+    if dist.get_world_size() != len(roles) or dist.get_rank() != rank:
+        raise RuntimeSetupError(
+            f"process group has world size {dist.get_world_size()} and rank "
+            f"{dist.get_rank()}, the plan needs {len(roles)} ranks and this is plan rank "
+            f"{rank}: launch one process per plan device (polychip launch)")
+    role = roles[rank]
+    device = select_device(role)
+    ranks_by_island = islands(roles)
+    backends = [roles[members[0]].backend for members in ranks_by_island]
+    groups = new_island_groups(ranks_by_island, island_backend=backends, timeout=timeout)
+    if len(ranks_by_island) == 1:
+        group = groups.island_group
+
+        def allreduce(tensor: torch.Tensor) -> None:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+    else:
+        allreduce = groups.allreduce
+    return Topology(role, roles, device, ranks_by_island, groups, allreduce)

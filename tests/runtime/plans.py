@@ -1,0 +1,45 @@
+"""Hand-built data-parallel plans for runtime tests (the planner is not needed to run one)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from polychip.plan import Plan, Replica, Stage, validate_plan
+from polychip.spec.cluster import Cluster, cluster_from_dict, load_cluster
+from polychip.spec.job import TrainingJob
+from polychip.spec.model import ModelSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+# 2 x cpu-slow (vendor cpu-a) on node 0, cpu-fast (cpu-b) on node 1, cpu-mid (cpu-c) on node 2.
+CPU_TEST = ROOT / "examples" / "clusters" / "cpu-test.yaml"
+MICRO = ModelSpec("micro", num_layers=2, hidden_size=16, num_heads=4, num_kv_heads=2,
+                  ffn_hidden_size=32, vocab_size=256)
+
+
+def cpu_test_cluster() -> Cluster:
+    return load_cluster(CPU_TEST)
+
+
+def cluster(nodes: Sequence[dict], chips: dict | None = None) -> Cluster:
+    return cluster_from_dict({"name": "test", "nodes": list(nodes), "chips": chips or {}})
+
+
+def dp_plan(cluster: Cluster, replicas: Sequence[tuple[int, int, str, int, int]], *,
+            model: ModelSpec = MICRO, seq_len: int = 8) -> Plan:
+    """One single-stage replica per (node, device, chip, batch share, micro-batch size)."""
+    job = TrainingJob(global_batch=sum(r[3] for r in replicas), seq_len=seq_len)
+    plan = Plan(cluster, model, job, tuple(
+        Replica((Stage(0, model.num_layers, node, (dev,), chip),), share, mbs)
+        for node, dev, chip, share, mbs in replicas))
+    validate_plan(plan)
+    return plan
+
+
+def cpu_test_plan(shares: Sequence[int] = (4, 4, 16, 8), micro_batch: int = 4, *,
+                  model: ModelSpec = MICRO, seq_len: int = 8) -> Plan:
+    """The four chips of cpu-test (slow, slow, fast, mid), one replica each."""
+    chips = ((0, 0, "cpu-slow"), (0, 1, "cpu-slow"), (1, 0, "cpu-fast"), (2, 0, "cpu-mid"))
+    return dp_plan(cpu_test_cluster(), [(n, d, c, s, min(micro_batch, s))
+                                        for (n, d, c), s in zip(chips, shares, strict=True)],
+                   model=model, seq_len=seq_len)

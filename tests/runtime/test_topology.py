@@ -1,0 +1,139 @@
+"""Plan -> rank roles, islands, devices; torchrun commands and the plan-rank mapping."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from polychip.plan import Replica, Stage
+from polychip.runtime.emulate import dilation_for, phase_targets
+from polychip.runtime.errors import RuntimeSetupError
+from polychip.runtime.launch import (
+    hosts_for_nodes,
+    node_ranks,
+    plan_rank,
+    torchrun_commands,
+)
+from polychip.runtime.topology import check_devices, islands, rank_roles, world_backend
+from polychip.spec.model import PRESETS
+
+from .plans import MICRO, cluster, cpu_test_plan, dp_plan
+
+
+def test_roles_of_an_uneven_plan() -> None:
+    plan = cpu_test_plan((4, 4, 16, 8), micro_batch=4)
+    roles = rank_roles(plan, emulate=True)
+    assert [(r.rank, r.replica, r.chip) for r in roles] == [
+        (0, 0, "cpu-slow"), (1, 1, "cpu-slow"), (2, 2, "cpu-fast"), (3, 3, "cpu-mid")]
+    fast = roles[2]
+    assert (fast.batch_share, fast.sample_start, fast.global_batch) == (16, 8, 32)
+    assert (fast.micro_batch_size, fast.num_micro_batches) == (4, 4)
+    assert fast.samples == range(8, 24)
+    assert fast.micro_batch(3) == range(20, 24)
+    assert (fast.layer_start, fast.layer_end) == (0, MICRO.num_layers)
+    assert (fast.device_type, fast.backend, fast.emulated) == ("cpu", "gloo", True)
+    assert fast.island == "cpu-b/gloo"
+    assert islands(roles) == ((0, 1), (2,), (3,))
+    assert world_backend(roles) == "gloo"
+
+
+def test_shares_cover_the_global_batch_once() -> None:
+    roles = rank_roles(cpu_test_plan((3, 5, 16, 8), micro_batch=1), emulate=True)
+    covered = [i for r in roles for i in r.samples]
+    assert covered == list(range(32))
+
+
+NPU_CHIPS = {"fake-910": {"vendor": "acme", "device_type": "npu", "torch_backend": "hccl",
+                          "collective_library": "hccl", "peak_tflops_bf16": 300,
+                          "memory_gib": 64, "memory_gbps": 1600, "intra_node_gbps": 400}}
+
+
+def _npu_plan():
+    c = cluster([{"chip": "fake-910", "count": 1, "chips_per_node": 2, "nic_gbps": 100}],
+                NPU_CHIPS)
+    return dp_plan(c, [(0, 0, "fake-910", 2, 1), (0, 1, "fake-910", 2, 1)])
+
+
+def test_missing_device_type_names_it_and_suggests_emulate() -> None:
+    plan = _npu_plan()
+    roles = rank_roles(plan, emulate=False)
+    assert (roles[0].device_type, roles[0].backend) == ("npu", "hccl")
+    assert world_backend(roles) == "cpu:gloo,npu:hccl"
+    with pytest.raises(RuntimeSetupError, match=r"'npu'.*torch_npu.*--emulate"):
+        check_devices(roles)
+    emulated = rank_roles(plan, emulate=True)
+    check_devices(emulated)  # the CPU plays the chips
+    assert {(r.device_type, r.backend) for r in emulated} == {("cpu", "gloo")}
+
+
+def test_pipelines_and_tensor_parallel_are_refused_not_faked() -> None:
+    plan = cpu_test_plan()
+    two_stages = Replica((Stage(0, 1, 0, (0,), "cpu-slow"), Stage(1, 2, 0, (1,), "cpu-slow")),
+                         4, 4)
+    staged = dataclasses.replace(plan, replicas=(two_stages, *plan.replicas[2:]))
+    with pytest.raises(RuntimeSetupError, match="not yet: pipeline/tensor parallel"):
+        rank_roles(staged, emulate=True)
+    tp = Replica((Stage(0, 2, 0, (0, 1), "cpu-slow"),), 8, 4)
+    with pytest.raises(RuntimeSetupError, match="tensor-parallel degree 2: not yet"):
+        rank_roles(dataclasses.replace(plan, replicas=(tp, *plan.replicas[2:])), emulate=True)
+
+
+def test_phase_targets_follow_chip_speed() -> None:
+    # The tiny model at 128 tokens is compute-bound on these chips: times follow peak FLOP/s.
+    plan = cpu_test_plan((4, 4, 16, 8), micro_batch=4, model=PRESETS["tiny"], seq_len=128)
+    slow, fast, mid = (phase_targets(plan, r, 0) for r in (0, 2, 3))
+    assert slow.micro_batch_s == pytest.approx(4 * fast.micro_batch_s, rel=0.01)
+    assert slow.micro_batch_s == pytest.approx(2 * mid.micro_batch_s, rel=0.01)
+    assert slow.optimizer_s > 0
+
+
+def test_dilation_rounds_up_to_two_digits() -> None:
+    assert dilation_for(10.0) == 15.0
+    assert dilation_for(12.34) == 19.0
+    assert dilation_for(0.3) == 0.45
+    with pytest.raises(RuntimeSetupError):
+        dilation_for(0.0)
+
+
+# ---- torchrun commands ---------------------------------------------------------------------
+def _two_node_plan():
+    # Node 0 holds 2 cpu-slow chips, node 1 one cpu-fast. Replica order deliberately differs
+    # from device order: plan rank 0 is device 1 of node 0, rank 1 is node 1, rank 2 device 0.
+    c = cluster([{"chip": "cpu-slow", "count": 1, "chips_per_node": 2, "nic_gbps": 10},
+                 {"chip": "cpu-fast", "count": 1, "chips_per_node": 1, "nic_gbps": 10}])
+    return dp_plan(c, [(0, 1, "cpu-slow", 2, 1), (1, 0, "cpu-fast", 8, 4),
+                       (0, 0, "cpu-slow", 2, 1)])
+
+
+def test_local_rank_maps_to_plan_rank_by_device_slot() -> None:
+    plan = _two_node_plan()
+    assert node_ranks(plan, 0) == (2, 0)  # local rank 0 -> device 0 -> plan rank 2
+    assert node_ranks(plan, 1) == (1,)
+    assert [plan_rank(plan, 0, i) for i in (0, 1)] == [2, 0]
+    with pytest.raises(RuntimeSetupError, match="--nproc-per-node=1"):
+        plan_rank(plan, 1, 1)
+
+
+def test_torchrun_commands_per_node() -> None:
+    plan = _two_node_plan()
+    cmds = torchrun_commands(plan, "plan.json", ["gpu-a", "npu-b"], port=29600,
+                             train_args=["--steps", "5", "--emulate"])
+    assert [c.line for c in cmds] == [
+        "torchrun --nnodes=2 --nproc-per-node=2 --node-rank=0 --master-addr=gpu-a "
+        "--master-port=29600 --max-restarts=0 -m polychip train plan.json --plan-node 0 "
+        "--steps 5 --emulate",
+        "torchrun --nnodes=2 --nproc-per-node=1 --node-rank=1 --master-addr=gpu-a "
+        "--master-port=29600 --max-restarts=0 -m polychip train plan.json --plan-node 1 "
+        "--steps 5 --emulate",
+    ]
+    assert [c.plan_ranks for c in cmds] == [(2, 0), (1,)]
+
+
+def test_hosts_per_cluster_node_or_per_used_node() -> None:
+    c = cluster([{"chip": "cpu-slow", "count": 3, "chips_per_node": 1, "nic_gbps": 10}])
+    plan = dp_plan(c, [(0, 0, "cpu-slow", 2, 1), (2, 0, "cpu-slow", 2, 1)])  # node 1 unused
+    assert hosts_for_nodes(plan, ["a", "b", "c"]) == {0: "a", 2: "c"}
+    assert hosts_for_nodes(plan, ["a", "c"]) == {0: "a", 2: "c"}
+    with pytest.raises(RuntimeSetupError, match=r"gives 1 hosts.*3 nodes.*uses 2"):
+        hosts_for_nodes(plan, ["a"])

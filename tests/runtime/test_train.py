@@ -1,0 +1,187 @@
+"""The training loop from a plan: exactness, a dying rank, the train command end to end."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from polychip.cli import main
+from polychip.plan import Plan, save_plan
+from polychip.runtime.data import SampleStream, StdlibCorpus
+from polychip.runtime.data_parallel import GradSync
+from polychip.runtime.errors import DistributedRunError
+from polychip.runtime.model import build_full_model, loss_fn
+from polychip.runtime.topology import build_topology
+from polychip.runtime.train import TrainConfig, Trainer, make_optimizer, model_config
+
+from .distenv import run_ranks
+from .plans import ROOT, cluster, cpu_test_plan, dp_plan
+
+CORPUS_BYTES = 32 * 1024
+ATOL = 1e-12
+
+
+def _islands_plan() -> Plan:
+    """12 samples on a fast chip (3 micro-batches of 4), 3 + 1 on two slow chips of another
+    vendor: two islands, uneven shares and micro-batch counts."""
+    c = cluster([{"chip": "cpu-fast", "count": 1, "chips_per_node": 1, "nic_gbps": 10},
+                 {"chip": "cpu-slow", "count": 1, "chips_per_node": 2, "nic_gbps": 10}])
+    return dp_plan(c, [(0, 0, "cpu-fast", 12, 4), (1, 0, "cpu-slow", 3, 1),
+                       (1, 1, "cpu-slow", 1, 1)])
+
+
+def _exact_worker(rank: int, world_size: int, plan: Plan) -> None:
+    for optimizer in ("sgd", "adamw"):
+        config = TrainConfig(steps=3, emulate=True, dilation=1.0, dtype="float64",
+                             optimizer=optimizer, lr=0.05, max_corpus_bytes=CORPUS_BYTES)
+        topology = build_topology(plan, rank, emulate=True, timeout=config.timeout)
+        assert topology.islands == ((0,), (1, 2))
+        trainer = Trainer(plan, config, topology)
+        trainer.use_dilation(1.0)  # the emulated clocks' code path; slots of microseconds
+        records = trainer.run(config.steps)
+        trainer.sync.check_views()
+
+        reference = build_full_model(model_config(plan.model), seed=0, dtype=torch.float64)
+        ref_opt = make_optimizer(config, list(reference.parameters()))
+        stream = SampleStream(StdlibCorpus(CORPUS_BYTES), plan.job.seq_len, seed=0)
+        for step in range(config.steps):
+            x, y = stream.batch_for(step, range(plan.job.global_batch))
+            ref_opt.zero_grad()
+            loss = loss_fn(reference(x), y)
+            loss.backward()
+            ref_opt.step()
+            assert records[step].global_loss == pytest.approx(loss.item(), abs=ATOL)
+        ref_params = dict(reference.named_parameters())
+        for name, p in trainer.model.named_parameters():
+            torch.testing.assert_close(p, ref_params[name], rtol=0, atol=ATOL,
+                                       msg=f"rank {rank} {name} ({optimizer})")
+
+
+@pytest.mark.dist
+def test_uneven_shares_and_islands_train_exactly_like_one_process(tmp_path: Path) -> None:
+    run_ranks(_exact_worker, 3, tmp_path, _islands_plan())
+
+
+def _dying_worker(rank: int, world_size: int, store: str, plan: Plan, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
+                            world_size=world_size, timeout=timedelta(seconds=60))
+    config = TrainConfig(steps=6, emulate=True, dilation=1.0, dtype="float64",
+                         max_corpus_bytes=CORPUS_BYTES, timeout_s=60)
+    trainer = Trainer(plan, config, build_topology(plan, rank, emulate=True,
+                                                   timeout=config.timeout))
+    if rank == 1:  # 3 micro-batches per step: call 4 is step 1's first forward
+        forward, calls = trainer.model.forward, itertools.count()
+
+        def dying_forward(x: torch.Tensor) -> torch.Tensor:
+            if next(calls) == 3:
+                os._exit(3)
+            return forward(x)
+
+        trainer.model.forward = dying_forward  # type: ignore[method-assign]
+    begin = time.monotonic()
+    try:
+        trainer.run(config.steps)
+        outcome = "finished"
+    except DistributedRunError as exc:
+        outcome = f"{time.monotonic() - begin:.1f} {exc}"
+    Path(out, f"rank{rank}.txt").write_text(outcome)
+    dist.destroy_process_group()
+
+
+@pytest.mark.dist
+def test_a_rank_that_dies_mid_step_stops_the_others_with_a_clear_error(tmp_path: Path) -> None:
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_dying_worker,
+                         args=(r, 3, str(tmp_path / "store"), _islands_plan(), str(tmp_path)))
+             for r in range(3)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + 90
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    alive = [p.pid for p in procs if p.is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert not alive, "surviving ranks hung"
+    assert procs[1].exitcode == 3
+    for rank in (0, 2):
+        elapsed, message = (tmp_path / f"rank{rank}.txt").read_text().split(" ", 1)
+        assert float(elapsed) < 30
+        assert f"rank {rank} " in message and "step 1" in message
+        assert "another rank died" in message
+
+
+def test_grads_live_in_one_buffer_and_accumulate_in_place() -> None:
+    model = build_full_model(model_config(cpu_test_plan().model), dtype=torch.float64)
+    sync = GradSync(list(model.parameters()), 3, 4, allreduce=lambda t: None)
+    x = torch.randint(0, 256, (2, 8))
+    for _ in range(2):
+        loss = loss_fn(model(x), x)
+        loss.backward()
+        sync.add_loss_(loss)
+    sync.check_views()
+    once = build_full_model(model_config(cpu_test_plan().model), dtype=torch.float64)
+    loss_fn(once(x), x).backward()
+    total = sync.sync()  # scaled by 3/4, all-reduce a no-op
+    assert total == pytest.approx(2 * 0.75 * loss.item())
+    for p, q in zip(model.parameters(), once.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, 2 * 0.75 * q.grad, rtol=1e-12, atol=1e-15)
+
+
+# ---- the command ------------------------------------------------------------------------
+@pytest.mark.dist
+def test_train_command_end_to_end_with_metrics(tmp_path: Path) -> None:
+    plan_path, metrics = tmp_path / "plan.json", tmp_path / "metrics.jsonl"
+    save_plan(cpu_test_plan((2, 2, 8, 4), micro_batch=2), plan_path)
+    text = tmp_path / "text.txt"  # a user's text file (and no 8 MB default corpus to read)
+    text.write_bytes(Path(os.__file__).read_bytes()[:20_000])
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    # The micro model's cost-model times are microseconds: a given dilation keeps the
+    # emulated communication slots short (the automatic one is exercised by the demo).
+    done = subprocess.run(
+        [sys.executable, "-m", "polychip", "train", str(plan_path), "--steps", "2",
+         "--emulate", "--dilation", "3", "--data", str(text), "--metrics", str(metrics)],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "EMULATED" in done.stdout and "4 ranks, 3 island(s)" in done.stdout
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [(r["step"], r["rank"]) for r in records] == [(s, r) for s in (0, 1)
+                                                         for r in range(4)]
+    fast = records[2]
+    assert (fast["chip"], fast["replica"], fast["samples"], fast["tokens"]) == (
+        "cpu-fast", 2, 8, 64)
+    assert fast["emulated"] is True and fast["dilation"] == 3
+    for key in ("loss", "global_loss", "seconds", "compute_s", "wait_s", "real_compute_s",
+                "peak_memory_bytes", "overruns"):
+        assert key in fast
+    assert fast["compute_s"] > 0 and fast["real_compute_s"] > 0
+
+
+def test_train_command_rejects_bad_data_and_missing_devices(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from .test_topology import _npu_plan
+
+    plan_path = tmp_path / "plan.json"
+    save_plan(cpu_test_plan(), plan_path)
+    assert main(["train", str(plan_path), "--data", str(tmp_path / "nope.txt")]) == 2
+    assert "nope.txt does not exist" in capsys.readouterr().err
+    (tmp_path / "empty.txt").write_text("")
+    assert main(["train", str(plan_path), "--data", str(tmp_path / "empty.txt")]) == 2
+    assert "is empty" in capsys.readouterr().err
+    save_plan(_npu_plan(), plan_path)
+    assert main(["train", str(plan_path)]) == 2
+    err = capsys.readouterr().err
+    assert "npu" in err and "--emulate" in err
