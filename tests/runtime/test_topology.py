@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 
-from polychip.plan import Replica, Stage
 from polychip.runtime.emulate import dilation_for, phase_targets
 from polychip.runtime.errors import RuntimeSetupError
 from polychip.runtime.launch import (
@@ -15,10 +14,16 @@ from polychip.runtime.launch import (
     plan_rank,
     torchrun_commands,
 )
-from polychip.runtime.topology import check_devices, islands, rank_roles, world_backend
+from polychip.runtime.topology import (
+    check_devices,
+    islands,
+    rank_roles,
+    segment_pieces,
+    world_backend,
+)
 from polychip.spec.model import PRESETS
 
-from .plans import MICRO, cluster, cpu_test_plan, dp_plan
+from .plans import MICRO, TINY4, cluster, cpu_test_plan, dp_plan, hybrid_plan, pp_plan
 
 
 def test_roles_of_an_uneven_plan() -> None:
@@ -67,16 +72,36 @@ def test_missing_device_type_names_it_and_suggests_emulate() -> None:
     assert {(r.device_type, r.backend) for r in emulated} == {("cpu", "gloo")}
 
 
-def test_pipelines_and_tensor_parallel_are_refused_not_faked() -> None:
-    plan = cpu_test_plan()
-    two_stages = Replica((Stage(0, 1, 0, (0,), "cpu-slow"), Stage(1, 2, 0, (1,), "cpu-slow")),
-                         4, 4)
-    staged = dataclasses.replace(plan, replicas=(two_stages, *plan.replicas[2:]))
-    with pytest.raises(RuntimeSetupError, match="not yet: pipeline/tensor parallel"):
-        rank_roles(staged, emulate=True)
-    tp = Replica((Stage(0, 2, 0, (0, 1), "cpu-slow"),), 8, 4)
-    with pytest.raises(RuntimeSetupError, match="tensor-parallel degree 2: not yet"):
-        rank_roles(dataclasses.replace(plan, replicas=(tp, *plan.replicas[2:])), emulate=True)
+def test_roles_and_gradient_pieces_of_a_hybrid_plan() -> None:
+    plan = hybrid_plan()
+    roles = rank_roles(plan, emulate=True)
+    assert [(r.replica, r.stage, r.tp_rank, r.layer_start, r.layer_end) for r in roles] == [
+        (0, 0, 0, 0, 1), (0, 1, 0, 1, 4), (0, 1, 1, 1, 4), (1, 0, 0, 0, 4)]
+    assert roles[2].stage_ranks == (1, 2) and not roles[2].is_leader
+    assert roles[1].last_stage and not roles[0].last_stage and roles[3].first_stage
+    assert islands(roles) == ((0, 3), (1, 2))
+    pieces = segment_pieces(plan)
+    assert list(pieces) == ["head", "1:4", "0:1", "emb"]
+    # TP 2 meets TP 1: two pieces, the single slow chip takes part in both
+    assert [(p.index, p.num, p.ranks) for p in pieces["head"]] == [(0, 2, (1, 3)),
+                                                                   (1, 2, (2, 3))]
+    assert [(p.num, p.ranks) for p in pieces["emb"]] == [(1, (0, 3))]
+
+
+def test_what_the_runtime_cannot_run_yet_is_refused_not_faked() -> None:
+    plan = hybrid_plan()
+    c = plan.cluster
+    interleaved = pp_plan(c, [([(0, 2, 1, (0,), "cpu-slow"), (2, 4, 1, (1,), "cpu-slow")],
+                               4, 1)], model=TINY4, schedule="interleaved-1f1b")
+    with pytest.raises(RuntimeSetupError, match="interleaved-1f1b with virtual_stages=2: not"):
+        rank_roles(dataclasses.replace(interleaved, virtual_stages=2), emulate=True)
+    tied = dataclasses.replace(plan, model=dataclasses.replace(TINY4, tie_embeddings=True))
+    with pytest.raises(RuntimeSetupError, match="ties its output head"):
+        rank_roles(tied, emulate=True)
+    odd = dataclasses.replace(plan, model=dataclasses.replace(TINY4, num_kv_heads=1))
+    with pytest.raises(RuntimeSetupError, match="degree 2, which does not divide the model's "
+                                                "num_kv_heads=1"):
+        rank_roles(odd, emulate=True)
 
 
 def test_phase_targets_follow_chip_speed() -> None:

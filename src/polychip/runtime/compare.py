@@ -87,7 +87,8 @@ class CompareTask:
             for i, (trainer, steps) in enumerate(zip(trainers, self.steps, strict=True)):
                 label = self.progress_labels[i] if self.progress_labels else None
                 records = trainer.run(steps, start=done[i],
-                                      progress=config.progress and rank == 0 and bool(label),
+                                      progress=config.progress and trainer.reports
+                                      and bool(label),
                                       label=label or "")
                 done[i] += steps
                 summary = gather_summary(trainer, records)

@@ -14,11 +14,11 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from polychip.costmodel.estimate import ADAMW_BYTES_PER_PARAM, CostModel
-from polychip.costmodel.memory import stage_params
+from polychip.costmodel.estimate import CostModel
 from polychip.plan.plan import Plan
+from polychip.plan.schedule import grad_segments
 from polychip.runtime.errors import RuntimeSetupError
 
 DILATION_MARGIN = 1.5
@@ -86,6 +86,7 @@ class PhaseClock:
                 f"dilation={dilation}: the emulation dilation must be > 0 (about 3 on a small "
                 f"shared host); pass None to run without emulated clocks")
         self.dilation = dilation
+        self.last_s = 0.0  # wall seconds of the last phase, padding included
         self._totals: dict[str, _Accumulator] = {}
 
     @property
@@ -106,6 +107,7 @@ class PhaseClock:
         totals = self._totals.setdefault(name, _Accumulator())
         totals.num_calls += 1
         totals.compute_s += body_end - begin
+        self.last_s = body_end - begin
         if self.dilation is None:
             return
         assert target_s is not None
@@ -115,11 +117,8 @@ class PhaseClock:
         if body_end > deadline:
             totals.num_overruns += 1
             return
-        now = body_end
-        while now < deadline:
-            time.sleep(deadline - now)
-            now = time.perf_counter()
-        totals.padded_s += now - body_end
+        totals.padded_s += sleep_until(deadline)
+        self.last_s = time.perf_counter() - begin
 
     def summary(self) -> ClockSummary:
         return ClockSummary(self.dilation, tuple(
@@ -129,24 +128,46 @@ class PhaseClock:
 
 @dataclass(frozen=True)
 class PhaseTargets:
-    """Seconds the cost model gives the emulated chip for each compute phase of one rank."""
+    """Seconds the cost model gives the emulated chip for each phase of one rank (the
+    simulator replays the same figures)."""
 
-    micro_batch_s: float  # forward + backward of one micro-batch
+    forward_s: float  # forward of one micro-batch on this stage
+    backward_s: float  # its backward
     optimizer_s: float  # one AdamW step over the rank's parameters
-    gradient_sync_s: float  # the step's gradient all-reduce (the slowest device's, for all)
+    recv_act_s: float  # one micro-batch's activations from the previous stage
+    recv_grad_s: float  # their gradient from the next stage
+    allreduce_s: dict[str, float] = field(default_factory=dict)  # segment -> its all-reduce
+
+    @property
+    def micro_batch_s(self) -> float:
+        return self.forward_s + self.backward_s
 
 
 def phase_targets(plan: Plan, replica: int, stage: int) -> PhaseTargets:
-    """The cost model's times (the same ones the planner used) for a rank of ``plan``."""
+    """The cost model's times (the same ones the planner and the simulator use) for a rank of
+    ``plan``: compute, transfers from its neighbours, and each gradient segment's all-reduce
+    among its holders (uncontended)."""
     cost = CostModel(plan.cluster, plan.model, plan.job)
     rep = plan.replicas[replica]
-    st = rep.stages[stage]
-    owned = stage_params(plan.model, st.num_layers, stage == 0,
-                         stage == rep.num_stages - 1) / st.tp
+    times = cost.times_of(rep, stage)
+    allreduce = {seg.name: cost.segment_allreduce_time_s(plan.replicas, seg.holders,
+                                                          seg.num_params(plan.model))
+                 for seg in grad_segments(plan) if (replica, stage) in seg.holders}
     return PhaseTargets(
-        micro_batch_s=cost.times_of(rep, stage).total_s,
-        optimizer_s=owned * ADAMW_BYTES_PER_PARAM / cost.chip(st.chip).memory_bw_bytes_per_s,
-        gradient_sync_s=cost.dp_sync_time_s(plan.replicas))
+        forward_s=times.fwd_s, backward_s=times.bwd_s,
+        optimizer_s=cost.stage_optimizer_time_s(rep, stage, 1),
+        recv_act_s=cost.boundary_time_s(rep, stage - 1) if stage > 0 else 0.0,
+        recv_grad_s=cost.boundary_time_s(rep, stage) if stage < rep.num_stages - 1 else 0.0,
+        allreduce_s=allreduce)
+
+
+def sleep_until(deadline: float) -> float:
+    """Sleep until ``time.perf_counter()`` reaches ``deadline``; the seconds slept."""
+    begin = now = time.perf_counter()
+    while now < deadline:
+        time.sleep(deadline - now)
+        now = time.perf_counter()
+    return now - begin
 
 
 def dilation_for(ratio: float, margin: float = DILATION_MARGIN) -> float:

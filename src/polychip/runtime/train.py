@@ -1,16 +1,18 @@
-"""The training loop of one rank: heterogeneous data parallelism over the plan's replicas.
+"""The training loop of one rank: its stage of its pipeline replica, from the plan.
 
-Each replica trains on its share of the global batch (samples named by global index, so the
-split never changes the data), in ``num_micro_batches`` micro-batches accumulated into one flat
-gradient buffer; one sample-weighted all-reduce (flat inside an island, hierarchical across
-islands) makes every rank's gradient that of the whole batch; then AdamW (or SGD).
+Each rank builds only its stage (its layers; the embedding on a first stage, the head and loss
+on a last one; its slice under tensor parallelism) and each step executes its program of the
+plan's schedule (:mod:`polychip.runtime.pipeline`): forwards and backwards of its replica's
+micro-batches (samples named by global index, so the split never changes the data), the sends
+and receives between stages, the sample-weighted all-reduce of every gradient segment among
+the ranks holding it (:mod:`polychip.runtime.data_parallel`), then AdamW (or SGD). A plan of
+single-stage replicas is plain heterogeneous data parallelism: the same code, with no sends.
 
-With emulated chips every compute phase (forward + backward of a micro-batch, the optimizer
-step) lasts exactly ``dilation x`` the cost model's time for this rank's chip and work, and the
-real gradient all-reduce is followed by ``dilation x`` the cost model's all-reduce time (the
-emulated links; the host's own all-reduce is nearly free in chip time). The dilation, unless
-given, comes from a timed warm-up: the smallest round factor that fits the slowest real phase
-of any rank, with a margin (:func:`agree_dilation`).
+With emulated chips every compute phase lasts exactly ``dilation x`` the cost model's time for
+this rank's chip and work, and messages and all-reduces take ``dilation x`` their modelled
+times (:mod:`polychip.runtime.pipeline`). The dilation, unless given, comes from a timed
+warm-up: the smallest round factor that fits the slowest real phase of any rank, with a margin
+(:func:`agree_dilation`).
 """
 
 from __future__ import annotations
@@ -28,19 +30,20 @@ import torch.distributed as dist
 
 from polychip.costmodel.estimate import CostModel
 from polychip.plan.plan import Plan
+from polychip.plan.schedule import Op, build_schedule
 from polychip.runtime.data import DEFAULT_CORPUS_MAX_BYTES, SampleStream, open_source
-from polychip.runtime.data_parallel import GradSync
+from polychip.runtime.data_parallel import StageGrads, fused_runs, loss_scale
 from polychip.runtime.emulate import PhaseClock, PhaseTargets, dilation_for, phase_targets
 from polychip.runtime.errors import DistributedRunError, RuntimeSetupError
 from polychip.runtime.metrics import RunSummary, StepRecord, summarise, write_metrics
-from polychip.runtime.model import ModelConfig, build_stage, loss_fn
-from polychip.runtime.topology import Topology, build_topology
+from polychip.runtime.model import ModelConfig, build_stage
+from polychip.runtime.p2p import P2P
+from polychip.runtime.pipeline import StageRunner
+from polychip.runtime.topology import RankRole, Topology, build_topology
 from polychip.spec.model import ModelSpec
 
 WARMUP_WINDOW_S = 0.6
 """How long every rank computes, unpadded, to measure the host's speed under contention."""
-GRADIENT_SYNC = "gradient_sync"
-"""The emulated pause after the real all-reduce (a communication slot, not a compute phase)."""
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
@@ -99,8 +102,14 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "host-rss"
 
 
+def reporting_rank(roles: Sequence[RankRole]) -> int:
+    """The rank that knows the global loss first and shows progress: the leader of replica
+    0's last stage (rank 0 in a data-parallel plan)."""
+    return next(r.rank for r in roles if r.replica == 0 and r.last_stage and r.is_leader)
+
+
 class Trainer:
-    """One rank's model, data, gradient sync, optimizer and clock for one plan."""
+    """One rank's stage, data, gradient buffer, optimizer and clock for one plan."""
 
     def __init__(self, plan: Plan, config: TrainConfig, topology: Topology) -> None:
         self.plan, self.config, self.topology = plan, config, topology
@@ -112,42 +121,58 @@ class Trainer:
                 f"the data has {source.vocab_size} token ids, the model's vocab_size is "
                 f"{plan.model.vocab_size}: use a model with a vocabulary at least as large")
         self.stream = SampleStream(source, plan.job.seq_len, config.seed)
+        groups = topology.groups
         self.model = build_stage(model_config(plan.model), role.layer_start, role.layer_end,
                                  seed=config.seed, device=self.device,
-                                 dtype=DTYPES[config.dtype])
-        self.sync = GradSync(list(self.model.parameters()), role.batch_share,
-                             role.global_batch, topology.dp_allreduce)
-        self.optimizer = make_optimizer(config, self.sync.params)
+                                 dtype=DTYPES[config.dtype], has_embedding=role.first_stage,
+                                 has_head=role.last_stage, tp=groups.tp,
+                                 recompute=role.recompute)
+        schedule = build_schedule(plan, replicas=[role.replica])
+        self.program = schedule.program_of(role.rank)
+        segments = [a.segment for a in self.program.actions if a.op is Op.ALLREDUCE]
+        self.grads = StageGrads(self.model, segments, fused_runs(segments, schedule.groups),
+                                groups.pieces, has_loss=role.last_stage, tp_size=groups.tp.size)
+        self.optimizer = make_optimizer(config, self.grads.params)
         self.targets: PhaseTargets | None = (
             phase_targets(plan, role.replica, role.stage) if config.emulate else None)
-        self.clock = PhaseClock(None)
+        self.runner = StageRunner(
+            program=self.program, model=self.model, role=role,
+            p2p=P2P(groups.routes, self.device, stamped=config.emulate), stream=self.stream,
+            grads=self.grads, optimizer=self.optimizer,
+            loss_scale=loss_scale(role.batch_share, role.global_batch, role.num_micro_batches),
+            activation_shape=(role.micro_batch_size, plan.job.seq_len, plan.model.hidden_size),
+            targets=self.targets, device=self.device, failure=self.failure)
+
+    @property
+    def sync(self) -> StageGrads:
+        return self.grads
+
+    @property
+    def clock(self) -> PhaseClock:
+        return self.runner.clock
+
+    @property
+    def reports(self) -> bool:
+        """Whether this rank shows the progress bar (it knows the global loss)."""
+        return self.role.rank == reporting_rank(self.topology.roles)
 
     @property
     def num_phases_per_step(self) -> int:
-        return self.role.num_micro_batches + 1
+        return 2 * self.role.num_micro_batches + 1
 
     def use_dilation(self, dilation: float) -> None:
-        self.clock = PhaseClock(dilation)
+        self.runner.clock = PhaseClock(dilation)
 
     def measure_ratio(self, window_s: float = WARMUP_WINDOW_S, optimizer_repeats: int = 5
                       ) -> float:
         """Worst (real seconds / cost-model seconds) of this rank's compute phases, timed
-        unpadded while every rank computes (the worst contention a step can see): forward +
-        backward of its micro-batches, round and round for ``window_s`` (the first one
-        warms up, the slowest of the rest counts), then the optimizer (median: it is short
-        enough for one scheduler time slice to double it). Leaves the model, its gradients
-        and optimizer untouched. Run it on every rank at once."""
+        unpadded while every rank computes (the worst contention a step can see): forward and
+        backward of its stage (:meth:`StageRunner.measure_ratio`), then the optimizer (median:
+        it is short enough for one scheduler time slice to double it). Leaves the model, its
+        gradients and optimizer untouched. Run it on every rank at once."""
         assert self.targets is not None and optimizer_repeats >= 2
-        role, fwd_bwd = self.role, []
-        begin = end = time.perf_counter()
-        while end - begin < window_s or len(fwd_bwd) < 3:
-            x, y = self.stream.batch_for(0, role.micro_batch(len(fwd_bwd) % role.num_micro_batches))
-            start = time.perf_counter()
-            loss_fn(self.model(x.to(self.device)), y.to(self.device)).backward()
-            end = time.perf_counter()
-            fwd_bwd.append(end - start)
-        self.sync.zero_()
-        copies = [torch.nn.Parameter(p.detach().clone()) for p in self.sync.params]
+        compute = self.runner.measure_ratio(window_s)
+        copies = [torch.nn.Parameter(p.detach().clone()) for p in self.grads.params]
         for c in copies:
             c.grad = torch.zeros_like(c)
         optimizer, opt = make_optimizer(self.config, copies), []
@@ -155,51 +180,36 @@ class Trainer:
             start = time.perf_counter()
             optimizer.step()
             opt.append(time.perf_counter() - start)
-        return max(max(fwd_bwd[1:]) / self.targets.micro_batch_s,
-                   statistics.median(opt[1:]) / self.targets.optimizer_s)
+        return max(compute, statistics.median(opt[1:]) / self.targets.optimizer_s)
 
     def failure(self, step: int | None, what: str, exc: BaseException) -> DistributedRunError:
         role, where = self.role, "" if step is None else f" at step {step}"
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return DistributedRunError(
-            f"rank {role.rank} (replica {role.replica}, chip {role.chip}){where}: {what} "
-            f"failed: another rank died or stopped answering within the "
+            f"rank {role.rank} (replica {role.replica}, stage {role.stage}, chip {role.chip})"
+            f"{where}: {what} failed: another rank died or stopped answering within the "
             f"{self.config.timeout_s:.0f} s process-group timeout ({first_line})")
 
     def step(self, step: int) -> StepRecord:
-        role, targets, clock = self.role, self.targets, self.clock
+        role, clock = self.role, self.clock
         before = clock.summary()
         begin = time.perf_counter()
-        self.sync.zero_()
-        num_micro = role.num_micro_batches
-        for m in range(num_micro):
-            x, y = self.stream.batch_for(step, role.micro_batch(m))
-            x, y = x.to(self.device), y.to(self.device)
-            with clock.phase("forward_backward", targets and targets.micro_batch_s):
-                loss = loss_fn(self.model(x), y) / num_micro
-                loss.backward()
-                self.sync.add_loss_(loss)
-        local_loss = self.sync.local_loss  # also waits for the device
-        sync_begin = time.perf_counter()
-        try:
-            global_loss = self.sync.sync()
-        except RuntimeError as exc:
-            raise self.failure(step, "the gradient all-reduce", exc) from exc
-        if targets is not None:  # emulated links: the all-reduce, then its modelled time
-            with clock.phase(GRADIENT_SYNC, targets.gradient_sync_s):
-                pass
-        sync_end = time.perf_counter()
-        with clock.phase("optimizer", targets and targets.optimizer_s):
-            self.optimizer.step()
+        self.grads.zero_()
+        stats = self.runner.run(step)
         end = time.perf_counter()
         after = clock.summary()
         memory, kind = peak_memory(self.device)
+        share = role.batch_share / role.global_batch
+        loss = None if stats.local_loss is None else stats.local_loss / share
         return StepRecord(
-            step=step, rank=role.rank, replica=role.replica, stage=role.stage, chip=role.chip,
-            island=role.island, loss=local_loss, global_loss=global_loss,
+            step=step, rank=role.rank, replica=role.replica, stage=role.stage,
+            tp_rank=role.tp_rank, chip=role.chip, island=role.island,
+            layers=(role.layer_start, role.layer_end), loss=loss, global_loss=self.grads.loss,
             samples=role.batch_share, tokens=role.batch_share * self.plan.job.seq_len,
-            seconds=end - begin, compute_s=(sync_begin - begin) + (end - sync_end),
-            real_compute_s=after.compute_s - before.compute_s, wait_s=sync_end - sync_begin,
+            seconds=end - begin, compute_s=stats.compute_s,
+            real_compute_s=after.compute_s - before.compute_s,
+            wait_s=stats.recv_wait_s + stats.sync_s, recv_wait_s=stats.recv_wait_s,
+            sync_s=stats.sync_s, peak_activations=stats.peak_activations,
             peak_memory_bytes=memory, memory_kind=kind, emulated=clock.emulated,
             dilation=clock.dilation, overruns=after.num_overruns - before.num_overruns)
 
@@ -258,7 +268,7 @@ def gather_summary(trainer: Trainer, records: list[StepRecord],
     everything = [r for rank_records in gathered for r in rank_records]
     if metrics_path:
         write_metrics(metrics_path, everything)
-    phases = [role.num_micro_batches + 1 for role in trainer.topology.roles]
+    phases = [2 * role.num_micro_batches + 1 for role in trainer.topology.roles]
     return summarise(everything, num_phases_per_step=phases,
                      estimate_tokens_per_s=estimate_tokens_per_s(trainer.plan))
 
@@ -270,7 +280,7 @@ def train(plan: Plan, rank: int, config: TrainConfig) -> RunSummary | None:
     trainer = Trainer(plan, config, topology)
     if config.emulate:
         trainer.use_dilation(config.dilation or agree_dilation([trainer]))
-    records = trainer.run(config.steps, progress=config.progress and rank == 0)
+    records = trainer.run(config.steps, progress=config.progress and trainer.reports)
     return gather_summary(trainer, records, config.metrics_path)
 
 

@@ -1,0 +1,237 @@
+"""One stage's step: its program of the schedule (:func:`polychip.plan.build_schedule`),
+executed action by action -- the same actions the simulator replays.
+
+  F m     forward of micro-batch m (the first stage reads its tokens, the last computes the
+          loss, scaled by b_r / (B * M)); its activations are held until B m
+  B m     backward from the loss, or from the output gradient received for m
+  SA/SG   send activations / the input gradient (isend: never blocks); a send that the
+          program follows by a receive from the same peer is posted with it
+  RA/RG   wait for activations / the output gradient (the TP leader receives, then
+          broadcasts to its TP group; only the leader sends)
+  AR[s]   all-reduce of segment s's gradient among the ranks that hold it (consecutive
+          segments with the same holders are one collective)
+  OPT     optimizer step; then every send of the step is completed
+
+With emulated chips every F, B and OPT lasts ``dilation x`` the cost model's time for this
+stage, every received message arrives ``dilation x`` its modelled transfer time after it was
+sent, and every all-reduce is followed by ``dilation x`` its modelled time (the host's own
+collectives are nearly free in chip time). The runner counts what the stage held (micro-batches
+whose activations are alive), and splits its time into compute, receive waits and gradient sync.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from polychip.plan.schedule import RECVS, SENDS, Action, Op, StageProgram
+from polychip.runtime.data import SampleStream
+from polychip.runtime.data_parallel import StageGrads
+from polychip.runtime.emulate import PhaseClock, PhaseTargets, sleep_until
+from polychip.runtime.model import StageModule, loss_fn
+from polychip.runtime.p2p import ACTIVATION, GRADIENT, P2P, PendingRecv, tag_of
+from polychip.runtime.tensor_parallel import broadcast_from_leader
+from polychip.runtime.topology import RankRole
+
+GRADIENT_SYNC = "gradient_sync"
+"""The emulated pause after a real all-reduce (a communication slot, not a compute phase)."""
+Failure = Callable[[int | None, str, BaseException], Exception]
+
+
+@dataclass
+class StepStats:
+    compute_s: float = 0.0  # F, B and OPT (padded when emulated)
+    recv_wait_s: float = 0.0  # RA, RG: waiting for data (the emulated transfer included)
+    sync_s: float = 0.0  # AR: the all-reduces with their emulated slots
+    peak_activations: int = 0  # most micro-batches whose activations were held at once
+    local_loss: float | None = None  # this replica's loss x b_r / B (last stage only)
+
+
+@dataclass
+class _Held:
+    inputs: torch.Tensor | None  # the stage input (None on the first stage)
+    output: torch.Tensor  # the stage output, or the scaled loss on the last stage
+
+
+class StageRunner:
+    """Executes ``program`` for one rank each step."""
+
+    def __init__(self, *, program: StageProgram, model: StageModule, role: RankRole,
+                 p2p: P2P, stream: SampleStream, grads: StageGrads,
+                 optimizer: torch.optim.Optimizer, loss_scale: float,
+                 activation_shape: tuple[int, ...], targets: PhaseTargets | None,
+                 device: torch.device, failure: Failure) -> None:
+        self.program, self.model, self.role, self.p2p = program, model, role, p2p
+        self.stream, self.grads, self.optimizer = stream, grads, optimizer
+        self.loss_scale, self.shape, self.targets = loss_scale, activation_shape, targets
+        self.device, self.failure = device, failure
+        self.tp = model.tp
+        self.dtype = next(model.parameters()).dtype
+        self.clock = PhaseClock(None)
+
+    # ---- one step ------------------------------------------------------------------------
+    def run(self, step: int) -> StepStats:
+        stats = StepStats()
+        self._step, self._stats = step, stats
+        self._held: dict[int, _Held] = {}
+        self._inputs: dict[int, torch.Tensor] = {}
+        self._out_grads: dict[int, torch.Tensor] = {}
+        self._in_grads: dict[int, torch.Tensor] = {}
+        self._posted: dict[tuple[Op, int], PendingRecv] = {}
+        actions = self.program.actions
+        for i, action in enumerate(actions):
+            following = actions[i + 1] if i + 1 < len(actions) else None
+            try:
+                self._execute(action, following)
+            except RuntimeError as exc:
+                communicating = action.op not in (Op.FORWARD, Op.BACKWARD, Op.OPTIMIZER)
+                if communicating or (self.tp.size > 1 and action.op is not Op.OPTIMIZER):
+                    raise self.failure(step, f"{action} ({_WHAT[action.op]})", exc) from exc
+                raise
+        try:
+            self.p2p.wait_sends()
+        except RuntimeError as exc:
+            raise self.failure(step, "completing the step's sends", exc) from exc
+        assert not self._held and not self._posted, "the program left work behind"
+        return stats
+
+    def _execute(self, a: Action, following: Action | None) -> None:
+        if a.op is Op.FORWARD:
+            self._forward(a.micro)
+        elif a.op is Op.BACKWARD:
+            self._backward(a.micro)
+        elif a.op in SENDS:
+            self._send(a, following)
+        elif a.op in RECVS:
+            self._receive(a)
+        elif a.op is Op.ALLREDUCE:
+            self._allreduce(a.segment)
+        else:
+            t = self.targets
+            with self.clock.phase("optimizer", t and t.optimizer_s):
+                self.optimizer.step()
+            self._stats.compute_s += self.clock.last_s
+
+    def _forward(self, m: int) -> None:
+        role, t = self.role, self.targets
+        with self.clock.phase("forward", t and t.forward_s):
+            if role.first_stage or role.last_stage:
+                tokens, targets = self.stream.batch_for(self._step, role.micro_batch(m))
+            x = tokens.to(self.device) if role.first_stage else self._inputs.pop(m)
+            out = self.model(x)
+            if role.last_stage:
+                out = loss_fn(out, targets.to(self.device)) * self.loss_scale
+                self.grads.add_loss_(out)
+        self._stats.compute_s += self.clock.last_s
+        self._held[m] = _Held(None if role.first_stage else x, out)
+        self._stats.peak_activations = max(self._stats.peak_activations, len(self._held))
+        if role.last_stage:
+            loss = float(out.detach().item())
+            self._stats.local_loss = (self._stats.local_loss or 0.0) + loss
+
+    def _backward(self, m: int) -> None:
+        held, t = self._held.pop(m), self.targets
+        with self.clock.phase("backward", t and t.backward_s):
+            if self.role.last_stage:
+                held.output.backward()
+            else:
+                torch.autograd.backward(held.output, self._out_grads.pop(m))
+        self._stats.compute_s += self.clock.last_s
+        if held.inputs is not None:
+            assert held.inputs.grad is not None
+            self._in_grads[m] = held.inputs.grad
+
+    def _send(self, a: Action, following: Action | None) -> None:
+        if not self.role.is_leader:
+            return
+        if a.op is Op.SEND_ACT:
+            tensor, kind = self._held[a.micro].output, ACTIVATION
+        else:
+            tensor, kind = self._in_grads.pop(a.micro), GRADIENT
+        recv = None
+        if following is not None and following.op in RECVS and following.peer == a.peer:
+            recv = self._recv_spec(following)
+        pending = self.p2p.start((tensor, a.peer, tag_of(a.micro, kind)), recv)
+        if recv is not None:
+            assert pending is not None and following is not None
+            self._posted[(following.op, following.micro)] = pending
+
+    def _recv_spec(self, a: Action) -> tuple[tuple[int, ...], torch.dtype, int, int]:
+        kind = ACTIVATION if a.op is Op.RECV_ACT else GRADIENT
+        return self.shape, self.dtype, a.peer, tag_of(a.micro, kind)
+
+    def _receive(self, a: Action) -> None:
+        begin = time.perf_counter()
+        if self.role.is_leader:
+            pending = self._posted.pop((a.op, a.micro), None)
+            if pending is None:
+                pending = self.p2p.start(None, self._recv_spec(a))
+                assert pending is not None
+            tensor, sent_at = pending.wait()
+            if self.clock.dilation is not None and self.targets is not None:
+                assert sent_at is not None
+                modelled = (self.targets.recv_act_s if a.op is Op.RECV_ACT
+                            else self.targets.recv_grad_s)
+                sleep_until(sent_at + self.clock.dilation * modelled)
+        else:
+            tensor = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        tensor = broadcast_from_leader(tensor, self.tp)
+        if a.op is Op.RECV_ACT:
+            self._inputs[a.micro] = tensor.requires_grad_()
+        else:
+            self._out_grads[a.micro] = tensor
+        self._stats.recv_wait_s += time.perf_counter() - begin
+
+    def _allreduce(self, segment: str) -> None:
+        begin = time.perf_counter()
+        run = self.grads.run_of(segment)
+        if self.grads.reduce(segment) and self.targets is not None:
+            slot = sum(self.targets.allreduce_s[s] for s in run)
+            with self.clock.phase(GRADIENT_SYNC, slot):
+                pass
+        self._stats.sync_s += time.perf_counter() - begin
+
+    # ---- warm-up: how fast is this host? ---------------------------------------------------
+    def measure_ratio(self, window_s: float) -> float:
+        """Worst (real seconds / cost-model seconds) of this stage's forward and backward,
+        run unpadded, round and round for ``window_s`` while every rank computes (the first
+        round warms up; the slowest of the rest counts). No data moves between stages: the
+        inputs and output gradients are made up. TP ranks go round together (their leader
+        decides when to stop). Leaves the gradients zeroed."""
+        assert self.targets is not None
+        role, fwd, bwd = self.role, [], []
+        begin = time.perf_counter()
+        while True:
+            more = time.perf_counter() - begin < window_s or len(fwd) < 3
+            if self.tp.size > 1:
+                flag = broadcast_from_leader(torch.tensor([float(more)]), self.tp)
+                more = bool(flag.item())
+            if not more:
+                break
+            tokens, targets = self.stream.batch_for(0, role.micro_batch(len(fwd)
+                                                                        % role.num_micro_batches))
+            x = (tokens if role.first_stage
+                 else torch.randn(self.shape, dtype=self.dtype).requires_grad_())
+            start = time.perf_counter()
+            out = self.model(x.to(self.device))
+            if role.last_stage:
+                out = loss_fn(out, targets.to(self.device))
+            middle = time.perf_counter()
+            if role.last_stage:
+                out.backward()
+            else:
+                torch.autograd.backward(out, torch.randn_like(out))
+            end = time.perf_counter()
+            fwd.append(middle - start)
+            bwd.append(end - middle)
+        self.grads.zero_()
+        return max(max(fwd[1:]) / self.targets.forward_s, max(bwd[1:]) / self.targets.backward_s)
+
+
+_WHAT = {Op.SEND_ACT: "sending activations", Op.SEND_GRAD: "sending a gradient",
+         Op.RECV_ACT: "receiving activations", Op.RECV_GRAD: "receiving a gradient",
+         Op.ALLREDUCE: "the gradient all-reduce", Op.FORWARD: "a tensor-parallel forward",
+         Op.BACKWARD: "a tensor-parallel backward"}
