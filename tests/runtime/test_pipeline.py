@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -15,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from polychip.plan import Plan
+from polychip.plan import Plan, save_plan
 from polychip.runtime.data import SampleStream, StdlibCorpus
 from polychip.runtime.errors import DistributedRunError
 from polychip.runtime.model import DecoderLayer, build_full_model, loss_fn, rotary_cos_sin
@@ -24,7 +27,7 @@ from polychip.runtime.topology import build_topology
 from polychip.runtime.train import TrainConfig, Trainer, make_optimizer, model_config
 
 from .distenv import run_ranks
-from .plans import hybrid_plan, pp_plan
+from .plans import ROOT, hybrid_plan, pp_plan
 
 CORPUS_BYTES = 32 * 1024
 ATOL = 1e-12
@@ -181,3 +184,35 @@ def test_a_stage_that_dies_stops_its_pipeline_with_a_clear_error(tmp_path: Path)
         assert "another rank died" in messages[rank]
     assert "RG0<r1 (receiving a gradient)" in messages[0]  # the first stage waited for it
     assert "tensor-parallel forward" in messages[2]  # its TP partner, inside the forward
+
+
+# ---- the command ------------------------------------------------------------------------
+@pytest.mark.dist
+def test_train_command_runs_a_pipeline_and_reports_measured_beside_estimated(
+        tmp_path: Path) -> None:
+    plan = hybrid_plan()
+    two_stages = pp_plan(plan.cluster, [([(0, 1, 1, (0,), "cpu-slow"), (1, 4, 0, (0,), "cpu-fast")],
+                                         4, 2)], model=plan.model)
+    plan_path, metrics = tmp_path / "plan.json", tmp_path / "metrics.jsonl"
+    save_plan(two_stages, plan_path)
+    text = tmp_path / "text.txt"
+    text.write_bytes(Path(os.__file__).read_bytes()[:20_000])
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, "-m", "polychip", "train", str(plan_path), "--steps", "2",
+         "--emulate", "--dilation", "3", "--data", str(text), "--metrics", str(metrics)],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr + done.stdout
+    out = done.stdout
+    assert "step time, seconds" in out and "analytic estimate" in out and "simulated" in out
+    assert "per stage" in out and "EMULATED" in out
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [(r["step"], r["rank"], r["stage"]) for r in records] == [
+        (0, 0, 0), (0, 1, 1), (1, 0, 0), (1, 1, 1)]
+    first, last = records[2], records[3]
+    assert first["loss"] is None and last["loss"] > 0 and last["global_loss"] == last["loss"]
+    assert (first["layers"], last["layers"]) == ([0, 1], [1, 4])
+    assert (first["peak_activations"], last["peak_activations"]) == (2, 1)
+    for r in (first, last):
+        assert r["compute_s"] > 0 and r["recv_wait_s"] >= 0 and r["sync_s"] == 0
+        assert r["wait_s"] == pytest.approx(r["recv_wait_s"] + r["sync_s"])
