@@ -60,10 +60,10 @@ def analytic_s(plan: Plan) -> float:
     return CostModel(plan.cluster, plan.model, plan.job).evaluate(plan.replicas).step_time_s
 
 
-def measure(rounds: int, steps: int) -> dict:
+def measure(rounds: int, steps: int, dilation: float | None = None) -> dict:
     uneven = uneven_plan()
     even = even_layer_split(uneven)
-    config = TrainConfig(steps=steps, emulate=True)
+    config = TrainConfig(steps=steps, emulate=True, dilation=dilation)
     task = CompareTask((uneven, even), (steps, max(2, steps // 2)), config, rounds=rounds)
     summaries = launch_local(uneven, task)[0]
     runs_u, runs_e = summaries[0::2], summaries[1::2]
@@ -112,9 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--steps", type=int, default=8,
                         help="uneven-plan steps per round (even split: half)")
+    parser.add_argument("--dilation", type=float,
+                        help="emulation dilation (default: from a timed warm-up)")
     args = parser.parse_args(argv)
     begin = time.perf_counter()
-    f = measure(args.rounds, args.steps)
+    f = measure(args.rounds, args.steps, args.dilation)
     print(f"\nOne pipeline, stage 0 on {f['chips'][0]}, stage 1 on {f['chips'][1]} (emulated, "
           f"dilation {f['dilation']:g}); {f['micro_batches']} micro-batches, 1F1B; step "
           f"times in emulated chip seconds, median of {args.rounds} rounds")
