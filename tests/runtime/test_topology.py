@@ -162,3 +162,30 @@ def test_hosts_per_cluster_node_or_per_used_node() -> None:
     assert hosts_for_nodes(plan, ["a", "c"]) == {0: "a", 2: "c"}
     with pytest.raises(RuntimeSetupError, match=r"gives 1 hosts.*3 nodes.*uses 2"):
         hosts_for_nodes(plan, ["a"])
+
+
+def test_segments_fuse_when_their_holders_match_and_params_find_their_segment() -> None:
+    from polychip.plan import build_schedule
+    from polychip.runtime.data_parallel import fused_runs, segment_of
+
+    plan = hybrid_plan()
+    groups = build_schedule(plan).groups
+    # replica 1's single stage holds everything: head + 1:4 share holders, so do 0:1 + emb
+    assert fused_runs(["head", "1:4", "0:1", "emb"], groups) == [["head", "1:4"],
+                                                                  ["0:1", "emb"]]
+    segments = ["head", "1:4", "0:1", "emb"]
+    assert segment_of("layers.3.attn.wq.weight", segments) == "1:4"
+    assert segment_of("layers.0.mlp_norm.weight", segments) == "0:1"
+    assert segment_of("final_norm.weight", segments) == "head"
+    assert segment_of("embed.weight", ["head"]) == ""
+
+
+def test_even_layer_split_keeps_devices_and_batches() -> None:
+    from polychip.runtime.compare import even_layer_split
+
+    plan = hybrid_plan()
+    even = even_layer_split(plan)
+    assert [(s.layer_start, s.layer_end, s.local_devices) for s in even.replicas[0].stages] == [
+        (0, 2, (0,)), (2, 4, (0, 1))]
+    assert even.replicas[1] == plan.replicas[1]
+    assert even.estimate is not None

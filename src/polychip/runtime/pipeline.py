@@ -207,7 +207,8 @@ class StageRunner:
         while True:
             more = time.perf_counter() - begin < window_s or len(fwd) < 3
             if self.tp.size > 1:
-                flag = broadcast_from_leader(torch.tensor([float(more)]), self.tp)
+                flag = broadcast_from_leader(torch.tensor([float(more)], device=self.device),
+                                             self.tp)
                 more = bool(flag.item())
             if not more:
                 break
