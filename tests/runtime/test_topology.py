@@ -173,6 +173,9 @@ def test_segments_fuse_when_their_holders_match_and_params_find_their_segment() 
     # replica 1's single stage holds everything: head + 1:4 share holders, so do 0:1 + emb
     assert fused_runs(["head", "1:4", "0:1", "emb"], groups) == [["head", "1:4"],
                                                                   ["0:1", "emb"]]
+    # same holders but not next to each other in the global order: never one collective
+    assert fused_runs(["head", "0:1"], {"head": (0, 1), "1:4": (2, 1), "0:1": (0, 1)}) == [
+        ["head"], ["0:1"]]
     segments = ["head", "1:4", "0:1", "emb"]
     assert segment_of("layers.3.attn.wq.weight", segments) == "1:4"
     assert segment_of("layers.0.mlp_norm.weight", segments) == "0:1"

@@ -177,12 +177,16 @@ class StageGrads:
 
 def fused_runs(segments: Sequence[str], holders: dict[str, tuple[int, ...]]
                ) -> list[list[str]]:
-    """Consecutive segments with the same holders (the schedule's ``groups``) form one run.
-    Every holder sees the same runs: a stage holding two segments holds every layer between
-    them, so no holder has another segment in between."""
+    """This rank's segments (``segments``, in its program's order) in runs reduced as one
+    collective: segments next to each other in the global all-reduce order (``holders``, the
+    schedule's ``groups``) with the same holders. Every holder then sees the same runs, since
+    nothing lies between two such segments."""
+    order = list(holders)
     runs: list[list[str]] = []
     for seg in segments:
-        if runs and holders[runs[-1][0]] == holders[seg]:
+        last = runs[-1][-1] if runs else None
+        if (last is not None and order.index(seg) == order.index(last) + 1
+                and holders[last] == holders[seg]):
             runs[-1].append(seg)
         else:
             runs.append([seg])
