@@ -101,7 +101,7 @@ def measure(rounds: int, steps: int, dilation: float | None = None) -> dict:
 
 def _stage(st, dilation: float | None) -> dict:
     d = dilation or 1.0
-    return {"stage": st.stage, "chip": st.chip, "layers": list(st.layers),
+    return {"stage": st.stage, "chip": st.chip, "layers": [list(c) for c in st.layers],
             "compute_s": st.compute_s / d, "recv_wait_s": st.recv_wait_s / d,
             "peak_activations": st.peak_activations}
 

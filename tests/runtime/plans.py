@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,3 +74,14 @@ def hybrid_plan(schedule: str = "1f1b") -> Plan:
                  {"chip": "cpu-slow", "count": 1, "chips_per_node": 2, "nic_gbps": 10}])
     return pp_plan(c, [([(0, 1, 1, (0,), "cpu-slow"), (1, 4, 0, (0, 1), "cpu-fast")], 6, 2),
                        ([(0, 4, 1, (1,), "cpu-slow")], 2, 1)], model=TINY4, schedule=schedule)
+
+
+def interleaved_plan() -> Plan:
+    """Interleaved 1F1B, 2 model chunks per stage. Replica 0: 2 + 2 layers (chunks: layers 0
+    and 2 on the slow chip, 1 and 3 on the fast TP pair), 4 micro-batches of 1; replica 1:
+    all 4 layers on one slow chip (chunks 0-1 and 2-3, feeding itself), 2 micro-batches."""
+    plan = hybrid_plan()
+    staged = pp_plan(plan.cluster, [([(0, 2, 1, (0,), "cpu-slow"), (2, 4, 0, (0, 1), "cpu-fast")],
+                                     4, 1), ([(0, 4, 1, (1,), "cpu-slow")], 2, 1)],
+                     model=TINY4, schedule="interleaved-1f1b")
+    return dataclasses.replace(staged, virtual_stages=2)

@@ -27,13 +27,23 @@ from polychip.runtime.topology import build_topology
 from polychip.runtime.train import TrainConfig, Trainer, make_optimizer, model_config
 
 from .distenv import run_ranks
-from .plans import ROOT, hybrid_plan, pp_plan
+from .plans import ROOT, hybrid_plan, interleaved_plan, pp_plan
 
 CORPUS_BYTES = 32 * 1024
 ATOL = 1e-12
 STEPS = 3
 # Micro-batches held at the peak: 1F1B holds min(S - i, M) on stage i, GPipe M.
 PEAK = {"1f1b": [2, 1, 1, 1], "gpipe": [3, 3, 3, 2]}
+
+
+def _simulated_peaks(plan: Plan) -> list[int]:
+    """(micro-batch, chunk) pairs held at the peak, per rank, as the simulator counts them."""
+    from polychip.simulator import simulate
+
+    v = plan.virtual_stages
+    by_stage = {(ri, st.stage): round(st.peak_in_flight * v)
+                for st in simulate(plan, dedupe_replicas=False).stages for ri in st.replicas}
+    return [by_stage[(r.replica, r.stage)] for r in plan.ranks()]
 
 
 def _config(emulate: bool) -> TrainConfig:
@@ -87,10 +97,10 @@ def _check_tp_layer(trainer: Trainer) -> None:
 
 
 def _hybrid_worker(rank: int, world_size: int, plans: dict[str, Plan]) -> None:
-    ref_losses, ref_params = _reference(plans["1f1b"])
     final: dict[str, dict[str, torch.Tensor]] = {}
     for kind, plan in plans.items():
-        emulate = kind == "1f1b"  # the emulated (time-stamped) wire format, and the plain one
+        ref_losses, ref_params = _reference(plan)
+        emulate = kind != "gpipe"  # the emulated (time-stamped) wire format, and the plain one
         config = _config(emulate)
         trainer = Trainer(plan, config, build_topology(plan, rank, emulate=emulate,
                                                        timeout=config.timeout))
@@ -99,7 +109,8 @@ def _hybrid_worker(rank: int, world_size: int, plans: dict[str, Plan]) -> None:
         records = trainer.run(STEPS)
         trainer.grads.check_views()
         role, tp = trainer.role, trainer.model.tp
-        assert [r.peak_activations for r in records] == [PEAK[kind][rank]] * STEPS
+        peak = PEAK[kind][rank] if kind in PEAK else _simulated_peaks(plan)[rank]
+        assert [r.peak_activations for r in records] == [peak] * STEPS, kind
         if role.last_stage:
             for record, expected in zip(records, ref_losses, strict=True):
                 assert record.global_loss == pytest.approx(expected, abs=ATOL), kind
@@ -120,8 +131,10 @@ def _hybrid_worker(rank: int, world_size: int, plans: dict[str, Plan]) -> None:
 def test_uneven_stages_tp_and_replicas_of_different_layouts_train_like_one_process(
         tmp_path: Path) -> None:
     """Replica 0: 1 + 3 layers, the 3 on two chips in TP; replica 1: 4 layers on one chip;
-    uneven batches (6 + 2), two islands; 1F1B and GPipe."""
+    uneven batches (6 + 2), two islands; 1F1B and GPipe. Then interleaved 1F1B with two model
+    chunks per stage (:func:`interleaved_plan`)."""
     plans = {kind: hybrid_plan(kind) for kind in ("1f1b", "gpipe")}
+    plans["interleaved"] = interleaved_plan()
     run_ranks(_hybrid_worker, 4, tmp_path, plans)
 
 
@@ -211,7 +224,7 @@ def test_train_command_runs_a_pipeline_and_reports_measured_beside_estimated(
         (0, 0, 0), (0, 1, 1), (1, 0, 0), (1, 1, 1)]
     first, last = records[2], records[3]
     assert first["loss"] is None and last["loss"] > 0 and last["global_loss"] == last["loss"]
-    assert (first["layers"], last["layers"]) == ([0, 1], [1, 4])
+    assert (first["layers"], last["layers"]) == ([[0, 1]], [[1, 4]])
     assert (first["peak_activations"], last["peak_activations"]) == (2, 1)
     for r in (first, last):
         assert r["compute_s"] > 0 and r["recv_wait_s"] >= 0 and r["sync_s"] == 0

@@ -23,7 +23,15 @@ from polychip.runtime.topology import (
 )
 from polychip.spec.model import PRESETS
 
-from .plans import MICRO, TINY4, cluster, cpu_test_plan, dp_plan, hybrid_plan, pp_plan
+from .plans import (
+    MICRO,
+    TINY4,
+    cluster,
+    cpu_test_plan,
+    dp_plan,
+    hybrid_plan,
+    interleaved_plan,
+)
 
 
 def test_roles_of_an_uneven_plan() -> None:
@@ -88,13 +96,16 @@ def test_roles_and_gradient_pieces_of_a_hybrid_plan() -> None:
     assert [(p.num, p.ranks) for p in pieces["emb"]] == [(1, (0, 3))]
 
 
+def test_interleaved_ranks_hold_the_chunks_the_schedule_runs() -> None:
+    roles = rank_roles(interleaved_plan(), emulate=True)
+    assert [r.chunks for r in roles] == [((0, 1), (2, 3)), ((1, 2), (3, 4)), ((1, 2), (3, 4)),
+                                         ((0, 2), (2, 4))]
+    pieces = segment_pieces(interleaved_plan())
+    assert list(pieces) == ["head", "3:4", "2:3", "1:2", "0:1", "emb"]
+
+
 def test_what_the_runtime_cannot_run_yet_is_refused_not_faked() -> None:
     plan = hybrid_plan()
-    c = plan.cluster
-    interleaved = pp_plan(c, [([(0, 2, 1, (0,), "cpu-slow"), (2, 4, 1, (1,), "cpu-slow")],
-                               4, 1)], model=TINY4, schedule="interleaved-1f1b")
-    with pytest.raises(RuntimeSetupError, match="interleaved-1f1b with virtual_stages=2: not"):
-        rank_roles(dataclasses.replace(interleaved, virtual_stages=2), emulate=True)
     tied = dataclasses.replace(plan, model=dataclasses.replace(TINY4, tie_embeddings=True))
     with pytest.raises(RuntimeSetupError, match="ties its output head"):
         rank_roles(tied, emulate=True)

@@ -80,7 +80,8 @@ def print_train_summary(console: Console, plan: Plan, summary: RunSummary) -> No
                 "grad sync s", "peak act."):
         per.add_column(col, justify="left" if col == "chip" else "right")
     for st in s.stages:
-        per.add_row(str(st.replica), str(st.stage), st.chip, f"{st.layers[0]}–{st.layers[1]}",
+        layers = ", ".join(f"{a}" if b - a == 1 else f"{a}–{b - 1}" for a, b in st.layers)
+        per.add_row(str(st.replica), str(st.stage), st.chip, layers,
                     str(st.batch_share), f"{st.compute_s:.3f}", f"{st.recv_wait_s:.3f}",
                     f"{st.sync_s:.3f}", str(st.peak_activations))
     console.print(per)

@@ -131,12 +131,19 @@ class PhaseTargets:
     """Seconds the cost model gives the emulated chip for each phase of one rank (the
     simulator replays the same figures)."""
 
-    forward_s: float  # forward of one micro-batch on this stage
-    backward_s: float  # its backward
+    chunk_s: tuple[tuple[float, float], ...]  # (forward, backward) of a micro-batch per chunk
     optimizer_s: float  # one AdamW step over the rank's parameters
     recv_act_s: float  # one micro-batch's activations from the previous stage
     recv_grad_s: float  # their gradient from the next stage
     allreduce_s: dict[str, float] = field(default_factory=dict)  # segment -> its all-reduce
+
+    @property
+    def forward_s(self) -> float:
+        return sum(f for f, _ in self.chunk_s)
+
+    @property
+    def backward_s(self) -> float:
+        return sum(b for _, b in self.chunk_s)
 
     @property
     def micro_batch_s(self) -> float:
@@ -145,19 +152,33 @@ class PhaseTargets:
 
 def phase_targets(plan: Plan, replica: int, stage: int) -> PhaseTargets:
     """The cost model's times (the same ones the planner and the simulator use) for a rank of
-    ``plan``: compute, transfers from its neighbours, and each gradient segment's all-reduce
-    among its holders (uncontended)."""
+    ``plan``: compute (per model chunk under interleaved 1F1B), transfers from its
+    neighbours, and each gradient segment's all-reduce among its holders (uncontended)."""
     cost = CostModel(plan.cluster, plan.model, plan.job)
     rep = plan.replicas[replica]
-    times = cost.times_of(rep, stage)
+    st, last = rep.stages[stage], rep.num_stages - 1
+    v = plan.virtual_stages if plan.schedule == "interleaved-1f1b" else 1
+    if v == 1:
+        times = [cost.times_of(rep, stage)]
+    else:
+        times = [cost.stage_times(cost.chip(st.chip), st.num_layers // v, st.tp,
+                                  rep.micro_batch_size, stage == 0 and c == 0,
+                                  stage == last and c == v - 1, st.recompute)
+                 for c in range(v)]
     allreduce = {seg.name: cost.segment_allreduce_time_s(plan.replicas, seg.holders,
                                                           seg.num_params(plan.model))
                  for seg in grad_segments(plan) if (replica, stage) in seg.holders}
+    n_bytes = cost.activation_bytes(rep.micro_batch_size)
+
+    def from_stage(other: int) -> float:  # interleaved: the last stage feeds the first
+        if rep.num_stages == 1:
+            return 0.0
+        return cost.transfer_time_s(rep.stages[other % rep.num_stages].node, st.node, n_bytes)
+
     return PhaseTargets(
-        forward_s=times.fwd_s, backward_s=times.bwd_s,
+        chunk_s=tuple((t.fwd_s, t.bwd_s) for t in times),
         optimizer_s=cost.stage_optimizer_time_s(rep, stage, 1),
-        recv_act_s=cost.boundary_time_s(rep, stage - 1) if stage > 0 else 0.0,
-        recv_grad_s=cost.boundary_time_s(rep, stage) if stage < rep.num_stages - 1 else 0.0,
+        recv_act_s=from_stage(stage - 1), recv_grad_s=from_stage(stage + 1),
         allreduce_s=allreduce)
 
 

@@ -35,7 +35,7 @@ class StepRecord:
     tp_rank: int
     chip: str
     island: str
-    layers: tuple[int, int]  # [start, end) of the stage's blocks
+    layers: tuple[tuple[int, int], ...]  # [start, end) of its blocks, per model chunk
     loss: float | None
     global_loss: float | None
     samples: int
@@ -75,7 +75,7 @@ class StageSummary:
     replica: int
     stage: int
     chip: str
-    layers: tuple[int, int]
+    layers: tuple[tuple[int, int], ...]
     batch_share: int
     compute_s: float
     wait_s: float  # recv_wait_s + sync_s
@@ -148,7 +148,8 @@ def summarise(records: Sequence[StepRecord], *, num_phases_per_step: Sequence[in
         def median(key: str, mine: list[StepRecord] = mine) -> float:
             return statistics.median(getattr(r, key) for r in mine)
         stages.append(StageSummary(
-            leader.replica, leader.stage, leader.chip, tuple(leader.layers), leader.samples,
+            leader.replica, leader.stage, leader.chip,
+            tuple((a, b) for a, b in leader.layers), leader.samples,
             median("compute_s"), median("wait_s"), median("recv_wait_s"), median("sync_s"),
             max(r.peak_activations for r in mine)))
         slowest[leader.replica] = max(slowest.get(leader.replica, 0.0), stages[-1].compute_s)

@@ -186,17 +186,21 @@ class StageModule(nn.Module):
 
     def __init__(self, config: ModelConfig, layer_start: int, layer_end: int,
                  has_embedding: bool, has_head: bool, tp: TensorParallel = NO_TP,
-                 recompute: bool = False) -> None:
+                 recompute: bool = False,
+                 chunks: tuple[tuple[int, int], ...] | None = None) -> None:
         super().__init__()
         _check_stage(config, layer_start, layer_end, has_embedding, has_head, tp.size)
         self.config = config
         self.layer_start, self.layer_end = layer_start, layer_end
+        # Interleaved 1F1B: the stage holds several model chunks ([start, end) each, in
+        # order; the embedding goes with the first, the head with the last).
+        self.chunks = chunks or ((layer_start, layer_end),)
+        held = [i for a, b in self.chunks for i in range(a, b)]
         self.has_embedding, self.has_head = has_embedding, has_head
         self.tp, self.recompute = tp, recompute
         h = config.hidden_size
         self.embed = nn.Embedding(config.vocab_size, h) if has_embedding else None
-        self.layers = nn.ModuleDict({str(i): DecoderLayer(config, tp)
-                                     for i in range(layer_start, layer_end)})
+        self.layers = nn.ModuleDict({str(i): DecoderLayer(config, tp) for i in held})
         self.final_norm = RMSNorm(h, config.norm_eps) if has_head else None
         self.head = nn.Linear(h, config.vocab_size, bias=False) if has_head else None
         self._tie()
@@ -218,16 +222,21 @@ class StageModule(nn.Module):
         self._tie()
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.embed is not None:
+    def forward(self, x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """The whole stage, or only model chunk ``chunk`` (interleaved 1F1B)."""
+        first = chunk is None or chunk == 0
+        last = chunk is None or chunk == len(self.chunks) - 1
+        if self.embed is not None and first:
             x = self.embed(x)
         cos, sin = rotary_cos_sin(x.shape[1], self.config.head_dim, self.config.rope_theta, x)
-        for layer in self.layers.values():
+        layers = (self.layers.values() if chunk is None
+                  else [self.layers[str(i)] for i in range(*self.chunks[chunk])])
+        for layer in layers:
             if self.recompute and torch.is_grad_enabled():
                 x = checkpoint(layer, x, cos, sin, use_reentrant=False)
             else:
                 x = layer(x, cos, sin)
-        if self.head is not None:
+        if self.head is not None and last:
             assert self.final_norm is not None
             x = self.head(self.final_norm(x))
         return x
@@ -307,7 +316,8 @@ def _initial_value(config: ModelConfig, name: str, shape: tuple[int, ...], seed:
 def build_stage(config: ModelConfig, layer_start: int, layer_end: int, *, seed: int = 0,
                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                 has_embedding: bool | None = None, has_head: bool | None = None,
-                tp: TensorParallel = NO_TP, recompute: bool = False) -> StageModule:
+                tp: TensorParallel = NO_TP, recompute: bool = False,
+                chunks: tuple[tuple[int, int], ...] | None = None) -> StageModule:
     """Build a stage on the meta device and materialise only it on ``device``.
 
     ``has_embedding`` / ``has_head`` default to whether the stage is first / last.
@@ -318,7 +328,7 @@ def build_stage(config: ModelConfig, layer_start: int, layer_end: int, *, seed: 
         has_head = layer_end == config.num_layers
     with torch.device("meta"):
         stage = StageModule(config, layer_start, layer_end, has_embedding, has_head, tp=tp,
-                            recompute=recompute)
+                            recompute=recompute, chunks=chunks)
     return stage.materialize(device, seed, dtype)
 
 

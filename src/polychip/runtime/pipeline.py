@@ -12,6 +12,10 @@ executed action by action -- the same actions the simulator replays.
           segments with the same holders are one collective)
   OPT     optimizer step; then every send of the step is completed
 
+Under interleaved 1F1B a rank holds several model chunks (``F3.1``: micro-batch 3 on chunk
+1); virtual stage c * S + p runs chunk c of stage p, the first virtual stage reads the tokens
+and the last computes the loss (:func:`polychip.plan.schedule.chunk_layers`).
+
 With emulated chips every F, B and OPT lasts ``dilation x`` the cost model's time for this
 stage, every received message arrives ``dilation x`` its modelled transfer time after it was
 sent, and every all-reduce is followed by ``dilation x`` its modelled time (the host's own
@@ -56,6 +60,9 @@ class _Held:
     output: torch.Tensor  # the stage output, or the scaled loss on the last stage
 
 
+Key = tuple[int, int]  # (micro-batch, chunk)
+
+
 class StageRunner:
     """Executes ``program`` for one rank each step."""
 
@@ -70,17 +77,37 @@ class StageRunner:
         self.device, self.failure = device, failure
         self.tp = model.tp
         self.dtype = next(model.parameters()).dtype
+        self.num_chunks = len(model.chunks)
+        self.num_virtual = role.num_stages * self.num_chunks
         self.clock = PhaseClock(None)
+
+    def _virtual(self, chunk: int) -> int:
+        return chunk * self.role.num_stages + self.role.stage
+
+    def _reads_tokens(self, chunk: int) -> bool:
+        return self._virtual(chunk) == 0
+
+    def _has_loss(self, chunk: int) -> bool:
+        return self._virtual(chunk) == self.num_virtual - 1
+
+    def _tag(self, a: Action) -> int:
+        """Both ends name a message by its micro-batch, direction and the boundary between
+        virtual stages it crosses (b: from virtual stage b to b + 1, or back)."""
+        j = self._virtual(a.chunk)
+        boundary = j if a.op in (Op.SEND_ACT, Op.RECV_GRAD) else j - 1
+        kind = ACTIVATION if a.op in (Op.SEND_ACT, Op.RECV_ACT) else GRADIENT
+        return tag_of(a.micro * self.num_virtual + boundary, kind)
 
     # ---- one step ------------------------------------------------------------------------
     def run(self, step: int) -> StepStats:
         stats = StepStats()
         self._step, self._stats = step, stats
-        self._held: dict[int, _Held] = {}
-        self._inputs: dict[int, torch.Tensor] = {}
-        self._out_grads: dict[int, torch.Tensor] = {}
-        self._in_grads: dict[int, torch.Tensor] = {}
-        self._posted: dict[tuple[Op, int], PendingRecv] = {}
+        self._held: dict[Key, _Held] = {}
+        self._inputs: dict[Key, torch.Tensor] = {}
+        self._out_grads: dict[Key, torch.Tensor] = {}
+        self._in_grads: dict[Key, torch.Tensor] = {}
+        self._posted: dict[tuple[Op, int, int], PendingRecv] = {}
+        self._to_self: dict[int, torch.Tensor] = {}  # tag -> tensor (a one-stage pipeline)
         actions = self.program.actions
         for i, action in enumerate(actions):
             following = actions[i + 1] if i + 1 < len(actions) else None
@@ -100,9 +127,9 @@ class StageRunner:
 
     def _execute(self, a: Action, following: Action | None) -> None:
         if a.op is Op.FORWARD:
-            self._forward(a.micro)
+            self._forward(a.micro, a.chunk)
         elif a.op is Op.BACKWARD:
-            self._backward(a.micro)
+            self._backward(a.micro, a.chunk)
         elif a.op in SENDS:
             self._send(a, following)
         elif a.op in RECVS:
@@ -115,58 +142,64 @@ class StageRunner:
                 self.optimizer.step()
             self._stats.compute_s += self.clock.last_s
 
-    def _forward(self, m: int) -> None:
+    def _forward(self, m: int, c: int) -> None:
         role, t = self.role, self.targets
-        with self.clock.phase("forward", t and t.forward_s):
-            if role.first_stage or role.last_stage:
+        reads, loss = self._reads_tokens(c), self._has_loss(c)
+        with self.clock.phase("forward", t and t.chunk_s[c][0]):
+            if reads or loss:
                 tokens, targets = self.stream.batch_for(self._step, role.micro_batch(m))
-            x = tokens.to(self.device) if role.first_stage else self._inputs.pop(m)
-            out = self.model(x)
-            if role.last_stage:
+            x = tokens.to(self.device) if reads else self._inputs.pop((m, c))
+            out = self.model(x) if self.num_chunks == 1 else self.model(x, chunk=c)
+            if loss:
                 out = loss_fn(out, targets.to(self.device)) * self.loss_scale
                 self.grads.add_loss_(out)
         self._stats.compute_s += self.clock.last_s
-        self._held[m] = _Held(None if role.first_stage else x, out)
+        self._held[(m, c)] = _Held(None if reads else x, out)
         self._stats.peak_activations = max(self._stats.peak_activations, len(self._held))
-        if role.last_stage:
-            loss = float(out.detach().item())
-            self._stats.local_loss = (self._stats.local_loss or 0.0) + loss
+        if loss:
+            self._stats.local_loss = (self._stats.local_loss or 0.0) + float(out.detach().item())
 
-    def _backward(self, m: int) -> None:
-        held, t = self._held.pop(m), self.targets
-        with self.clock.phase("backward", t and t.backward_s):
-            if self.role.last_stage:
+    def _backward(self, m: int, c: int) -> None:
+        held, t = self._held.pop((m, c)), self.targets
+        with self.clock.phase("backward", t and t.chunk_s[c][1]):
+            if self._has_loss(c):
                 held.output.backward()
             else:
-                torch.autograd.backward(held.output, self._out_grads.pop(m))
+                torch.autograd.backward(held.output, self._out_grads.pop((m, c)))
         self._stats.compute_s += self.clock.last_s
         if held.inputs is not None:
             assert held.inputs.grad is not None
-            self._in_grads[m] = held.inputs.grad
+            self._in_grads[(m, c)] = held.inputs.grad
 
     def _send(self, a: Action, following: Action | None) -> None:
         if not self.role.is_leader:
             return
         if a.op is Op.SEND_ACT:
-            tensor, kind = self._held[a.micro].output, ACTIVATION
+            tensor = self._held[(a.micro, a.chunk)].output
         else:
-            tensor, kind = self._in_grads.pop(a.micro), GRADIENT
+            tensor = self._in_grads.pop((a.micro, a.chunk))
+        if a.peer == self.role.rank:  # a one-stage interleaved pipeline feeds itself
+            self._to_self[self._tag(a)] = tensor.detach().clone()
+            return
         recv = None
         if following is not None and following.op in RECVS and following.peer == a.peer:
             recv = self._recv_spec(following)
-        pending = self.p2p.start((tensor, a.peer, tag_of(a.micro, kind)), recv)
+        pending = self.p2p.start((tensor, a.peer, self._tag(a)), recv)
         if recv is not None:
             assert pending is not None and following is not None
-            self._posted[(following.op, following.micro)] = pending
+            self._posted[(following.op, following.micro, following.chunk)] = pending
 
     def _recv_spec(self, a: Action) -> tuple[tuple[int, ...], torch.dtype, int, int]:
-        kind = ACTIVATION if a.op is Op.RECV_ACT else GRADIENT
-        return self.shape, self.dtype, a.peer, tag_of(a.micro, kind)
+        return self.shape, self.dtype, a.peer, self._tag(a)
 
     def _receive(self, a: Action) -> None:
         begin = time.perf_counter()
-        if self.role.is_leader:
-            pending = self._posted.pop((a.op, a.micro), None)
+        if not self.role.is_leader:
+            tensor = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        elif a.peer == self.role.rank:
+            tensor = self._to_self.pop(self._tag(a))
+        else:
+            pending = self._posted.pop((a.op, a.micro, a.chunk), None)
             if pending is None:
                 pending = self.p2p.start(None, self._recv_spec(a))
                 assert pending is not None
@@ -176,13 +209,11 @@ class StageRunner:
                 modelled = (self.targets.recv_act_s if a.op is Op.RECV_ACT
                             else self.targets.recv_grad_s)
                 sleep_until(sent_at + self.clock.dilation * modelled)
-        else:
-            tensor = torch.empty(self.shape, dtype=self.dtype, device=self.device)
         tensor = broadcast_from_leader(tensor, self.tp)
         if a.op is Op.RECV_ACT:
-            self._inputs[a.micro] = tensor.requires_grad_()
+            self._inputs[(a.micro, a.chunk)] = tensor.requires_grad_()
         else:
-            self._out_grads[a.micro] = tensor
+            self._out_grads[(a.micro, a.chunk)] = tensor
         self._stats.recv_wait_s += time.perf_counter() - begin
 
     def _allreduce(self, segment: str) -> None:
@@ -196,40 +227,42 @@ class StageRunner:
 
     # ---- warm-up: how fast is this host? ---------------------------------------------------
     def measure_ratio(self, window_s: float) -> float:
-        """Worst (real seconds / cost-model seconds) of this stage's forward and backward,
-        run unpadded, round and round for ``window_s`` while every rank computes (the first
-        round warms up; the slowest of the rest counts). No data moves between stages: the
-        inputs and output gradients are made up. TP ranks go round together (their leader
-        decides when to stop). Leaves the gradients zeroed."""
+        """Worst (real seconds / cost-model seconds) of this stage's forwards and backwards
+        (each chunk's), run unpadded, round and round for ``window_s`` while every rank
+        computes (the first round warms up; the slowest of the rest counts). No data moves
+        between stages: the inputs and output gradients are made up. TP ranks go round
+        together (their leader decides when to stop). Leaves the gradients zeroed."""
         assert self.targets is not None
-        role, fwd, bwd = self.role, [], []
-        begin = time.perf_counter()
+        role, ratios = self.role, []
+        begin, rounds = time.perf_counter(), 0
         while True:
-            more = time.perf_counter() - begin < window_s or len(fwd) < 3
+            more = time.perf_counter() - begin < window_s or rounds < 3
             if self.tp.size > 1:
                 flag = broadcast_from_leader(torch.tensor([float(more)], device=self.device),
                                              self.tp)
                 more = bool(flag.item())
             if not more:
                 break
-            tokens, targets = self.stream.batch_for(0, role.micro_batch(len(fwd)
+            tokens, targets = self.stream.batch_for(0, role.micro_batch(rounds
                                                                         % role.num_micro_batches))
-            x = (tokens if role.first_stage
-                 else torch.randn(self.shape, dtype=self.dtype).requires_grad_())
-            start = time.perf_counter()
-            out = self.model(x.to(self.device))
-            if role.last_stage:
-                out = loss_fn(out, targets.to(self.device))
-            middle = time.perf_counter()
-            if role.last_stage:
-                out.backward()
-            else:
-                torch.autograd.backward(out, torch.randn_like(out))
-            end = time.perf_counter()
-            fwd.append(middle - start)
-            bwd.append(end - middle)
+            for c, (fwd_s, bwd_s) in enumerate(self.targets.chunk_s):
+                x = (tokens if self._reads_tokens(c)
+                     else torch.randn(self.shape, dtype=self.dtype).requires_grad_())
+                start = time.perf_counter()
+                out = self.model(x.to(self.device), chunk=c)
+                if self._has_loss(c):
+                    out = loss_fn(out, targets.to(self.device))
+                middle = time.perf_counter()
+                if self._has_loss(c):
+                    out.backward()
+                else:
+                    torch.autograd.backward(out, torch.randn_like(out))
+                end = time.perf_counter()
+                if rounds > 0:
+                    ratios.append(max((middle - start) / fwd_s, (end - middle) / bwd_s))
+            rounds += 1
         self.grads.zero_()
-        return max(max(fwd[1:]) / self.targets.forward_s, max(bwd[1:]) / self.targets.backward_s)
+        return max(ratios)
 
 
 _WHAT = {Op.SEND_ACT: "sending activations", Op.SEND_GRAD: "sending a gradient",

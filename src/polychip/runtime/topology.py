@@ -25,7 +25,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from polychip.plan.plan import Plan
-from polychip.plan.schedule import grad_segments
+from polychip.plan.schedule import chunk_layers, grad_segments
 from polychip.runtime.errors import RuntimeSetupError
 
 if TYPE_CHECKING:
@@ -60,8 +60,9 @@ class RankRole:
     device_type: str  # where tensors live: the chip's device type, or cpu when emulated
     backend: str  # collective backend inside the island (gloo when emulated)
     emulated: bool
-    layer_start: int
+    layer_start: int  # the plan's stage range (interleaved: its layer count only)
     layer_end: int
+    chunks: tuple[tuple[int, int], ...]  # the layers it holds: one chunk per virtual stage
     num_stages: int
     stage_ranks: tuple[int, ...]  # the stage's TP group, leader first
     recompute: bool
@@ -100,11 +101,6 @@ class RankRole:
 
 def check_executable(plan: Plan) -> None:
     """Refuse what this runtime cannot execute yet, rather than run something else."""
-    if plan.schedule == "interleaved-1f1b" and plan.virtual_stages > 1:
-        raise RuntimeSetupError(
-            f"schedule interleaved-1f1b with virtual_stages={plan.virtual_stages}: {NOT_YET} "
-            f"(a rank would hold {plan.virtual_stages} model chunks); plan with --schedule "
-            f"1f1b or gpipe")
     if plan.model.mlp != "swiglu":
         raise RuntimeSetupError(
             f"model {plan.model.name!r} has a {plan.model.mlp} MLP: the runtime's transformer "
@@ -131,6 +127,7 @@ def rank_roles(plan: Plan, *, emulate: bool) -> tuple[RankRole, ...]:
     check_executable(plan)
     shares = [rep.batch_size for rep in plan.replicas]
     stage_ranks = stage_rank_map(plan)
+    chunks = [chunk_layers(rep, virtual_stages(plan)) for rep in plan.replicas]
     out = []
     for info in plan.ranks():
         rep = plan.replicas[info.replica]
@@ -143,12 +140,18 @@ def rank_roles(plan: Plan, *, emulate: bool) -> tuple[RankRole, ...]:
             device_type="cpu" if emulate else chip.device_type,
             backend="gloo" if emulate or chip.device_type == "cpu" else chip.torch_backend,
             emulated=emulate, layer_start=st.layer_start, layer_end=st.layer_end,
+            chunks=chunks[info.replica][info.stage],
             num_stages=rep.num_stages, stage_ranks=stage_ranks[(info.replica, info.stage)],
             recompute=st.recompute, batch_share=rep.batch_size,
             sample_start=sum(shares[:info.replica]),
             micro_batch_size=rep.micro_batch_size, num_micro_batches=rep.num_micro_batches,
             global_batch=plan.job.global_batch))
     return tuple(out)
+
+
+def virtual_stages(plan: Plan) -> int:
+    """Model chunks per stage: the plan's virtual stages under interleaved 1F1B, else 1."""
+    return plan.virtual_stages if plan.schedule == "interleaved-1f1b" else 1
 
 
 def stage_rank_map(plan: Plan) -> dict[tuple[int, int], tuple[int, ...]]:

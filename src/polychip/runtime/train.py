@@ -122,11 +122,11 @@ class Trainer:
                 f"{plan.model.vocab_size}: use a model with a vocabulary at least as large")
         self.stream = SampleStream(source, plan.job.seq_len, config.seed)
         groups = topology.groups
-        self.model = build_stage(model_config(plan.model), role.layer_start, role.layer_end,
-                                 seed=config.seed, device=self.device,
+        self.model = build_stage(model_config(plan.model), role.chunks[0][0],
+                                 role.chunks[-1][1], seed=config.seed, device=self.device,
                                  dtype=DTYPES[config.dtype], has_embedding=role.first_stage,
                                  has_head=role.last_stage, tp=groups.tp,
-                                 recompute=role.recompute)
+                                 recompute=role.recompute, chunks=role.chunks)
         schedule = build_schedule(plan, replicas=[role.replica])
         self.program = schedule.program_of(role.rank)
         segments = [a.segment for a in self.program.actions if a.op is Op.ALLREDUCE]
@@ -158,7 +158,7 @@ class Trainer:
 
     @property
     def num_phases_per_step(self) -> int:
-        return 2 * self.role.num_micro_batches + 1
+        return 2 * self.role.num_micro_batches * len(self.role.chunks) + 1
 
     def use_dilation(self, dilation: float) -> None:
         self.runner.clock = PhaseClock(dilation)
@@ -204,7 +204,7 @@ class Trainer:
         return StepRecord(
             step=step, rank=role.rank, replica=role.replica, stage=role.stage,
             tp_rank=role.tp_rank, chip=role.chip, island=role.island,
-            layers=(role.layer_start, role.layer_end), loss=loss, global_loss=self.grads.loss,
+            layers=role.chunks, loss=loss, global_loss=self.grads.loss,
             samples=role.batch_share, tokens=role.batch_share * self.plan.job.seq_len,
             seconds=end - begin, compute_s=stats.compute_s,
             real_compute_s=after.compute_s - before.compute_s,
@@ -268,7 +268,8 @@ def gather_summary(trainer: Trainer, records: list[StepRecord],
     everything = [r for rank_records in gathered for r in rank_records]
     if metrics_path:
         write_metrics(metrics_path, everything)
-    phases = [2 * role.num_micro_batches + 1 for role in trainer.topology.roles]
+    phases = [2 * role.num_micro_batches * len(role.chunks) + 1
+              for role in trainer.topology.roles]
     return summarise(everything, num_phases_per_step=phases,
                      estimate_tokens_per_s=estimate_tokens_per_s(trainer.plan))
 
