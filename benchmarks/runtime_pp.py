@@ -7,7 +7,9 @@ says the step is shortest; the *even* plan splits the same layers in half. Both 
 side in one launch (same processes, one dilation), in interleaved rounds. Reported:
 
 - uneven / even speed-up, measured vs the simulator's prediction for the same emulated chips;
-- the measured step time (emulated chip time: wall / dilation) vs the simulated step time.
+- the measured step time (emulated chip time: wall / dilation) vs the simulated step time;
+- the same for a hybrid plan: that pipeline beside a one-stage replica of another layout
+  (per-layer gradient all-reduces across the two islands).
 
     PYTHONPATH=src python benchmarks/runtime_pp.py --json runtime_pp.json
 """
@@ -99,6 +101,35 @@ def measure(rounds: int, steps: int, dilation: float | None = None) -> dict:
     }
 
 
+def hybrid_plan() -> Plan:
+    """The uneven pipeline beside a second replica of another layout: all 4 layers on one
+    cpu-fast chip, a third of the batch; layer gradients are all-reduced among the stages
+    holding them, across the two vendors' islands."""
+    cluster = cluster_from_dict({**CLUSTER, "nodes": [*CLUSTER["nodes"], CLUSTER["nodes"][1]]})
+    pipeline = uneven_plan().replicas[0]
+    single = Replica((Stage(0, TINY.num_layers, 2, (0,), "cpu-fast"),), GLOBAL_BATCH // 2,
+                     MICRO_BATCH)
+    plan = Plan(cluster, TINY, TrainingJob(GLOBAL_BATCH * 3 // 2, SEQ_LEN), (pipeline, single))
+    validate_plan(plan)
+    return plan
+
+
+def measure_hybrid(rounds: int, steps: int, dilation: float | None = None) -> dict:
+    plan = hybrid_plan()
+    config = TrainConfig(steps=steps, emulate=True, dilation=dilation)
+    runs = launch_local(plan, CompareTask((plan,), (steps,), config, rounds=rounds))[0]
+    step = statistics.median(s.step_time_s for s in runs)
+    sim = simulate(plan).step_time_s
+    return {"replicas": [[[s.chip, s.layer_start, s.layer_end] for s in r.stages]
+                         for r in plan.replicas],
+            "batch_shares": [r.batch_size for r in plan.replicas],
+            "dilation": runs[0].dilation, "step_time_measured_s": step,
+            "step_time_simulated_s": sim, "step_time_analytic_s": analytic_s(plan),
+            "measured_over_simulated": step / sim,
+            "overruns": sum(s.num_overruns for s in runs),
+            "phases": sum(s.num_phases for s in runs)}
+
+
 def _stage(st, dilation: float | None) -> dict:
     d = dilation or 1.0
     return {"stage": st.stage, "chip": st.chip, "layers": [list(c) for c in st.layers],
@@ -117,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     begin = time.perf_counter()
     f = measure(args.rounds, args.steps, args.dilation)
+    h = f["hybrid"] = measure_hybrid(max(2, args.rounds - 1), args.steps, args.dilation)
     print(f"\nOne pipeline, stage 0 on {f['chips'][0]}, stage 1 on {f['chips'][1]} (emulated, "
           f"dilation {f['dilation']:g}); {f['micro_batches']} micro-batches, 1F1B; step "
           f"times in emulated chip seconds, median of {args.rounds} rounds")
@@ -132,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{f['uneven_speedup_simulated']:.3f} -> {f['speedup_ratio']:.1%} of the simulator's "
           f"(target >= 90 %); measured step within {abs(f['measured_over_simulated'] - 1):.1%} "
           f"of simulated (target <= 15 %); overruns {f['overruns']} of {f['phases']} phases")
+    print(f"\nHybrid: that pipeline beside a one-stage cpu-fast replica (batch {h['batch_shares']},"
+          f" dilation {h['dilation']:g}): measured step {h['step_time_measured_s']:.4f} s, "
+          f"simulated {h['step_time_simulated_s']:.4f} s ({h['measured_over_simulated']:.1%}), "
+          f"analytic {h['step_time_analytic_s']:.4f} s; overruns {h['overruns']} of "
+          f"{h['phases']} phases")
     print(f"({time.perf_counter() - begin:.0f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps(f, indent=2))
