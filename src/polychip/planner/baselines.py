@@ -1,0 +1,158 @@
+"""Reference points on the same cost model: the best single chip type, the naive mixed plan
+and the ideal. Every figure is `CostModel.evaluate` of a concrete plan.
+
+- best single type: the planner's own search restricted to the node groups of one chip type
+  (whole global batch), the best type kept;
+- naive mixed: what a homogeneous tool (Megatron-style) makes of the whole cluster: every
+  chip, one (TP, PP, DP) for all, layers split evenly, the batch split evenly, ranks laid
+  out in node order (TP fastest, then DP or PP); the best such layout that fits;
+- ideal: the sum over chip types of what each type achieves alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from polychip.costmodel import CostModel
+from polychip.costmodel.estimate import PlanCost
+from polychip.plan.plan import Baseline, Replica, Stage
+from polychip.planner.space import micro_batch_sizes
+from polychip.spec.cluster import Cluster
+
+
+@dataclass(frozen=True)
+class Naive:
+    replicas: tuple[Replica, ...]
+    cost: PlanCost
+    zero1: bool
+    layout: str
+
+
+def type_groups(cluster: Cluster) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for g in cluster.groups:
+        out.setdefault(g.chip.name, []).append(g.index)
+    return out
+
+
+def pipeline_text(replica: Replica) -> str:
+    """`2xTP8 h800 -> 4xTP8 ascend-910b`: runs of stages on one chip type and TP."""
+    runs: list[list] = []
+    for st in replica.stages:
+        if runs and runs[-1][1:] == [st.chip, st.tp]:
+            runs[-1][0] += 1
+        else:
+            runs.append([1, st.chip, st.tp])
+    return " -> ".join(f"{n}xTP{tp} {chip}" for n, chip, tp in runs)
+
+
+def describe_replicas(replicas: tuple[Replica, ...]) -> str:
+    """`3 x [2xTP8 h800], 1 x [...]`: distinct pipelines with their counts."""
+    counts: dict[str, int] = {}
+    for r in replicas:
+        key = pipeline_text(r)
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{n} x [{k}]" for k, n in counts.items())
+
+
+def _even(total: int, parts: int) -> list[int]:
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def naive_mixed(cm: CostModel, schedule: str) -> Naive | None:
+    """The best all-chip homogeneous layout (None if none fits memory)."""
+    cluster, model, job = cm.cluster, cm.model, cm.job
+    devices = [(n.index, slot) for n in cluster.nodes for slot in range(n.group.chips_per_node)]
+    chip_of = {n.index: n.group.chip.name for n in cluster.nodes}
+    total = len(devices)
+    tps = [
+        t
+        for t in (1, 2, 4, 8, 16)
+        if all(g.chips_per_node % t == 0 for g in cluster.groups)
+        and model.num_heads % t == 0
+        and model.num_kv_heads % t == 0
+    ]
+    best: Naive | None = None
+    for tp in tps:
+        for pp in range(1, min(model.num_layers, total // tp) + 1):
+            if (total // tp) % pp:
+                continue
+            dp = total // (tp * pp)
+            if dp > job.global_batch:
+                continue
+            layers = _even(model.num_layers, pp)
+            batches = _even(job.global_batch, dp)
+            for order in ("tp-dp-pp", "tp-pp-dp"):
+                for mb in micro_batch_sizes(job.global_batch)[:2]:
+                    if any(b % mb for b in batches):
+                        continue
+                    for recompute in (False, True) if job.allow_recompute else (False,):
+                        reps = _layout(
+                            devices, chip_of, tp, pp, dp, order, layers, batches, mb, recompute
+                        )
+                        zero1 = job.allow_zero1 and dp > 1
+                        quick = _quick_check(cm, reps, schedule, dp if zero1 else 1)
+                        if quick is None:
+                            continue  # a stage does not fit: try recompute
+                        if best is not None and quick <= best.cost.tokens_per_s:
+                            break  # exact: gradient sync only adds time
+                        cost = cm.evaluate(reps, schedule, zero1)
+                        if not cost.feasible:
+                            continue  # recompute only adds time: tried only when needed
+                        if best is None or cost.tokens_per_s > best.cost.tokens_per_s:
+                            layout = f"TP{tp} x PP{pp} x DP{dp} ({order}), micro-batch {mb}"
+                            if recompute:
+                                layout += ", recompute"
+                            best = Naive(reps, cost, zero1, layout)
+                        break
+    return best
+
+
+def _quick_check(cm: CostModel, reps: tuple[Replica, ...], schedule: str, shards: int):
+    """Tokens/s from the pipeline and optimizer alone (an upper bound), or None if a stage
+    does not fit memory -- checked on one replica of each distinct chip sequence."""
+    seen: dict[tuple, Replica] = {}
+    for r in reps:
+        key = tuple(
+            (cm.nodes[st.node].group.index, i > 0 and cm.link(r.stages[i - 1].node, st.node)[0])
+            for i, st in enumerate(r.stages)
+        )
+        seen.setdefault((key, r.batch_size), r)
+    for r in seen.values():
+        for si, st in enumerate(r.stages):
+            if cm.memory_of(r, si, schedule, shards).total > cm.chip(st.chip).memory_bytes:
+                return None
+    pipe = max(cm.pipeline_time_s(r)[0] for r in seen.values())
+    opt = cm.optimizer_time_s(tuple(seen.values()), shards)
+    return cm.job.tokens_per_step / (pipe + opt)
+
+
+def _layout(devices, chip_of, tp, pp, dp, order, layers, batches, mb, recompute):
+    replicas = []
+    for d in range(dp):
+        stages = []
+        start = 0
+        for p in range(pp):
+            block = (p * dp + d) if order == "tp-dp-pp" else (d * pp + p)
+            devs = devices[block * tp : (block + 1) * tp]
+            node = devs[0][0]
+            stages.append(
+                Stage(
+                    start,
+                    start + layers[p],
+                    node,
+                    tuple(s for _, s in devs),
+                    chip_of[node],
+                    recompute,
+                )
+            )
+            start += layers[p]
+        replicas.append(Replica(tuple(stages), batches[d], mb))
+    return tuple(replicas)
+
+
+def baseline_of(name: str, description: str, cost: PlanCost | None, **kw) -> Baseline:
+    if cost is None:
+        return Baseline(name, description, 0.0, None, None, feasible=False, **kw)
+    return Baseline(name, description, cost.tokens_per_s, cost.step_time_s, cost.mfu, **kw)

@@ -1,0 +1,129 @@
+"""Exact scoring of a candidate (counts of replica shapes): split the batch, re-split each
+shape's layers for the micro-batch count and replica count it actually gets, place it on
+devices, and score it with `CostModel.evaluate` -- the only score any plan, baseline or the
+ideal ever gets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from polychip.costmodel.estimate import PlanCost
+from polychip.plan.plan import Replica
+from polychip.planner.assign import assign
+from polychip.planner.partition import BatchClass, split_batch
+from polychip.planner.shapes import Shape, ShapeBuilder
+
+
+@dataclass(frozen=True)
+class Scored:
+    classes: tuple[tuple[Shape, tuple[int, ...]], ...]  # shape, micro-batches per replica
+    replicas: tuple[Replica, ...]
+    zero1: bool
+    cost: PlanCost
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.cost.tokens_per_s
+
+    @property
+    def num_replicas(self) -> int:
+        return len(self.replicas)
+
+
+def batch_classes(classes: Sequence[tuple[Shape, int]]) -> list[BatchClass]:
+    return [BatchClass(n, s.micro_batch_size, s.time_s, s.max_micro_batches) for s, n in classes]
+
+
+def pipeline_bound_s(classes: Sequence[tuple[Shape, int]], global_batch: int) -> float | None:
+    """The slowest replica's pipeline time under the best batch split (None: no split)."""
+    micro = split_batch(batch_classes(classes), global_batch)
+    if micro is None:
+        return None
+    return max(s.time_s(m) for (s, _), ms in zip(classes, micro, strict=True) for m in ms)
+
+
+class Scorer:
+    def __init__(self, builder: ShapeBuilder):
+        self.builder = builder
+        self.cm, self.job = builder.cm, builder.job
+        self.evaluations = 0
+        self._seen: dict[tuple, Scored | None] = {}
+
+    def zero1_for(self, num_replicas: int) -> bool:
+        return self.job.allow_zero1 and num_replicas > 1
+
+    def refine(
+        self, classes: Sequence[tuple[Shape, int]]
+    ) -> tuple[list[tuple[Shape, int]], tuple[tuple[int, ...], ...]] | None:
+        """Batch split, then each shape re-split for its real micro-batch and replica counts
+        (kept only where the slowest replica gets faster)."""
+        g = self.job.global_batch
+        current = list(classes)
+        micro = split_batch(batch_classes(current), g)
+        if micro is None:
+            return None
+        worst = max(s.time_s(m) for (s, _), ms in zip(current, micro, strict=True) for m in ms)
+        replicas = sum(n for _, n in current)
+        shards = replicas if self.zero1_for(replicas) else 1
+        for _ in range(2):
+            tried = []
+            for (s, n), ms in zip(current, micro, strict=True):
+                top = max(ms)
+                new = self.builder.build(
+                    s.template, s.micro_batch_size, shards, top, float(top - 1)
+                )
+                tried.append((new if new is not None else s, n))
+            micro2 = split_batch(batch_classes(tried), g)
+            if micro2 is None:
+                break
+            worst2 = max(s.time_s(m) for (s, _), ms in zip(tried, micro2, strict=True) for m in ms)
+            if worst2 >= worst * (1 - 1e-12):
+                break
+            current, micro, worst = tried, micro2, worst2
+        return current, micro
+
+    def score_placed(
+        self, with_micro: Sequence[tuple[Shape, Sequence[int]]], zero1: bool
+    ) -> Scored | None:
+        """Place shapes with their micro-batches per replica and score them exactly."""
+        replicas = assign(self.cm.cluster, with_micro)
+        if replicas is None:
+            return None
+        self.evaluations += 1
+        cost = self.cm.evaluate(replicas, self.builder.schedule, zero1)
+        if not cost.feasible or not math.isfinite(cost.step_time_s):
+            return None
+        return Scored(tuple((s, tuple(ms)) for s, ms in with_micro), replicas, zero1, cost)
+
+    def score(self, classes: Sequence[tuple[Shape, int]]) -> Scored | None:
+        """The exact score of a candidate, or None if it cannot be a plan."""
+        classes = [(s, n) for s, n in classes if n > 0]
+        if not classes:
+            return None
+        key = tuple(sorted((id(s), n) for s, n in classes))
+        if key in self._seen:
+            return self._seen[key]
+        out = None
+        refined = self.refine(classes)
+        if refined is not None:
+            shapes, micro = refined
+            with_micro = [(s, ms) for (s, _), ms in zip(shapes, micro, strict=True)]
+            out = self.score_placed(with_micro, self.zero1_for(sum(len(ms) for ms in micro)))
+        self._seen[key] = out
+        return out
+
+
+def better(a: Scored | None, b: Scored | None) -> Scored | None:
+    """The faster of two (ties: fewer replicas, then the first)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if b.tokens_per_s > a.tokens_per_s * (1 + 1e-12):
+        return b
+    if b.tokens_per_s >= a.tokens_per_s * (1 - 1e-12) and b.num_replicas < a.num_replicas:
+        return b
+    return a

@@ -1,0 +1,249 @@
+"""The fast planner: counts of replica shapes, ranked cheaply, the best few scored exactly.
+
+For each memory context (optimizer state sharded over 1, 4, 16, ... replicas under ZeRO-1):
+
+1. per node group, every single-type shape (stages x TP x micro-batch, layers split by the
+   partition DP); per group a short list of *fills* -- up to two shapes with counts that use
+   the group's chips -- ranked by the sequences they can process in a reference step time;
+2. per-type candidates: the cross product of the groups' fills (a group may stay unused);
+3. mixed candidates: pipelines spanning several groups in a given order, `k` copies using
+   about 1/k of each group's chips, the leftovers filled per group as above;
+4. every candidate is ranked by a cheap estimate (closed-form batch split, gradient sync and
+   optimizer time from the cost model's components), the best ones are scored exactly
+   (`scoring.Scorer`: `CostModel.evaluate`), and the winner is polished by +-1 replica moves.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+
+from polychip.planner.estimate import Estimator
+from polychip.planner.mixed import LARGE, MixedTemplates
+from polychip.planner.scoring import Scored, Scorer, better
+from polychip.planner.shapes import Shape
+from polychip.planner.space import (
+    micro_batch_sizes,
+    segments_of,
+    tp_degrees,
+    zero_shard_buckets,
+)
+
+Classes = tuple[tuple[Shape, int], ...]
+Progress = Callable[[float, str], None]
+
+FILLS_PER_GROUP = 4  # fill options kept per group for the per-type cross product
+EXACT_SHORTLIST = 24  # candidates scored exactly per search
+FULL_ESTIMATES = 600  # candidates (best by pipeline time alone) given the full estimate
+ALL_ESTIMATES_UP_TO = 4000  # ... or all of them when there are no more than this
+FEW_COPIES = (1, 2, 3, 4, 6, 8)  # replica counts tried for every shape alone (small clusters)
+
+
+class FastSearch:
+    def __init__(self, scorer: Scorer, max_stages: int, progress: Progress | None = None):
+        self.scorer, self.builder = scorer, scorer.builder
+        self.cluster, self.model, self.job = scorer.cm.cluster, scorer.cm.model, scorer.job
+        self.max_stages = max_stages
+        self.progress = progress or (lambda f, m: None)
+        self.estimator = Estimator(scorer)
+        self.mixed = MixedTemplates(self.cluster, self.model, max_stages, self.job.precision)
+
+    # ---- shapes -----------------------------------------------------------------------------
+    def _micro_ctx(self, bucket: int, mb: int) -> int | None:
+        if self.builder.schedule != "gpipe":
+            return None
+        return max(1, math.ceil(self.job.global_batch / (bucket * mb)))
+
+    def single_shapes(self, group: int, bucket: int, shards: int) -> list[Shape]:
+        out = []
+        g = self.cluster.groups[group]
+        for seg in segments_of(g, self.model, self.max_stages):
+            for mb in micro_batch_sizes(self.job.global_batch):
+                s = self.builder.build((seg,), mb, shards, self._micro_ctx(bucket, mb))
+                if s is not None:
+                    out.append(s)
+        return out
+
+    # ---- fills --------------------------------------------------------------------------------
+    def fills(
+        self, ranked: list[Shape], budget: int, value: Callable[[Shape], float]
+    ) -> list[Classes]:
+        """Up to FILLS_PER_GROUP ways to use `budget` chips of one group (<= 2 shapes);
+        `ranked`: the group's shapes, best value per chip first."""
+        g = self.job.global_batch
+        options: list[tuple[float, Classes]] = []
+        for s1 in ranked[:12]:
+            c1 = min(budget // s1.num_devices, g // s1.micro_batch_size)
+            if c1 < 1:
+                continue
+            rest = budget - c1 * s1.num_devices
+            fill: Classes = ((s1, c1),)
+            for s2 in ranked:
+                if s2 is not s1 and s2.num_devices <= rest:
+                    fill = ((s1, c1), (s2, rest // s2.num_devices))
+                    break
+            options.append((sum(value(s) * n for s, n in fill), fill))
+        options.sort(key=lambda x: -x[0])
+        return [f for _, f in options[:FILLS_PER_GROUP]]
+
+    # ---- the search ---------------------------------------------------------------------------
+    def run(self, groups: Sequence[int]) -> Scored | None:
+        job = self.job
+        devices = sum(self.cluster.groups[g].num_devices for g in groups)
+        gpipe = self.builder.schedule == "gpipe"
+        # GPipe holds every micro-batch in flight, so memory depends on the replica count
+        # through m = G / (replicas x mb): finer steps (x2), ZeRO-1 or not.
+        buckets = zero_shard_buckets(
+            min(job.global_batch, devices), job.allow_zero1 or gpipe, factor=2 if gpipe else 8
+        )
+        pool: dict[tuple, tuple[float, Classes]] = {}
+        for bi, bucket in enumerate(buckets):
+            self.progress(bi / len(buckets) * 0.8, f"searching (ZeRO shards {bucket})")
+            shards = bucket if job.allow_zero1 else 1
+            for family, cand in self._candidates(groups, bucket, shards):
+                key = tuple(sorted((id(s), n) for s, n in cand))
+                if key not in pool and self._memory_context_holds(cand):
+                    pipe = self.estimator.pipeline_s(cand)
+                    if pipe is not None:
+                        pool[key] = (job.tokens_per_step / pipe, family, cand)
+        # stage 1: pipeline time only (an upper bound on tokens/s), keeping the best of every
+        # family (mixed template) too; stage 2: + gradient sync and optimizer
+        first = sorted(pool.values(), key=lambda x: -x[0])
+        limit = len(first) if len(first) <= ALL_ESTIMATES_UP_TO else FULL_ESTIMATES
+        keep = {id(c): c for _, _, c in first[:limit]}
+        seen_family: set = set()
+        for _, family, c in first:
+            if family not in seen_family:
+                seen_family.add(family)
+                keep[id(c)] = c
+        second = [(self.estimator.tokens_per_s(c), c) for c in keep.values()]
+        ranked = sorted((x for x in second if x[0] > 0), key=lambda x: -x[0])
+        best: Scored | None = None
+        self.progress(0.8, f"scoring {min(len(ranked), EXACT_SHORTLIST)} candidates exactly")
+        for _, cand in ranked[:EXACT_SHORTLIST]:
+            best = better(best, self.scorer.score(cand))
+        if best is None:  # nothing scored yet: walk down the ranking until one is a plan
+            for _, cand in ranked[EXACT_SHORTLIST:]:
+                best = self.scorer.score(cand)
+                if best is not None:
+                    break
+        self.progress(0.9, "polishing")
+        return self.polish(best)
+
+    def _memory_context_holds(self, cand: Classes) -> bool:
+        """Shapes were fitted assuming optimizer state sharded over `zero_shards` replicas."""
+        replicas = sum(n for _, n in cand)
+        shards = replicas if self.scorer.zero1_for(replicas) else 1
+        return all(s.zero_shards <= shards for s, _ in cand)
+
+    def _candidates(
+        self, groups: Sequence[int], bucket: int, shards: int
+    ) -> list[tuple[object, Classes]]:
+        singles = {g: self.single_shapes(g, bucket, shards) for g in groups}
+        singles = {g: s for g, s in singles.items() if s}
+
+        # reference step time: every group filled with its best steady-state shapes
+        def rank(shapes: list[Shape], value: Callable[[Shape], float]) -> list[Shape]:
+            return sorted(shapes, key=lambda s: -value(s) / s.num_devices)
+
+        by_rate = {
+            g: self.fills(
+                rank(s, lambda x: x.rate), self.cluster.groups[g].num_devices, lambda x: x.rate
+            )
+            for g, s in singles.items()
+        }
+        ref = [c for opts in by_rate.values() if opts for c in opts[0]]
+        t_ref = self.estimator.pipeline_s(tuple(ref)) or 1.0
+
+        def value(s: Shape) -> float:
+            return s.micro_batch_size * max(0.0, (t_ref - s.fill_s) / s.beat_s + 1)
+
+        singles = {g: rank(shapes, value) for g, shapes in singles.items()}
+        out: list[tuple[object, Classes]] = []
+        options = {}
+        for g, shapes in singles.items():
+            opts = self.fills(shapes, self.cluster.groups[g].num_devices, value)
+            opts += [o for o in by_rate[g][:2] if o not in opts]
+            options[g] = [(), *opts]
+        for combo in itertools.product(*options.values()):
+            cand = tuple(c for part in combo for c in part)
+            if cand:
+                out.append((None, cand))
+        if sum(self.cluster.groups[g].num_devices for g in singles) <= LARGE:
+            for g, shapes in singles.items():  # few copies of one shape: sync and latency
+                for s in shapes:  # can outweigh more replicas on small clusters
+                    most = self.cluster.groups[g].num_devices // s.num_devices
+                    for k in FEW_COPIES:
+                        if k <= most:
+                            out.append((None, ((s, k),)))
+        best_tp = {  # a group that cannot hold the model alone still joins mixed pipelines
+            g: max(singles[g], key=lambda s: s.rate / s.num_devices).template[0].tp
+            if g in singles
+            else max(tp_degrees(self.cluster.groups[g], self.model))
+            for g in groups
+        }
+        mbs = sorted(
+            {s.micro_batch_size for opts in options.values() for o in opts for s, _ in o}
+        ) or [1]
+        if sum(self.cluster.groups[g].num_devices for g in singles) > LARGE:
+            mbs = sorted(
+                {1, *(opts[1][0][0].micro_batch_size for opts in options.values() if len(opts) > 1)}
+            )
+        memo: dict[tuple[int, int], Classes] = {}
+
+        def leftover(g: int, budget: int) -> Classes:
+            if (g, budget) not in memo:
+                opts = self.fills(singles.get(g, []), budget, value) if budget > 0 else []
+                memo[(g, budget)] = opts[0] if opts else ()
+            return memo[(g, budget)]
+
+        for tpl in self.mixed.templates(list(groups), best_tp):
+            for mb in mbs:
+                shape = self.builder.build(tpl, mb, shards, self._micro_ctx(bucket, mb))
+                if shape is None:
+                    continue
+                kfit = min(
+                    self.cluster.groups[seg.group].num_devices // seg.num_devices for seg in tpl
+                )
+                kfit = min(kfit, self.job.global_batch // mb)
+                ks = range(1, kfit + 1) if kfit <= 8 else sorted({1, kfit // 2, kfit})
+                for k in ks:
+                    core = ((shape, k),)
+                    used = {seg.group: seg.num_devices * k for seg in tpl}
+                    fill = tuple(
+                        c
+                        for g in singles
+                        for c in leftover(g, self.cluster.groups[g].num_devices - used.get(g, 0))
+                    )
+                    out.append(((tpl, mb, k, True), core + fill))
+                    if fill:
+                        out.append(((tpl, mb, k, False), core))
+        return out
+
+    def polish(self, best: Scored | None) -> Scored | None:
+        """Local moves on the winner, scored exactly: one replica more or fewer of a shape,
+        a single replica of it, dropping it, or another micro-batch size for it."""
+        for _ in range(4):
+            if best is None:
+                return None
+            start = best
+            base = [(s, len(ms)) for s, ms in best.classes]
+            for i, (shape, n) in enumerate(base):
+                others = base[:i] + base[i + 1 :]
+                moves: list[list[tuple[Shape, int]]] = [
+                    [*others, (shape, n + 1)],
+                    [*others, (shape, n - 1)],
+                    [*others, (shape, 1)],
+                    others,
+                ]
+                for mb in micro_batch_sizes(self.job.global_batch):
+                    if mb != shape.micro_batch_size:
+                        alt = self.builder.build(shape.template, mb, shape.zero_shards)
+                        if alt is not None:
+                            moves.append([*others, (alt, n)])
+                for cand in moves:
+                    best = better(best, self.scorer.score(tuple(cand)))
+            if best is start:
+                break
+        return best

@@ -1,0 +1,290 @@
+"""Replica shapes: a template with its micro-batch size, layer split and recompute choice,
+timed with the cost model's own components.
+
+A shape's pipeline takes `fill_s + (m - 1) * beat_s` seconds for `m` micro-batches -- the
+cost model's closed form (`CostModel.pipeline_time_s`) with the stage and link times it
+gives. Stage and link times assume the canonical placement of `assign.py`: a segment
+that fits in one node sits in one node; a larger one starts on a fresh node.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+from polychip.costmodel import CostModel
+from polychip.costmodel.memory import in_flight_micro_batches, stage_memory
+from polychip.plan.plan import Replica, Stage
+from polychip.planner.partition import INF, split_layers
+from polychip.planner.space import Template, template_devices, template_stages
+
+
+@dataclass(frozen=True)
+class Shape:
+    template: Template
+    micro_batch_size: int
+    layers: tuple[int, ...]  # per stage
+    recompute: tuple[bool, ...]  # per stage
+    fill_s: float  # pipeline seconds with one micro-batch
+    beat_s: float  # seconds each further micro-batch adds (slowest stage or link)
+    zero_shards: int  # memory was checked with optimizer state sharded this many ways
+    max_micro_batches: int | None  # memory limit on micro-batches per step (GPipe)
+
+    def time_s(self, m: int) -> float:
+        return self.fill_s + (m - 1) * self.beat_s
+
+    @cached_property
+    def devices(self) -> dict[int, int]:
+        return template_devices(self.template)
+
+    @cached_property
+    def num_devices(self) -> int:
+        return sum(seg.num_devices for seg in self.template)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.layers)
+
+    @property
+    def groups(self) -> tuple[int, ...]:
+        return tuple(seg.group for seg in self.template)
+
+    @cached_property
+    def rate(self) -> float:
+        """Sequences per second in the steady state."""
+        return self.micro_batch_size / self.beat_s
+
+
+def canonical_slots(builder_or_cluster, template: Template) -> list[tuple[int, int]]:
+    """(node offset within its group, first slot) of each stage in canonical placement."""
+    cluster = getattr(builder_or_cluster, "cluster", builder_or_cluster)
+    out = []
+    for seg in template:
+        per_node = cluster.groups[seg.group].chips_per_node
+        for j in range(seg.num_stages):
+            if seg.num_devices <= per_node:
+                out.append((0, j * seg.tp))
+            else:
+                out.append(((j * seg.tp) // per_node, (j * seg.tp) % per_node))
+    return out
+
+
+class ShapeBuilder:
+    """Builds shapes for one cost model and schedule; caches stage rows and memory caps."""
+
+    def __init__(self, cm: CostModel, schedule: str):
+        self.cm, self.schedule = cm, schedule
+        self.cluster, self.model, self.job = cm.cluster, cm.model, cm.job
+        self.num_layers = self.model.num_layers
+        self._rows: dict[tuple, list[float]] = {}
+        self._stage_rows: dict[tuple, list[float]] = {}
+        self._caps: dict[tuple, int] = {}
+        self._links: dict[tuple, list[float]] = {}
+        self._shapes: dict[tuple, Shape | None] = {}
+
+    # ---- components -----------------------------------------------------------------------
+    def time_row(
+        self, group: int, tp: int, mb: int, first: bool, last: bool, rec: bool
+    ) -> list[float]:
+        """Seconds of one micro-batch on a stage holding n = 0..L layers."""
+        key = (group, tp, mb, first, last, rec)
+        row = self._rows.get(key)
+        if row is None:
+            chip = self.cluster.groups[group].chip
+            row = [
+                self.cm.stage_times(chip, n, tp, mb, first, last, rec).total_s
+                for n in range(self.num_layers + 1)
+            ]
+            self._rows[key] = row
+        return row
+
+    def layer_cap(
+        self,
+        group: int,
+        tp: int,
+        mb: int,
+        first: bool,
+        last: bool,
+        rec: bool,
+        in_flight: int,
+        shards: int,
+    ) -> int:
+        """Most layers such a stage holds within its chip's memory (0: not even one)."""
+        key = (group, tp, mb, first, last, rec, in_flight, shards)
+        hit = self._caps.get(key)
+        if hit is not None:
+            return hit
+        chip = self.cluster.groups[group].chip
+
+        def fits(n: int) -> bool:
+            mem = stage_memory(
+                self.model,
+                seq_len=self.job.seq_len,
+                num_layers=n,
+                first=first,
+                last=last,
+                tp=tp,
+                micro_batch=mb,
+                in_flight=in_flight,
+                recompute=rec,
+                zero_shards=shards,
+                capacity_bytes=chip.memory_bytes,
+            )
+            return mem.total <= chip.memory_bytes
+
+        lo, hi = 0, self.num_layers
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if fits(mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        self._caps[key] = lo
+        return lo
+
+    def link_times(self, template: Template, mb: int) -> list[float]:
+        """Seconds to pass one micro-batch's activations across each stage boundary."""
+        key = (template, mb)
+        hit = self._links.get(key)
+        if hit is not None:
+            return hit
+        nodes = []
+        for seg, (off, _) in zip(
+            [s for s in template for _ in range(s.num_stages)],
+            canonical_slots(self, template),
+            strict=True,
+        ):
+            nodes.append(self.cluster.first_node(self.cluster.groups[seg.group]) + off)
+        size = self.cm.activation_bytes(mb)
+        out = [self.cm.transfer_time_s(a, b, size) for a, b in itertools.pairwise(nodes)]
+        self._links[key] = out
+        return out
+
+    # ---- shapes ---------------------------------------------------------------------------
+    def build(
+        self,
+        template: Template,
+        mb: int,
+        shards: int = 1,
+        micro_batches: int | None = None,
+        weight: float = INF,
+        layers: tuple[int, ...] | None = None,
+    ) -> Shape | None:
+        """The best split of `template` (or the given `layers`) for `micro_batches` per step
+        (None: many) with optimizer state over `shards`; None if it cannot fit memory."""
+        key = (template, mb, shards, micro_batches, weight, layers)
+        if key in self._shapes:
+            return self._shapes[key]
+        stages = template_stages(template)
+        num = len(stages)
+        many = micro_batches is None
+        m_mem = 10**9 if many else micro_batches
+        rows, norec = [], []
+        allow_rec = self.job.allow_recompute
+        for i, (g, t) in enumerate(stages):
+            first, last = i == 0, i == num - 1
+            flight = in_flight_micro_batches(self.schedule, i, num, m_mem)
+            if self.schedule == "gpipe" and many:
+                flight = 1  # GPipe memory grows with m: the batch split caps m (below)
+            cap0 = self.layer_cap(g, t, mb, first, last, False, flight, shards)
+            cap1 = (
+                self.layer_cap(g, t, mb, first, last, True, flight, shards) if allow_rec else cap0
+            )
+            rkey = (g, t, mb, first, last, cap0, cap1)
+            row = self._stage_rows.get(rkey)
+            if row is None:
+                plain = self.time_row(g, t, mb, first, last, False)
+                recom = self.time_row(g, t, mb, first, last, True)
+                row = [
+                    plain[n] if n <= cap0 else recom[n] if n <= cap1 else INF
+                    for n in range(self.num_layers + 1)
+                ]
+                self._stage_rows[rkey] = row
+            rows.append(row)
+            norec.append(cap0)
+        links = self.link_times(template, mb)
+        floor = max(links, default=0.0)
+        if layers is None:
+            w = weight if weight == INF else max(weight, 0.0)
+            split = split_layers(rows, self.num_layers, weight=w, floor=floor, max_bottlenecks=24)
+            chosen = None if split is None else split.layers
+        else:
+            ok = all(rows[s][n] < INF for s, n in enumerate(layers))
+            chosen = layers if ok else None
+        shape = None
+        if chosen is not None:
+            costs = [rows[s][n] for s, n in enumerate(chosen)]
+            rec = tuple(n > norec[s] for s, n in enumerate(chosen))
+            limit = None  # 1F1B: memory was checked for min(S - i, micro_batches) in flight
+            if micro_batches is not None and micro_batches < num:
+                limit = micro_batches
+            if self.schedule == "gpipe":
+                limit = self._gpipe_limit(template, mb, chosen, rec, shards)
+            shape = (
+                None
+                if limit == 0
+                else Shape(
+                    template=template,
+                    micro_batch_size=mb,
+                    layers=chosen,
+                    recompute=rec,
+                    fill_s=math.fsum(costs) + 2 * math.fsum(links),
+                    beat_s=max([*costs, *links]),
+                    zero_shards=shards,
+                    max_micro_batches=limit,
+                )
+            )
+        self._shapes[key] = shape
+        return shape
+
+    def _gpipe_limit(
+        self,
+        template: Template,
+        mb: int,
+        layers: tuple[int, ...],
+        rec: tuple[bool, ...],
+        shards: int,
+    ) -> int:
+        """Under GPipe every stage holds all m micro-batches: the largest m that fits."""
+        stages = template_stages(template)
+
+        def fits(m: int) -> bool:
+            return all(
+                layers[i]
+                <= self.layer_cap(g, t, mb, i == 0, i == len(stages) - 1, rec[i], m, shards)
+                for i, (g, t) in enumerate(stages)
+            )
+
+        lo, hi = 0, max(1, self.job.global_batch // mb)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if fits(mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def representative(self, shape: Shape, batch_size: int | None = None) -> Replica:
+        """One replica of the shape in canonical placement on the first nodes of its groups."""
+        stages = []
+        start = 0
+        segs = [s for s in shape.template for _ in range(s.num_stages)]
+        for i, (seg, (off, slot)) in enumerate(
+            zip(segs, canonical_slots(self, shape.template), strict=True)
+        ):
+            group = self.cluster.groups[seg.group]
+            stages.append(
+                Stage(
+                    start,
+                    start + shape.layers[i],
+                    self.cluster.first_node(group) + off,
+                    tuple(range(slot, slot + seg.tp)),
+                    group.chip.name,
+                    shape.recompute[i],
+                )
+            )
+            start += shape.layers[i]
+        mb = shape.micro_batch_size
+        return Replica(tuple(stages), batch_size or mb, mb)

@@ -1,0 +1,142 @@
+"""Every emitted plan keeps its invariants, is scored by the one cost model, and sits
+where it should against its baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from polychip.costmodel import CostModel
+from polychip.plan import plan_from_dict, plan_to_dict, validate_plan
+from polychip.planner import plan_job
+from polychip.planner.assign import assign
+from polychip.planner.samples import random_case
+from polychip.planner.shapes import ShapeBuilder
+from polychip.planner.space import Segment
+from polychip.spec.cluster import load_cluster
+from polychip.spec.errors import InfeasibleError, PolychipError
+from polychip.spec.job import TrainingJob
+from polychip.spec.model import PRESETS, load_model
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "clusters"
+
+
+def _check_invariants(plan) -> None:
+    model, cluster = plan.model, plan.cluster
+    used: set[tuple[int, int]] = set()
+    for rep in plan.replicas:
+        covered = [layer for st in rep.stages for layer in range(st.layer_start, st.layer_end)]
+        assert covered == list(range(model.num_layers))  # each layer on exactly one stage
+        for st in rep.stages:
+            group = cluster.nodes[st.node].group
+            assert group.chip.name == st.chip
+            for d in st.local_devices:
+                assert 0 <= d < group.chips_per_node
+                assert (st.node, d) not in used  # each device used at most once
+                used.add((st.node, d))
+        assert rep.batch_size % rep.micro_batch_size == 0
+    assert sum(r.batch_size for r in plan.replicas) == plan.job.global_batch
+    cost = CostModel(cluster, model, plan.job).evaluate(plan.replicas, plan.schedule, plan.zero1)
+    assert cost.feasible, cost.violations  # memory within capacity per the cost model
+    assert plan.estimate.tokens_per_s == pytest.approx(cost.tokens_per_s, rel=1e-12)
+    assert plan.estimate.step_time_s == pytest.approx(cost.step_time_s, rel=1e-12)
+    for chip, peak in plan.estimate.peak_memory_bytes.items():
+        assert peak <= plan.estimate.memory_capacity_bytes[chip]
+    validate_plan(plan)
+    assert plan_from_dict(plan_to_dict(plan)).replicas == plan.replicas
+    best = plan.baselines["best_single_type"]
+    assert plan.ideal.tokens_per_s >= best.tokens_per_s * (1 - 1e-12)
+    assert plan.estimate.tokens_per_s >= best.tokens_per_s * (1 - 1e-12)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_plans_keep_invariants(seed: int) -> None:
+    cluster, model, job = random_case(100 + seed, max_chips=16)
+    schedule = "gpipe" if seed % 4 == 3 else "1f1b"
+    _check_invariants(plan_job(cluster, model, job, max_stages=4, schedule=schedule))
+
+
+def test_cpu_test_cluster_plan() -> None:
+    cluster = load_cluster(EXAMPLES / "cpu-test.yaml")
+    plan = plan_job(cluster, PRESETS["tiny"], TrainingJob(16, 256))
+    _check_invariants(plan)
+    assert plan.world_size == cluster.num_devices
+
+
+def test_h800_910b_beats_baselines() -> None:
+    cluster = load_cluster(EXAMPLES / "h800-910b.yaml")
+    plan = plan_job(cluster, load_model("llama3-70b"), TrainingJob(512, 4096))
+    _check_invariants(plan)
+    tokens = plan.estimate.tokens_per_s
+    assert tokens > plan.baselines["best_single_type"].tokens_per_s
+    assert tokens > plan.baselines["naive_mixed"].tokens_per_s
+    assert tokens >= 0.90 * plan.ideal.tokens_per_s or any("ideal" in n for n in plan.notes)
+
+
+def test_no_zero1_no_recompute_are_respected() -> None:
+    cluster = load_cluster(EXAMPLES / "h800-910b.yaml")
+    job = TrainingJob(32, 2048, allow_recompute=False, allow_zero1=False)
+    plan = plan_job(cluster, load_model("llama3-8b"), job)
+    _check_invariants(plan)
+    assert not plan.zero1
+    assert not any(s.recompute for r in plan.replicas for s in r.stages)
+
+
+def test_shape_times_are_the_cost_models() -> None:
+    cluster = load_cluster(EXAMPLES / "h800-910b.yaml")
+    job = TrainingJob(64, 4096)
+    cm = CostModel(cluster, load_model("llama3-70b"), job)
+    builder = ShapeBuilder(cm, "1f1b")
+    for tpl in [
+        (Segment(0, 2, 8), Segment(1, 4, 8)),
+        (Segment(1, 8, 2), Segment(0, 4, 4)),
+        (Segment(0, 16, 1),),
+    ]:
+        shape = builder.build(tpl, 1, 2)
+        assert shape is not None
+        reps = assign(cluster, [(shape, [16])])
+        assert reps is not None
+        assert shape.time_s(16) == pytest.approx(cm.pipeline_time_s(reps[0])[0], rel=1e-12)
+
+
+def test_infeasible_model_names_the_memory_limit() -> None:
+    cluster = load_cluster(EXAMPLES / "cpu-test.yaml")
+    with pytest.raises(InfeasibleError, match=r"GiB.*(add chips|lower --seq-len)"):
+        plan_job(cluster, load_model("llama3-70b"), TrainingJob(8, 4096))
+
+
+def test_batch_too_small_for_the_replicas_model_needs() -> None:
+    # gpt3-175b fits 48 chips only when ZeRO-1 shards optimizer state over many replicas
+    cluster = load_cluster(EXAMPLES / "h800-910b.yaml")
+    with pytest.raises(InfeasibleError, match="global batch 1 is too small"):
+        plan_job(cluster, load_model("gpt3-175b"), TrainingJob(1, 4096, allow_recompute=False))
+
+
+def test_bad_arguments() -> None:
+    cluster = load_cluster(EXAMPLES / "cpu-test.yaml")
+    with pytest.raises(PolychipError, match="schedule"):
+        plan_job(cluster, PRESETS["tiny"], TrainingJob(8, 64), schedule="zigzag")
+    with pytest.raises(PolychipError, match="max-stages"):
+        plan_job(cluster, PRESETS["tiny"], TrainingJob(8, 64), max_stages=0)
+
+
+def test_gpipe_plan_beats_naive_on_h800_910b() -> None:
+    """GPipe keeps every micro-batch in flight: memory depends on the replica count."""
+    cluster = load_cluster(EXAMPLES / "h800-910b.yaml")
+    plan = plan_job(cluster, load_model("llama3-70b"), TrainingJob(64, 4096), schedule="gpipe")
+    _check_invariants(plan)
+    assert plan.estimate.tokens_per_s > plan.baselines["naive_mixed"].tokens_per_s
+
+
+def test_a_type_too_small_alone_joins_a_mixed_pipeline() -> None:
+    """16 x 910B cannot hold llama3-70b alone without ZeRO sharding, yet add to a pipeline."""
+    cluster = load_cluster(EXAMPLES / "a100-910b-mi300x.yaml")
+    plan = plan_job(cluster, load_model("llama3-70b"), TrainingJob(512, 4096))
+    _check_invariants(plan)
+    assert {s.chip for r in plan.replicas for s in r.stages} == {
+        "a100-80g",
+        "ascend-910b",
+        "mi300x",
+    }
+    assert plan.estimate.tokens_per_s > plan.baselines["naive_mixed"].tokens_per_s
