@@ -5,7 +5,8 @@
    of the same replicas vs the ideal (sum of the replicas' own throughputs), in interleaved
    rounds; measured speed-up vs the cost model's (theoretical) one.
 2. Equal ranks, no emulation: polychip's training step vs plain DistributedDataParallel on the
-   same model, data and optimizer (same process count), interleaved blocks, median step time.
+   same model, data and optimizer (same process count), alternating step by step; the median
+   of the per-pair time ratios.
 
     PYTHONPATH=src python benchmarks/runtime_dp.py --json runtime_dp.json
 """
@@ -83,6 +84,7 @@ def heterogeneous(rounds: int, steps: int) -> dict:
         "planned_tokens_per_s_rounds": [s.tokens_per_s for s in runs_p],
         "even_tokens_per_s_rounds": [s.tokens_per_s for s in runs_e],
         "overruns": sum(s.num_overruns for s in summaries),
+        "emulation_lost_fraction": max(s.lost_fraction for s in summaries),
         "phases": sum(s.num_phases for s in summaries),
     }
 
@@ -90,11 +92,12 @@ def heterogeneous(rounds: int, steps: int) -> dict:
 # ---- overhead vs DistributedDataParallel --------------------------------------------------
 @dataclass(frozen=True)
 class OverheadTask:
-    """Interleaved blocks of polychip steps and DDP steps; rank 0 returns the step times."""
+    """Alternating polychip and DDP steps (pairs, so that both see the same host load);
+    rank 0 returns the step times."""
 
     config: TrainConfig
-    rounds: int
-    block: int
+    pairs: int
+    warmup_pairs: int = 10
     emulate: bool = False
 
     @property
@@ -102,7 +105,6 @@ class OverheadTask:
         return self.config.timeout
 
     def __call__(self, plan: Plan, rank: int) -> dict | None:
-        import torch.distributed as dist
         from torch.nn.parallel import DistributedDataParallel
 
         from polychip.runtime.model import build_stage, loss_fn
@@ -126,20 +128,15 @@ class OverheadTask:
             return time.perf_counter() - begin
 
         times: dict[str, list[float]] = {"polychip": [], "ddp": []}
-        step = 0
-        for r in range(self.rounds + 1):  # round 0 warms both up and is left out
-            for name in ("polychip", "ddp"):
-                dist.barrier()
-                for _ in range(self.block):
-                    seconds = (trainer.step(step).seconds if name == "polychip"
-                               else ddp_step(step))
-                    if r > 0:
-                        times[name].append(seconds)
-                    step += 1
+        for i in range(self.warmup_pairs + self.pairs):
+            ours, theirs = trainer.step(i).seconds, ddp_step(i)
+            if i >= self.warmup_pairs:
+                times["polychip"].append(ours)
+                times["ddp"].append(theirs)
         return times if rank == 0 else None
 
 
-def overhead(rounds: int, block: int, ranks: int) -> dict:
+def overhead(pairs: int, ranks: int) -> dict:
     cluster = cluster_from_dict({"name": "equal", "nodes": [
         {"chip": "cpu-slow", "count": 1, "chips_per_node": ranks, "nic_gbps": 10}]})
     per_rank = 8
@@ -147,11 +144,14 @@ def overhead(rounds: int, block: int, ranks: int) -> dict:
         Replica((Stage(0, TINY.num_layers, 0, (d,), "cpu-slow"),), per_rank, per_rank)
         for d in range(ranks)))
     validate_plan(plan)
-    times = launch_local(plan, OverheadTask(TrainConfig(), rounds, block))[0]
-    ours, ddp = statistics.median(times["polychip"]), statistics.median(times["ddp"])
+    times = launch_local(plan, OverheadTask(TrainConfig(), pairs))[0]
+    ours, ddp = times["polychip"], times["ddp"]
+    ratios = [a / b for a, b in zip(ours, ddp, strict=True)]
     return {"ranks": ranks, "samples_per_rank": per_rank, "seq_len": SEQ_LEN,
-            "steps_each": len(times["ddp"]), "polychip_step_s": ours, "ddp_step_s": ddp,
-            "overhead": ours / ddp - 1.0}
+            "pairs": pairs, "polychip_step_s": statistics.median(ours),
+            "ddp_step_s": statistics.median(ddp),
+            "overhead": statistics.median(ratios) - 1.0,
+            "overhead_quartiles": [q - 1.0 for q in statistics.quantiles(ratios, n=4)]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,10 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10,
                         help="planned-split steps per round (even split: half)")
     parser.add_argument("--ddp-ranks", type=int, default=2)
+    parser.add_argument("--pairs", type=int, default=100,
+                        help="alternating polychip/DDP step pairs (default 100)")
     args = parser.parse_args(argv)
     begin = time.perf_counter()
     het = heterogeneous(args.rounds, args.steps)
-    ovh = overhead(max(args.rounds, 5), 10, args.ddp_ranks)
+    ovh = overhead(args.pairs, args.ddp_ranks)
     print("\nEmulated chips (speeds 1:1:2:4, dilation "
           f"{het['dilation']:g}; tokens/s in emulated chip time, median of {args.rounds})")
     print("| split | shares | measured tok/s | cost-model estimate tok/s |")
@@ -178,10 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nspeed-up planned/even: measured {het['measured_speedup']:.3f}, theoretical "
           f"{het['theoretical_speedup']:.3f} -> {het['speedup_ratio']:.1%} of theoretical "
           f"(target >= 90 %); planned/ideal {het['planned_over_ideal']:.1%}; overruns "
-          f"{het['overruns']} of {het['phases']} phases")
+          f"{het['overruns']} of {het['phases']} phases, costing at most "
+          f"{het['emulation_lost_fraction']:.1%} of a run's time")
+    q1, _, q3 = ovh["overhead_quartiles"]
     print(f"\nEqual ranks ({ovh['ranks']}, no emulation): step {ovh['polychip_step_s'] * 1e3:.1f}"
-          f" ms polychip vs {ovh['ddp_step_s'] * 1e3:.1f} ms DDP (median of "
-          f"{ovh['steps_each']} each) -> overhead {ovh['overhead']:+.1%} (target <= 5 %)")
+          f" ms polychip vs {ovh['ddp_step_s'] * 1e3:.1f} ms DDP (medians; {ovh['pairs']} "
+          f"alternating pairs) -> overhead {ovh['overhead']:+.1%} (median of pair ratios, "
+          f"quartiles {q1:+.1%} .. {q3:+.1%}; target <= 5 %)")
     print(f"({time.perf_counter() - begin:.0f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps({"heterogeneous": het, "overhead_vs_ddp": ovh},

@@ -79,3 +79,23 @@ def test_bad_dilation_and_missing_target_are_setup_errors() -> None:
     clock = PhaseClock(dilation=3.0)
     with pytest.raises(RuntimeSetupError, match="target_s=None"), clock.phase("forward"):
         pass
+
+
+def test_chained_phases_make_up_for_a_late_one() -> None:
+    """Back-to-back micro-batches keep the emulated chip's schedule: after a late phase the
+    next slots start where the previous slot ended, so the sequence ends on time."""
+    clock = PhaseClock(dilation=1.0)
+    begin = time.perf_counter()
+    with clock.phase("mb", target_s=0.02):
+        time.sleep(0.03)  # late by 10 ms
+    for _ in range(2):
+        with clock.phase("mb", target_s=0.02, chain=True):
+            pass
+    elapsed = time.perf_counter() - begin
+    assert 0.06 <= elapsed < 0.06 + TOLERANCE_S  # 3 slots of 20 ms, not 30 + 20 + 20
+    summary = clock.summary()
+    assert summary.phase("mb").num_overruns == 1
+    assert summary.lost_s == 0.0  # made up: the sequence ended on time
+    with clock.phase("optimizer", target_s=0.01):
+        time.sleep(0.02)  # late, and nothing follows to make it up
+    assert clock.summary().lost_s == pytest.approx(0.01, abs=TOLERANCE_S)

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from polychip.runtime.emulate import dilation_for, phase_targets
+from polychip.runtime.emulate import WarmupTiming, dilation_for, dilation_from, phase_targets
 from polychip.runtime.errors import RuntimeSetupError
 from polychip.runtime.launch import (
     hosts_for_nodes,
@@ -125,11 +125,33 @@ def test_phase_targets_follow_chip_speed() -> None:
 
 
 def test_dilation_rounds_up_to_two_digits() -> None:
-    assert dilation_for(10.0) == 15.0
-    assert dilation_for(12.34) == 19.0
-    assert dilation_for(0.3) == 0.45
+    assert dilation_for(10.0, margin=1.5) == 15.0
+    assert dilation_for(12.34, margin=1.5) == 19.0
+    assert dilation_for(0.3, margin=1.5) == 0.45
     with pytest.raises(RuntimeSetupError):
         dilation_for(0.0)
+
+
+def _timing(host: str, compute_s: float, target_s: float, step_s: float,
+            busy_s: float = 0.0) -> WarmupTiming:
+    return WarmupTiming(host, cores=2, compute_s=compute_s, busy_compute_s=busy_s or compute_s,
+                        compute_target_s=target_s, optimizer_s=0.001,
+                        optimizer_target_s=0.001, step_target_s=step_s)
+
+
+def test_dilation_fits_each_rank_and_each_hosts_cores() -> None:
+    # Each rank alone needs 10x its chip's time: slots must be 10x, times the margin.
+    balanced = [_timing("h", 0.1, 0.01, 0.011) for _ in range(2)]
+    assert dilation_from(balanced, margin=2.0, busy_margin=1.0) == 20.0
+    # A host busy with other jobs: the ranks' work timed together is 4x slower.
+    loaded = [_timing("h", 0.1, 0.01, 0.011, busy_s=0.4) for _ in range(2)]
+    assert dilation_from(loaded, margin=2.0, busy_margin=1.25) == 50.0
+    # Six such ranks on one 2-core host: 0.606 s of work per 0.011 s chip step on 2 cores.
+    crowded = [_timing("h", 0.1, 0.01, 0.011) for _ in range(6)]
+    assert dilation_from(crowded, margin=1.0) == pytest.approx(28.0)
+    # ... unless they are spread over three hosts.
+    spread = [_timing(f"h{i // 2}", 0.1, 0.01, 0.011) for i in range(6)]
+    assert dilation_from(spread, margin=1.0, busy_margin=1.0) == 10.0
 
 
 # ---- torchrun commands ---------------------------------------------------------------------

@@ -187,3 +187,80 @@ def test_train_command_rejects_bad_data_and_missing_devices(
     assert main(["train", str(plan_path)]) == 2
     err = capsys.readouterr().err
     assert "npu" in err and "--emulate" in err
+
+
+_DYING_UNDER_LAUNCHER = """
+import os, sys, time
+from dataclasses import dataclass
+from datetime import timedelta
+from polychip.plan import load_plan
+from polychip.runtime.errors import DistributedRunError
+from polychip.runtime.launch import launch_local
+from polychip.runtime.train import TrainConfig, Trainer, train
+
+@dataclass(frozen=True)
+class DyingRank:
+    config: TrainConfig
+    emulate: bool = True
+    timeout: timedelta = timedelta(seconds=60)
+
+    def __call__(self, plan, rank):
+        if rank == 1:
+            step = Trainer.step
+            def dying(trainer, index):
+                if index == 1:
+                    os._exit(7)
+                return step(trainer, index)
+            Trainer.step = dying
+        return train(plan, rank, self.config)
+
+config = TrainConfig(steps=4, emulate=True, dilation=2, data=sys.argv[2])
+begin = time.monotonic()
+try:
+    launch_local(load_plan(sys.argv[1]), DyingRank(config))
+except DistributedRunError as exc:
+    print(f"{time.monotonic() - begin:.1f}", exc)
+"""
+
+
+@pytest.mark.dist
+def test_launcher_stops_the_job_when_a_rank_dies(tmp_path: Path) -> None:
+    plan_path, text = tmp_path / "plan.json", tmp_path / "text.txt"
+    save_plan(cpu_test_plan((2, 2, 8, 4), micro_batch=2), plan_path)
+    text.write_bytes(Path(os.__file__).read_bytes()[:20_000])
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, "-c", _DYING_UNDER_LAUNCHER, str(plan_path),
+                           str(text)], capture_output=True, text=True, env=env, timeout=120)
+    elapsed, message = done.stdout.strip().split(" ", 1)
+    assert "rank 1 (cpu-slow) died with exit code 7" in message, done.stderr
+    assert float(elapsed) < 20  # the agent stops the others at once, no process-group timeout
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.dist
+def test_launch_exec_runs_torchrun_per_node_with_plan_ranks(tmp_path: Path) -> None:
+    """Two `torchrun` agents on this host play two nodes; node 0's local ranks 0 and 1 are
+    plan ranks 2 and 0 (device order differs from replica order)."""
+    from .test_topology import _two_node_plan
+
+    plan_path, metrics, text = (tmp_path / "plan.json", tmp_path / "m.jsonl",
+                                tmp_path / "text.txt")
+    save_plan(_two_node_plan(), plan_path)
+    text.write_bytes(Path(os.__file__).read_bytes()[:20_000])
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, "-m", "polychip", "launch", str(plan_path), "--nodes",
+         "localhost,localhost", "--port", str(_free_port()), "--exec", "--steps", "1",
+         "--emulate", "--dilation", "2", "--data", str(text), "--metrics", str(metrics)],
+        capture_output=True, text=True, env=env, timeout=150, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [(r["rank"], r["replica"], r["chip"], r["samples"]) for r in records] == [
+        (0, 0, "cpu-slow", 2), (1, 1, "cpu-fast", 8), (2, 2, "cpu-slow", 2)]

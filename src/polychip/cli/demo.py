@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from polychip.cli.runreport import emulation_note, islands_line
+from polychip.cli.runreport import ZERO1_NOTE, emulation_note, islands_line
 from polychip.spec.cluster import Cluster, load_cluster
 from polychip.spec.job import TrainingJob
 from polychip.spec.model import PRESETS
@@ -24,8 +24,8 @@ DEMO_JOB = TrainingJob(global_batch=32, seq_len=128)
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="plan and train a built-in 4-chip mixed cluster (emulated)")
-    p.add_argument("--steps", type=int, default=40,
-                   help="steps with the polychip plan (default 40; the even split runs half)")
+    p.add_argument("--steps", type=int, default=30,
+                   help="steps with the polychip plan (default 30; the even split runs half)")
     p.add_argument("--json", metavar="SUMMARY.json", help="write the figures as JSON")
     p.add_argument("--dilation", type=float, metavar="X",
                    help="emulation dilation (default: from a timed warm-up)")
@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     figures = _figures(plan, even, planned, naive, estimate_tokens_per_s)
     _print(console, figures)
     console.print(emulation_note(planned))
+    if plan.zero1:
+        console.print(ZERO1_NOTE)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
         console.print(f"figures: {args.json}")
@@ -103,6 +105,7 @@ def _figures(plan: Any, even: Any, planned: Any, naive: Any, estimate: Any) -> d
                                        strict=True)),
         "overruns": planned.num_overruns + naive.num_overruns,
         "phases": planned.num_phases + naive.num_phases,
+        "emulation_lost_fraction": max(planned.lost_fraction, naive.lost_fraction),
     }
 
 

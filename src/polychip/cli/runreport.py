@@ -24,6 +24,10 @@ def islands_line(plan: Plan, emulate: bool) -> str:
     return f"{len(parts)} island(s): " + " | ".join(parts)
 
 
+ZERO1_NOTE = ("The plan shards optimizer state (ZeRO-1); this runtime keeps it replicated on "
+              "every rank for now: the same mathematics, more memory per device.")
+
+
 def emulation_note(summary: RunSummary) -> str:
     if not summary.emulated:
         return "Speeds are this machine's own (no emulation)."
@@ -32,8 +36,10 @@ def emulation_note(summary: RunSummary) -> str:
             f"model's time for its chip, each transfer between stages arrived {d} x its "
             f"modelled time after it was sent, and each gradient all-reduce was followed by "
             f"{d} x its modelled time; chip-time figures = wall x {d} (tokens/s) or wall / "
-            f"{d} (seconds). Overruns (real work longer "
-            f"than its slot): {summary.num_overruns} of {summary.num_phases} compute phases.")
+            f"{d} (seconds). Overruns: {summary.num_overruns} of {summary.num_phases} compute "
+            f"phases ran past their slot; the emulated chips lost "
+            f"{summary.lost_fraction:.1%} of their time to them (a late phase is made up by the "
+            f"next one when it follows directly).")
 
 
 def step_times(plan: Plan) -> tuple[float, float]:
@@ -86,3 +92,5 @@ def print_train_summary(console: Console, plan: Plan, summary: RunSummary) -> No
                     f"{st.sync_s:.3f}", str(st.peak_activations))
     console.print(per)
     console.print(emulation_note(s))
+    if plan.zero1:
+        console.print(ZERO1_NOTE)

@@ -1,5 +1,6 @@
 """`polychip train PLAN.json`: run a plan on this machine (every rank, through torchrun's API),
-or, with --node (as in `polychip launch`'s commands), be one torchrun worker of a cluster job."""
+or, with --plan-node (as in `polychip launch`'s commands), be one torchrun worker of a
+cluster job."""
 
 from __future__ import annotations
 

@@ -11,11 +11,15 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from polychip.costmodel.estimate import CostModel
 from polychip.plan.plan import Plan, Replica
 from polychip.runtime.errors import RuntimeSetupError
 from polychip.runtime.metrics import RunSummary
+
+if TYPE_CHECKING:
+    from polychip.runtime.train import TrainConfig
 
 
 def even_batch_split(plan: Plan) -> Plan:
@@ -80,24 +84,23 @@ class CompareTask:
 
     plans: tuple[Plan, ...]
     steps: tuple[int, ...]
-    config: object  # a TrainConfig (kept untyped here: this module imports no torch)
+    config: TrainConfig
     rounds: int = 1
     progress_labels: tuple[str, ...] = ()
 
     @property
     def emulate(self) -> bool:
-        return bool(self.config.emulate)  # type: ignore[attr-defined]
+        return self.config.emulate
 
     @property
     def timeout(self) -> timedelta:
-        return self.config.timeout  # type: ignore[attr-defined]
+        return self.config.timeout
 
     def __call__(self, plan: Plan, rank: int) -> list[RunSummary] | None:
         from polychip.runtime.topology import build_topology
-        from polychip.runtime.train import TrainConfig, Trainer, agree_dilation, gather_summary
+        from polychip.runtime.train import Trainer, agree_dilation, gather_summary
 
         config = self.config
-        assert isinstance(config, TrainConfig)
         same_ranks(self.plans)
         trainers = [Trainer(p, config, build_topology(p, rank, emulate=config.emulate,
                                                       timeout=config.timeout))

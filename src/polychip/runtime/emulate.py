@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -21,8 +21,10 @@ from polychip.plan.plan import Plan
 from polychip.plan.schedule import grad_segments
 from polychip.runtime.errors import RuntimeSetupError
 
-DILATION_MARGIN = 1.5
-"""Slots are this much longer than the slowest real phase measured at warm-up."""
+DILATION_MARGIN = 3.0
+"""Slots are this much longer than a rank's real work timed alone (room for contention)."""
+BUSY_MARGIN = 1.25
+"""... and this much longer than its work timed while every rank computes at once."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class PhaseTotals:
 class ClockSummary:
     dilation: float | None
     phases: tuple[PhaseTotals, ...]
+    lost_s: float = 0.0  # how much later than their slots the emulated chip finished work
 
     @property
     def emulated(self) -> bool:
@@ -88,20 +91,32 @@ class PhaseClock:
         self.dilation = dilation
         self.last_s = 0.0  # wall seconds of the last phase, padding included
         self._totals: dict[str, _Accumulator] = {}
+        self._deadline: float | None = None  # end of the last phase's slot
+        self._late_s = 0.0  # how late the last phase ended (a chained phase may make it up)
+        self._lost_s = 0.0  # lateness nobody made up: time the emulated chip lost
 
     @property
     def emulated(self) -> bool:
         return self.dilation is not None
 
     @contextmanager
-    def phase(self, name: str, target_s: float | None = None) -> Iterator[None]:
+    def phase(self, name: str, target_s: float | None = None, *, chain: bool = False
+              ) -> Iterator[None]:
         """Run the body, then (when emulated) sleep until ``dilation * target_s`` has passed
-        since the phase began. A body that raises is neither padded nor counted."""
+        since the phase began. A body that raises is neither padded nor counted.
+
+        ``chain``: the phase follows the previous one back to back on the emulated chip, so
+        its slot starts where the previous slot ended (not when this body starts): a phase
+        that ran a little late (an overrun) is made up by the next ones, as on a real chip
+        whose k-th micro-batch of a sequence ends at k x its time."""
         if self.dilation is not None and (target_s is None or target_s < 0):
             raise RuntimeSetupError(
                 f"phase {name!r} has target_s={target_s}: an emulated clock needs the "
                 f"phase's duration on the emulated chip (>= 0 s) from the cost model")
         begin = time.perf_counter()
+        slot_start = self._deadline if chain and self._deadline is not None else begin
+        if not chain:
+            self._lost_s, self._late_s = self._lost_s + self._late_s, 0.0
         yield
         body_end = time.perf_counter()
         totals = self._totals.setdefault(name, _Accumulator())
@@ -113,7 +128,8 @@ class PhaseClock:
         assert target_s is not None
         slot_s = self.dilation * target_s
         totals.slot_s += slot_s
-        deadline = begin + slot_s
+        deadline = self._deadline = slot_start + slot_s
+        self._late_s = max(0.0, body_end - deadline)
         if body_end > deadline:
             totals.num_overruns += 1
             return
@@ -123,7 +139,7 @@ class PhaseClock:
     def summary(self) -> ClockSummary:
         return ClockSummary(self.dilation, tuple(
             PhaseTotals(name, t.num_calls, t.compute_s, t.padded_s, t.slot_s, t.num_overruns)
-            for name, t in self._totals.items()))
+            for name, t in self._totals.items()), self._lost_s + self._late_s)
 
 
 @dataclass(frozen=True)
@@ -148,6 +164,11 @@ class PhaseTargets:
     @property
     def micro_batch_s(self) -> float:
         return self.forward_s + self.backward_s
+
+    @property
+    def gradient_sync_s(self) -> float:
+        """All of this rank's gradient all-reduces in a step, one after the other."""
+        return sum(self.allreduce_s.values())
 
 
 def phase_targets(plan: Plan, replica: int, stage: int) -> PhaseTargets:
@@ -189,6 +210,40 @@ def sleep_until(deadline: float) -> float:
         time.sleep(deadline - now)
         now = time.perf_counter()
     return now - begin
+
+
+@dataclass(frozen=True)
+class WarmupTiming:
+    """One rank's real compute for one step, timed alone, beside the cost model's times."""
+
+    host: str
+    cores: int  # CPU cores this rank may use
+    compute_s: float  # forward + backward of all its micro-batches, this rank alone
+    busy_compute_s: float  # the same while every rank computes at once
+    compute_target_s: float
+    optimizer_s: float
+    optimizer_target_s: float
+    step_target_s: float  # the rank's whole emulated step: compute, all-reduce, optimizer
+
+
+def dilation_from(timings: Sequence[WarmupTiming], margin: float = DILATION_MARGIN,
+                  busy_margin: float = BUSY_MARGIN) -> float:
+    """The dilation for one plan from every rank's warm-up: each rank's real work, timed
+    alone, must fit its slots, and each host's ranks together must fit its cores within the
+    emulated step (their work, squeezed onto the cores, is what stretches phases under
+    contention), both with ``margin``; and each rank's work timed while every rank computes
+    (the worst moment of a step, other jobs on the host included) must fit with
+    ``busy_margin``."""
+    fit = max(max(t.compute_s / t.compute_target_s, t.optimizer_s / t.optimizer_target_s)
+              for t in timings)
+    busy = max(t.busy_compute_s / t.compute_target_s for t in timings)
+    step_s = max(t.step_target_s for t in timings)  # every rank waits for the slowest
+    hosts: dict[str, list[WarmupTiming]] = {}
+    for t in timings:
+        hosts.setdefault(t.host, []).append(t)
+    capacity = max(sum(t.compute_s + t.optimizer_s for t in ts) / (ts[0].cores * step_s)
+                   for ts in hosts.values())
+    return dilation_for(max(fit * margin, capacity * margin, busy * busy_margin), 1.0)
 
 
 def dilation_for(ratio: float, margin: float = DILATION_MARGIN) -> float:

@@ -73,9 +73,13 @@ class WorkerOutcome:
 def _local_entry(plan: Plan, task: Task) -> WorkerOutcome:
     # One node: the plan rank is the local rank. Errors come back as values so that the
     # parent can tell the rank that failed first from the ranks that lost their peer.
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
     rank = int(os.environ["LOCAL_RANK"])
     try:
         return WorkerOutcome(rank, run_worker(plan, rank, task))
+    except SignalException:
+        raise  # the agent is stopping this rank (another one died): let it go at once
     except Exception as exc:
         return WorkerOutcome(rank, None, str(exc), type(exc).__name__,
                              isinstance(exc, PolychipError))
@@ -97,18 +101,22 @@ def launch_local(plan: Plan, task: Task, *, start_method: str | None = None) -> 
 
     roles = rank_roles(plan, emulate=task.emulate)
     check_devices(roles)
-    start_method = start_method or ("fork" if sys.platform == "linux" else "spawn")
+    # fork starts a rank in ~0.1 s instead of seconds, but only CPU ranks may be forked from
+    # a parent that has touched an accelerator's runtime (check_devices counts devices).
+    all_cpu = all(r.device_type == "cpu" for r in roles)
+    start_method = start_method or ("fork" if sys.platform == "linux" and all_cpu else "spawn")
     if start_method == "fork":
         _preimport()
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=len(roles),
         run_id=f"polychip-{uuid.uuid4().hex[:12]}", rdzv_backend="c10d",
         rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1,
-        # fork starts in ~0.1 s instead of seconds per rank; the parent has run no torch op
         start_method=start_method)
-    elastic_log = logging.getLogger("torch.distributed.elastic")
-    level = elastic_log.level
-    elastic_log.setLevel(logging.CRITICAL)  # failures are reported below, once and clearly
+    # Failures are reported below, once and clearly, not as the agent's log lines.
+    loggers = [logging.getLogger(n) for n in ("torch.distributed.elastic", "torch.multiprocessing")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.CRITICAL)
     try:
         outcomes: dict[int, WorkerOutcome] = elastic_launch(config, _local_entry)(plan, task)
     except ChildFailedError as exc:
@@ -118,7 +126,8 @@ def launch_local(plan: Plan, task: Task, *, start_method: str | None = None) -> 
             f"without a Python error (killed, out of memory or a crash in native code); "
             f"the other ranks were stopped") from None
     finally:
-        elastic_log.setLevel(level)
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
     failed = [o for _, o in sorted(outcomes.items()) if o.error is not None]
     if failed:
         first = next((o for o in failed if o.error_type != DistributedRunError.__name__),

@@ -51,7 +51,8 @@ class StepRecord:
     memory_kind: str  # "device" (allocator peak) or "host-rss" (process peak, CPU runs)
     emulated: bool
     dilation: float | None
-    overruns: int  # compute phases of this step whose real work exceeded the emulated slot
+    overruns: int  # compute phases of this step whose real work ran past the emulated slot
+    lost_s: float  # how much later than the emulated chip this rank's step work finished
     version: int = METRICS_VERSION
 
     def to_json(self) -> str:
@@ -100,6 +101,7 @@ class RunSummary:
     losses: tuple[float, ...]  # global loss per step
     num_overruns: int
     num_phases: int
+    lost_fraction: float  # worst rank: its emulation lateness / its run's wall time
     stages: tuple[StageSummary, ...] = field(default_factory=tuple)
 
     @property
@@ -163,4 +165,7 @@ def summarise(records: Sequence[StepRecord], *, num_phases_per_step: Sequence[in
         losses=tuple(float(losses[s]) for s in steps),  # type: ignore[arg-type]
         num_overruns=sum(r.overruns for r in records),
         num_phases=len(steps) * sum(num_phases_per_step),
+        lost_fraction=max(sum(r.lost_s for r in records if r.rank == rank)
+                          / sum(r.seconds for r in records if r.rank == rank)
+                          for rank in ranks),
         stages=tuple(stages))

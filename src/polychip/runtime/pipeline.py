@@ -25,6 +25,7 @@ whose activations are alive), and splits its time into compute, receive waits an
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,6 +109,7 @@ class StageRunner:
         self._in_grads: dict[Key, torch.Tensor] = {}
         self._posted: dict[tuple[Op, int, int], PendingRecv] = {}
         self._to_self: dict[int, torch.Tensor] = {}  # tag -> tensor (a one-stage pipeline)
+        self._chain = False  # whether the next compute phase follows the last one directly
         actions = self.program.actions
         for i, action in enumerate(actions):
             following = actions[i + 1] if i + 1 < len(actions) else None
@@ -137,6 +139,7 @@ class StageRunner:
         elif a.op is Op.ALLREDUCE:
             self._allreduce(a.segment)
         else:
+            self._chain = False
             t = self.targets
             with self.clock.phase("optimizer", t and t.optimizer_s):
                 self.optimizer.step()
@@ -145,7 +148,7 @@ class StageRunner:
     def _forward(self, m: int, c: int) -> None:
         role, t = self.role, self.targets
         reads, loss = self._reads_tokens(c), self._has_loss(c)
-        with self.clock.phase("forward", t and t.chunk_s[c][0]):
+        with self.clock.phase("forward", t and t.chunk_s[c][0], chain=self._chain):
             if reads or loss:
                 tokens, targets = self.stream.batch_for(self._step, role.micro_batch(m))
             x = tokens.to(self.device) if reads else self._inputs.pop((m, c))
@@ -154,6 +157,7 @@ class StageRunner:
                 out = loss_fn(out, targets.to(self.device)) * self.loss_scale
                 self.grads.add_loss_(out)
         self._stats.compute_s += self.clock.last_s
+        self._chain = True  # a compute phase right after this one starts at its slot's end
         self._held[(m, c)] = _Held(None if reads else x, out)
         self._stats.peak_activations = max(self._stats.peak_activations, len(self._held))
         if loss:
@@ -161,12 +165,13 @@ class StageRunner:
 
     def _backward(self, m: int, c: int) -> None:
         held, t = self._held.pop((m, c)), self.targets
-        with self.clock.phase("backward", t and t.chunk_s[c][1]):
+        with self.clock.phase("backward", t and t.chunk_s[c][1], chain=self._chain):
             if self._has_loss(c):
                 held.output.backward()
             else:
                 torch.autograd.backward(held.output, self._out_grads.pop((m, c)))
         self._stats.compute_s += self.clock.last_s
+        self._chain = True
         if held.inputs is not None:
             assert held.inputs.grad is not None
             self._in_grads[(m, c)] = held.inputs.grad
@@ -194,6 +199,7 @@ class StageRunner:
 
     def _receive(self, a: Action) -> None:
         begin = time.perf_counter()
+        self._chain = False  # the next phase starts when the data is there
         if not self.role.is_leader:
             tensor = torch.empty(self.shape, dtype=self.dtype, device=self.device)
         elif a.peer == self.role.rank:
@@ -218,6 +224,7 @@ class StageRunner:
 
     def _allreduce(self, segment: str) -> None:
         begin = time.perf_counter()
+        self._chain = False
         run = self.grads.run_of(segment)
         if self.grads.reduce(segment) and self.targets is not None:
             slot = sum(self.targets.allreduce_s[s] for s in run)
@@ -226,43 +233,36 @@ class StageRunner:
         self._stats.sync_s += time.perf_counter() - begin
 
     # ---- warm-up: how fast is this host? ---------------------------------------------------
-    def measure_ratio(self, window_s: float) -> float:
-        """Worst (real seconds / cost-model seconds) of this stage's forwards and backwards
-        (each chunk's), run unpadded, round and round for ``window_s`` while every rank
-        computes (the first round warms up; the slowest of the rest counts). No data moves
-        between stages: the inputs and output gradients are made up. TP ranks go round
-        together (their leader decides when to stop). Leaves the gradients zeroed."""
-        assert self.targets is not None
-        role, ratios = self.role, []
-        begin, rounds = time.perf_counter(), 0
+    def time_compute(self, min_s: float) -> float:
+        """Real seconds of one pass over this stage's micro-batches -- forward and backward
+        of each chunk, unpadded, with made-up stage inputs and output gradients (no data moves
+        between stages) -- repeated for at least ``min_s`` (at least 3 passes); the median
+        after the first. TP ranks go round together (their leader decides when to stop).
+        Leaves the gradients zeroed."""
+        role, passes = self.role, []
+        begin = time.perf_counter()
         while True:
-            more = time.perf_counter() - begin < window_s or rounds < 3
+            more = len(passes) < 3 or time.perf_counter() - begin < min_s
             if self.tp.size > 1:
                 flag = broadcast_from_leader(torch.tensor([float(more)], device=self.device),
                                              self.tp)
                 more = bool(flag.item())
             if not more:
                 break
-            tokens, targets = self.stream.batch_for(0, role.micro_batch(rounds
-                                                                        % role.num_micro_batches))
-            for c, (fwd_s, bwd_s) in enumerate(self.targets.chunk_s):
-                x = (tokens if self._reads_tokens(c)
-                     else torch.randn(self.shape, dtype=self.dtype).requires_grad_())
-                start = time.perf_counter()
-                out = self.model(x.to(self.device), chunk=c)
-                if self._has_loss(c):
-                    out = loss_fn(out, targets.to(self.device))
-                middle = time.perf_counter()
-                if self._has_loss(c):
-                    out.backward()
-                else:
-                    torch.autograd.backward(out, torch.randn_like(out))
-                end = time.perf_counter()
-                if rounds > 0:
-                    ratios.append(max((middle - start) / fwd_s, (end - middle) / bwd_s))
-            rounds += 1
+            start = time.perf_counter()
+            for m in range(role.num_micro_batches):
+                tokens, targets = self.stream.batch_for(0, role.micro_batch(m))
+                for c in range(self.num_chunks):
+                    x = (tokens if self._reads_tokens(c)
+                         else torch.randn(self.shape, dtype=self.dtype).requires_grad_())
+                    out = self.model(x.to(self.device), chunk=c)
+                    if self._has_loss(c):
+                        loss_fn(out, targets.to(self.device)).backward()
+                    else:
+                        torch.autograd.backward(out, torch.randn_like(out))
+            passes.append(time.perf_counter() - start)
         self.grads.zero_()
-        return max(ratios)
+        return statistics.median(passes[1:])
 
 
 _WHAT = {Op.SEND_ACT: "sending activations", Op.SEND_GRAD: "sending a gradient",

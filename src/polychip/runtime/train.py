@@ -10,14 +10,17 @@ single-stage replicas is plain heterogeneous data parallelism: the same code, wi
 
 With emulated chips every compute phase lasts exactly ``dilation x`` the cost model's time for
 this rank's chip and work, and messages and all-reduces take ``dilation x`` their modelled
-times (:mod:`polychip.runtime.pipeline`). The dilation, unless given, comes from a timed
-warm-up: the smallest round factor that fits the slowest real phase of any rank, with a margin
-(:func:`agree_dilation`).
+times (:mod:`polychip.runtime.pipeline`); compute phases that follow each other with nothing
+to wait for in between have chained slots (a late one is made up by the next). The dilation,
+unless given, comes from a warm-up in which each stage times its step alone, then all at once
+(:func:`agree_dilation`, :func:`polychip.runtime.emulate.dilation_from`).
 """
 
 from __future__ import annotations
 
+import os
 import resource
+import socket
 import statistics
 import time
 from collections.abc import Sequence
@@ -33,7 +36,13 @@ from polychip.plan.plan import Plan
 from polychip.plan.schedule import Op, build_schedule
 from polychip.runtime.data import DEFAULT_CORPUS_MAX_BYTES, SampleStream, open_source
 from polychip.runtime.data_parallel import StageGrads, fused_runs, loss_scale
-from polychip.runtime.emulate import PhaseClock, PhaseTargets, dilation_for, phase_targets
+from polychip.runtime.emulate import (
+    PhaseClock,
+    PhaseTargets,
+    WarmupTiming,
+    dilation_from,
+    phase_targets,
+)
 from polychip.runtime.errors import DistributedRunError, RuntimeSetupError
 from polychip.runtime.metrics import RunSummary, StepRecord, summarise, write_metrics
 from polychip.runtime.model import ModelConfig, build_stage
@@ -42,8 +51,8 @@ from polychip.runtime.pipeline import StageRunner
 from polychip.runtime.topology import RankRole, Topology, build_topology
 from polychip.spec.model import ModelSpec
 
-WARMUP_WINDOW_S = 0.6
-"""How long every rank computes, unpadded, to measure the host's speed under contention."""
+WARMUP_MIN_S = 0.15
+"""Each stage times its step's compute, alone, for at least this long."""
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
@@ -156,38 +165,45 @@ class Trainer:
         """Whether this rank shows the progress bar (it knows the global loss)."""
         return self.role.rank == reporting_rank(self.topology.roles)
 
-    @property
-    def num_phases_per_step(self) -> int:
-        return 2 * self.role.num_micro_batches * len(self.role.chunks) + 1
-
     def use_dilation(self, dilation: float) -> None:
         self.runner.clock = PhaseClock(dilation)
 
-    def measure_ratio(self, window_s: float = WARMUP_WINDOW_S, optimizer_repeats: int = 5
-                      ) -> float:
-        """Worst (real seconds / cost-model seconds) of this rank's compute phases, timed
-        unpadded while every rank computes (the worst contention a step can see): forward and
-        backward of its stage (:meth:`StageRunner.measure_ratio`), then the optimizer (median:
-        it is short enough for one scheduler time slice to double it). Leaves the model, its
-        gradients and optimizer untouched. Run it on every rank at once."""
-        assert self.targets is not None and optimizer_repeats >= 2
-        compute = self.runner.measure_ratio(window_s)
+    def time_compute(self, min_s: float = WARMUP_MIN_S) -> float:
+        """Real seconds of one pass over this rank's micro-batches (forward and backward of
+        each chunk, made-up inputs), unpadded: passes for at least ``min_s`` (at least 3), the
+        median after the first (:meth:`StageRunner.time_compute`). Gradients are zeroed
+        after. A stage's TP ranks must call it together."""
+        return self.runner.time_compute(min_s)
+
+    def time_optimizer(self) -> float:
+        """Real seconds of an optimizer step, on a throwaway copy of the parameters (the
+        median of 4 after one): the model and its optimizer stay untouched."""
         copies = [torch.nn.Parameter(p.detach().clone()) for p in self.grads.params]
         for c in copies:
             c.grad = torch.zeros_like(c)
         optimizer, opt = make_optimizer(self.config, copies), []
-        for _ in range(optimizer_repeats):
+        for _ in range(5):
             start = time.perf_counter()
             optimizer.step()
             opt.append(time.perf_counter() - start)
-        return max(compute, statistics.median(opt[1:]) / self.targets.optimizer_s)
+        return statistics.median(opt[1:])
+
+    def warmup_timing(self, alone_s: float, optimizer_s: float, busy_s: float
+                      ) -> WarmupTiming:
+        assert self.targets is not None
+        t, target = self.targets, self.role.num_micro_batches * self.targets.micro_batch_s
+        return WarmupTiming(
+            host=socket.gethostname(), cores=len(os.sched_getaffinity(0)),
+            compute_s=alone_s, busy_compute_s=busy_s, compute_target_s=target,
+            optimizer_s=optimizer_s, optimizer_target_s=t.optimizer_s,
+            step_target_s=target + t.optimizer_s + t.gradient_sync_s)
 
     def failure(self, step: int | None, what: str, exc: BaseException) -> DistributedRunError:
         role, where = self.role, "" if step is None else f" at step {step}"
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return DistributedRunError(
             f"rank {role.rank} (replica {role.replica}, stage {role.stage}, chip {role.chip})"
-            f"{where}: {what} failed: another rank died or stopped answering within the "
+            f"{where}: {what} failed: another rank died, or was silent for the "
             f"{self.config.timeout_s:.0f} s process-group timeout ({first_line})")
 
     def step(self, step: int) -> StepRecord:
@@ -211,7 +227,8 @@ class Trainer:
             wait_s=stats.recv_wait_s + stats.sync_s, recv_wait_s=stats.recv_wait_s,
             sync_s=stats.sync_s, peak_activations=stats.peak_activations,
             peak_memory_bytes=memory, memory_kind=kind, emulated=clock.emulated,
-            dilation=clock.dilation, overruns=after.num_overruns - before.num_overruns)
+            dilation=clock.dilation, overruns=after.num_overruns - before.num_overruns,
+            lost_s=after.lost_s - before.lost_s)
 
     def run(self, steps: int, *, start: int = 0, progress: bool = False,
             label: str = "training") -> list[StepRecord]:
@@ -236,14 +253,28 @@ class Trainer:
 
 
 def agree_dilation(trainers: Sequence[Trainer]) -> float:
-    """Collective: the dilation every rank uses, from each rank's worst warm-up ratio."""
-    dist.barrier()  # every rank computes at once: the warm-up sees the host's contention
-    worst = torch.tensor([max(t.measure_ratio() for t in trainers)], dtype=torch.float64)
+    """Collective: the dilation every rank uses. Each stage (its TP ranks together) times its
+    step's compute alone, in turn, then all at once (the host's contention, other jobs
+    included); every rank derives the same factor from all the timings
+    (:func:`dilation_from`; several trainers: the largest)."""
+    world = dist.get_world_size()
+    leader = trainers[0].role.stage_ranks[0]  # the plans share their ranks and stages' TP
+    alone: list[tuple[float, float]] = []
     try:
-        dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+        for turn in range(world):
+            dist.barrier()
+            if turn == leader:
+                alone = [(t.time_compute(), t.time_optimizer()) for t in trainers]
+        dist.barrier()
+        busy = [t.time_compute(2 * WARMUP_MIN_S) for t in trainers]
+        mine = [t.warmup_timing(a, o, b) for t, (a, o), b in zip(trainers, alone, busy,
+                                                                   strict=True)]
+        gathered: list[list[WarmupTiming] | None] = [None] * world
+        dist.all_gather_object(gathered, mine)
     except RuntimeError as exc:
         raise trainers[0].failure(None, "agreeing on the dilation", exc) from exc
-    return dilation_for(float(worst.item()))
+    return max(dilation_from([g[i] for g in gathered if g is not None])
+               for i in range(len(trainers)))
 
 
 def estimate_tokens_per_s(plan: Plan) -> float:
