@@ -69,7 +69,8 @@ def heterogeneous(rounds: int, steps: int) -> dict:
     return {
         "shares_planned": [r.batch_size for r in planned.replicas],
         "shares_even": [r.batch_size for r in even.replicas],
-        "dilation": runs_p[0].dilation,
+        "dilation_start": summaries[0].dilation_start,
+        "dilation": max(s.dilation or 0.0 for s in summaries),
         "rounds": rounds,
         "planned_tokens_per_s": p,
         "even_tokens_per_s": e,
@@ -167,8 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     begin = time.perf_counter()
     het = heterogeneous(args.rounds, args.steps)
     ovh = overhead(args.pairs, args.ddp_ranks)
-    print("\nEmulated chips (speeds 1:1:2:4, dilation "
-          f"{het['dilation']:g}; tokens/s in emulated chip time, median of {args.rounds})")
+    dilation = f"{het['dilation']:g}"
+    if het["dilation"] != het["dilation_start"]:
+        dilation = f"{het['dilation_start']:g} raised to {dilation}"
+    print(f"\nEmulated chips (speeds 1:1:2:4, dilation {dilation}; tokens/s in emulated chip "
+          f"time, median of {args.rounds})")
     print("| split | shares | measured tok/s | cost-model estimate tok/s |")
     print("|---|---|---:|---:|")
     print(f"| planned (proportional) | {het['shares_planned']} | "

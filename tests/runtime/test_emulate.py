@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from polychip.runtime.emulate import PhaseClock
+from polychip.runtime.emulate import DilationGovernor, PhaseClock
 from polychip.runtime.errors import RuntimeSetupError
 
 TOLERANCE_S = 0.01  # sleep wake-up latency on a busy host; the lower bound is exact
@@ -99,3 +99,22 @@ def test_chained_phases_make_up_for_a_late_one() -> None:
     with clock.phase("optimizer", target_s=0.01):
         time.sleep(0.02)  # late, and nothing follows to make it up
     assert clock.summary().lost_s == pytest.approx(0.01, abs=TOLERANCE_S)
+
+
+def test_governor_raises_the_dilation_when_overruns_cost_time() -> None:
+    gov = DilationGovernor(20.0, step_target_s=0.01, window=3, max_lost=0.02)
+    # budget per window: 2 % of 3 steps of 20 x 10 ms = 12 ms lost, summed over ranks
+    assert [gov.observe(0.003) for _ in range(3)] == [None, None, None]  # 9 ms: fine
+    assert [gov.observe(0.005) for _ in range(3)] == [None, None, 25.0]  # 15 ms: raise
+    assert gov.dilation == 25.0
+    assert [gov.observe(0.005) for _ in range(3)] == [None, None, None]  # budget now 15 ms
+
+
+def test_clock_takes_a_new_dilation_and_keeps_its_totals() -> None:
+    clock = PhaseClock(dilation=1.0)
+    with clock.phase("a", target_s=0.0):
+        pass
+    clock.set_dilation(2.0)
+    assert clock.dilation == 2.0 and clock.summary().phase("a").num_calls == 1
+    with pytest.raises(RuntimeSetupError):
+        PhaseClock(None).set_dilation(2.0)

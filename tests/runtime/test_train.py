@@ -48,9 +48,14 @@ def _exact_worker(rank: int, world_size: int, plan: Plan) -> None:
         topology = build_topology(plan, rank, emulate=True, timeout=config.timeout)
         assert topology.islands == ((0,), (1, 2))
         trainer = Trainer(plan, config, topology)
-        trainer.use_dilation(1.0)  # the emulated clocks' code path; slots of microseconds
+        # The emulated clocks' code path, with slots of microseconds: every phase overruns,
+        # and the governor raises the dilation after 3 steps, on every rank alike.
+        trainer.use_dilation(1.0, adaptive=True)
         records = trainer.run(config.steps)
         trainer.sync.check_views()
+        dilations: list[float | None] = [None] * world_size
+        dist.all_gather_object(dilations, trainer.dilation)
+        assert dilations == [1.3] * world_size
 
         reference = build_full_model(model_config(plan.model), seed=0, dtype=torch.float64)
         ref_opt = make_optimizer(config, list(reference.parameters()))

@@ -80,7 +80,8 @@ def _figures(plan: Any, even: Any, planned: Any, naive: Any, estimate: Any) -> d
     common = min(len(planned.losses), len(naive.losses))
     return {
         "emulated": True,
-        "dilation": planned.dilation,
+        "dilation_start": planned.dilation_start,
+        "dilation": max(planned.dilation or 0.0, naive.dilation or 0.0),
         "chips": [r.stages[0].chip for r in plan.replicas],
         "shares_planned": [r.batch_size for r in plan.replicas],
         "shares_even": [r.batch_size for r in even.replicas],

@@ -32,6 +32,10 @@ def emulation_note(summary: RunSummary) -> str:
     if not summary.emulated:
         return "Speeds are this machine's own (no emulation)."
     d = f"{summary.dilation:g}"
+    raised = ""
+    if summary.dilation_start is not None and summary.dilation != summary.dilation_start:
+        raised = (f" The dilation was raised from {summary.dilation_start:g} during the run, "
+                  f"when overruns cost the emulated chips time.")
     return (f"Chip speeds were EMULATED on this CPU: every compute phase lasted {d} x the cost "
             f"model's time for its chip, each transfer between stages arrived {d} x its "
             f"modelled time after it was sent, and each gradient all-reduce was followed by "
@@ -39,7 +43,7 @@ def emulation_note(summary: RunSummary) -> str:
             f"{d} (seconds). Overruns: {summary.num_overruns} of {summary.num_phases} compute "
             f"phases ran past their slot; the emulated chips lost "
             f"{summary.lost_fraction:.1%} of their time to them (a late phase is made up by the "
-            f"next one when it follows directly).")
+            f"next one when it follows directly).{raised}")
 
 
 def step_times(plan: Plan) -> tuple[float, float]:

@@ -108,7 +108,7 @@ class CompareTask:
         if config.emulate:
             dilation = config.dilation or agree_dilation(trainers)
             for t in trainers:
-                t.use_dilation(dilation)
+                t.use_dilation(dilation, adaptive=config.dilation is None)
         out: list[RunSummary] = []
         done = [0] * len(trainers)
         for _ in range(self.rounds):
@@ -119,6 +119,8 @@ class CompareTask:
                                       and bool(label),
                                       label=label or "")
                 done[i] += steps
+                for other in trainers:  # a dilation raised under load holds for all plans
+                    other.raise_dilation_to(trainer.dilation or 0.0)
                 summary = gather_summary(trainer, records)
                 if summary is not None:
                     out.append(summary)

@@ -99,6 +99,13 @@ class PhaseClock:
     def emulated(self) -> bool:
         return self.dilation is not None
 
+    def set_dilation(self, dilation: float) -> None:
+        """A new factor for the phases to come (totals are kept)."""
+        if self.dilation is None or not dilation > 0:
+            raise RuntimeSetupError(
+                f"dilation={dilation}: only an emulated clock takes a new dilation (> 0)")
+        self.dilation = dilation
+
     @contextmanager
     def phase(self, name: str, target_s: float | None = None, *, chain: bool = False
               ) -> Iterator[None]:
@@ -244,6 +251,46 @@ def dilation_from(timings: Sequence[WarmupTiming], margin: float = DILATION_MARG
     capacity = max(sum(t.compute_s + t.optimizer_s for t in ts) / (ts[0].cores * step_s)
                    for ts in hosts.values())
     return dilation_for(max(fit * margin, capacity * margin, busy * busy_margin), 1.0)
+
+
+def plan_step_target_s(plan: Plan) -> float:
+    """The emulated step every rank waits for: the slowest rank's compute and optimizer, plus
+    the modelled all-reduce (the same figure on every rank)."""
+    out = 0.0
+    for ri, rep in enumerate(plan.replicas):
+        for si in range(rep.num_stages):
+            t = phase_targets(plan, ri, si)
+            out = max(out, rep.num_micro_batches * t.micro_batch_s + t.optimizer_s
+                      + t.gradient_sync_s)
+    return out
+
+
+class DilationGovernor:
+    """Raises the dilation when overruns cost the emulated chips more than ``max_lost`` of
+    their time over ``window`` steps (another job started on the host, say).
+
+    Its inputs are the same on every rank -- the time all ranks lost this step (summed by the
+    gradient all-reduce), the dilation and the plan's emulated step -- so every rank makes the
+    same decision at the same step without a collective of its own.
+    """
+
+    def __init__(self, dilation: float, step_target_s: float, *, window: int = 3,
+                 max_lost: float = 0.02, factor: float = 1.25) -> None:
+        self.dilation, self.step_target_s = dilation, step_target_s
+        self.window, self.max_lost, self.factor = window, max_lost, factor
+        self._lost: list[float] = []
+
+    def observe(self, lost_s: float) -> float | None:
+        """Record one step's lateness summed over the ranks; the new dilation, if raised."""
+        self._lost.append(lost_s)
+        if len(self._lost) < self.window:
+            return None
+        budget = self.max_lost * self.window * self.dilation * self.step_target_s
+        lost, self._lost = sum(self._lost), []
+        if lost <= budget:
+            return None
+        self.dilation = dilation_for(self.dilation, self.factor)
+        return self.dilation
 
 
 def dilation_for(ratio: float, margin: float = DILATION_MARGIN) -> float:

@@ -2,7 +2,8 @@
 
 Times are wall seconds on this machine. With emulated chips every compute phase lasts
 ``dilation x`` the cost model's time, so *chip-time* figures (what the emulated cluster would
-do) are wall figures times the dilation; the summary gives both and says they were emulated.
+do) are wall figures divided by the step's dilation; the summary gives both and says they
+were emulated.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ class RunSummary:
     world_size: int
     tokens_per_step: int
     emulated: bool
-    dilation: float | None
+    dilation: float | None  # the last step's (raised from dilation_start after overruns)
+    dilation_start: float | None
     wall_tokens_per_s: float  # measured on this machine, steady state (step 0 left out)
     tokens_per_s: float  # chip time: wall x dilation when emulated, else wall
     ideal_tokens_per_s: float  # chip time: sum over replicas of tokens / slowest stage compute
@@ -141,8 +143,13 @@ def summarise(records: Sequence[StepRecord], *, num_phases_per_step: Sequence[in
     leaders = [r for r in records if r.step == steps[0] and r.tp_rank == 0]
     tokens_per_step = sum(r.tokens for r in leaders if r.stage == 0)
     steady = steps[1:] if len(steps) > 1 else steps
-    wall = tokens_per_step * len(steady) / sum(rank0[s].seconds for s in steady)
-    scale = first.dilation if first.emulated and first.dilation else 1.0
+
+    def scale(r: StepRecord) -> float:  # chip seconds per wall second of this step
+        return 1.0 / r.dilation if r.emulated and r.dilation else 1.0
+
+    tokens = tokens_per_step * len(steady)
+    wall = tokens / sum(rank0[s].seconds for s in steady)
+    chip = tokens / sum(rank0[s].seconds * scale(rank0[s]) for s in steady)
     stages, slowest = [], {}
     for leader in sorted(leaders, key=lambda r: r.rank):
         mine = [r for r in records if r.rank == leader.rank and r.step in steady]
@@ -154,13 +161,15 @@ def summarise(records: Sequence[StepRecord], *, num_phases_per_step: Sequence[in
             tuple((a, b) for a, b in leader.layers), leader.samples,
             median("compute_s"), median("wait_s"), median("recv_wait_s"), median("sync_s"),
             max(r.peak_activations for r in mine)))
-        slowest[leader.replica] = max(slowest.get(leader.replica, 0.0), stages[-1].compute_s)
+        chip_compute = statistics.median(r.compute_s * scale(r) for r in mine)
+        slowest[leader.replica] = max(slowest.get(leader.replica, 0.0), chip_compute)
     ideal = sum(next(r.tokens for r in leaders if r.replica == rep) / compute
                 for rep, compute in slowest.items() if compute > 0)
+    last = rank0[steps[-1]]
     return RunSummary(
         steps=len(steps), world_size=len(ranks), tokens_per_step=tokens_per_step,
-        emulated=first.emulated, dilation=first.dilation, wall_tokens_per_s=wall,
-        tokens_per_s=wall * scale, ideal_tokens_per_s=ideal * scale,
+        emulated=first.emulated, dilation=last.dilation, dilation_start=first.dilation,
+        wall_tokens_per_s=wall, tokens_per_s=chip, ideal_tokens_per_s=ideal,
         estimate_tokens_per_s=estimate_tokens_per_s,
         losses=tuple(float(losses[s]) for s in steps),  # type: ignore[arg-type]
         num_overruns=sum(r.overruns for r in records),

@@ -37,11 +37,13 @@ from polychip.plan.schedule import Op, build_schedule
 from polychip.runtime.data import DEFAULT_CORPUS_MAX_BYTES, SampleStream, open_source
 from polychip.runtime.data_parallel import StageGrads, fused_runs, loss_scale
 from polychip.runtime.emulate import (
+    DilationGovernor,
     PhaseClock,
     PhaseTargets,
     WarmupTiming,
     dilation_from,
     phase_targets,
+    plan_step_target_s,
 )
 from polychip.runtime.errors import DistributedRunError, RuntimeSetupError
 from polychip.runtime.metrics import RunSummary, StepRecord, summarise, write_metrics
@@ -151,6 +153,8 @@ class Trainer:
             loss_scale=loss_scale(role.batch_share, role.global_batch, role.num_micro_batches),
             activation_shape=(role.micro_batch_size, plan.job.seq_len, plan.model.hidden_size),
             targets=self.targets, device=self.device, failure=self.failure)
+        self.governor: DilationGovernor | None = None
+        self._lost_reported = 0.0
 
     @property
     def sync(self) -> StageGrads:
@@ -165,8 +169,24 @@ class Trainer:
         """Whether this rank shows the progress bar (it knows the global loss)."""
         return self.role.rank == reporting_rank(self.topology.roles)
 
-    def use_dilation(self, dilation: float) -> None:
+    def use_dilation(self, dilation: float, *, adaptive: bool = False) -> None:
+        """Emulate with ``dilation``; ``adaptive``: raise it, on every rank at the same step,
+        when overruns cost the emulated chips time (:class:`DilationGovernor`)."""
         self.runner.clock = PhaseClock(dilation)
+        self.governor = (DilationGovernor(dilation, plan_step_target_s(self.plan))
+                         if adaptive else None)
+
+    @property
+    def dilation(self) -> float | None:
+        """The dilation of the next step (None: not emulated)."""
+        return self.governor.dilation if self.governor is not None else self.clock.dilation
+
+    def raise_dilation_to(self, dilation: float) -> None:
+        """Another trainer of this job had to raise the dilation: start from there too."""
+        if self.clock.dilation is not None and dilation > self.clock.dilation:
+            self.clock.set_dilation(dilation)
+            if self.governor is not None:
+                self.governor.dilation = dilation
 
     def time_compute(self, min_s: float = WARMUP_MIN_S) -> float:
         """Real seconds of one pass over this rank's micro-batches (forward and backward of
@@ -208,10 +228,14 @@ class Trainer:
 
     def step(self, step: int) -> StepRecord:
         role, clock = self.role, self.clock
+        if self.governor is not None and self.governor.dilation != clock.dilation:
+            clock.set_dilation(self.governor.dilation)  # raised at the end of the last step
         before = clock.summary()
         begin = time.perf_counter()
         self.grads.zero_()
         stats = self.runner.run(step)
+        if self.governor is not None:
+            self._observe_lateness(step)
         end = time.perf_counter()
         after = clock.summary()
         memory, kind = peak_memory(self.device)
@@ -227,8 +251,22 @@ class Trainer:
             wait_s=stats.recv_wait_s + stats.sync_s, recv_wait_s=stats.recv_wait_s,
             sync_s=stats.sync_s, peak_activations=stats.peak_activations,
             peak_memory_bytes=memory, memory_kind=kind, emulated=clock.emulated,
-            dilation=clock.dilation, overruns=after.num_overruns - before.num_overruns,
+            dilation=before.dilation, overruns=after.num_overruns - before.num_overruns,
             lost_s=after.lost_s - before.lost_s)
+
+    def _observe_lateness(self, step: int) -> None:
+        """Sum every rank's lateness of this step (one scalar over the world: a pipeline's
+        gradient segments do not reach every rank) and let the governor decide, with the same
+        inputs, the same way everywhere."""
+        assert self.governor is not None
+        lost = self.clock.summary().lost_s
+        late = torch.tensor([lost - self._lost_reported], dtype=torch.float64)
+        self._lost_reported = lost
+        try:
+            dist.all_reduce(late, op=dist.ReduceOp.SUM)
+        except RuntimeError as exc:
+            raise self.failure(step, "summing the emulated lateness", exc) from exc
+        self.governor.observe(float(late.item()))
 
     def run(self, steps: int, *, start: int = 0, progress: bool = False,
             label: str = "training") -> list[StepRecord]:
@@ -311,7 +349,8 @@ def train(plan: Plan, rank: int, config: TrainConfig) -> RunSummary | None:
     topology = build_topology(plan, rank, emulate=config.emulate, timeout=config.timeout)
     trainer = Trainer(plan, config, topology)
     if config.emulate:
-        trainer.use_dilation(config.dilation or agree_dilation([trainer]))
+        trainer.use_dilation(config.dilation or agree_dilation([trainer]),
+                             adaptive=config.dilation is None)
     records = trainer.run(config.steps, progress=config.progress and trainer.reports)
     return gather_summary(trainer, records, config.metrics_path)
 
