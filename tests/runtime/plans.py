@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,3 +44,44 @@ def cpu_test_plan(shares: Sequence[int] = (4, 4, 16, 8), micro_batch: int = 4, *
     return dp_plan(cpu_test_cluster(), [(n, d, c, s, min(micro_batch, s))
                                         for (n, d, c), s in zip(chips, shares, strict=True)],
                    model=model, seq_len=seq_len)
+
+
+StageSpec = tuple[int, int, int, tuple[int, ...], str]  # layers [a, b), node, devices, chip
+
+
+def pp_plan(cluster: Cluster, replicas: Sequence[tuple[Sequence[StageSpec], int, int]], *,
+            model: ModelSpec = MICRO, seq_len: int = 8, schedule: str = "1f1b") -> Plan:
+    """Pipeline replicas: (stages, batch share, micro-batch size) each."""
+    job = TrainingJob(global_batch=sum(r[1] for r in replicas), seq_len=seq_len)
+    plan = Plan(cluster, model, job, tuple(
+        Replica(tuple(Stage(a, b, node, devs, chip) for a, b, node, devs, chip in stages),
+                share, mbs)
+        for stages, share, mbs in replicas), schedule=schedule)  # type: ignore[arg-type]
+    validate_plan(plan)
+    return plan
+
+
+TINY4 = ModelSpec("tiny4", num_layers=4, hidden_size=16, num_heads=4, num_kv_heads=2,
+                  ffn_hidden_size=32, vocab_size=256)
+
+
+def hybrid_plan(schedule: str = "1f1b") -> Plan:
+    """Replica 0: layers 0-0 on a slow chip, 1-3 on two fast chips (TP 2), 6 samples in 3
+    micro-batches; replica 1: all 4 layers on one slow chip, 2 samples in 2 micro-batches.
+    Ranks: 0 (slow), 1 + 2 (fast, TP), 3 (slow). Two islands; replicas of different layouts
+    and TP degrees hold the same layers."""
+    c = cluster([{"chip": "cpu-fast", "count": 1, "chips_per_node": 2, "nic_gbps": 10},
+                 {"chip": "cpu-slow", "count": 1, "chips_per_node": 2, "nic_gbps": 10}])
+    return pp_plan(c, [([(0, 1, 1, (0,), "cpu-slow"), (1, 4, 0, (0, 1), "cpu-fast")], 6, 2),
+                       ([(0, 4, 1, (1,), "cpu-slow")], 2, 1)], model=TINY4, schedule=schedule)
+
+
+def interleaved_plan() -> Plan:
+    """Interleaved 1F1B, 2 model chunks per stage. Replica 0: 2 + 2 layers (chunks: layers 0
+    and 2 on the slow chip, 1 and 3 on the fast TP pair), 4 micro-batches of 1; replica 1:
+    all 4 layers on one slow chip (chunks 0-1 and 2-3, feeding itself), 2 micro-batches."""
+    plan = hybrid_plan()
+    staged = pp_plan(plan.cluster, [([(0, 2, 1, (0,), "cpu-slow"), (2, 4, 0, (0, 1), "cpu-fast")],
+                                     4, 1), ([(0, 4, 1, (1,), "cpu-slow")], 2, 1)],
+                     model=TINY4, schedule="interleaved-1f1b")
+    return dataclasses.replace(staged, virtual_stages=2)

@@ -15,6 +15,7 @@ from polychip.runtime.model import (
     build_stage,
     loss_fn,
 )
+from polychip.runtime.tensor_parallel import TensorParallel, shard_of
 
 TINY = ModelConfig(num_layers=4, hidden_size=16, num_heads=4, num_kv_heads=2,
                    ffn_hidden_size=32, vocab_size=64)
@@ -135,6 +136,26 @@ def test_bad_stage_is_a_setup_error(args: tuple, fragment: str) -> None:
         StageModule(TINY, *args)
 
 
-def test_tensor_parallelism_is_refused_for_now() -> None:
-    with pytest.raises(RuntimeSetupError, match="tensor parallelism"):
-        StageModule(TINY, 0, 4, True, True, tp_rank=0, tp_size=2)
+def test_tp_degree_must_divide_the_heads() -> None:
+    with pytest.raises(RuntimeSetupError, match="does not divide num_kv_heads=2"):
+        StageModule(TINY, 0, 4, True, True, tp=TensorParallel(4, 0))
+
+
+def test_tp_ranks_hold_slices_of_the_same_initial_model() -> None:
+    full = dict(build_full_model(TINY, seed=3, dtype=F64).named_parameters())
+    for rank in range(2):
+        shard = build_stage(TINY, 0, 4, seed=3, dtype=F64, tp=TensorParallel(2, rank))
+        assert shard.layers["1"].attn.wq.weight.shape == (8, 16)
+        assert shard.layers["1"].mlp.w_down.weight.shape == (16, 16)
+        for name, p in shard.named_parameters():
+            assert torch.equal(p, shard_of(full[name], name, rank, 2)), name
+
+
+def test_recompute_gives_the_same_gradients() -> None:
+    plain = build_full_model(TINY, seed=2, dtype=F64)
+    again = build_stage(TINY, 0, 4, seed=2, dtype=F64, recompute=True)
+    inputs, targets = _tokens()
+    for model in (plain, again):
+        loss_fn(model(inputs), targets).backward()
+    for (name, p), q in zip(plain.named_parameters(), again.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=0, atol=1e-15, msg=name)

@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 
-from polychip.plan import Replica, Stage
 from polychip.runtime.emulate import WarmupTiming, dilation_for, dilation_from, phase_targets
 from polychip.runtime.errors import RuntimeSetupError
 from polychip.runtime.launch import (
@@ -15,10 +14,24 @@ from polychip.runtime.launch import (
     plan_rank,
     torchrun_commands,
 )
-from polychip.runtime.topology import check_devices, islands, rank_roles, world_backend
+from polychip.runtime.topology import (
+    check_devices,
+    islands,
+    rank_roles,
+    segment_pieces,
+    world_backend,
+)
 from polychip.spec.model import PRESETS
 
-from .plans import MICRO, cluster, cpu_test_plan, dp_plan
+from .plans import (
+    MICRO,
+    TINY4,
+    cluster,
+    cpu_test_plan,
+    dp_plan,
+    hybrid_plan,
+    interleaved_plan,
+)
 
 
 def test_roles_of_an_uneven_plan() -> None:
@@ -67,16 +80,39 @@ def test_missing_device_type_names_it_and_suggests_emulate() -> None:
     assert {(r.device_type, r.backend) for r in emulated} == {("cpu", "gloo")}
 
 
-def test_pipelines_and_tensor_parallel_are_refused_not_faked() -> None:
-    plan = cpu_test_plan()
-    two_stages = Replica((Stage(0, 1, 0, (0,), "cpu-slow"), Stage(1, 2, 0, (1,), "cpu-slow")),
-                         4, 4)
-    staged = dataclasses.replace(plan, replicas=(two_stages, *plan.replicas[2:]))
-    with pytest.raises(RuntimeSetupError, match="not yet: pipeline/tensor parallel"):
-        rank_roles(staged, emulate=True)
-    tp = Replica((Stage(0, 2, 0, (0, 1), "cpu-slow"),), 8, 4)
-    with pytest.raises(RuntimeSetupError, match="tensor-parallel degree 2: not yet"):
-        rank_roles(dataclasses.replace(plan, replicas=(tp, *plan.replicas[2:])), emulate=True)
+def test_roles_and_gradient_pieces_of_a_hybrid_plan() -> None:
+    plan = hybrid_plan()
+    roles = rank_roles(plan, emulate=True)
+    assert [(r.replica, r.stage, r.tp_rank, r.layer_start, r.layer_end) for r in roles] == [
+        (0, 0, 0, 0, 1), (0, 1, 0, 1, 4), (0, 1, 1, 1, 4), (1, 0, 0, 0, 4)]
+    assert roles[2].stage_ranks == (1, 2) and not roles[2].is_leader
+    assert roles[1].last_stage and not roles[0].last_stage and roles[3].first_stage
+    assert islands(roles) == ((0, 3), (1, 2))
+    pieces = segment_pieces(plan)
+    assert list(pieces) == ["head", "1:4", "0:1", "emb"]
+    # TP 2 meets TP 1: two pieces, the single slow chip takes part in both
+    assert [(p.index, p.num, p.ranks) for p in pieces["head"]] == [(0, 2, (1, 3)),
+                                                                   (1, 2, (2, 3))]
+    assert [(p.num, p.ranks) for p in pieces["emb"]] == [(1, (0, 3))]
+
+
+def test_interleaved_ranks_hold_the_chunks_the_schedule_runs() -> None:
+    roles = rank_roles(interleaved_plan(), emulate=True)
+    assert [r.chunks for r in roles] == [((0, 1), (2, 3)), ((1, 2), (3, 4)), ((1, 2), (3, 4)),
+                                         ((0, 2), (2, 4))]
+    pieces = segment_pieces(interleaved_plan())
+    assert list(pieces) == ["head", "3:4", "2:3", "1:2", "0:1", "emb"]
+
+
+def test_what_the_runtime_cannot_run_yet_is_refused_not_faked() -> None:
+    plan = hybrid_plan()
+    tied = dataclasses.replace(plan, model=dataclasses.replace(TINY4, tie_embeddings=True))
+    with pytest.raises(RuntimeSetupError, match="ties its output head"):
+        rank_roles(tied, emulate=True)
+    odd = dataclasses.replace(plan, model=dataclasses.replace(TINY4, num_kv_heads=1))
+    with pytest.raises(RuntimeSetupError, match="degree 2, which does not divide the model's "
+                                                "num_kv_heads=1"):
+        rank_roles(odd, emulate=True)
 
 
 def test_phase_targets_follow_chip_speed() -> None:
@@ -159,3 +195,33 @@ def test_hosts_per_cluster_node_or_per_used_node() -> None:
     assert hosts_for_nodes(plan, ["a", "c"]) == {0: "a", 2: "c"}
     with pytest.raises(RuntimeSetupError, match=r"gives 1 hosts.*3 nodes.*uses 2"):
         hosts_for_nodes(plan, ["a"])
+
+
+def test_segments_fuse_when_their_holders_match_and_params_find_their_segment() -> None:
+    from polychip.plan import build_schedule
+    from polychip.runtime.data_parallel import fused_runs, segment_of
+
+    plan = hybrid_plan()
+    groups = build_schedule(plan).groups
+    # replica 1's single stage holds everything: head + 1:4 share holders, so do 0:1 + emb
+    assert fused_runs(["head", "1:4", "0:1", "emb"], groups) == [["head", "1:4"],
+                                                                  ["0:1", "emb"]]
+    # same holders but not next to each other in the global order: never one collective
+    assert fused_runs(["head", "0:1"], {"head": (0, 1), "1:4": (2, 1), "0:1": (0, 1)}) == [
+        ["head"], ["0:1"]]
+    segments = ["head", "1:4", "0:1", "emb"]
+    assert segment_of("layers.3.attn.wq.weight", segments) == "1:4"
+    assert segment_of("layers.0.mlp_norm.weight", segments) == "0:1"
+    assert segment_of("final_norm.weight", segments) == "head"
+    assert segment_of("embed.weight", ["head"]) == ""
+
+
+def test_even_layer_split_keeps_devices_and_batches() -> None:
+    from polychip.runtime.compare import even_layer_split
+
+    plan = hybrid_plan()
+    even = even_layer_split(plan)
+    assert [(s.layer_start, s.layer_end, s.local_devices) for s in even.replicas[0].stages] == [
+        (0, 2, (0,)), (2, 4, (0, 1))]
+    assert even.replicas[1] == plan.replicas[1]
+    assert even.estimate is not None

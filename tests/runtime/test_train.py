@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 from polychip.cli import main
 from polychip.plan import Plan, save_plan
 from polychip.runtime.data import SampleStream, StdlibCorpus
-from polychip.runtime.data_parallel import GradSync
+from polychip.runtime.data_parallel import StageGrads
 from polychip.runtime.errors import DistributedRunError
 from polychip.runtime.model import build_full_model, loss_fn
 from polychip.runtime.topology import build_topology
@@ -131,20 +131,21 @@ def test_a_rank_that_dies_mid_step_stops_the_others_with_a_clear_error(tmp_path:
 
 def test_grads_live_in_one_buffer_and_accumulate_in_place() -> None:
     model = build_full_model(model_config(cpu_test_plan().model), dtype=torch.float64)
-    sync = GradSync(list(model.parameters()), 3, 4, allreduce=lambda t: None)
+    grads = StageGrads(model, ["head", "0:2", "emb"], [["head", "0:2", "emb"]], {},
+                       has_loss=True, tp_size=1)
+    assert [e.segment for e in grads.entries[:3]] == ["head", "head", "head"]
+    assert grads.entries[2].name == "<loss>" and grads.entries[-1].name == "embed.weight"
     x = torch.randint(0, 256, (2, 8))
     for _ in range(2):
         loss = loss_fn(model(x), x)
         loss.backward()
-        sync.add_loss_(loss)
-    sync.check_views()
+        grads.add_loss_(loss)
+    grads.check_views()
     once = build_full_model(model_config(cpu_test_plan().model), dtype=torch.float64)
     loss_fn(once(x), x).backward()
-    total, late = sync.sync(late_s=0.25)  # scaled by 3/4, all-reduce a no-op
-    assert total == pytest.approx(2 * 0.75 * loss.item())
-    assert late == pytest.approx(0.25)  # not weighted by the share
+    assert grads.loss == pytest.approx(2 * loss.item())
     for p, q in zip(model.parameters(), once.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, 2 * 0.75 * q.grad, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(p.grad, 2 * q.grad, rtol=1e-12, atol=1e-15)
 
 
 # ---- the command ------------------------------------------------------------------------

@@ -37,11 +37,28 @@ def emulation_note(summary: RunSummary) -> str:
         raised = (f" The dilation was raised from {summary.dilation_start:g} during the run, "
                   f"when overruns cost the emulated chips time.")
     return (f"Chip speeds were EMULATED on this CPU: every compute phase lasted {d} x the cost "
-            f"model's time for its chip, and each gradient all-reduce was followed by {d} x "
-            f"its modelled time; chip-time throughput = wall throughput x {d}. Overruns: "
-            f"{summary.num_overruns} of {summary.num_phases} compute phases ran past their "
-            f"slot; the emulated chips lost {summary.lost_fraction:.1%} of their time to them "
-            f"(a late micro-batch is made up by the next one when it can be).{raised}")
+            f"model's time for its chip, each transfer between stages arrived {d} x its "
+            f"modelled time after it was sent, and each gradient all-reduce was followed by "
+            f"{d} x its modelled time; chip-time figures = wall x {d} (tokens/s) or wall / "
+            f"{d} (seconds). Overruns: {summary.num_overruns} of {summary.num_phases} compute "
+            f"phases ran past their slot; the emulated chips lost "
+            f"{summary.lost_fraction:.1%} of their time to them (a late phase is made up by the "
+            f"next one when it follows directly).{raised}")
+
+
+def step_times(plan: Plan) -> tuple[float, float]:
+    """(the plan's analytic step time, the simulator's) in chip seconds, for the plan as it
+    is (the plan's own estimate if it has one)."""
+    from polychip.costmodel.estimate import CostModel
+    from polychip.simulator import simulate
+
+    if plan.estimate is not None and plan.estimate.source == "analytic":
+        analytic = plan.estimate.step_time_s
+    else:
+        cost = CostModel(plan.cluster, plan.model, plan.job)
+        analytic = cost.evaluate(plan.replicas, plan.schedule, plan.zero1,
+                                 plan.virtual_stages).step_time_s
+    return analytic, simulate(plan).step_time_s
 
 
 def print_train_summary(console: Console, plan: Plan, summary: RunSummary) -> None:
@@ -60,12 +77,23 @@ def print_train_summary(console: Console, plan: Plan, summary: RunSummary) -> No
                   "—" if not est else f"{s.tokens_per_s / est:.0%}",
                   f"{s.ideal_tokens_per_s:,.0f}", f"{s.wall_tokens_per_s:,.0f}")
     console.print(table)
-    per = Table(title="per replica (median seconds per step, wall)")
-    for col in ("replica", "chip", "samples", "compute s", "wait s"):
-        per.add_column(col, justify="right" if col != "chip" else "left")
-    for r in s.replicas:
-        per.add_row(str(r.replica), r.chip, str(r.batch_share), f"{r.compute_s:.3f}",
-                    f"{r.wait_s:.3f}")
+    analytic, simulated = step_times(plan)
+    steps = Table(title="step time, seconds" + (" (emulated chip time = wall / dilation)"
+                                                if s.emulated else ""))
+    for col in ("measured", "analytic estimate", "simulated", "measured / simulated"):
+        steps.add_column(col, justify="right")
+    steps.add_row(f"{s.step_time_s:.4g}", f"{analytic:.4g}", f"{simulated:.4g}",
+                  f"{s.step_time_s / simulated:.0%}")
+    console.print(steps)
+    per = Table(title="per stage (median seconds per step, wall)")
+    for col in ("replica", "stage", "chip", "layers", "samples", "compute s", "recv wait s",
+                "grad sync s", "peak act."):
+        per.add_column(col, justify="left" if col == "chip" else "right")
+    for st in s.stages:
+        layers = ", ".join(f"{a}" if b - a == 1 else f"{a}–{b - 1}" for a, b in st.layers)
+        per.add_row(str(st.replica), str(st.stage), st.chip, layers,
+                    str(st.batch_share), f"{st.compute_s:.3f}", f"{st.recv_wait_s:.3f}",
+                    f"{st.sync_s:.3f}", str(st.peak_activations))
     console.print(per)
     console.print(emulation_note(s))
     if plan.zero1:

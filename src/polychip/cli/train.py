@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a plan (heterogeneous data parallel)")
+    p = sub.add_parser("train", help="train a plan (pipelines, TP, heterogeneous data parallel)")
     p.add_argument("plan", help="plan JSON file (polychip plan)")
     add_train_options(p)
     p.add_argument("--plan-node", type=int, metavar="N",

@@ -210,6 +210,14 @@ class CostModel:
             n_bytes, islands, bridge, net.host_copy_bw_bytes_per_s, net.latency_s
         )
 
+    def segment_allreduce_time_s(
+        self, replicas: tuple[Replica, ...], holders: tuple[tuple[int, int], ...], n_params: int
+    ) -> float:
+        """All-reduce of `n_params` parameters' gradient among the stages `holders`
+        ((replica, stage) pairs), uncontended: what the simulator's `AR[...]` takes alone."""
+        stages = [replicas[ri].stages[si] for ri, si in holders]
+        return self._segment_allreduce_s([(st, st.tp) for st in stages], n_params)
+
     def dp_sync_time_s(self, replicas: tuple[Replica, ...]) -> float:
         """Slowest device's gradient sync: the layers of its stage are cut into segments
         whose holder set is constant, each segment all-reduced among its holders."""

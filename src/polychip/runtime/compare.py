@@ -44,6 +44,31 @@ def even_batch_split(plan: Plan) -> Plan:
                                notes=("naive even batch split of the same replicas",))
 
 
+def even_layer_split(plan: Plan) -> Plan:
+    """The naive split of the same pipelines: every replica's layers cut evenly over its
+    stages (the first L mod S stages take one more), same devices and batches, the estimate
+    recomputed on the same cost model."""
+    replicas = []
+    for rep in plan.replicas:
+        num = rep.num_stages
+        base, extra = divmod(plan.model.num_layers, num)
+        if base < 1:
+            raise RuntimeSetupError(
+                f"{plan.model.num_layers} layers cannot be split evenly over {num} stages: "
+                f"an even split leaves a stage without layers; use fewer stages")
+        stages, start = [], 0
+        for i, st in enumerate(rep.stages):
+            end = start + base + (1 if i < extra else 0)
+            stages.append(dataclasses.replace(st, layer_start=start, layer_end=end))
+            start = end
+        replicas.append(Replica(tuple(stages), rep.batch_size, rep.micro_batch_size))
+    cost = CostModel(plan.cluster, plan.model, plan.job)
+    even = tuple(replicas)
+    estimate = cost.evaluate(even, plan.schedule, plan.zero1).to_estimate(even, cost)
+    return dataclasses.replace(plan, replicas=even, estimate=estimate, baselines={}, ideal=None,
+                               notes=("naive even layer split of the same pipelines",))
+
+
 def same_ranks(plans: Sequence[Plan]) -> None:
     keys = {tuple((r.node, r.local_device, r.chip) for r in p.ranks()) for p in plans}
     if len(keys) != 1:
@@ -90,7 +115,8 @@ class CompareTask:
             for i, (trainer, steps) in enumerate(zip(trainers, self.steps, strict=True)):
                 label = self.progress_labels[i] if self.progress_labels else None
                 records = trainer.run(steps, start=done[i],
-                                      progress=config.progress and rank == 0 and bool(label),
+                                      progress=config.progress and trainer.reports
+                                      and bool(label),
                                       label=label or "")
                 done[i] += steps
                 for other in trainers:  # a dilation raised under load holds for all plans

@@ -14,10 +14,11 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from polychip.costmodel.estimate import CostModel
 from polychip.plan.plan import Plan
+from polychip.plan.schedule import grad_segments
 from polychip.runtime.errors import RuntimeSetupError
 
 DILATION_MARGIN = 3.0
@@ -88,6 +89,7 @@ class PhaseClock:
                 f"dilation={dilation}: the emulation dilation must be > 0 (about 3 on a small "
                 f"shared host); pass None to run without emulated clocks")
         self.dilation = dilation
+        self.last_s = 0.0  # wall seconds of the last phase, padding included
         self._totals: dict[str, _Accumulator] = {}
         self._deadline: float | None = None  # end of the last phase's slot
         self._late_s = 0.0  # how late the last phase ended (a chained phase may make it up)
@@ -127,6 +129,7 @@ class PhaseClock:
         totals = self._totals.setdefault(name, _Accumulator())
         totals.num_calls += 1
         totals.compute_s += body_end - begin
+        self.last_s = body_end - begin
         if self.dilation is None:
             return
         assert target_s is not None
@@ -137,11 +140,8 @@ class PhaseClock:
         if body_end > deadline:
             totals.num_overruns += 1
             return
-        now = body_end
-        while now < deadline:
-            time.sleep(deadline - now)
-            now = time.perf_counter()
-        totals.padded_s += now - body_end
+        totals.padded_s += sleep_until(deadline)
+        self.last_s = time.perf_counter() - begin
 
     def summary(self) -> ClockSummary:
         return ClockSummary(self.dilation, tuple(
@@ -151,22 +151,72 @@ class PhaseClock:
 
 @dataclass(frozen=True)
 class PhaseTargets:
-    """Seconds the cost model gives the emulated chip for each compute phase of one rank."""
+    """Seconds the cost model gives the emulated chip for each phase of one rank (the
+    simulator replays the same figures)."""
 
-    micro_batch_s: float  # forward + backward of one micro-batch
+    chunk_s: tuple[tuple[float, float], ...]  # (forward, backward) of a micro-batch per chunk
     optimizer_s: float  # one AdamW step over the rank's parameters
-    gradient_sync_s: float  # the step's gradient all-reduce (the slowest device's, for all)
+    recv_act_s: float  # one micro-batch's activations from the previous stage
+    recv_grad_s: float  # their gradient from the next stage
+    allreduce_s: dict[str, float] = field(default_factory=dict)  # segment -> its all-reduce
+
+    @property
+    def forward_s(self) -> float:
+        return sum(f for f, _ in self.chunk_s)
+
+    @property
+    def backward_s(self) -> float:
+        return sum(b for _, b in self.chunk_s)
+
+    @property
+    def micro_batch_s(self) -> float:
+        return self.forward_s + self.backward_s
+
+    @property
+    def gradient_sync_s(self) -> float:
+        """All of this rank's gradient all-reduces in a step, one after the other."""
+        return sum(self.allreduce_s.values())
 
 
 def phase_targets(plan: Plan, replica: int, stage: int) -> PhaseTargets:
-    """The cost model's times (the same ones the planner used) for a rank of ``plan``."""
+    """The cost model's times (the same ones the planner and the simulator use) for a rank of
+    ``plan``: compute (per model chunk under interleaved 1F1B), transfers from its
+    neighbours, and each gradient segment's all-reduce among its holders (uncontended)."""
     cost = CostModel(plan.cluster, plan.model, plan.job)
     rep = plan.replicas[replica]
+    st, last = rep.stages[stage], rep.num_stages - 1
+    v = plan.virtual_stages if plan.schedule == "interleaved-1f1b" else 1
+    if v == 1:
+        times = [cost.times_of(rep, stage)]
+    else:
+        times = [cost.stage_times(cost.chip(st.chip), st.num_layers // v, st.tp,
+                                  rep.micro_batch_size, stage == 0 and c == 0,
+                                  stage == last and c == v - 1, st.recompute)
+                 for c in range(v)]
+    allreduce = {seg.name: cost.segment_allreduce_time_s(plan.replicas, seg.holders,
+                                                          seg.num_params(plan.model))
+                 for seg in grad_segments(plan) if (replica, stage) in seg.holders}
+    n_bytes = cost.activation_bytes(rep.micro_batch_size)
+
+    def from_stage(other: int) -> float:  # interleaved: the last stage feeds the first
+        if rep.num_stages == 1:
+            return 0.0
+        return cost.transfer_time_s(rep.stages[other % rep.num_stages].node, st.node, n_bytes)
+
     return PhaseTargets(
-        micro_batch_s=cost.times_of(rep, stage).total_s,
-        # the runtime keeps optimizer state replicated (ZeRO-1 is not executed yet)
-        optimizer_s=cost.stage_optimizer_time_s(rep, stage, zero_shards=1),
-        gradient_sync_s=cost.dp_sync_time_s(plan.replicas))
+        chunk_s=tuple((t.fwd_s, t.bwd_s) for t in times),
+        optimizer_s=cost.stage_optimizer_time_s(rep, stage, 1),
+        recv_act_s=from_stage(stage - 1), recv_grad_s=from_stage(stage + 1),
+        allreduce_s=allreduce)
+
+
+def sleep_until(deadline: float) -> float:
+    """Sleep until ``time.perf_counter()`` reaches ``deadline``; the seconds slept."""
+    begin = now = time.perf_counter()
+    while now < deadline:
+        time.sleep(deadline - now)
+        now = time.perf_counter()
+    return now - begin
 
 
 @dataclass(frozen=True)

@@ -72,29 +72,33 @@ def weighted_allreduce_(params: Iterable[torch.nn.Parameter], batch_share: int,
             offset += g.numel()
 
 
-def hierarchical_allreduce_(tensor: torch.Tensor, island_group: dist.ProcessGroup,
+def hierarchical_allreduce_(tensor: torch.Tensor, island_group: dist.ProcessGroup | None,
                             bridge_group: dist.ProcessGroup | None,
                             is_island_leader: bool) -> None:
     """SUM all-reduce of ``tensor`` over all islands, in place.
 
-    The island leader is rank 0 of ``island_group``; only leaders belong to ``bridge_group``
-    (pass None elsewhere). The bridge is staged through host memory when the tensor is not on
-    the CPU, since the bridge backend (gloo) talks to the host.
+    The island leader is rank 0 of ``island_group`` (None: an island of this rank alone);
+    only leaders belong to ``bridge_group`` (pass None elsewhere). The bridge is staged through
+    host memory when the tensor is not on the CPU, since the bridge backend (gloo) talks to the
+    host.
     """
-    if is_island_leader != (dist.get_rank(island_group) == 0) or (
+    alone = island_group is None
+    if is_island_leader != (alone or dist.get_rank(island_group) == 0) or (
             is_island_leader and bridge_group is None):
         raise RuntimeSetupError(
             f"rank {dist.get_rank()} has is_island_leader={is_island_leader}, island rank "
-            f"{dist.get_rank(island_group)}, bridge_group={bridge_group}: the leader must be "
-            f"rank 0 of its island and a member of the bridge group; build the groups with "
-            f"new_island_groups()")
-    dist.reduce(tensor, group_dst=0, op=dist.ReduceOp.SUM, group=island_group)
+            f"{'-' if alone else dist.get_rank(island_group)}, bridge_group={bridge_group}: "
+            f"the leader must be rank 0 of its island and a member of the bridge group; build "
+            f"the groups with new_island_groups()")
+    if not alone:
+        dist.reduce(tensor, group_dst=0, op=dist.ReduceOp.SUM, group=island_group)
     if is_island_leader:
         staged = tensor if tensor.device.type == "cpu" else tensor.cpu()
         dist.all_reduce(staged, op=dist.ReduceOp.SUM, group=bridge_group)
         if staged is not tensor:
             tensor.copy_(staged)
-    dist.broadcast(tensor, group_src=0, group=island_group)
+    if not alone:
+        dist.broadcast(tensor, group_src=0, group=island_group)
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from polychip.runtime.errors import RuntimeSetupError
+from polychip.runtime.tensor_parallel import (
+    NO_TP,
+    TensorParallel,
+    copy_to_tp,
+    full_shape,
+    reduce_from_tp,
+    shard_of,
+)
 
 INIT_STD = 0.02
 """Standard deviation of the normal init of weight matrices (residual outputs are scaled down)."""
@@ -99,13 +108,14 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 class Attention(nn.Module):
     """Causal grouped-query attention. Separate wq/wk/wv (column-parallel under TP) and wo
-    (row-parallel) so that tensor parallelism can split heads across ranks."""
+    (row-parallel): each TP rank holds a contiguous 1/t of the query and key/value heads."""
 
-    def __init__(self, config: ModelConfig, tp_size: int) -> None:
+    def __init__(self, config: ModelConfig, tp: TensorParallel) -> None:
         super().__init__()
+        self.tp = tp
         self.head_dim = config.head_dim
-        self.num_local_heads = config.num_heads // tp_size
-        self.num_local_kv_heads = config.num_kv_heads // tp_size
+        self.num_local_heads = config.num_heads // tp.size
+        self.num_local_kv_heads = config.num_kv_heads // tp.size
         h, d = config.hidden_size, self.head_dim
         self.wq = nn.Linear(h, self.num_local_heads * d, bias=False)
         self.wk = nn.Linear(h, self.num_local_kv_heads * d, bias=False)
@@ -114,6 +124,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
+        x = copy_to_tp(x, self.tp)
         q = self.wq(x).view(b, s, self.num_local_heads, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(b, s, self.num_local_kv_heads, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(b, s, self.num_local_kv_heads, self.head_dim).transpose(1, 2)
@@ -123,31 +134,33 @@ class Attention(nn.Module):
             k = k.repeat_interleave(group, dim=1)
             v = v.repeat_interleave(group, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.wo(out.transpose(1, 2).reshape(b, s, -1))
+        return reduce_from_tp(self.wo(out.transpose(1, 2).reshape(b, s, -1)), self.tp)
 
 
 class MLP(nn.Module):
     """SwiGLU: w_down(silu(w_gate x) * w_up x). w_gate/w_up column-parallel, w_down row-parallel
     under TP."""
 
-    def __init__(self, config: ModelConfig, tp_size: int) -> None:
+    def __init__(self, config: ModelConfig, tp: TensorParallel) -> None:
         super().__init__()
-        local_ffn = config.ffn_hidden_size // tp_size
+        self.tp = tp
+        local_ffn = config.ffn_hidden_size // tp.size
         self.w_gate = nn.Linear(config.hidden_size, local_ffn, bias=False)
         self.w_up = nn.Linear(config.hidden_size, local_ffn, bias=False)
         self.w_down = nn.Linear(local_ffn, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+        x = copy_to_tp(x, self.tp)
+        return reduce_from_tp(self.w_down(F.silu(self.w_gate(x)) * self.w_up(x)), self.tp)
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, tp_size: int) -> None:
+    def __init__(self, config: ModelConfig, tp: TensorParallel) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(config.hidden_size, config.norm_eps)
-        self.attn = Attention(config, tp_size)
+        self.attn = Attention(config, tp)
         self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps)
-        self.mlp = MLP(config, tp_size)
+        self.mlp = MLP(config, tp)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin)
@@ -165,21 +178,29 @@ class StageModule(nn.Module):
     (``embed.weight``). A head-only stage holds its own ``head.weight`` initialised to the same
     values as ``embed.weight``; keeping the two copies equal during training (summing their
     gradients) is the pipeline's job.
+
+    Under tensor parallelism (``tp.size`` > 1) the blocks are split over the TP group
+    (:mod:`polychip.runtime.tensor_parallel`); the embedding, norms and head are replicated.
+    With ``recompute``, each block's activations are recomputed in the backward pass.
     """
 
     def __init__(self, config: ModelConfig, layer_start: int, layer_end: int,
-                 has_embedding: bool, has_head: bool, tp_rank: int = 0, tp_size: int = 1,
-                 tp_group: object | None = None) -> None:
+                 has_embedding: bool, has_head: bool, tp: TensorParallel = NO_TP,
+                 recompute: bool = False,
+                 chunks: tuple[tuple[int, int], ...] | None = None) -> None:
         super().__init__()
-        _check_stage(config, layer_start, layer_end, has_embedding, has_head, tp_size)
+        _check_stage(config, layer_start, layer_end, has_embedding, has_head, tp.size)
         self.config = config
         self.layer_start, self.layer_end = layer_start, layer_end
+        # Interleaved 1F1B: the stage holds several model chunks ([start, end) each, in
+        # order; the embedding goes with the first, the head with the last).
+        self.chunks = chunks or ((layer_start, layer_end),)
+        held = [i for a, b in self.chunks for i in range(a, b)]
         self.has_embedding, self.has_head = has_embedding, has_head
-        self.tp_rank, self.tp_size, self.tp_group = tp_rank, tp_size, tp_group
+        self.tp, self.recompute = tp, recompute
         h = config.hidden_size
         self.embed = nn.Embedding(config.vocab_size, h) if has_embedding else None
-        self.layers = nn.ModuleDict({str(i): DecoderLayer(config, tp_size)
-                                     for i in range(layer_start, layer_end)})
+        self.layers = nn.ModuleDict({str(i): DecoderLayer(config, tp) for i in held})
         self.final_norm = RMSNorm(h, config.norm_eps) if has_head else None
         self.head = nn.Linear(h, config.vocab_size, bias=False) if has_head else None
         self._tie()
@@ -201,13 +222,21 @@ class StageModule(nn.Module):
         self._tie()
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.embed is not None:
+    def forward(self, x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """The whole stage, or only model chunk ``chunk`` (interleaved 1F1B)."""
+        first = chunk is None or chunk == 0
+        last = chunk is None or chunk == len(self.chunks) - 1
+        if self.embed is not None and first:
             x = self.embed(x)
         cos, sin = rotary_cos_sin(x.shape[1], self.config.head_dim, self.config.rope_theta, x)
-        for layer in self.layers.values():
-            x = layer(x, cos, sin)
-        if self.head is not None:
+        layers = (self.layers.values() if chunk is None
+                  else [self.layers[str(i)] for i in range(*self.chunks[chunk])])
+        for layer in layers:
+            if self.recompute and torch.is_grad_enabled():
+                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin)
+        if self.head is not None and last:
             assert self.final_norm is not None
             x = self.head(self.final_norm(x))
         return x
@@ -217,11 +246,14 @@ class StageModule(nn.Module):
         """Fill every parameter from a generator seeded by (seed, parameter name).
 
         Values are drawn in float32 on the CPU, then copied to the parameter's dtype and device,
-        so the initial model is the same whatever the stage split, dtype or device.
+        so the initial model is the same whatever the stage split, dtype or device; under TP a
+        rank draws the full tensor and keeps its slice, so it is the same whatever the degree.
         """
+        tp = self.tp
         for name, param in self.named_parameters():
-            param.copy_(_initial_value(self.config, _init_name(self.config, name),
-                                       tuple(param.shape), seed))
+            shape = full_shape(name, tuple(param.shape), tp.size)
+            full = _initial_value(self.config, _init_name(self.config, name), shape, seed)
+            param.copy_(shard_of(full, name, tp.rank, tp.size))
 
     def materialize(self, device: torch.device | str, seed: int,
                     dtype: torch.dtype | None = None) -> StageModule:
@@ -235,10 +267,13 @@ class StageModule(nn.Module):
 
 def _check_stage(config: ModelConfig, layer_start: int, layer_end: int, has_embedding: bool,
                  has_head: bool, tp_size: int) -> None:
-    if tp_size != 1:
-        raise RuntimeSetupError(
-            f"tp_size={tp_size}: tensor parallelism inside a stage is not yet supported by the "
-            f"runtime; use tp_size=1 (one device per stage replica)")
+    for what, size in (("num_heads", config.num_heads), ("num_kv_heads", config.num_kv_heads),
+                       ("ffn_hidden_size", config.ffn_hidden_size)):
+        if size % tp_size:
+            raise RuntimeSetupError(
+                f"tensor-parallel degree {tp_size} does not divide {what}={size}: each TP rank "
+                f"holds an equal share of the heads and of the FFN width; use a TP degree "
+                f"that divides num_heads, num_kv_heads and ffn_hidden_size")
     if not 0 <= layer_start <= layer_end <= config.num_layers:
         raise RuntimeSetupError(
             f"stage layers [{layer_start}, {layer_end}) must satisfy 0 <= start <= end <= "
@@ -281,8 +316,8 @@ def _initial_value(config: ModelConfig, name: str, shape: tuple[int, ...], seed:
 def build_stage(config: ModelConfig, layer_start: int, layer_end: int, *, seed: int = 0,
                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                 has_embedding: bool | None = None, has_head: bool | None = None,
-                tp_rank: int = 0, tp_size: int = 1, tp_group: object | None = None
-                ) -> StageModule:
+                tp: TensorParallel = NO_TP, recompute: bool = False,
+                chunks: tuple[tuple[int, int], ...] | None = None) -> StageModule:
     """Build a stage on the meta device and materialise only it on ``device``.
 
     ``has_embedding`` / ``has_head`` default to whether the stage is first / last.
@@ -292,8 +327,8 @@ def build_stage(config: ModelConfig, layer_start: int, layer_end: int, *, seed: 
     if has_head is None:
         has_head = layer_end == config.num_layers
     with torch.device("meta"):
-        stage = StageModule(config, layer_start, layer_end, has_embedding, has_head,
-                            tp_rank=tp_rank, tp_size=tp_size, tp_group=tp_group)
+        stage = StageModule(config, layer_start, layer_end, has_embedding, has_head, tp=tp,
+                            recompute=recompute, chunks=chunks)
     return stage.materialize(device, seed, dtype)
 
 

@@ -7,8 +7,10 @@ Groups: ranks whose chips share a vendor and collective library form an *island*
 gets a group with its native backend (NCCL, HCCL, ... -- gloo when the chips are emulated or
 are CPUs) and the island leaders (lowest rank of each island) form a gloo *bridge* group.
 The world (default) group is gloo whenever more than one island exists, since vendor libraries
-do not talk to each other. Data parallelism currently spans every rank (one stage per
-replica); per-layer holder groups arrive with pipelines (issue 5).
+do not talk to each other. Every stage of TP degree > 1 gets a TP group; every gradient
+segment of the schedule (layers held by the same stages in every replica) is all-reduced among
+exactly the ranks holding it, one group per *piece* (:func:`segment_pieces`), hierarchically
+when a piece spans islands. Groups with the same members are made once (:class:`GroupMaker`).
 
 The role computations are pure (no torch); torch is imported where groups and devices are
 made, so the launcher can print commands without paying for it.
@@ -17,20 +19,21 @@ made, so the launcher can print commands without paying for it.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import math
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from polychip.plan.plan import Plan
+from polychip.plan.schedule import chunk_layers, grad_segments
 from polychip.runtime.errors import RuntimeSetupError
 
 if TYPE_CHECKING:
     import torch
 
-    from polychip.runtime.grads import IslandGroups
+    from polychip.runtime.groups import Groups
 
-NOT_YET = "not yet: pipeline/tensor parallel execution lands with issue 5"
+NOT_YET = "not yet supported by the runtime"
 # Device type -> (package to import that registers it, install hint).
 DEVICE_PACKAGES: dict[str, tuple[str | None, str]] = {
     "cuda": (None, "a CUDA build of torch"),
@@ -57,13 +60,34 @@ class RankRole:
     device_type: str  # where tensors live: the chip's device type, or cpu when emulated
     backend: str  # collective backend inside the island (gloo when emulated)
     emulated: bool
-    layer_start: int
+    layer_start: int  # the plan's stage range (interleaved: its layer count only)
     layer_end: int
+    chunks: tuple[tuple[int, int], ...]  # the layers it holds: one chunk per virtual stage
+    num_stages: int
+    stage_ranks: tuple[int, ...]  # the stage's TP group, leader first
+    recompute: bool
     batch_share: int  # samples of the global batch this replica trains on each step
     sample_start: int  # global index of the replica's first sample
     micro_batch_size: int
     num_micro_batches: int
     global_batch: int
+
+    @property
+    def tp_size(self) -> int:
+        return len(self.stage_ranks)
+
+    @property
+    def is_leader(self) -> bool:
+        """Sends and receives for the stage (its lowest rank)."""
+        return self.tp_rank == 0
+
+    @property
+    def first_stage(self) -> bool:
+        return self.stage == 0
+
+    @property
+    def last_stage(self) -> bool:
+        return self.stage == self.num_stages - 1
 
     @property
     def samples(self) -> range:
@@ -77,25 +101,33 @@ class RankRole:
 
 def check_executable(plan: Plan) -> None:
     """Refuse what this runtime cannot execute yet, rather than run something else."""
-    for ri, rep in enumerate(plan.replicas):
-        if rep.num_stages > 1:
-            raise RuntimeSetupError(
-                f"replicas[{ri}] has {rep.num_stages} pipeline stages: {NOT_YET}; plan with "
-                f"one stage per replica (polychip plan --max-stages 1)")
-        if rep.stages[0].tp > 1:
-            raise RuntimeSetupError(
-                f"replicas[{ri}].stages[0] has tensor-parallel degree {rep.stages[0].tp}: "
-                f"{NOT_YET}; plan with tp = 1")
     if plan.model.mlp != "swiglu":
         raise RuntimeSetupError(
             f"model {plan.model.name!r} has a {plan.model.mlp} MLP: the runtime's transformer "
             f"is SwiGLU (Llama-style); train a SwiGLU model")
+    if plan.model.tie_embeddings and any(r.num_stages > 1 for r in plan.replicas):
+        raise RuntimeSetupError(
+            f"model {plan.model.name!r} ties its output head to the embedding, and the plan "
+            f"puts them on different pipeline stages: keeping the two copies equal is "
+            f"{NOT_YET}; plan one stage per replica or untie the embeddings")
+    m = plan.model
+    for ri, rep in enumerate(plan.replicas):
+        for si, st in enumerate(rep.stages):
+            for what, size in (("num_heads", m.num_heads), ("num_kv_heads", m.num_kv_heads),
+                               ("ffn_hidden_size", m.ffn_hidden_size)):
+                if size % st.tp:
+                    raise RuntimeSetupError(
+                        f"replicas[{ri}].stages[{si}] has tensor-parallel degree {st.tp}, "
+                        f"which does not divide the model's {what}={size}: give the stage a "
+                        f"TP degree that divides num_heads, num_kv_heads and ffn_hidden_size")
 
 
 def rank_roles(plan: Plan, *, emulate: bool) -> tuple[RankRole, ...]:
     """Every rank's role, in plan rank order."""
     check_executable(plan)
     shares = [rep.batch_size for rep in plan.replicas]
+    stage_ranks = stage_rank_map(plan)
+    chunks = [chunk_layers(rep, virtual_stages(plan)) for rep in plan.replicas]
     out = []
     for info in plan.ranks():
         rep = plan.replicas[info.replica]
@@ -108,10 +140,53 @@ def rank_roles(plan: Plan, *, emulate: bool) -> tuple[RankRole, ...]:
             device_type="cpu" if emulate else chip.device_type,
             backend="gloo" if emulate or chip.device_type == "cpu" else chip.torch_backend,
             emulated=emulate, layer_start=st.layer_start, layer_end=st.layer_end,
-            batch_share=rep.batch_size, sample_start=sum(shares[:info.replica]),
+            chunks=chunks[info.replica][info.stage],
+            num_stages=rep.num_stages, stage_ranks=stage_ranks[(info.replica, info.stage)],
+            recompute=st.recompute, batch_share=rep.batch_size,
+            sample_start=sum(shares[:info.replica]),
             micro_batch_size=rep.micro_batch_size, num_micro_batches=rep.num_micro_batches,
             global_batch=plan.job.global_batch))
     return tuple(out)
+
+
+def virtual_stages(plan: Plan) -> int:
+    """Model chunks per stage: the plan's virtual stages under interleaved 1F1B, else 1."""
+    return plan.virtual_stages if plan.schedule == "interleaved-1f1b" else 1
+
+
+def stage_rank_map(plan: Plan) -> dict[tuple[int, int], tuple[int, ...]]:
+    """(replica, stage) -> its ranks (the TP group, leader first)."""
+    out: dict[tuple[int, int], list[int]] = {}
+    for info in plan.ranks():
+        out.setdefault((info.replica, info.stage), []).append(info.rank)
+    return {key: tuple(ranks) for key, ranks in out.items()}
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Part ``index`` of ``num`` of a gradient segment: that fraction of each split (TP)
+    parameter and the whole of each replicated one, summed over ``ranks``: one rank of every
+    stage holding the segment (in holder order). ``num`` is the least common multiple of the
+    holders' TP degrees, so a stage of degree t has num / t pieces on each of its ranks: the
+    reduction reshards between replicas of different TP degrees exactly."""
+
+    segment: str
+    index: int
+    num: int
+    ranks: tuple[int, ...]
+
+
+def segment_pieces(plan: Plan) -> dict[str, tuple[Piece, ...]]:
+    """Every gradient segment of the plan's schedule -> its pieces, in all-reduce order."""
+    stage_ranks = stage_rank_map(plan)
+    out: dict[str, tuple[Piece, ...]] = {}
+    for seg in grad_segments(plan):
+        groups = [stage_ranks[holder] for holder in seg.holders]
+        num = math.lcm(*(len(g) for g in groups))
+        out[seg.name] = tuple(
+            Piece(seg.name, k, num, tuple(g[k * len(g) // num] for g in groups))
+            for k in range(num))
+    return out
 
 
 def islands(roles: tuple[RankRole, ...]) -> tuple[tuple[int, ...], ...]:
@@ -176,15 +251,13 @@ def select_device(role: RankRole) -> torch.device:
 
 @dataclass(frozen=True)
 class Topology:
-    """This rank's role, device and groups. ``dp_allreduce`` is the in-place SUM all-reduce
-    over the data-parallel ranks: flat inside a single island, hierarchical across islands."""
+    """This rank's role, device and process groups (:mod:`polychip.runtime.groups`)."""
 
     role: RankRole
     roles: tuple[RankRole, ...]
     device: torch.device
     islands: tuple[tuple[int, ...], ...]
-    groups: IslandGroups
-    dp_allreduce: Callable[[torch.Tensor], None]
+    groups: Groups
 
 
 def build_topology(plan: Plan, rank: int, *, emulate: bool,
@@ -192,7 +265,7 @@ def build_topology(plan: Plan, rank: int, *, emulate: bool,
     """Collective: every rank of the plan calls it (after init_process_group)."""
     import torch.distributed as dist
 
-    from polychip.runtime.grads import new_island_groups
+    from polychip.runtime.groups import build_groups
 
     roles = rank_roles(plan, emulate=emulate)
     if dist.get_world_size() != len(roles) or dist.get_rank() != rank:
@@ -202,14 +275,5 @@ def build_topology(plan: Plan, rank: int, *, emulate: bool,
             f"{rank}: launch one process per plan device (polychip launch)")
     role = roles[rank]
     device = select_device(role)
-    ranks_by_island = islands(roles)
-    backends = [roles[members[0]].backend for members in ranks_by_island]
-    groups = new_island_groups(ranks_by_island, island_backend=backends, timeout=timeout)
-    if len(ranks_by_island) == 1:
-        group = groups.island_group
-
-        def allreduce(tensor: torch.Tensor) -> None:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
-    else:
-        allreduce = groups.allreduce
-    return Topology(role, roles, device, ranks_by_island, groups, allreduce)
+    groups = build_groups(plan, roles, rank, device, timeout=timeout)
+    return Topology(role, roles, device, islands(roles), groups)

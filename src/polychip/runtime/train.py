@@ -1,17 +1,19 @@
-"""The training loop of one rank: heterogeneous data parallelism over the plan's replicas.
+"""The training loop of one rank: its stage of its pipeline replica, from the plan.
 
-Each replica trains on its share of the global batch (samples named by global index, so the
-split never changes the data), in ``num_micro_batches`` micro-batches accumulated into one flat
-gradient buffer; one sample-weighted all-reduce (flat inside an island, hierarchical across
-islands) makes every rank's gradient that of the whole batch; then AdamW (or SGD).
+Each rank builds only its stage (its layers; the embedding on a first stage, the head and loss
+on a last one; its slice under tensor parallelism) and each step executes its program of the
+plan's schedule (:mod:`polychip.runtime.pipeline`): forwards and backwards of its replica's
+micro-batches (samples named by global index, so the split never changes the data), the sends
+and receives between stages, the sample-weighted all-reduce of every gradient segment among
+the ranks holding it (:mod:`polychip.runtime.data_parallel`), then AdamW (or SGD). A plan of
+single-stage replicas is plain heterogeneous data parallelism: the same code, with no sends.
 
-With emulated chips every compute phase (forward + backward of a micro-batch, the optimizer
-step) lasts exactly ``dilation x`` the cost model's time for this rank's chip and work, and the
-real gradient all-reduce is followed by ``dilation x`` the cost model's all-reduce time (the
-emulated links; the host's own all-reduce is nearly free in chip time). A replica's
-micro-batches have chained slots (a late one is made up by the next). The dilation, unless
-given, comes from a warm-up in which each rank times its step alone (:func:`agree_dilation`,
-:func:`polychip.runtime.emulate.dilation_from`).
+With emulated chips every compute phase lasts exactly ``dilation x`` the cost model's time for
+this rank's chip and work, and messages and all-reduces take ``dilation x`` their modelled
+times (:mod:`polychip.runtime.pipeline`); compute phases that follow each other with nothing
+to wait for in between have chained slots (a late one is made up by the next). The dilation,
+unless given, comes from a warm-up in which each stage times its step alone, then all at once
+(:func:`agree_dilation`, :func:`polychip.runtime.emulate.dilation_from`).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ import torch.distributed as dist
 
 from polychip.costmodel.estimate import CostModel
 from polychip.plan.plan import Plan
+from polychip.plan.schedule import Op, build_schedule
 from polychip.runtime.data import DEFAULT_CORPUS_MAX_BYTES, SampleStream, open_source
-from polychip.runtime.data_parallel import GradSync
+from polychip.runtime.data_parallel import StageGrads, fused_runs, loss_scale
 from polychip.runtime.emulate import (
     DilationGovernor,
     PhaseClock,
@@ -44,14 +47,14 @@ from polychip.runtime.emulate import (
 )
 from polychip.runtime.errors import DistributedRunError, RuntimeSetupError
 from polychip.runtime.metrics import RunSummary, StepRecord, summarise, write_metrics
-from polychip.runtime.model import ModelConfig, build_stage, loss_fn
-from polychip.runtime.topology import Topology, build_topology
+from polychip.runtime.model import ModelConfig, build_stage
+from polychip.runtime.p2p import P2P
+from polychip.runtime.pipeline import StageRunner
+from polychip.runtime.topology import RankRole, Topology, build_topology
 from polychip.spec.model import ModelSpec
 
 WARMUP_MIN_S = 0.15
-"""Each rank times its step's compute, alone, for at least this long."""
-GRADIENT_SYNC = "gradient_sync"
-"""The emulated pause after the real all-reduce (a communication slot, not a compute phase)."""
+"""Each stage times its step's compute, alone, for at least this long."""
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
@@ -110,8 +113,14 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "host-rss"
 
 
+def reporting_rank(roles: Sequence[RankRole]) -> int:
+    """The rank that knows the global loss first and shows progress: the leader of replica
+    0's last stage (rank 0 in a data-parallel plan)."""
+    return next(r.rank for r in roles if r.replica == 0 and r.last_stage and r.is_leader)
+
+
 class Trainer:
-    """One rank's model, data, gradient sync, optimizer and clock for one plan."""
+    """One rank's stage, data, gradient buffer, optimizer and clock for one plan."""
 
     def __init__(self, plan: Plan, config: TrainConfig, topology: Topology) -> None:
         self.plan, self.config, self.topology = plan, config, topology
@@ -123,22 +132,47 @@ class Trainer:
                 f"the data has {source.vocab_size} token ids, the model's vocab_size is "
                 f"{plan.model.vocab_size}: use a model with a vocabulary at least as large")
         self.stream = SampleStream(source, plan.job.seq_len, config.seed)
-        self.model = build_stage(model_config(plan.model), role.layer_start, role.layer_end,
-                                 seed=config.seed, device=self.device,
-                                 dtype=DTYPES[config.dtype])
-        self.sync = GradSync(list(self.model.parameters()), role.batch_share,
-                             role.global_batch, topology.dp_allreduce)
-        self.optimizer = make_optimizer(config, self.sync.params)
+        groups = topology.groups
+        self.model = build_stage(model_config(plan.model), role.chunks[0][0],
+                                 role.chunks[-1][1], seed=config.seed, device=self.device,
+                                 dtype=DTYPES[config.dtype], has_embedding=role.first_stage,
+                                 has_head=role.last_stage, tp=groups.tp,
+                                 recompute=role.recompute, chunks=role.chunks)
+        schedule = build_schedule(plan, replicas=[role.replica])
+        self.program = schedule.program_of(role.rank)
+        segments = [a.segment for a in self.program.actions if a.op is Op.ALLREDUCE]
+        self.grads = StageGrads(self.model, segments, fused_runs(segments, schedule.groups),
+                                groups.pieces, has_loss=role.last_stage, tp_size=groups.tp.size)
+        self.optimizer = make_optimizer(config, self.grads.params)
         self.targets: PhaseTargets | None = (
             phase_targets(plan, role.replica, role.stage) if config.emulate else None)
-        self.clock = PhaseClock(None)
+        self.runner = StageRunner(
+            program=self.program, model=self.model, role=role,
+            p2p=P2P(groups.routes, self.device, stamped=config.emulate), stream=self.stream,
+            grads=self.grads, optimizer=self.optimizer,
+            loss_scale=loss_scale(role.batch_share, role.global_batch, role.num_micro_batches),
+            activation_shape=(role.micro_batch_size, plan.job.seq_len, plan.model.hidden_size),
+            targets=self.targets, device=self.device, failure=self.failure)
         self.governor: DilationGovernor | None = None
         self._lost_reported = 0.0
+
+    @property
+    def sync(self) -> StageGrads:
+        return self.grads
+
+    @property
+    def clock(self) -> PhaseClock:
+        return self.runner.clock
+
+    @property
+    def reports(self) -> bool:
+        """Whether this rank shows the progress bar (it knows the global loss)."""
+        return self.role.rank == reporting_rank(self.topology.roles)
 
     def use_dilation(self, dilation: float, *, adaptive: bool = False) -> None:
         """Emulate with ``dilation``; ``adaptive``: raise it, on every rank at the same step,
         when overruns cost the emulated chips time (:class:`DilationGovernor`)."""
-        self.clock = PhaseClock(dilation)
+        self.runner.clock = PhaseClock(dilation)
         self.governor = (DilationGovernor(dilation, plan_step_target_s(self.plan))
                          if adaptive else None)
 
@@ -155,23 +189,16 @@ class Trainer:
                 self.governor.dilation = dilation
 
     def time_compute(self, min_s: float = WARMUP_MIN_S) -> float:
-        """Real seconds of one pass over this rank's micro-batches, unpadded: passes for at
-        least ``min_s`` (at least 3), the median after the first. Gradients are zeroed after."""
-        role, passes = self.role, []
-        begin = time.perf_counter()
-        while len(passes) < 3 or time.perf_counter() - begin < min_s:
-            start = time.perf_counter()
-            for m in range(role.num_micro_batches):
-                x, y = self.stream.batch_for(0, role.micro_batch(m))
-                loss_fn(self.model(x.to(self.device)), y.to(self.device)).backward()
-            passes.append(time.perf_counter() - start)
-        self.sync.zero_()
-        return statistics.median(passes[1:])
+        """Real seconds of one pass over this rank's micro-batches (forward and backward of
+        each chunk, made-up inputs), unpadded: passes for at least ``min_s`` (at least 3), the
+        median after the first (:meth:`StageRunner.time_compute`). Gradients are zeroed
+        after. A stage's TP ranks must call it together."""
+        return self.runner.time_compute(min_s)
 
     def time_optimizer(self) -> float:
         """Real seconds of an optimizer step, on a throwaway copy of the parameters (the
         median of 4 after one): the model and its optimizer stay untouched."""
-        copies = [torch.nn.Parameter(p.detach().clone()) for p in self.sync.params]
+        copies = [torch.nn.Parameter(p.detach().clone()) for p in self.grads.params]
         for c in copies:
             c.grad = torch.zeros_like(c)
         optimizer, opt = make_optimizer(self.config, copies), []
@@ -195,54 +222,51 @@ class Trainer:
         role, where = self.role, "" if step is None else f" at step {step}"
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return DistributedRunError(
-            f"rank {role.rank} (replica {role.replica}, chip {role.chip}){where}: {what} "
-            f"failed: another rank died, or was silent for the {self.config.timeout_s:.0f} s "
-            f"process-group timeout ({first_line})")
+            f"rank {role.rank} (replica {role.replica}, stage {role.stage}, chip {role.chip})"
+            f"{where}: {what} failed: another rank died, or was silent for the "
+            f"{self.config.timeout_s:.0f} s process-group timeout ({first_line})")
 
     def step(self, step: int) -> StepRecord:
-        role, targets, clock = self.role, self.targets, self.clock
+        role, clock = self.role, self.clock
         if self.governor is not None and self.governor.dilation != clock.dilation:
             clock.set_dilation(self.governor.dilation)  # raised at the end of the last step
         before = clock.summary()
         begin = time.perf_counter()
-        self.sync.zero_()
-        num_micro = role.num_micro_batches
-        for m in range(num_micro):
-            x, y = self.stream.batch_for(step, role.micro_batch(m))
-            x, y = x.to(self.device), y.to(self.device)
-            with clock.phase("forward_backward", targets and targets.micro_batch_s,
-                             chain=m > 0):
-                loss = loss_fn(self.model(x), y) / num_micro
-                loss.backward()
-                self.sync.add_loss_(loss)
-        local_loss = self.sync.local_loss  # also waits for the device
-        lost = clock.summary().lost_s  # lateness since the last report (optimizer's included)
-        late, self._lost_reported = lost - self._lost_reported, lost
-        sync_begin = time.perf_counter()
-        try:
-            global_loss, all_late = self.sync.sync(late)
-        except RuntimeError as exc:
-            raise self.failure(step, "the gradient all-reduce", exc) from exc
+        self.grads.zero_()
+        stats = self.runner.run(step)
         if self.governor is not None:
-            self.governor.observe(all_late)  # the same inputs, so the same answer, everywhere
-        if targets is not None:  # emulated links: the all-reduce, then its modelled time
-            with clock.phase(GRADIENT_SYNC, targets.gradient_sync_s):
-                pass
-        sync_end = time.perf_counter()
-        with clock.phase("optimizer", targets and targets.optimizer_s):
-            self.optimizer.step()
+            self._observe_lateness(step)
         end = time.perf_counter()
         after = clock.summary()
         memory, kind = peak_memory(self.device)
+        share = role.batch_share / role.global_batch
+        loss = None if stats.local_loss is None else stats.local_loss / share
         return StepRecord(
-            step=step, rank=role.rank, replica=role.replica, stage=role.stage, chip=role.chip,
-            island=role.island, loss=local_loss, global_loss=global_loss,
+            step=step, rank=role.rank, replica=role.replica, stage=role.stage,
+            tp_rank=role.tp_rank, chip=role.chip, island=role.island,
+            layers=role.chunks, loss=loss, global_loss=self.grads.loss,
             samples=role.batch_share, tokens=role.batch_share * self.plan.job.seq_len,
-            seconds=end - begin, compute_s=(sync_begin - begin) + (end - sync_end),
-            real_compute_s=after.compute_s - before.compute_s, wait_s=sync_end - sync_begin,
+            seconds=end - begin, compute_s=stats.compute_s,
+            real_compute_s=after.compute_s - before.compute_s,
+            wait_s=stats.recv_wait_s + stats.sync_s, recv_wait_s=stats.recv_wait_s,
+            sync_s=stats.sync_s, peak_activations=stats.peak_activations,
             peak_memory_bytes=memory, memory_kind=kind, emulated=clock.emulated,
             dilation=before.dilation, overruns=after.num_overruns - before.num_overruns,
             lost_s=after.lost_s - before.lost_s)
+
+    def _observe_lateness(self, step: int) -> None:
+        """Sum every rank's lateness of this step (one scalar over the world: a pipeline's
+        gradient segments do not reach every rank) and let the governor decide, with the same
+        inputs, the same way everywhere."""
+        assert self.governor is not None
+        lost = self.clock.summary().lost_s
+        late = torch.tensor([lost - self._lost_reported], dtype=torch.float64)
+        self._lost_reported = lost
+        try:
+            dist.all_reduce(late, op=dist.ReduceOp.SUM)
+        except RuntimeError as exc:
+            raise self.failure(step, "summing the emulated lateness", exc) from exc
+        self.governor.observe(float(late.item()))
 
     def run(self, steps: int, *, start: int = 0, progress: bool = False,
             label: str = "training") -> list[StepRecord]:
@@ -267,16 +291,17 @@ class Trainer:
 
 
 def agree_dilation(trainers: Sequence[Trainer]) -> float:
-    """Collective: the dilation every rank uses. Each rank times its step's compute alone, in
-    turn, then all at once (the host's contention, other jobs included); every rank derives
-    the same factor from all the timings (:func:`dilation_from`; several trainers: the
-    largest)."""
-    rank, world = dist.get_rank(), dist.get_world_size()
+    """Collective: the dilation every rank uses. Each stage (its TP ranks together) times its
+    step's compute alone, in turn, then all at once (the host's contention, other jobs
+    included); every rank derives the same factor from all the timings
+    (:func:`dilation_from`; several trainers: the largest)."""
+    world = dist.get_world_size()
+    leader = trainers[0].role.stage_ranks[0]  # the plans share their ranks and stages' TP
     alone: list[tuple[float, float]] = []
     try:
         for turn in range(world):
             dist.barrier()
-            if turn == rank:
+            if turn == leader:
                 alone = [(t.time_compute(), t.time_optimizer()) for t in trainers]
         dist.barrier()
         busy = [t.time_compute(2 * WARMUP_MIN_S) for t in trainers]
@@ -312,7 +337,8 @@ def gather_summary(trainer: Trainer, records: list[StepRecord],
     everything = [r for rank_records in gathered for r in rank_records]
     if metrics_path:
         write_metrics(metrics_path, everything)
-    phases = [role.num_micro_batches + 1 for role in trainer.topology.roles]
+    phases = [2 * role.num_micro_batches * len(role.chunks) + 1
+              for role in trainer.topology.roles]
     return summarise(everything, num_phases_per_step=phases,
                      estimate_tokens_per_s=estimate_tokens_per_s(trainer.plan))
 
@@ -325,7 +351,7 @@ def train(plan: Plan, rank: int, config: TrainConfig) -> RunSummary | None:
     if config.emulate:
         trainer.use_dilation(config.dilation or agree_dilation([trainer]),
                              adaptive=config.dilation is None)
-    records = trainer.run(config.steps, progress=config.progress and rank == 0)
+    records = trainer.run(config.steps, progress=config.progress and trainer.reports)
     return gather_summary(trainer, records, config.metrics_path)
 
 

@@ -1,0 +1,231 @@
+"""Pipelines, tensor parallelism and hybrid plans from the schedule: exactly single-process
+training, both schedules alike, activations held as the schedule says, a dying stage."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from polychip.plan import Plan, save_plan
+from polychip.runtime.data import SampleStream, StdlibCorpus
+from polychip.runtime.errors import DistributedRunError
+from polychip.runtime.model import DecoderLayer, build_full_model, loss_fn, rotary_cos_sin
+from polychip.runtime.tensor_parallel import shard_of
+from polychip.runtime.topology import build_topology
+from polychip.runtime.train import TrainConfig, Trainer, make_optimizer, model_config
+
+from .distenv import run_ranks
+from .plans import ROOT, hybrid_plan, interleaved_plan, pp_plan
+
+CORPUS_BYTES = 32 * 1024
+ATOL = 1e-12
+STEPS = 3
+# Micro-batches held at the peak: 1F1B holds min(S - i, M) on stage i, GPipe M.
+PEAK = {"1f1b": [2, 1, 1, 1], "gpipe": [3, 3, 3, 2]}
+
+
+def _simulated_peaks(plan: Plan) -> list[int]:
+    """(micro-batch, chunk) pairs held at the peak, per rank, as the simulator counts them."""
+    from polychip.simulator import simulate
+
+    v = plan.virtual_stages
+    by_stage = {(ri, st.stage): round(st.peak_in_flight * v)
+                for st in simulate(plan, dedupe_replicas=False).stages for ri in st.replicas}
+    return [by_stage[(r.replica, r.stage)] for r in plan.ranks()]
+
+
+def _config(emulate: bool) -> TrainConfig:
+    return TrainConfig(steps=STEPS, emulate=emulate, dilation=1.0 if emulate else None,
+                       dtype="float64", optimizer="adamw", lr=0.05,
+                       max_corpus_bytes=CORPUS_BYTES)
+
+
+def _reference(plan: Plan) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Single-process training on the whole global batch."""
+    config = _config(False)
+    model = build_full_model(model_config(plan.model), seed=0, dtype=torch.float64)
+    optimizer = make_optimizer(config, list(model.parameters()))
+    stream = SampleStream(StdlibCorpus(CORPUS_BYTES), plan.job.seq_len, seed=0)
+    losses = []
+    for step in range(STEPS):
+        x, y = stream.batch_for(step, range(plan.job.global_batch))
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses, {n: p.detach() for n, p in model.named_parameters()}
+
+
+def _check_tp_layer(trainer: Trainer) -> None:
+    """A tensor-parallel block against the same block on one device: outputs, input
+    gradients and (sliced) parameter gradients."""
+    config, tp = trainer.model.config, trainer.model.tp
+    full, split = DecoderLayer(config, dataclasses.replace(tp, size=1, rank=0, group=None)), \
+        DecoderLayer(config, tp)
+    for module in (full, split):
+        module.to(torch.float64)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for (name, p), q in zip(full.named_parameters(), split.parameters(), strict=True):
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float64))
+            q.copy_(shard_of(p, name, tp.rank, tp.size))
+    x = torch.randn(2, 8, config.hidden_size, generator=generator, dtype=torch.float64)
+    grad = torch.randn(2, 8, config.hidden_size, generator=generator, dtype=torch.float64)
+    cos, sin = rotary_cos_sin(8, config.head_dim, config.rope_theta, x)
+    inputs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    outs = [m(i, cos, sin) for m, i in zip((full, split), inputs, strict=True)]
+    for out in outs:
+        out.backward(grad)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(inputs[1].grad, inputs[0].grad, rtol=1e-12, atol=1e-12)
+    for (name, p), q in zip(full.named_parameters(), split.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, shard_of(p.grad, name, tp.rank, tp.size),
+                                   rtol=1e-12, atol=1e-12, msg=name)
+
+
+def _hybrid_worker(rank: int, world_size: int, plans: dict[str, Plan]) -> None:
+    final: dict[str, dict[str, torch.Tensor]] = {}
+    for kind, plan in plans.items():
+        ref_losses, ref_params = _reference(plan)
+        emulate = kind != "gpipe"  # the emulated (time-stamped) wire format, and the plain one
+        config = _config(emulate)
+        trainer = Trainer(plan, config, build_topology(plan, rank, emulate=emulate,
+                                                       timeout=config.timeout))
+        if emulate:
+            trainer.use_dilation(1.0)
+        records = trainer.run(STEPS)
+        trainer.grads.check_views()
+        role, tp = trainer.role, trainer.model.tp
+        peak = PEAK[kind][rank] if kind in PEAK else _simulated_peaks(plan)[rank]
+        assert [r.peak_activations for r in records] == [peak] * STEPS, kind
+        if role.last_stage:
+            for record, expected in zip(records, ref_losses, strict=True):
+                assert record.global_loss == pytest.approx(expected, abs=ATOL), kind
+        else:
+            assert records[0].loss is None and records[0].global_loss is None
+        final[kind] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        for name, p in final[kind].items():
+            want = shard_of(ref_params[name], name, tp.rank, tp.size)
+            torch.testing.assert_close(p, want, rtol=0, atol=ATOL,
+                                       msg=f"rank {rank} {name} ({kind})")
+        if kind == "1f1b" and tp.size > 1:
+            _check_tp_layer(trainer)
+    for name, p in final["1f1b"].items():  # the two schedules compute the same thing
+        torch.testing.assert_close(final["gpipe"][name], p, rtol=0, atol=1e-14, msg=name)
+
+
+@pytest.mark.dist
+def test_uneven_stages_tp_and_replicas_of_different_layouts_train_like_one_process(
+        tmp_path: Path) -> None:
+    """Replica 0: 1 + 3 layers, the 3 on two chips in TP; replica 1: 4 layers on one chip;
+    uneven batches (6 + 2), two islands; 1F1B and GPipe. Then interleaved 1F1B with two model
+    chunks per stage (:func:`interleaved_plan`)."""
+    plans = {kind: hybrid_plan(kind) for kind in ("1f1b", "gpipe")}
+    plans["interleaved"] = interleaved_plan()
+    run_ranks(_hybrid_worker, 4, tmp_path, plans)
+
+
+# ---- a stage that dies --------------------------------------------------------------------
+def _pipeline_plan() -> Plan:
+    """Replica 0 of the hybrid plan alone: 3 ranks, the last two a TP pair."""
+    plan = hybrid_plan()
+    return pp_plan(plan.cluster, [([(0, 1, 1, (0,), "cpu-slow"), (1, 4, 0, (0, 1), "cpu-fast")],
+                                   6, 2)], model=plan.model)
+
+
+def _dying_worker(rank: int, world_size: int, store: str, plan: Plan, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
+                            world_size=world_size, timeout=timedelta(seconds=60))
+    config = dataclasses.replace(_config(False), steps=6, timeout_s=60)
+    trainer = Trainer(plan, config, build_topology(plan, rank, emulate=False,
+                                                   timeout=config.timeout))
+    if rank == 1:  # the last stage's leader; 3 micro-batches: call 4 is step 1's first forward
+        forward, calls = trainer.model.forward, itertools.count()
+
+        def dying_forward(x: torch.Tensor) -> torch.Tensor:
+            if next(calls) == 3:
+                os._exit(3)
+            return forward(x)
+
+        trainer.model.forward = dying_forward  # type: ignore[method-assign]
+    begin = time.monotonic()
+    try:
+        trainer.run(config.steps)
+        outcome = "finished"
+    except DistributedRunError as exc:
+        outcome = f"{time.monotonic() - begin:.1f} {exc}"
+    Path(out, f"rank{rank}.txt").write_text(outcome)
+    dist.destroy_process_group()
+
+
+@pytest.mark.dist
+def test_a_stage_that_dies_stops_its_pipeline_with_a_clear_error(tmp_path: Path) -> None:
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_dying_worker,
+                         args=(r, 3, str(tmp_path / "store"), _pipeline_plan(), str(tmp_path)))
+             for r in range(3)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + 90
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    alive = [p.pid for p in procs if p.is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert not alive, "surviving ranks hung"
+    assert procs[1].exitcode == 3
+    messages = {}
+    for rank in (0, 2):
+        elapsed, messages[rank] = (tmp_path / f"rank{rank}.txt").read_text().split(" ", 1)
+        assert float(elapsed) < 30
+        assert f"rank {rank} " in messages[rank] and "step 1" in messages[rank]
+        assert "another rank died" in messages[rank]
+    assert "RG0<r1 (receiving a gradient)" in messages[0]  # the first stage waited for it
+    assert "tensor-parallel forward" in messages[2]  # its TP partner, inside the forward
+
+
+# ---- the command ------------------------------------------------------------------------
+@pytest.mark.dist
+def test_train_command_runs_a_pipeline_and_reports_measured_beside_estimated(
+        tmp_path: Path) -> None:
+    plan = hybrid_plan()
+    two_stages = pp_plan(plan.cluster, [([(0, 1, 1, (0,), "cpu-slow"), (1, 4, 0, (0,), "cpu-fast")],
+                                         4, 2)], model=plan.model)
+    plan_path, metrics = tmp_path / "plan.json", tmp_path / "metrics.jsonl"
+    save_plan(two_stages, plan_path)
+    text = tmp_path / "text.txt"
+    text.write_bytes(Path(os.__file__).read_bytes()[:20_000])
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, "-m", "polychip", "train", str(plan_path), "--steps", "2",
+         "--emulate", "--dilation", "3", "--data", str(text), "--metrics", str(metrics)],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr + done.stdout
+    out = done.stdout
+    assert "step time, seconds" in out and "analytic estimate" in out and "simulated" in out
+    assert "per stage" in out and "EMULATED" in out
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [(r["step"], r["rank"], r["stage"]) for r in records] == [
+        (0, 0, 0), (0, 1, 1), (1, 0, 0), (1, 1, 1)]
+    first, last = records[2], records[3]
+    assert first["loss"] is None and last["loss"] > 0 and last["global_loss"] == last["loss"]
+    assert (first["layers"], last["layers"]) == ([[0, 1]], [[1, 4]])
+    assert (first["peak_activations"], last["peak_activations"]) == (2, 1)
+    for r in (first, last):
+        assert r["compute_s"] > 0 and r["recv_wait_s"] >= 0 and r["sync_s"] == 0
+        assert r["wait_s"] == pytest.approx(r["recv_wait_s"] + r["sync_s"])
