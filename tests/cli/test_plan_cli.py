@@ -107,3 +107,25 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, yaml_text, args, expect
     assert first.startswith("polychip plan: error: ") and expect in first
     # one message: only the unknown-chip error goes on, with the inline-declaration example
     assert proc.stderr.count("error:") == 1
+
+
+def test_plan_simulate_prints_both_figures(capsys) -> None:
+    from polychip.cli import main
+
+    rc = main(
+        [
+            "plan",
+            "examples/clusters/cpu-test.yaml",
+            "--model",
+            "tiny",
+            "--global-batch",
+            "16",
+            "--seq-len",
+            "64",
+            "--simulate",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "analytic (cost model)" in out and "simulated (event replay)" in out
+    assert "critical path:" in out

@@ -6,6 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from polychip.plan import Plan
 
 DEFAULT_GLOBAL_BATCH = 512
 DEFAULT_SEQ_LEN = 4096
@@ -51,6 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="most pipeline stages (default min(layers, 16))",
     )
+    p.add_argument(
+        "--simulate",
+        action="store_true",
+        help="also replay one step of the chosen plan in the discrete-event simulator and "
+        "print its figures beside the analytic ones (the plan's estimate stays analytic)",
+    )
     p.set_defaults(func=run)
 
 
@@ -88,10 +100,31 @@ def run(args: argparse.Namespace) -> int:
         )
     elapsed = time.perf_counter() - started
     render_plan(Console(), plan, args.cluster, elapsed)
+    if args.simulate:
+        _print_simulated(Console(), plan)
     if args.out:
         save_plan(plan, args.out)
         Console().print(f"plan written to {args.out}")
     return 0
+
+
+def _print_simulated(console: Console, plan: Plan) -> None:
+    from rich.table import Table
+
+    from polychip.simulator import simulate
+
+    sim = simulate(plan)
+    est = plan.estimate
+    assert est is not None  # the planner always fills it
+    table = Table(title="chosen plan: analytic estimate vs simulated step (one replay)")
+    for col in ("figure", "analytic (cost model)", "simulated (event replay)"):
+        table.add_column(col, justify="right")
+    table.add_row("step time s", f"{est.step_time_s:.3f}", f"{sim.step_time_s:.3f}")
+    table.add_row("tokens/s", f"{est.tokens_per_s:,.0f}", f"{sim.tokens_per_s:,.0f}")
+    table.add_row("MFU", f"{est.mfu:.1%}", f"{sim.mfu:.1%}")
+    table.add_row("bubble", f"{est.bubble_fraction:.1%}", f"{sim.bubble_fraction:.1%}")
+    console.print(table)
+    console.print(f"critical path: {sim.critical_path_text()}")
 
 
 class _Progress:
