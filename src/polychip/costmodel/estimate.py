@@ -58,24 +58,22 @@ class PlanCost:
         return not self.violations
 
     def to_estimate(self, replicas: tuple[Replica, ...], cm: CostModel) -> Estimate:
-        peak: dict[str, int] = {}
-        cap: dict[str, int] = {}
-        for (ri, si), mem in self.memory.items():
-            chip = replicas[ri].stages[si].chip
-            peak[chip] = max(peak.get(chip, 0), mem.total)
-            cap[chip] = cm.chip(chip).memory_bytes
-        return Estimate(
+        return Estimate.of_step(
             step_time_s=self.step_time_s,
             tokens_per_s=self.tokens_per_s,
             mfu=self.mfu,
-            peak_memory_bytes=peak,
-            memory_capacity_bytes=cap,
-            breakdown_s={
-                "pipeline": self.pipeline_s,
-                "dp_sync": self.dp_sync_s,
-                "optimizer": self.optimizer_s,
-            },
+            pipeline_s=self.pipeline_s,
+            dp_sync_s=self.dp_sync_s,
+            optimizer_s=self.optimizer_s,
             bubble_fraction=self.bubble_fraction,
+            memory_rows=(
+                (
+                    replicas[ri].stages[si].chip,
+                    mem.total,
+                    cm.chip(replicas[ri].stages[si].chip).memory_bytes,
+                )
+                for (ri, si), mem in self.memory.items()
+            ),
             source="analytic",
         )
 

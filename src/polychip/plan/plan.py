@@ -7,6 +7,7 @@ stage by stage, then by tensor-parallel rank (`Plan.ranks`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -83,6 +84,37 @@ class Estimate:
     breakdown_s: dict[str, float] = field(default_factory=dict)  # pipeline, dp_sync, optimizer
     bubble_fraction: float = 0.0
     source: Literal["analytic", "simulated"] = "analytic"
+
+    @staticmethod
+    def of_step(
+        *,
+        step_time_s: float,
+        tokens_per_s: float,
+        mfu: float,
+        pipeline_s: float,
+        dp_sync_s: float,
+        optimizer_s: float,
+        bubble_fraction: float,
+        memory_rows: Iterable[tuple[str, int, int]],
+        source: Literal["analytic", "simulated"],
+    ) -> Estimate:
+        """An estimate from a step's parts; `memory_rows`: (chip, peak bytes, capacity bytes)
+        of every device kind, reduced to the worst device per chip type."""
+        peak: dict[str, int] = {}
+        cap: dict[str, int] = {}
+        for chip, used, capacity in memory_rows:
+            peak[chip] = max(peak.get(chip, 0), used)
+            cap[chip] = capacity
+        return Estimate(
+            step_time_s=step_time_s,
+            tokens_per_s=tokens_per_s,
+            mfu=mfu,
+            peak_memory_bytes=peak,
+            memory_capacity_bytes=cap,
+            breakdown_s={"pipeline": pipeline_s, "dp_sync": dp_sync_s, "optimizer": optimizer_s},
+            bubble_fraction=bubble_fraction,
+            source=source,
+        )
 
 
 @dataclass(frozen=True)

@@ -70,23 +70,17 @@ class SimResult:
         return "; ".join(parts) + " of the step"
 
     def to_estimate(self) -> Estimate:
-        peak: dict[str, int] = {}
-        cap: dict[str, int] = {}
-        for st in self.stages:
-            peak[st.chip] = max(peak.get(st.chip, 0), st.peak_memory_bytes)
-            cap[st.chip] = st.memory_capacity_bytes
-        return Estimate(
+        return Estimate.of_step(
             step_time_s=self.step_time_s,
             tokens_per_s=self.tokens_per_s,
             mfu=self.mfu,
-            peak_memory_bytes=peak,
-            memory_capacity_bytes=cap,
-            breakdown_s={
-                "pipeline": self.pipeline_s,
-                "dp_sync": self.dp_sync_s,
-                "optimizer": self.optimizer_s,
-            },
+            pipeline_s=self.pipeline_s,
+            dp_sync_s=self.dp_sync_s,
+            optimizer_s=self.optimizer_s,
             bubble_fraction=self.bubble_fraction,
+            memory_rows=(
+                (st.chip, st.peak_memory_bytes, st.memory_capacity_bytes) for st in self.stages
+            ),
             source="simulated",
         )
 
