@@ -109,23 +109,44 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, yaml_text, args, expect
     assert proc.stderr.count("error:") == 1
 
 
-def test_plan_simulate_prints_both_figures(capsys) -> None:
-    from polychip.cli import main
-
-    rc = main(
-        [
-            "plan",
-            "examples/clusters/cpu-test.yaml",
-            "--model",
-            "tiny",
-            "--global-batch",
-            "16",
-            "--seq-len",
-            "64",
-            "--simulate",
-        ]
-    )
+def test_plan_simulate_reranks_and_labels_each_figure(tmp_path: Path, capsys) -> None:
+    out_json = tmp_path / "plan.json"
+    args = [
+        "plan",
+        CPU,
+        "--model",
+        "tiny",
+        "--global-batch",
+        "16",
+        "--seq-len",
+        "64",
+        "--simulate-top",
+        "3",
+        "--out",
+        str(out_json),
+    ]
+    rc = main(args)
     out = capsys.readouterr().out
     assert rc == 0
+    assert "analytic estimate (cost model): step" in out
+    assert "candidates re-ranked by simulated step" in out
     assert "analytic (cost model)" in out and "simulated (event replay)" in out
-    assert "critical path:" in out
+    assert "critical path (simulated):" in out
+    ranked = out[out.index("candidates re-ranked") : out.index("chosen plan: analytic")]
+    assert ranked.count("chosen") == 1
+    # the written plan is the one the simulator chose, with its analytic estimate
+    saved = load_plan(out_json)
+    assert saved.estimate.source == "analytic"
+    assert any(n.startswith("chosen by simulated step") for n in saved.notes)
+
+
+def test_plan_without_simulate_prints_no_simulated_figure(capsys) -> None:
+    rc = main(["plan", CPU, "--model", "tiny", "--global-batch", "16", "--seq-len", "64"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "simulated" not in out
+
+
+def test_plan_simulate_top_zero_exits_2(tmp_path: Path) -> None:
+    proc = _run([CPU, "--model", "tiny", "--simulate-top", "0"], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--simulate-top 0 must be >= 1" in proc.stderr

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from polychip.plan import Plan
+    from polychip.planner import Candidate
 
 DEFAULT_GLOBAL_BATCH = 512
 DEFAULT_SEQ_LEN = 4096
+DEFAULT_SIMULATE_TOP = 5
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,8 +61,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--simulate",
         action="store_true",
-        help="also replay one step of the chosen plan in the discrete-event simulator and "
-        "print its figures beside the analytic ones (the plan's estimate stays analytic)",
+        help="re-rank the best candidates by a step replayed in the discrete-event simulator "
+        f"(the {DEFAULT_SIMULATE_TOP} best by the cost model plus each chip type alone) and "
+        "choose the fastest simulated; prints simulated beside analytic figures (the plan's "
+        "estimate and baselines stay analytic)",
+    )
+    p.add_argument(
+        "--simulate-top",
+        type=int,
+        metavar="K",
+        default=None,
+        help=f"candidates re-ranked by --simulate (default {DEFAULT_SIMULATE_TOP}; implies "
+        "--simulate)",
     )
     p.set_defaults(func=run)
 
@@ -71,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
 
     from polychip.cli.plan_view import render_plan
     from polychip.plan.serialize import save_plan
-    from polychip.planner import plan_job
+    from polychip.planner import search_plans
     from polychip.spec.cluster import load_cluster
+    from polychip.spec.errors import PolychipError
     from polychip.spec.job import TrainingJob
     from polychip.spec.model import load_model
 
@@ -85,11 +97,14 @@ def run(args: argparse.Namespace) -> int:
         allow_recompute=not args.no_recompute,
         allow_zero1=not args.no_zero1,
     )
+    if args.simulate_top is not None and args.simulate_top < 1:
+        raise PolychipError(f"--simulate-top {args.simulate_top} must be >= 1")
+    top = args.simulate_top or (DEFAULT_SIMULATE_TOP if args.simulate else 0)
     for chip in cluster.chips():  # a missing peak for this precision: one clear error
         chip.peak_flops(job.precision)
     started = time.perf_counter()
     with _Progress() as progress:
-        plan = plan_job(
+        found = search_plans(
             cluster,
             model,
             job,
@@ -97,26 +112,43 @@ def run(args: argparse.Namespace) -> int:
             max_stages=args.max_stages,
             schedule=args.schedule,
             progress=progress,
+            simulate_top=top,
         )
     elapsed = time.perf_counter() - started
+    plan = found.plan
     render_plan(Console(), plan, args.cluster, elapsed)
-    if args.simulate:
-        _print_simulated(Console(), plan)
+    if found.ranking:
+        _print_ranking(Console(), found.ranking)
     if args.out:
         save_plan(plan, args.out)
         Console().print(f"plan written to {args.out}")
     return 0
 
 
-def _print_simulated(console: Console, plan: Plan) -> None:
+def _print_ranking(console: Console, ranking: tuple[Candidate, ...]) -> None:
     from rich.table import Table
 
-    from polychip.simulator import simulate
-
-    sim = simulate(plan)
-    est = plan.estimate
+    table = Table(
+        title="candidates re-ranked by simulated step (analytic: cost model; simulated: "
+        "discrete-event replay)"
+    )
+    for col in ("", "rank", "analytic tok/s", "simulated tok/s", "sim/an"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("replicas (rank: by the cost model)")
+    for i, c in enumerate(ranking):
+        table.add_row(
+            "[bold]chosen[/bold]" if i == 0 else "",
+            str(c.analytic_rank),
+            f"{c.analytic_tokens_per_s:,.0f}",
+            f"{c.simulated_tokens_per_s:,.0f}",
+            f"{c.simulated_tokens_per_s / c.analytic_tokens_per_s:.3f}",
+            c.label,
+        )
+    console.print(table)
+    chosen = ranking[0]
+    est, sim = chosen.plan.estimate, chosen.sim
     assert est is not None  # the planner always fills it
-    table = Table(title="chosen plan: analytic estimate vs simulated step (one replay)")
+    table = Table(title="chosen plan: analytic estimate vs simulated step")
     for col in ("figure", "analytic (cost model)", "simulated (event replay)"):
         table.add_column(col, justify="right")
     table.add_row("step time s", f"{est.step_time_s:.3f}", f"{sim.step_time_s:.3f}")
@@ -124,7 +156,7 @@ def _print_simulated(console: Console, plan: Plan) -> None:
     table.add_row("MFU", f"{est.mfu:.1%}", f"{sim.mfu:.1%}")
     table.add_row("bubble", f"{est.bubble_fraction:.1%}", f"{sim.bubble_fraction:.1%}")
     console.print(table)
-    console.print(f"critical path: {sim.critical_path_text()}")
+    console.print(f"critical path (simulated): {sim.critical_path_text()}")
 
 
 class _Progress:

@@ -31,8 +31,9 @@ def render_plan(console: Console, plan: Plan, source: str, elapsed_s: float) -> 
             f"{row.micro_batches} x {row.micro_batch_size}",
         )
     console.print(reps)
+    how = " (cost model)" if est.source == "analytic" else ""
     console.print(
-        f"estimated step [bold]{est.step_time_s:.3f} s[/bold]  "
+        f"{est.source} estimate{how}: step [bold]{est.step_time_s:.3f} s[/bold]  "
         f"[bold]{est.tokens_per_s:,.0f}[/bold] tokens/s  MFU [bold]{est.mfu:.1%}[/bold] of the "
         f"cluster's summed peak  (pipeline {est.breakdown_s.get('pipeline', 0):.3f} s, bubble "
         f"{est.bubble_fraction:.0%}; gradient sync {est.breakdown_s.get('dp_sync', 0):.3f} s; "
@@ -44,7 +45,7 @@ def render_plan(console: Console, plan: Plan, source: str, elapsed_s: float) -> 
     for chip, peak, cap in memory_rows(plan):
         mem.add_row(chip, f"{peak:.1f}", f"{cap:.0f}", f"{peak / cap:.0%}" if cap else "-")
     console.print(mem)
-    cmp = Table(title="against the baselines (same cost model)")
+    cmp = Table(title=f"against the baselines (same cost model, {est.source})")
     for col in ("", "tokens/s", "plan / it", "what"):
         cmp.add_column(col, justify="right" if col in ("tokens/s", "plan / it") else "left")
     cmp.add_row("[bold]this plan[/bold]", f"{est.tokens_per_s:,.0f}", "1.00", "")

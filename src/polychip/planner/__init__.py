@@ -1,9 +1,12 @@
 """The planner: searches plans, scores every candidate with the one cost model.
 
-Public entry point: `plan_job(cluster, model, job, *, exhaustive=False, max_stages=None,
-schedule="1f1b", progress=None) -> Plan` (docs/planner.md).
+Public entry points (docs/planner.md):
+`plan_job(cluster, model, job, *, exhaustive=False, max_stages=None, schedule="1f1b",
+progress=None) -> Plan`, and `search_plans(..., simulate_top=K) -> PlanSearch`, which also
+re-ranks the K best candidates by a simulated step.
 """
 
-from polychip.planner.api import plan_job
+from polychip.planner.api import PlanSearch, plan_job, search_plans
+from polychip.planner.rerank import Candidate
 
-__all__ = ["plan_job"]
+__all__ = ["Candidate", "PlanSearch", "plan_job", "search_plans"]

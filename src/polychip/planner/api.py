@@ -1,10 +1,11 @@
-"""`plan_job`: the planner's one public entry point -- a complete, validated Plan with its
-estimate, baselines, the ideal and notes, all scored by one `CostModel`."""
+"""`plan_job`: the planner's public entry point -- a complete, validated Plan with its
+estimate, baselines, the ideal and notes, all scored by one `CostModel`. `search_plans` is
+the same search that also returns the simulated re-ranking (`simulate_top`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from polychip.costmodel import CostModel
 from polychip.plan.plan import Baseline, Plan
@@ -13,6 +14,7 @@ from polychip.planner.baselines import baseline_of, describe_replicas, naive_mix
 from polychip.planner.diagnose import infeasible_error
 from polychip.planner.exhaustive import Exhaustive
 from polychip.planner.notes import plan_notes
+from polychip.planner.rerank import Candidate, rerank, rerank_note, shortlist
 from polychip.planner.scoring import Scored, Scorer, better
 from polychip.planner.search import FastSearch
 from polychip.planner.shapes import ShapeBuilder
@@ -24,6 +26,15 @@ from polychip.spec.model import ModelSpec
 
 Progress = Callable[[float, str], None]
 SCHEDULES = ("1f1b", "gpipe")
+
+
+@dataclass(frozen=True)
+class PlanSearch:
+    """The chosen plan and, when re-ranked by simulation, every candidate best simulated
+    first (`ranking[0].plan` is `plan` without its notes)."""
+
+    plan: Plan
+    ranking: tuple[Candidate, ...] = ()
 
 
 def plan_job(
@@ -43,6 +54,34 @@ def plan_job(
     the search advances. Raises InfeasibleError naming the limit when nothing fits, and
     PolychipError for a bad argument.
     """
+    return search_plans(
+        cluster,
+        model,
+        job,
+        exhaustive=exhaustive,
+        max_stages=max_stages,
+        schedule=schedule,
+        progress=progress,
+    ).plan
+
+
+def search_plans(
+    cluster: Cluster,
+    model: ModelSpec,
+    job: TrainingJob,
+    *,
+    exhaustive: bool = False,
+    max_stages: int | None = None,
+    schedule: str = "1f1b",
+    progress: Progress | None = None,
+    simulate_top: int = 0,
+) -> PlanSearch:
+    """`plan_job`, and with `simulate_top` > 0 the `simulate_top` best distinct candidates
+    by the analytic cost model (plus each chip type's best alone) are replayed in the
+    simulator and the plan with the most simulated tokens/s is chosen. The chosen plan's
+    `estimate` stays analytic, like its baselines; a note gives the simulated figure."""
+    if simulate_top < 0:
+        raise PolychipError(f"simulate_top {simulate_top} must be >= 0 (0: no re-ranking)")
     if schedule not in SCHEDULES:
         raise PolychipError(
             f"schedule {schedule!r} is not supported by the planner: use 1f1b or gpipe"
@@ -54,7 +93,7 @@ def plan_job(
     scorer = Scorer(ShapeBuilder(cm, schedule))
     stages = max_stages_for(model, max_stages)
     types = type_groups(cluster)
-    steps = len(types) + (1 if len(types) > 1 else 0) + 1
+    steps = len(types) + (1 if len(types) > 1 else 0) + 1 + (1 if simulate_top else 0)
     done = 0
 
     def search(groups: list[int], label: str) -> Scored | None:
@@ -80,7 +119,7 @@ def plan_job(
         best = better(best, search(list(range(len(cluster.groups))), "all chips"))
     if best is None:
         raise infeasible_error(cm, scorer.builder, stages)
-    report((steps - 1) / steps, "baselines")
+    report(done / steps, "baselines")
     naive = naive_mixed(cm, schedule)
     single_chip, single = max(
         ((c, r) for c, r in alone.items() if r is not None), key=lambda cr: cr[1].tokens_per_s
@@ -109,18 +148,36 @@ def plan_job(
         sum(per_type.values()),
         per_chip_tokens_per_s=dict(per_type),
     )
-    plan = Plan(
-        cluster=cluster,
-        model=model,
-        job=job,
-        replicas=best.replicas,
-        schedule=schedule,  # type: ignore[arg-type]
-        zero1=best.zero1,
-        estimate=best.cost.to_estimate(best.replicas, cm),
-        baselines=baselines,
-        ideal=ideal,
-    )
-    plan = replace(plan, notes=tuple(plan_notes(plan, best, cm, exhaustive)))
-    validate_plan(plan)
+
+    def to_plan(scored: Scored) -> Plan:
+        plan = Plan(
+            cluster=cluster,
+            model=model,
+            job=job,
+            replicas=scored.replicas,
+            schedule=schedule,  # type: ignore[arg-type]
+            zero1=scored.zero1,
+            estimate=scored.cost.to_estimate(scored.replicas, cm),
+            baselines=baselines,
+            ideal=ideal,
+        )
+        validate_plan(plan)
+        return plan
+
+    ranking: list[Candidate] = []
+    if simulate_top:
+        always = [best, *(r for r in alone.values() if r is not None)]
+        pool = shortlist([*scorer.scored(), *always], simulate_top, always)
+
+        def simulating(i: int, n: int) -> None:
+            report((steps - 1 + i / n) / steps, f"simulating candidate {i + 1} of {n}")
+
+        ranking = rerank(pool, to_plan, cm, simulating)
+        best = ranking[0].scored
+    plan = to_plan(best)
+    notes = plan_notes(plan, best, cm, exhaustive)
+    if ranking:
+        notes.append(rerank_note(ranking))
+    plan = replace(plan, notes=tuple(notes))
     report(1.0, "done")
-    return plan
+    return PlanSearch(plan, tuple(ranking))

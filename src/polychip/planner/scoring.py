@@ -98,6 +98,10 @@ class Scorer:
             return None
         return Scored(tuple((s, tuple(ms)) for s, ms in with_micro), replicas, zero1, cost)
 
+    def scored(self) -> list[Scored]:
+        """Every candidate scored exactly so far that is a plan (all searches)."""
+        return [s for s in self._seen.values() if s is not None]
+
     def score(self, classes: Sequence[tuple[Shape, int]]) -> Scored | None:
         """The exact score of a candidate, or None if it cannot be a plan."""
         classes = [(s, n) for s, n in classes if n > 0]

@@ -1,0 +1,99 @@
+"""`search_plans(simulate_top=K)`: the best candidates by the cost model, replayed in the
+simulator, the fastest simulated chosen -- with the analytic figures kept analytic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from polychip.costmodel import CostModel
+from polychip.planner import plan_job, search_plans
+from polychip.planner.rerank import shortlist
+from polychip.simulator import simulate
+from polychip.spec.cluster import load_cluster
+from polychip.spec.errors import PolychipError
+from polychip.spec.job import TrainingJob
+from polychip.spec.model import load_model
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "clusters"
+
+
+@pytest.fixture(scope="module")
+def case():
+    cluster = load_cluster(EXAMPLES / "cpu-test.yaml")
+    return cluster, load_model("tiny"), TrainingJob(global_batch=16, seq_len=64)
+
+
+@pytest.fixture(scope="module")
+def found(case):
+    return search_plans(*case, simulate_top=5)
+
+
+def test_ranking_is_by_simulated_tokens_and_every_figure_is_a_real_replay(found) -> None:
+    ranking = found.ranking
+    types = {g.chip.name for g in found.plan.cluster.groups}
+    assert 5 <= len(ranking) <= 5 + len(types)  # the top 5 plus each chip type alone
+    sims = [c.simulated_tokens_per_s for c in ranking]
+    assert sims == sorted(sims, reverse=True)
+    for c in ranking:  # each simulated figure is what the simulator says of that plan
+        assert simulate(c.plan).tokens_per_s == pytest.approx(c.simulated_tokens_per_s, rel=1e-12)
+        assert c.plan.estimate.source == "analytic"
+        assert c.plan.estimate.tokens_per_s == pytest.approx(c.analytic_tokens_per_s, rel=1e-12)
+    by_analytic = sorted(ranking, key=lambda c: c.analytic_rank)
+    assert [c.analytic_rank for c in by_analytic] == list(range(1, len(ranking) + 1))
+    analytic = [c.analytic_tokens_per_s for c in by_analytic]
+    assert analytic == sorted(analytic, reverse=True)
+    assert len({c.plan.replicas for c in ranking}) == len(ranking)  # distinct plans
+    alone = [c for c in ranking if len({s.chip for r in c.plan.replicas for s in r.stages}) == 1]
+    assert {c.plan.replicas[0].stages[0].chip for c in alone} == types
+
+
+def test_chosen_plan_is_the_fastest_simulated_with_an_analytic_estimate(case, found) -> None:
+    plan, chosen = found.plan, found.ranking[0]
+    assert plan.replicas == chosen.plan.replicas and plan.zero1 == chosen.plan.zero1
+    assert plan.estimate.source == "analytic"  # comparable with the (analytic) baselines
+    cost = CostModel(*case).evaluate(plan.replicas, plan.schedule, plan.zero1)
+    assert plan.estimate.tokens_per_s == pytest.approx(cost.tokens_per_s, rel=1e-12)
+    note = [n for n in plan.notes if n.startswith("chosen by simulated step")]
+    assert len(note) == 1 and f"{chosen.simulated_tokens_per_s:,.0f}" in note[0]
+
+
+def test_analytic_favourite_is_what_plan_job_picks(case, found) -> None:
+    first = min(found.ranking, key=lambda c: c.analytic_rank)
+    plain = plan_job(*case)
+    assert first.analytic_tokens_per_s == pytest.approx(plain.estimate.tokens_per_s, rel=1e-12)
+    assert search_plans(*case).ranking == ()  # no re-ranking unless asked
+    assert search_plans(*case).plan == plain
+
+
+def test_reranking_changes_the_pick_where_1f1b_exposes_transfers(found) -> None:
+    """On cpu-test/tiny the cost model prefers micro-batch 1 (smaller bubble); replayed, 1F1B
+    keeps only S - s micro-batches in flight on stage s -- enough to hide compute, not the
+    round trip of activations and gradients through host memory -- so the transfers of 16
+    small micro-batches are exposed and micro-batch 2 wins. The note says both figures."""
+    chosen = found.ranking[0]
+    first = min(found.ranking, key=lambda c: c.analytic_rank)
+    assert chosen is not first
+    assert chosen.simulated_tokens_per_s > first.simulated_tokens_per_s
+    assert chosen.analytic_tokens_per_s < first.analytic_tokens_per_s
+    assert first.plan.replicas[0].micro_batch_size < chosen.plan.replicas[0].micro_batch_size
+    note = next(n for n in found.plan.notes if n.startswith("chosen by simulated step"))
+    assert f"{first.simulated_tokens_per_s:,.0f}" in note and "stay analytic" in note
+
+
+def test_shortlist_dedupes_keeps_always_and_refuses_zero(found) -> None:
+    scored = [c.scored for c in found.ranking]
+    top2 = shortlist(scored + scored, 2)
+    fastest = sorted((s.tokens_per_s for s in scored), reverse=True)[:2]
+    assert [s.tokens_per_s for s in top2] == fastest
+    slowest = min(scored, key=lambda s: s.tokens_per_s)
+    with_always = shortlist(scored, 1, [slowest, slowest])
+    assert len(with_always) == 2 and with_always[-1] is slowest
+    with pytest.raises(ValueError, match="top must be >= 1"):
+        shortlist(scored, 0)
+
+
+def test_negative_simulate_top_is_a_clear_error(case) -> None:
+    with pytest.raises(PolychipError, match="simulate_top -1 must be >= 0"):
+        search_plans(*case, simulate_top=-1)
