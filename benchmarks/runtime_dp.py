@@ -26,7 +26,8 @@ from polychip.plan import Plan, Replica, Stage, validate_plan
 from polychip.runtime.compare import CompareTask, even_batch_split
 from polychip.runtime.emulate import phase_targets
 from polychip.runtime.launch import launch_local
-from polychip.runtime.train import TrainConfig, estimate_tokens_per_s
+from polychip.runtime.session import estimate_tokens_per_s
+from polychip.runtime.train import TrainConfig
 from polychip.spec.cluster import cluster_from_dict, load_cluster
 from polychip.spec.job import TrainingJob
 from polychip.spec.model import PRESETS

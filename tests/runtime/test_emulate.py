@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from polychip.runtime.emulate import DilationGovernor, PhaseClock
+from polychip.runtime.dilation import DilationGovernor
+from polychip.runtime.emulate import PhaseClock
 from polychip.runtime.errors import RuntimeSetupError
 
 TOLERANCE_S = 0.01  # sleep wake-up latency on a busy host; the lower bound is exact

@@ -21,7 +21,8 @@ import torch.multiprocessing as mp
 from polychip.plan import Plan, save_plan
 from polychip.runtime.data import SampleStream, StdlibCorpus
 from polychip.runtime.errors import DistributedRunError
-from polychip.runtime.model import DecoderLayer, build_full_model, loss_fn, rotary_cos_sin
+from polychip.runtime.layers import DecoderLayer, rotary_cos_sin
+from polychip.runtime.model import build_full_model, loss_fn
 from polychip.runtime.tensor_parallel import shard_of
 from polychip.runtime.topology import build_topology
 from polychip.runtime.train import TrainConfig, Trainer, make_optimizer, model_config

@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from polychip.runtime.emulate import WarmupTiming, dilation_for, dilation_from, phase_targets
+from polychip.runtime.dilation import WarmupTiming, dilation_for, dilation_from
+from polychip.runtime.emulate import phase_targets
 from polychip.runtime.errors import RuntimeSetupError
 from polychip.runtime.launch import (
     hosts_for_nodes,

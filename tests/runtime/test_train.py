@@ -201,7 +201,8 @@ from datetime import timedelta
 from polychip.plan import load_plan
 from polychip.runtime.errors import DistributedRunError
 from polychip.runtime.launch import launch_local
-from polychip.runtime.train import TrainConfig, Trainer, train
+from polychip.runtime.session import train
+from polychip.runtime.train import TrainConfig, Trainer
 
 @dataclass(frozen=True)
 class DyingRank:

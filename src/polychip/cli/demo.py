@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from polychip.planner import plan_job
     from polychip.runtime.compare import CompareTask, even_batch_split
     from polychip.runtime.launch import launch_local
-    from polychip.runtime.train import TrainConfig, estimate_tokens_per_s
+    from polychip.runtime.session import estimate_tokens_per_s
+    from polychip.runtime.train import TrainConfig
 
     console = Console()
     cluster, model = demo_cluster(), PRESETS["tiny"]

@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from polychip.runtime.data import SampleStream, open_source
     from polychip.runtime.errors import DistributedRunError
     from polychip.runtime.launch import launch_local, torchrun_worker
+    from polychip.runtime.session import TrainTask
     from polychip.runtime.topology import check_devices, rank_roles
-    from polychip.runtime.train import TrainTask
 
     plan = load_plan(args.plan)
     config = train_config(args, progress=True)

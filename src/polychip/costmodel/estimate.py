@@ -1,22 +1,16 @@
 """One entry point: the cost of a set of pipeline replicas on a cluster.
 
 step = slowest replica's pipeline (1F1B/GPipe closed form) + gradient sync across the
-data-parallel holders of every layer (hierarchical across islands, not overlapped) +
-the optimizer step. The planner, the simulator and the runtime's emulated clocks all
+data-parallel holders of every layer (`gradsync.py`: hierarchical across islands, not
+overlapped) + the optimizer step. The planner, the simulator and the runtime's emulated clocks all
 read their per-stage times from here, so they cannot disagree about a chip's speed.
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 
-from polychip.costmodel.comm import (
-    LinkKind,
-    bridge_time_s,
-    hierarchical_allreduce_time_s,
-    p2p_time_s,
-)
+from polychip.costmodel.comm import LinkKind, bridge_time_s, p2p_time_s
 from polychip.costmodel.compute import (
     INTRA_NODE_LATENCY_S,
     ComputeProfile,
@@ -25,13 +19,14 @@ from polychip.costmodel.compute import (
     embedding_times,
     head_times,
 )
+from polychip.costmodel.gradsync import dp_sync_time_s, segment_allreduce_s
 from polychip.costmodel.memory import (
     MemoryBreakdown,
     in_flight_micro_batches,
     stage_memory,
     stage_params,
 )
-from polychip.plan.plan import Estimate, Replica, Stage
+from polychip.plan.plan import Estimate, Replica
 from polychip.spec.accelerators import Accelerator
 from polychip.spec.cluster import Cluster
 from polychip.spec.job import TrainingJob
@@ -183,70 +178,18 @@ class CostModel:
         busy = m * sum(t * replica.stages[i].tp for i, t in enumerate(totals))
         return span, busy
 
-    # ---- data-parallel gradient sync -------------------------------------------------------
-    def _segment_allreduce_s(self, holders: list[tuple[Stage, int]], n_params: int) -> float:
-        """All-reduce the gradient of `n_params` parameters among stages `holders`
-        ((stage, tp) of each replica holding them), hierarchically by island."""
-        if len(holders) <= 1:
-            return 0.0
-        by_island: dict[str, list[Stage]] = {}
-        for st, _ in holders:
-            by_island.setdefault(self.chip(st.chip).island, []).append(st)
-        n_bytes = max(2.0 * n_params / tp for _, tp in holders)
-        islands = []
-        for members in by_island.values():
-            nodes = {s.node for s in members}
-            if len(nodes) == 1:
-                chip = self.chip(members[0].chip)
-                islands.append((len(members), chip.link_bw_bytes_per_s, INTRA_NODE_LATENCY_S))
-            else:
-                bw = min(self.device_nic_bw(n) for n in nodes)
-                islands.append((len(members), bw, self.cluster.network.latency_s))
-        bridge = min(self.device_nic_bw(st.node) for st, _ in holders)
-        net = self.cluster.network
-        return hierarchical_allreduce_time_s(
-            n_bytes, islands, bridge, net.host_copy_bw_bytes_per_s, net.latency_s
-        )
-
+    # ---- data-parallel gradient sync (gradsync.py) ---------------------------------------
     def segment_allreduce_time_s(
         self, replicas: tuple[Replica, ...], holders: tuple[tuple[int, int], ...], n_params: int
     ) -> float:
         """All-reduce of `n_params` parameters' gradient among the stages `holders`
         ((replica, stage) pairs), uncontended: what the simulator's `AR[...]` takes alone."""
         stages = [replicas[ri].stages[si] for ri, si in holders]
-        return self._segment_allreduce_s([(st, st.tp) for st in stages], n_params)
+        return segment_allreduce_s(self, [(st, st.tp) for st in stages], n_params)
 
     def dp_sync_time_s(self, replicas: tuple[Replica, ...]) -> float:
-        """Slowest device's gradient sync: the layers of its stage are cut into segments
-        whose holder set is constant, each segment all-reduced among its holders."""
-        if len(replicas) <= 1:
-            return 0.0
-        bounds = sorted(
-            {b for r in replicas for s in r.stages for b in (s.layer_start, s.layer_end)}
-        )
-        segments = list(itertools.pairwise(bounds))
-        seg_time: dict[tuple[int, int], float] = {}
-        for a, b in segments:
-            holders = []
-            for r in replicas:
-                st = next(s for s in r.stages if s.layer_start <= a < s.layer_end)
-                holders.append((st, st.tp))
-            seg_time[(a, b)] = self._segment_allreduce_s(holders, (b - a) * self.model.layer_params)
-        firsts = [(r.stages[0], r.stages[0].tp) for r in replicas]
-        lasts = [(r.stages[-1], r.stages[-1].tp) for r in replicas]
-        embed_s = self._segment_allreduce_s(firsts, self.model.embedding_params)
-        # A tied output head on its own stage is a copy of the embedding: its gradient too.
-        tied = self.model.tie_embeddings and any(r.num_stages > 1 for r in replicas)
-        head_n = self.model.head_params + (self.model.embedding_params if tied else 0)
-        head_s = self._segment_allreduce_s(lasts, head_n)
-        worst = 0.0
-        for r in replicas:
-            for si, st in enumerate(r.stages):
-                t = sum(v for (a, _), v in seg_time.items() if st.layer_start <= a < st.layer_end)
-                t += embed_s if si == 0 else 0.0
-                t += head_s if si == r.num_stages - 1 else 0.0
-                worst = max(worst, t)
-        return worst
+        """Slowest device's gradient sync (gradsync.dp_sync_time_s)."""
+        return dp_sync_time_s(self, replicas)
 
     # ---- memory and optimizer ------------------------------------------------------------
     def memory_of(

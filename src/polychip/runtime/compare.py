@@ -97,8 +97,9 @@ class CompareTask:
         return self.config.timeout
 
     def __call__(self, plan: Plan, rank: int) -> list[RunSummary] | None:
+        from polychip.runtime.session import agree_dilation, gather_summary
         from polychip.runtime.topology import build_topology
-        from polychip.runtime.train import Trainer, agree_dilation, gather_summary
+        from polychip.runtime.train import Trainer
 
         config = self.config
         same_ranks(self.plans)

@@ -1,0 +1,101 @@
+"""A whole run around the per-rank :class:`~polychip.runtime.train.Trainer`: agree on the
+emulation's dilation, train, gather every rank's records to rank 0 for the metrics file and
+the summary; and the picklable task the launcher runs on every rank."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch.distributed as dist
+
+from polychip.costmodel.estimate import CostModel
+from polychip.plan.plan import Plan
+from polychip.runtime.dilation import WarmupTiming, dilation_from
+from polychip.runtime.metrics import RunSummary, StepRecord, summarise, write_metrics
+from polychip.runtime.topology import build_topology
+from polychip.runtime.train import WARMUP_MIN_S, TrainConfig, Trainer
+
+
+def agree_dilation(trainers: Sequence[Trainer]) -> float:
+    """Collective: the dilation every rank uses. Each stage (its TP ranks together) times its
+    step's compute alone, in turn, then all at once (the host's contention, other jobs
+    included); every rank derives the same factor from all the timings
+    (:func:`dilation_from`; several trainers: the largest)."""
+    world = dist.get_world_size()
+    leader = trainers[0].role.stage_ranks[0]  # the plans share their ranks and stages' TP
+    alone: list[tuple[float, float]] = []
+    try:
+        for turn in range(world):
+            dist.barrier()
+            if turn == leader:
+                alone = [(t.time_compute(), t.time_optimizer()) for t in trainers]
+        dist.barrier()
+        busy = [t.time_compute(2 * WARMUP_MIN_S) for t in trainers]
+        mine = [t.warmup_timing(a, o, b) for t, (a, o), b in zip(trainers, alone, busy,
+                                                                   strict=True)]
+        gathered: list[list[WarmupTiming] | None] = [None] * world
+        dist.all_gather_object(gathered, mine)
+    except RuntimeError as exc:
+        raise trainers[0].failure(None, "agreeing on the dilation", exc) from exc
+    return max(dilation_from([g[i] for g in gathered if g is not None])
+               for i in range(len(trainers)))
+
+
+def estimate_tokens_per_s(plan: Plan) -> float:
+    if plan.estimate is not None:
+        return plan.estimate.tokens_per_s
+    cost = CostModel(plan.cluster, plan.model, plan.job)
+    return cost.evaluate(plan.replicas, plan.schedule, plan.zero1).tokens_per_s
+
+
+def gather_summary(trainer: Trainer, records: list[StepRecord],
+                   metrics_path: str | None = None) -> RunSummary | None:
+    """Collective: rank 0 gets every rank's records, writes the metrics file and returns the
+    run's summary; the other ranks return None."""
+    gathered: list[list[StepRecord]] | None = (
+        [[] for _ in range(dist.get_world_size())] if dist.get_rank() == 0 else None)
+    try:
+        dist.gather_object(records, gathered, dst=0)
+    except RuntimeError as exc:
+        raise trainer.failure(None, "gathering the metrics", exc) from exc
+    if gathered is None:
+        return None
+    everything = [r for rank_records in gathered for r in rank_records]
+    if metrics_path:
+        write_metrics(metrics_path, everything)
+    phases = [2 * role.num_micro_batches * len(role.chunks) + 1
+              for role in trainer.topology.roles]
+    return summarise(everything, num_phases_per_step=phases,
+                     estimate_tokens_per_s=estimate_tokens_per_s(trainer.plan))
+
+
+def train(plan: Plan, rank: int, config: TrainConfig) -> RunSummary | None:
+    """Train ``plan`` as plan rank ``rank`` (the process group is up); rank 0 returns the
+    summary."""
+    topology = build_topology(plan, rank, emulate=config.emulate, timeout=config.timeout)
+    trainer = Trainer(plan, config, topology)
+    if config.emulate:
+        trainer.use_dilation(config.dilation or agree_dilation([trainer]),
+                             adaptive=config.dilation is None)
+    records = trainer.run(config.steps, progress=config.progress and trainer.reports)
+    return gather_summary(trainer, records, config.metrics_path)
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    """A picklable ``task(plan, rank)`` for the launcher: train and summarise."""
+
+    config: TrainConfig
+
+    @property
+    def emulate(self) -> bool:
+        return self.config.emulate
+
+    @property
+    def timeout(self) -> timedelta:
+        return self.config.timeout
+
+    def __call__(self, plan: Plan, rank: int) -> RunSummary | None:
+        return train(plan, rank, self.config)
