@@ -1,7 +1,11 @@
-"""Start real gloo process groups on the CPU for tests: mp.spawn + a file store in tmp_path."""
+"""Start real gloo process groups on the CPU for tests: mp.spawn + a file store in tmp_path;
+and a run in which one rank dies."""
 
 from __future__ import annotations
 
+import itertools
+import os
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -9,6 +13,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from polychip.plan import Plan
+from polychip.runtime.errors import DistributedRunError
+from polychip.runtime.topology import build_topology
+from polychip.runtime.train import TrainConfig, Trainer
 
 TIMEOUT = timedelta(seconds=60)
 
@@ -33,3 +42,58 @@ def _entry(rank: int, fn: Callable[..., None], world_size: int, store: str,
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def run_with_a_dying_rank(plan: Plan, config: TrainConfig, tmp_path: Path, world_size: int,
+                          dying_rank: int, die_at_call: int) -> dict[int, tuple[float, str]]:
+    """Train ``plan`` on ``world_size`` gloo processes, rank ``dying_rank`` exiting (code 3)
+    inside its forward call number ``die_at_call`` (0-based). Asserts that no surviving rank
+    hung; returns each survivor's seconds to fail and its DistributedRunError message."""
+    ctx = mp.get_context("spawn")
+    store, out = str(tmp_path / "store"), str(tmp_path)
+    procs = [ctx.Process(target=_dying_worker,
+                         args=(r, world_size, store, plan, out, config, dying_rank, die_at_call))
+             for r in range(world_size)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + 90
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    alive = [p.pid for p in procs if p.is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert not alive, "surviving ranks hung"
+    assert procs[dying_rank].exitcode == 3
+    outcomes = {}
+    for rank in range(world_size):
+        if rank != dying_rank:
+            elapsed, message = (tmp_path / f"rank{rank}.txt").read_text().split(" ", 1)
+            outcomes[rank] = (float(elapsed), message)
+    return outcomes
+
+
+def _dying_worker(rank: int, world_size: int, store: str, plan: Plan, out: str,
+                  config: TrainConfig, dying_rank: int, die_at_call: int) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
+                            world_size=world_size, timeout=TIMEOUT)
+    trainer = Trainer(plan, config, build_topology(plan, rank, emulate=config.emulate,
+                                                   timeout=config.timeout))
+    if rank == dying_rank:
+        forward, calls = trainer.model.forward, itertools.count()
+
+        def dying_forward(x: torch.Tensor) -> torch.Tensor:
+            if next(calls) == die_at_call:
+                os._exit(3)
+            return forward(x)
+
+        trainer.model.forward = dying_forward  # type: ignore[method-assign]
+    begin = time.monotonic()
+    try:
+        trainer.run(config.steps)
+        outcome = "finished"
+    except DistributedRunError as exc:
+        outcome = f"{time.monotonic() - begin:.1f} {exc}"
+    Path(out, f"rank{rank}.txt").write_text(outcome)
+    dist.destroy_process_group()

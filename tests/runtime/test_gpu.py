@@ -12,17 +12,15 @@ import pytest
 import torch
 
 from polychip.plan import Plan, save_plan
-from polychip.runtime.data import SampleStream, StdlibCorpus
-from polychip.runtime.model import build_full_model, loss_fn
 from polychip.runtime.topology import build_topology, world_backend
-from polychip.runtime.train import TrainConfig, Trainer, make_optimizer, model_config
+from polychip.runtime.train import TrainConfig, Trainer
 
 from .distenv import run_ranks
 from .plans import ROOT, cluster, dp_plan
+from .reference import CORPUS_BYTES, single_process
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
                                                   reason="needs a CUDA GPU")]
-CORPUS_BYTES = 32 * 1024
 
 
 def _cuda_cpu_plan() -> Plan:
@@ -42,17 +40,9 @@ def _cuda_cpu_worker(rank: int, world_size: int, plan: Plan) -> None:
     records = trainer.run(config.steps)
     assert records[0].memory_kind == ("device" if rank == 0 else "host-rss")
 
-    reference = build_full_model(model_config(plan.model), seed=0, dtype=torch.float64)
-    ref_opt = make_optimizer(config, list(reference.parameters()))
-    stream = SampleStream(StdlibCorpus(CORPUS_BYTES), plan.job.seq_len, seed=0)
-    for step in range(config.steps):
-        x, y = stream.batch_for(step, range(plan.job.global_batch))
-        ref_opt.zero_grad()
-        loss = loss_fn(reference(x), y)
-        loss.backward()
-        ref_opt.step()
-        assert records[step].global_loss == pytest.approx(loss.item(), abs=1e-9)
-    ref_params = dict(reference.named_parameters())
+    ref_losses, ref_params = single_process(plan, config)
+    for record, expected in zip(records, ref_losses, strict=True):
+        assert record.global_loss == pytest.approx(expected, abs=1e-9)
     for name, p in trainer.model.named_parameters():  # GPU and CPU kernels round differently
         torch.testing.assert_close(p.cpu(), ref_params[name], rtol=0, atol=1e-9,
                                    msg=f"rank {rank} {name}")

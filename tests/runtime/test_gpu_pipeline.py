@@ -15,7 +15,8 @@ from polychip.runtime.train import Trainer
 
 from .distenv import run_ranks
 from .plans import TINY4, cluster, pp_plan
-from .test_pipeline import STEPS, _config, _reference
+from .reference import single_process
+from .test_pipeline import STEPS, _config
 
 pytestmark = [pytest.mark.gpu, pytest.mark.dist,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -29,8 +30,8 @@ def _gpu_cpu_plan() -> Plan:
 
 
 def _worker(rank: int, world_size: int, plan: Plan) -> None:
-    ref_losses, ref_params = _reference(plan)
     config = _config(False)
+    ref_losses, ref_params = single_process(plan, config)
     trainer = Trainer(plan, config, build_topology(plan, rank, emulate=False,
                                                    timeout=config.timeout))
     assert trainer.device.type == ("cuda" if rank == 0 else "cpu")

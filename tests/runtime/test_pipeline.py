@@ -4,33 +4,25 @@ training, both schedules alike, activations held as the schedule says, a dying s
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import os
 import subprocess
 import sys
-import time
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from polychip.plan import Plan, save_plan
-from polychip.runtime.data import SampleStream, StdlibCorpus
-from polychip.runtime.errors import DistributedRunError
 from polychip.runtime.layers import DecoderLayer, rotary_cos_sin
-from polychip.runtime.model import build_full_model, loss_fn
 from polychip.runtime.tensor_parallel import shard_of
 from polychip.runtime.topology import build_topology
-from polychip.runtime.train import TrainConfig, Trainer, make_optimizer, model_config
+from polychip.runtime.train import TrainConfig, Trainer
 
-from .distenv import run_ranks
+from .distenv import run_ranks, run_with_a_dying_rank
 from .plans import ROOT, hybrid_plan, interleaved_plan, pp_plan
+from .reference import CORPUS_BYTES, single_process
 
-CORPUS_BYTES = 32 * 1024
 ATOL = 1e-12
 STEPS = 3
 # Micro-batches held at the peak: 1F1B holds min(S - i, M) on stage i, GPipe M.
@@ -51,23 +43,6 @@ def _config(emulate: bool) -> TrainConfig:
     return TrainConfig(steps=STEPS, emulate=emulate, dilation=1.0 if emulate else None,
                        dtype="float64", optimizer="adamw", lr=0.05,
                        max_corpus_bytes=CORPUS_BYTES)
-
-
-def _reference(plan: Plan) -> tuple[list[float], dict[str, torch.Tensor]]:
-    """Single-process training on the whole global batch."""
-    config = _config(False)
-    model = build_full_model(model_config(plan.model), seed=0, dtype=torch.float64)
-    optimizer = make_optimizer(config, list(model.parameters()))
-    stream = SampleStream(StdlibCorpus(CORPUS_BYTES), plan.job.seq_len, seed=0)
-    losses = []
-    for step in range(STEPS):
-        x, y = stream.batch_for(step, range(plan.job.global_batch))
-        optimizer.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses, {n: p.detach() for n, p in model.named_parameters()}
 
 
 def _check_tp_layer(trainer: Trainer) -> None:
@@ -100,7 +75,7 @@ def _check_tp_layer(trainer: Trainer) -> None:
 def _hybrid_worker(rank: int, world_size: int, plans: dict[str, Plan]) -> None:
     final: dict[str, dict[str, torch.Tensor]] = {}
     for kind, plan in plans.items():
-        ref_losses, ref_params = _reference(plan)
+        ref_losses, ref_params = single_process(plan, _config(False))
         emulate = kind != "gpipe"  # the emulated (time-stamped) wire format, and the plain one
         config = _config(emulate)
         trainer = Trainer(plan, config, build_topology(plan, rank, emulate=emulate,
@@ -147,57 +122,18 @@ def _pipeline_plan() -> Plan:
                                    6, 2)], model=plan.model)
 
 
-def _dying_worker(rank: int, world_size: int, store: str, plan: Plan, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
-                            world_size=world_size, timeout=timedelta(seconds=60))
-    config = dataclasses.replace(_config(False), steps=6, timeout_s=60)
-    trainer = Trainer(plan, config, build_topology(plan, rank, emulate=False,
-                                                   timeout=config.timeout))
-    if rank == 1:  # the last stage's leader; 3 micro-batches: call 4 is step 1's first forward
-        forward, calls = trainer.model.forward, itertools.count()
-
-        def dying_forward(x: torch.Tensor) -> torch.Tensor:
-            if next(calls) == 3:
-                os._exit(3)
-            return forward(x)
-
-        trainer.model.forward = dying_forward  # type: ignore[method-assign]
-    begin = time.monotonic()
-    try:
-        trainer.run(config.steps)
-        outcome = "finished"
-    except DistributedRunError as exc:
-        outcome = f"{time.monotonic() - begin:.1f} {exc}"
-    Path(out, f"rank{rank}.txt").write_text(outcome)
-    dist.destroy_process_group()
-
-
 @pytest.mark.dist
 def test_a_stage_that_dies_stops_its_pipeline_with_a_clear_error(tmp_path: Path) -> None:
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_dying_worker,
-                         args=(r, 3, str(tmp_path / "store"), _pipeline_plan(), str(tmp_path)))
-             for r in range(3)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + 90
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    alive = [p.pid for p in procs if p.is_alive()]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    assert not alive, "surviving ranks hung"
-    assert procs[1].exitcode == 3
-    messages = {}
-    for rank in (0, 2):
-        elapsed, messages[rank] = (tmp_path / f"rank{rank}.txt").read_text().split(" ", 1)
-        assert float(elapsed) < 30
-        assert f"rank {rank} " in messages[rank] and "step 1" in messages[rank]
-        assert "another rank died" in messages[rank]
-    assert "RG0<r1 (receiving a gradient)" in messages[0]  # the first stage waited for it
-    assert "tensor-parallel forward" in messages[2]  # its TP partner, inside the forward
+    config = dataclasses.replace(_config(False), steps=6, timeout_s=60)
+    # rank 1 is the last stage's leader; 3 micro-batches: its forward call 3 is step 1's first
+    outcomes = run_with_a_dying_rank(_pipeline_plan(), config, tmp_path, world_size=3,
+                                     dying_rank=1, die_at_call=3)
+    for rank, (elapsed, message) in outcomes.items():
+        assert elapsed < 30
+        assert f"rank {rank} " in message and "step 1" in message
+        assert "another rank died" in message
+    assert "RG0<r1 (receiving a gradient)" in outcomes[0][1]  # the first stage waited for it
+    assert "tensor-parallel forward" in outcomes[2][1]  # its TP partner, inside the forward
 
 
 # ---- the command ------------------------------------------------------------------------

@@ -2,33 +2,27 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import subprocess
 import sys
-import time
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from polychip.cli import main
 from polychip.plan import Plan, save_plan
-from polychip.runtime.data import SampleStream, StdlibCorpus
 from polychip.runtime.data_parallel import StageGrads
-from polychip.runtime.errors import DistributedRunError
 from polychip.runtime.model import build_full_model, loss_fn
 from polychip.runtime.topology import build_topology
-from polychip.runtime.train import TrainConfig, Trainer, make_optimizer, model_config
+from polychip.runtime.train import TrainConfig, Trainer, model_config
 
-from .distenv import run_ranks
+from .distenv import run_ranks, run_with_a_dying_rank
 from .plans import ROOT, cluster, cpu_test_plan, dp_plan
+from .reference import CORPUS_BYTES, single_process
 
-CORPUS_BYTES = 32 * 1024
 ATOL = 1e-12
 
 
@@ -57,17 +51,9 @@ def _exact_worker(rank: int, world_size: int, plan: Plan) -> None:
         dist.all_gather_object(dilations, trainer.dilation)
         assert dilations == [1.3] * world_size
 
-        reference = build_full_model(model_config(plan.model), seed=0, dtype=torch.float64)
-        ref_opt = make_optimizer(config, list(reference.parameters()))
-        stream = SampleStream(StdlibCorpus(CORPUS_BYTES), plan.job.seq_len, seed=0)
-        for step in range(config.steps):
-            x, y = stream.batch_for(step, range(plan.job.global_batch))
-            ref_opt.zero_grad()
-            loss = loss_fn(reference(x), y)
-            loss.backward()
-            ref_opt.step()
-            assert records[step].global_loss == pytest.approx(loss.item(), abs=ATOL)
-        ref_params = dict(reference.named_parameters())
+        ref_losses, ref_params = single_process(plan, config)
+        for record, expected in zip(records, ref_losses, strict=True):
+            assert record.global_loss == pytest.approx(expected, abs=ATOL)
         for name, p in trainer.model.named_parameters():
             torch.testing.assert_close(p, ref_params[name], rtol=0, atol=ATOL,
                                        msg=f"rank {rank} {name} ({optimizer})")
@@ -78,53 +64,15 @@ def test_uneven_shares_and_islands_train_exactly_like_one_process(tmp_path: Path
     run_ranks(_exact_worker, 3, tmp_path, _islands_plan())
 
 
-def _dying_worker(rank: int, world_size: int, store: str, plan: Plan, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
-                            world_size=world_size, timeout=timedelta(seconds=60))
-    config = TrainConfig(steps=6, emulate=True, dilation=1.0, dtype="float64",
-                         max_corpus_bytes=CORPUS_BYTES, timeout_s=60)
-    trainer = Trainer(plan, config, build_topology(plan, rank, emulate=True,
-                                                   timeout=config.timeout))
-    if rank == 1:  # 3 micro-batches per step: call 4 is step 1's first forward
-        forward, calls = trainer.model.forward, itertools.count()
-
-        def dying_forward(x: torch.Tensor) -> torch.Tensor:
-            if next(calls) == 3:
-                os._exit(3)
-            return forward(x)
-
-        trainer.model.forward = dying_forward  # type: ignore[method-assign]
-    begin = time.monotonic()
-    try:
-        trainer.run(config.steps)
-        outcome = "finished"
-    except DistributedRunError as exc:
-        outcome = f"{time.monotonic() - begin:.1f} {exc}"
-    Path(out, f"rank{rank}.txt").write_text(outcome)
-    dist.destroy_process_group()
-
-
 @pytest.mark.dist
 def test_a_rank_that_dies_mid_step_stops_the_others_with_a_clear_error(tmp_path: Path) -> None:
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_dying_worker,
-                         args=(r, 3, str(tmp_path / "store"), _islands_plan(), str(tmp_path)))
-             for r in range(3)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + 90
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    alive = [p.pid for p in procs if p.is_alive()]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    assert not alive, "surviving ranks hung"
-    assert procs[1].exitcode == 3
-    for rank in (0, 2):
-        elapsed, message = (tmp_path / f"rank{rank}.txt").read_text().split(" ", 1)
-        assert float(elapsed) < 30
+    config = TrainConfig(steps=6, emulate=True, dilation=1.0, dtype="float64",
+                         max_corpus_bytes=CORPUS_BYTES, timeout_s=60)
+    # 3 micro-batches per step on rank 1: its forward call 3 (0-based) is step 1's first
+    outcomes = run_with_a_dying_rank(_islands_plan(), config, tmp_path, world_size=3,
+                                     dying_rank=1, die_at_call=3)
+    for rank, (elapsed, message) in outcomes.items():
+        assert elapsed < 30
         assert f"rank {rank} " in message and "step 1" in message
         assert "another rank died" in message
 

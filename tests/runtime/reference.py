@@ -1,0 +1,30 @@
+"""The single-process reference every parallel run is compared with: the full model trained
+on the whole global batch, same seed, same data, same optimizer."""
+
+from __future__ import annotations
+
+import torch
+
+from polychip.plan import Plan
+from polychip.runtime.data import SampleStream, StdlibCorpus
+from polychip.runtime.model import build_full_model, loss_fn
+from polychip.runtime.train import TrainConfig, make_optimizer, model_config
+
+CORPUS_BYTES = 32 * 1024
+
+
+def single_process(plan: Plan, config: TrainConfig) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """`config.steps` steps of single-process training on every sample of each global batch
+    (float64): the losses and the final parameters by name."""
+    model = build_full_model(model_config(plan.model), seed=config.seed, dtype=torch.float64)
+    optimizer = make_optimizer(config, list(model.parameters()))
+    stream = SampleStream(StdlibCorpus(config.max_corpus_bytes), plan.job.seq_len, config.seed)
+    losses = []
+    for step in range(config.steps):
+        x, y = stream.batch_for(step, range(plan.job.global_batch))
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses, {n: p.detach() for n, p in model.named_parameters()}
