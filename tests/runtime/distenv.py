@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 
 from polychip.plan import Plan
 from polychip.runtime.errors import DistributedRunError
+from polychip.runtime.session import run_logged
 from polychip.runtime.topology import build_topology
 from polychip.runtime.train import TrainConfig, Trainer
 
@@ -91,7 +92,7 @@ def _dying_worker(rank: int, world_size: int, store: str, plan: Plan, out: str,
         trainer.model.forward = dying_forward  # type: ignore[method-assign]
     begin = time.monotonic()
     try:
-        trainer.run(config.steps)
+        run_logged(trainer)  # as `polychip train` runs it: per-step log when metrics are asked
         outcome = "finished"
     except DistributedRunError as exc:
         outcome = f"{time.monotonic() - begin:.1f} {exc}"

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from polychip.cli import main
 from polychip.plan import Plan, save_plan
 from polychip.runtime.data_parallel import StageGrads
+from polychip.runtime.metrics import rank_log_path, read_metrics
 from polychip.runtime.model import build_full_model, loss_fn
 from polychip.runtime.topology import build_topology
 from polychip.runtime.train import TrainConfig, Trainer, model_config
@@ -66,8 +67,9 @@ def test_uneven_shares_and_islands_train_exactly_like_one_process(tmp_path: Path
 
 @pytest.mark.dist
 def test_a_rank_that_dies_mid_step_stops_the_others_with_a_clear_error(tmp_path: Path) -> None:
+    metrics = tmp_path / "m.jsonl"
     config = TrainConfig(steps=6, emulate=True, dilation=1.0, dtype="float64",
-                         max_corpus_bytes=CORPUS_BYTES, timeout_s=60)
+                         max_corpus_bytes=CORPUS_BYTES, timeout_s=60, metrics_path=str(metrics))
     # 3 micro-batches per step on rank 1: its forward call 3 (0-based) is step 1's first
     outcomes = run_with_a_dying_rank(_islands_plan(), config, tmp_path, world_size=3,
                                      dying_rank=1, die_at_call=3)
@@ -75,6 +77,11 @@ def test_a_rank_that_dies_mid_step_stops_the_others_with_a_clear_error(tmp_path:
         assert elapsed < 30
         assert f"rank {rank} " in message and "step 1" in message
         assert "another rank died" in message
+    # every rank, the dead one included, left the step it finished on disk
+    for rank in range(3):
+        kept = read_metrics(rank_log_path(metrics, rank))
+        assert [(r["step"], r["rank"]) for r in kept] == [(0, rank)]
+    assert not metrics.exists()  # no merged file: the run never ended
 
 
 def test_grads_live_in_one_buffer_and_accumulate_in_place() -> None:
@@ -115,6 +122,7 @@ def test_train_command_end_to_end_with_metrics(tmp_path: Path) -> None:
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [(r["step"], r["rank"]) for r in records] == [(s, r) for s in (0, 1)
                                                          for r in range(4)]
+    assert sorted(p.name for p in tmp_path.glob("metrics.jsonl*")) == ["metrics.jsonl"]
     fast = records[2]
     assert (fast["chip"], fast["replica"], fast["samples"], fast["tokens"]) == (
         "cpu-fast", 2, 8, 64)

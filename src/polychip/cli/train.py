@@ -72,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
             rank, summary = 0, launch_local(plan, TrainTask(config))[0]
     except DistributedRunError as exc:
         console.print(f"[red]polychip train: the run failed[/red]: {exc}")
+        if config.metrics_path:
+            console.print(f"the steps each rank finished: {config.metrics_path}.rank<N> (on "
+                          "that rank's host, one JSON line per step)")
         return 1
     if rank == 0:
         print_train_summary(console, plan, summary)

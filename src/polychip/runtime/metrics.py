@@ -66,6 +66,28 @@ def write_metrics(path: str | Path, records: Iterable[StepRecord]) -> None:
     Path(path).write_text("".join(r.to_json() + "\n" for r in ordered))
 
 
+def rank_log_path(path: str | Path, rank: int) -> Path:
+    """Where rank ``rank`` appends its records step by step while the run goes on."""
+    return Path(f"{path}.rank{rank}")
+
+
+class StepLog:
+    """One rank's records, appended and flushed as each step ends, so that a run that fails
+    leaves on disk every step it finished (``OUT.jsonl.rank<N>``, next to ``OUT.jsonl``)."""
+
+    def __init__(self, path: str | Path, rank: int) -> None:
+        self.path = rank_log_path(path, rank)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("w")
+
+    def __call__(self, record: StepRecord) -> None:
+        self._file.write(record.to_json() + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 

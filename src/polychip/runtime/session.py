@@ -13,7 +13,14 @@ import torch.distributed as dist
 from polychip.costmodel.estimate import CostModel
 from polychip.plan.plan import Plan
 from polychip.runtime.dilation import WarmupTiming, dilation_from
-from polychip.runtime.metrics import RunSummary, StepRecord, summarise, write_metrics
+from polychip.runtime.metrics import (
+    RunSummary,
+    StepLog,
+    StepRecord,
+    rank_log_path,
+    summarise,
+    write_metrics,
+)
 from polychip.runtime.topology import build_topology
 from polychip.runtime.train import WARMUP_MIN_S, TrainConfig, Trainer
 
@@ -79,8 +86,25 @@ def train(plan: Plan, rank: int, config: TrainConfig) -> RunSummary | None:
     if config.emulate:
         trainer.use_dilation(config.dilation or agree_dilation([trainer]),
                              adaptive=config.dilation is None)
-    records = trainer.run(config.steps, progress=config.progress and trainer.reports)
-    return gather_summary(trainer, records, config.metrics_path)
+    records = run_logged(trainer)
+    summary = gather_summary(trainer, records, config.metrics_path)
+    if config.metrics_path:
+        rank_log_path(config.metrics_path, trainer.role.rank).unlink(missing_ok=True)
+    return summary
+
+
+def run_logged(trainer: Trainer) -> list[StepRecord]:
+    """``trainer.run`` for the configured steps; with a metrics path, each step's record is
+    also appended to this rank's :class:`StepLog` as it ends, so a run that fails keeps the
+    steps it finished (:func:`train` removes the log once rank 0 has written them all)."""
+    config = trainer.config
+    log = StepLog(config.metrics_path, trainer.role.rank) if config.metrics_path else None
+    try:
+        return trainer.run(config.steps, progress=config.progress and trainer.reports,
+                           on_step=log)
+    finally:
+        if log is not None:
+            log.close()
 
 
 @dataclass(frozen=True)

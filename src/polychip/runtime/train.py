@@ -25,7 +25,7 @@ import resource
 import socket
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
@@ -263,11 +263,18 @@ class Trainer:
         self.governor.observe(float(late.item()))
 
     def run(self, steps: int, *, start: int = 0, progress: bool = False,
-            label: str = "training") -> list[StepRecord]:
-        """Steps ``start .. start + steps - 1``; a progress bar (loss, tokens/s) if asked."""
+            label: str = "training",
+            on_step: Callable[[StepRecord], None] | None = None) -> list[StepRecord]:
+        """Steps ``start .. start + steps - 1``; a progress bar (loss, tokens/s) if asked;
+        ``on_step(record)`` as each step ends."""
         indices = range(start, start + steps)
         if not progress:
-            return [self.step(step) for step in indices]
+            records = []
+            for step in indices:
+                records.append(self.step(step))
+                if on_step is not None:
+                    on_step(records[-1])
+            return records
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         records: list[StepRecord] = []
@@ -280,5 +287,7 @@ class Trainer:
             for step in indices:
                 rec = self.step(step)
                 records.append(rec)
+                if on_step is not None:
+                    on_step(rec)
                 bar.update(task, advance=1, loss=rec.global_loss, tps=tokens / rec.seconds)
         return records
