@@ -17,12 +17,24 @@ import time
 from pathlib import Path
 
 from polychip.planner import search_plans
-from polychip.spec.cluster import load_cluster
+from polychip.planner.samples import SMALL8
+from polychip.spec.cluster import cluster_from_dict, load_cluster
 from polychip.spec.job import TrainingJob
 from polychip.spec.model import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
+# Four H20 on one node, two H800 on two nodes behind 25 Gbit/s NICs: a pipeline through
+# both H800 nodes makes the middle node's NIC carry both boundaries (tests/planner/test_rerank).
+SHARED_NIC = {
+    "name": "shared-nic",
+    "nodes": [
+        {"chip": "h20", "count": 1, "chips_per_node": 4, "nic_gbps": 100},
+        {"chip": "h800", "count": 2, "chips_per_node": 1, "nic_gbps": 25},
+    ],
+    "network": {"kind": "roce", "latency_us": 10},
+}
 CASES = [  # cluster, model, global batch, seq len (as benchmarks/planner.py)
+    ("shared-nic", "small8", 16, 8192),
     ("cpu-test", "tiny", 16, 64),
     ("cpu-test", "tiny", 16, 256),
     ("h800-910b", "llama3-70b", 512, 4096),
@@ -33,8 +45,12 @@ CASES = [  # cluster, model, global batch, seq len (as benchmarks/planner.py)
 
 
 def run_case(name: str, model: str, batch: int, seq: int, top: int) -> dict:
-    cluster = load_cluster(ROOT / "examples" / "clusters" / f"{name}.yaml")
-    spec, job = load_model(model), TrainingJob(global_batch=batch, seq_len=seq)
+    if name == SHARED_NIC["name"]:
+        cluster = cluster_from_dict(SHARED_NIC)
+    else:
+        cluster = load_cluster(ROOT / "examples" / "clusters" / f"{name}.yaml")
+    spec = SMALL8 if model == SMALL8.name else load_model(model)
+    job = TrainingJob(global_batch=batch, seq_len=seq)
     t0 = time.perf_counter()
     search_plans(cluster, spec, job)
     plain_s = time.perf_counter() - t0

@@ -26,6 +26,7 @@ from polychip.costmodel.memory import (
     stage_memory,
     stage_params,
 )
+from polychip.costmodel.pipeline import PipelineForm
 from polychip.plan.plan import Estimate, Replica
 from polychip.spec.accelerators import Accelerator
 from polychip.spec.cluster import Cluster
@@ -167,14 +168,14 @@ class CostModel:
         return self.transfer_time_s(a.node, b.node, self.activation_bytes(replica.micro_batch_size))
 
     # ---- pipeline -----------------------------------------------------------------------
-    def pipeline_time_s(self, replica: Replica) -> tuple[float, float]:
-        """(step seconds of the pipeline, busy device-seconds) under 1F1B or GPipe:
-        fill + drain of every stage and boundary, plus (M - 1) x the bottleneck."""
+    def pipeline_time_s(self, replica: Replica, schedule: str = "1f1b") -> tuple[float, float]:
+        """(step seconds of the pipeline, busy device-seconds) under 1F1B or GPipe: fill +
+        drain of every stage and boundary, plus (M - 1) x the beat (pipeline.PipelineForm:
+        the bottleneck, or under 1F1B a window's round trip)."""
         m = replica.num_micro_batches
         totals = [self.times_of(replica, i).total_s for i in range(replica.num_stages)]
         comms = [self.boundary_time_s(replica, i) for i in range(replica.num_stages - 1)]
-        bottleneck = max(totals + comms)
-        span = sum(totals) + 2 * sum(comms) + (m - 1) * bottleneck
+        span = PipelineForm.of(totals, comms, schedule).span_s(m)
         busy = m * sum(t * replica.stages[i].tp for i, t in enumerate(totals))
         return span, busy
 
@@ -248,7 +249,7 @@ class CostModel:
         """Step time, throughput, MFU and per-device memory. `virtual_stages` (interleaved
         1F1B only) raises the activations in flight; the time is 1F1B's (conservative)."""
         zero_shards = len(replicas) if zero1 else 1
-        spans = [self.pipeline_time_s(r) for r in replicas]
+        spans = [self.pipeline_time_s(r, schedule) for r in replicas]
         pipeline_s = max(s for s, _ in spans)
         dp_s = self.dp_sync_time_s(replicas)
         opt_s = self.optimizer_time_s(replicas, zero_shards)

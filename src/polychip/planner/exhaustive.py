@@ -6,7 +6,7 @@ multiset of up to `max_classes` distinct (template, micro-batch) classes with ev
 count that fits the chips; ZeRO-1 on and off. For each, every replica's layer split is found
 by brute force over all compositions of the layers, at the exact micro-batch count and
 replica count it gets (memory checked for both); the batch split is exact
-(`partition.split_batch`, itself tested against brute force); the plan is placed
+(`batchsplit.split_batch`, itself tested against brute force); the plan is placed
 (`assign.py`) and scored by `CostModel.evaluate`. The only shortcut is exact: a candidate
 whose pipeline time alone already allows no more tokens/s than the best plan found is not
 placed and scored (gradient sync and the optimizer only add time).
@@ -19,7 +19,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Sequence
 
 from polychip.costmodel.compute import INTRA_NODE_LATENCY_S
-from polychip.planner.partition import BatchClass, split_batch
+from polychip.planner.batchsplit import BatchClass, split_batch
 from polychip.planner.scoring import Scored, Scorer, better
 from polychip.planner.shapes import Shape
 from polychip.planner.space import Template, all_templates, micro_batch_sizes, template_devices
@@ -183,18 +183,20 @@ class Exhaustive:
         most = min(g, sum(self.cluster.groups[i].num_devices for i in groups))
         loose = most if self.job.allow_zero1 else 1  # the most memory any plan can leave
         # Bounds valid for every memory context (they use the loosest one): a replica takes
-        # at least `fill` (one micro-batch) and processes at most mb / beat sequences per s.
+        # at least `fill` (one micro-batch) and processes at most mb / bottleneck sequences
+        # per second.
         fill: dict[Kind, float] = {}
         rate: dict[Kind, float] = {}
         for k in kinds:
             lines = self.lines(k, loose, 1)
             if lines:
                 fill[k] = min(x.fill_s for x in lines)
-                rate[k] = max(x.micro_batch_size / x.beat_s for x in lines)
+                rate[k] = max(x.micro_batch_size / x.form.bottleneck_s for x in lines)
         kinds = sorted(fill, key=lambda k: -rate[k] / sum(template_devices(k[0]).values()))
-        # A replica of kind k finishes mb * (1 + (T - fill) / beat) sequences by time T at
-        # most (continuous relaxation): a line in T. Per chip, the best of all kinds is the
-        # upper envelope of those lines divided by the kind's chips.
+        # A replica of kind k finishes mb * (1 + (T - fill) / bottleneck) sequences by time T
+        # at most (continuous relaxation; its beat is never below the bottleneck): a line in
+        # T. Per chip, the best of all kinds is the upper envelope of those lines divided by
+        # the kind's chips.
         lines = []
         for k in kinds:
             d = sum(template_devices(k[0]).values())

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from polychip.costmodel.estimate import PlanCost
 from polychip.plan.plan import Replica
 from polychip.planner.assign import assign
-from polychip.planner.partition import BatchClass, split_batch
+from polychip.planner.batchsplit import BatchClass, split_batch
 from polychip.planner.shapes import Shape, ShapeBuilder
 
 

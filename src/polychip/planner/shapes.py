@@ -1,10 +1,11 @@
 """Replica shapes: a template with its micro-batch size, layer split and recompute choice,
 timed with the cost model's own components.
 
-A shape's pipeline takes `fill_s + (m - 1) * beat_s` seconds for `m` micro-batches -- the
-cost model's closed form (`CostModel.pipeline_time_s`) with the stage and link times it
-gives. Stage and link times assume the canonical placement of `assign.py`: a segment
-that fits in one node sits in one node; a larger one starts on a fresh node.
+A shape's pipeline takes `form.span_s(m)` seconds for `m` micro-batches -- the cost
+model's closed form (`costmodel.pipeline.PipelineForm`, as `CostModel.pipeline_time_s`) with
+the stage and link times it gives. Stage and link times assume the canonical placement of
+`assign.py`: a segment that fits in one node sits in one node; a larger one starts on a
+fresh node.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from functools import cached_property
 
 from polychip.costmodel import CostModel
 from polychip.costmodel.memory import in_flight_micro_batches, stage_memory
+from polychip.costmodel.pipeline import PipelineForm
 from polychip.plan.plan import Replica, Stage
-from polychip.planner.partition import INF, split_layers
-from polychip.planner.space import Template, template_devices, template_stages
+from polychip.planner.layersplit import INF, split_layers
+from polychip.planner.space import Template, canonical_slots, template_devices, template_stages
 
 
 @dataclass(frozen=True)
@@ -27,13 +29,22 @@ class Shape:
     micro_batch_size: int
     layers: tuple[int, ...]  # per stage
     recompute: tuple[bool, ...]  # per stage
-    fill_s: float  # pipeline seconds with one micro-batch
-    beat_s: float  # seconds each further micro-batch adds (slowest stage or link)
+    form: PipelineForm  # the cost model's closed form for its stage and link times
     zero_shards: int  # memory was checked with optimizer state sharded this many ways
     max_micro_batches: int | None  # memory limit on micro-batches per step (GPipe)
 
     def time_s(self, m: int) -> float:
-        return self.fill_s + (m - 1) * self.beat_s
+        return self.form.span_s(m)
+
+    @property
+    def fill_s(self) -> float:
+        """Pipeline seconds with one micro-batch."""
+        return self.form.fill_s
+
+    @property
+    def beat_s(self) -> float:
+        """Seconds each further micro-batch adds in a long pipeline."""
+        return self.form.steady_beat_s
 
     @cached_property
     def devices(self) -> dict[int, int]:
@@ -55,20 +66,6 @@ class Shape:
     def rate(self) -> float:
         """Sequences per second in the steady state."""
         return self.micro_batch_size / self.beat_s
-
-
-def canonical_slots(builder_or_cluster, template: Template) -> list[tuple[int, int]]:
-    """(node offset within its group, first slot) of each stage in canonical placement."""
-    cluster = getattr(builder_or_cluster, "cluster", builder_or_cluster)
-    out = []
-    for seg in template:
-        per_node = cluster.groups[seg.group].chips_per_node
-        for j in range(seg.num_stages):
-            if seg.num_devices <= per_node:
-                out.append((0, j * seg.tp))
-            else:
-                out.append(((j * seg.tp) // per_node, (j * seg.tp) % per_node))
-    return out
 
 
 class ShapeBuilder:
@@ -208,7 +205,12 @@ class ShapeBuilder:
         floor = max(links, default=0.0)
         if layers is None:
             w = weight if weight == INF else max(weight, 0.0)
-            split = split_layers(rows, self.num_layers, weight=w, floor=floor, max_bottlenecks=24)
+            # 1F1B: the first stage's window of S micro-batches binds once m - 1 >= S
+            binds = self.schedule != "gpipe" and w >= num
+            window = 2 * math.fsum(links) if binds else None
+            split = split_layers(
+                rows, self.num_layers, weight=w, floor=floor, window=window, max_bottlenecks=24
+            )
             chosen = None if split is None else split.layers
         else:
             ok = all(rows[s][n] < INF for s, n in enumerate(layers))
@@ -230,8 +232,7 @@ class ShapeBuilder:
                     micro_batch_size=mb,
                     layers=chosen,
                     recompute=rec,
-                    fill_s=math.fsum(costs) + 2 * math.fsum(links),
-                    beat_s=max([*costs, *links]),
+                    form=PipelineForm.of(costs, links, self.schedule),
                     zero_shards=shards,
                     max_micro_batches=limit,
                 )

@@ -111,3 +111,17 @@ def zero_shard_buckets(max_replicas: int, allow_zero1: bool, factor: int = 8) ->
     if allow_zero1 and max_replicas > 1 and out[-1] != max_replicas:
         out.append(max_replicas)
     return out
+
+
+def canonical_slots(builder_or_cluster, template: Template) -> list[tuple[int, int]]:
+    """(node offset within its group, first slot) of each stage in canonical placement."""
+    cluster = getattr(builder_or_cluster, "cluster", builder_or_cluster)
+    out = []
+    for seg in template:
+        per_node = cluster.groups[seg.group].chips_per_node
+        for j in range(seg.num_stages):
+            if seg.num_devices <= per_node:
+                out.append((0, j * seg.tp))
+            else:
+                out.append(((j * seg.tp) // per_node, (j * seg.tp) % per_node))
+    return out

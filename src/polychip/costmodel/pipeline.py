@@ -1,0 +1,65 @@
+"""The pipeline's closed form, shared by the cost model and the planner's shapes.
+
+`m` micro-batches through stages taking `t_i` (forward + backward of one micro-batch) with
+boundaries taking `c_j` (activations forward or gradients back) last
+
+    span(m) = fill + (m - 1) · beat(m),    fill = Σ t_i + 2 Σ c_j
+
+fill and drain pass every stage once and cross every boundary twice. `beat(m)`, the seconds
+each further micro-batch adds, is the slowest stage or link -- and, under 1F1B, no less than
+`R_s / w_s` for every stage s that the schedule's window limits: stage s holds at most
+`w_s = S - s` micro-batches, and micro-batch k + w_s may not start there before micro-batch
+k's backward came back, a round trip of `R_s = Σ_{i>=s} t_i + 2 Σ_{j>=s} c_j` (Little's law).
+The window binds only when m > w_s. With free links `R_s / w_s` never exceeds the slowest
+stage, so a balanced pipeline keeps the textbook `(M + S - 1)·t`; with slow links (a bridge
+through host memory, small micro-batches) it exposes the transfers that 1F1B cannot hide.
+GPipe holds every micro-batch at once: no window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PipelineForm:
+    fill_s: float
+    beats_s: tuple[float, ...]  # beats_s[k]: beat when m - 1 = k (k capped at len - 1)
+
+    @staticmethod
+    def of(stage_s: Sequence[float], link_s: Sequence[float], schedule: str) -> PipelineForm:
+        """`stage_s`: per stage, one micro-batch's forward + backward; `link_s`: per
+        boundary, one transfer; `schedule`: 1f1b, interleaved-1f1b (costed as 1F1B) or
+        gpipe."""
+        if len(link_s) != max(len(stage_s) - 1, 0):
+            raise ValueError(f"{len(stage_s)} stages need {len(stage_s) - 1} links")
+        fill = math.fsum(stage_s) + 2 * math.fsum(link_s)
+        beat = max([*stage_s, *link_s])
+        beats = [beat]
+        if schedule != "gpipe":
+            n, tail = len(stage_s), 0.0
+            for w in range(1, n + 1):  # stage s = n - w holds at most w micro-batches
+                s = n - w
+                tail += stage_s[s] + (2 * link_s[s] if s < n - 1 else 0.0)
+                beat = max(beat, tail / w)
+                beats.append(beat)
+        return PipelineForm(fill, tuple(beats))
+
+    def beat_s(self, m: int) -> float:
+        return self.beats_s[min(max(m - 1, 0), len(self.beats_s) - 1)]
+
+    def span_s(self, m: int) -> float:
+        """Seconds for `m` >= 1 micro-batches (non-decreasing in m)."""
+        return self.fill_s + (m - 1) * self.beat_s(m)
+
+    @property
+    def bottleneck_s(self) -> float:
+        """The slowest stage or link: the smallest beat, whatever m."""
+        return self.beats_s[0]
+
+    @property
+    def steady_beat_s(self) -> float:
+        """The beat of a long pipeline (every window binding): the largest."""
+        return self.beats_s[-1]

@@ -1,0 +1,160 @@
+"""The batch split over replicas: a pure function over step-time functions -- no cluster,
+no cost model -- tested against brute force on random inputs
+(tests/planner/test_partition.py).
+
+Replicas of a class are identical; replica `r` given `m` micro-batches of `micro_batch_size`
+sequences takes `time_s(m)` seconds (non-decreasing). The split gives every replica at least
+one micro-batch, makes the shares sum exactly to the global batch and minimises the slowest
+replica's time.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BatchClass:
+    """`count` identical replicas: `time_s(m)` seconds for m micro-batches of
+    `micro_batch_size` sequences, m <= `max_micro_batches` (memory; None: unbounded)."""
+
+    count: int
+    micro_batch_size: int
+    time_s: Callable[[int], float]
+    max_micro_batches: int | None = None
+
+
+def _most_micro_batches(cls: BatchClass, limit_s: float, cap: int) -> int:
+    """Largest m <= cap with time_s(m) <= limit_s (0 if none)."""
+    if cap < 1 or cls.time_s(1) > limit_s:
+        return 0
+    lo, hi = 1, cap
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if cls.time_s(mid) <= limit_s:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _spread(bits: int, step: int, count: int, mask: int) -> int:
+    """OR of bits << (step * i) for i in 0..count (doubling)."""
+    acc, covered = bits, 1
+    while covered <= count:
+        take = min(covered, count + 1 - covered)
+        acc = (acc | (acc << (step * take))) & mask
+        covered += take
+    return acc
+
+
+def _exact_totals(ranges: list[tuple[int, int, int]], target: int) -> list[int] | None:
+    """Pick n_i in [lo_i, hi_i] (micro-batches of size v_i) with sum v_i n_i = target."""
+    if len(ranges) == 1:
+        v, lo, hi = ranges[0]
+        return [target // v] if target % v == 0 and lo <= target // v <= hi else None
+    mask = (1 << (target + 1)) - 1
+    layers = [1]
+    for v, lo, hi in ranges:
+        base = (layers[-1] << (v * lo)) & mask
+        layers.append(_spread(base, v, hi - lo, mask))
+    if not (layers[-1] >> target) & 1:
+        return None
+    picks = []
+    rest = target
+    for i in range(len(ranges) - 1, -1, -1):
+        v, lo, hi = ranges[i]
+        for n in range(lo, hi + 1):
+            if rest - v * n >= 0 and (layers[i] >> (rest - v * n)) & 1:
+                picks.append(n)
+                rest -= v * n
+                break
+    picks.reverse()
+    return picks
+
+
+def _ranges(
+    classes: Sequence[BatchClass], his: list[int]
+) -> tuple[list[list[int]], list[tuple[int, int, int]]]:
+    """Classes grouped by micro-batch size; per size (size, fewest, most) micro-batches."""
+    by_size: dict[int, list[int]] = {}
+    for i, c in enumerate(classes):
+        by_size.setdefault(c.micro_batch_size, []).append(i)
+    groups = [idx for _, idx in sorted(by_size.items())]
+    ranges = [
+        (
+            classes[idx[0]].micro_batch_size,
+            sum(classes[i].count for i in idx),
+            sum(classes[i].count * his[i] for i in idx),
+        )
+        for idx in groups
+    ]
+    return groups, ranges
+
+
+def split_batch(
+    classes: Sequence[BatchClass], global_batch: int
+) -> tuple[tuple[int, ...], ...] | None:
+    """Micro-batches per replica (per class, a tuple over its replicas) minimising the
+    slowest replica's time with sum(micro-batches x micro_batch_size) == global_batch and
+    every replica at least one micro-batch; None if impossible (batch too small, or no
+    combination of micro-batch sizes adds up to it)."""
+    if not classes or sum(c.count * c.micro_batch_size for c in classes) > global_batch:
+        return None
+    caps = [
+        min(c.max_micro_batches or global_batch, global_batch // c.micro_batch_size)
+        for c in classes
+    ]
+
+    def assignment(limit_s: float) -> list[int] | None:
+        his = [_most_micro_batches(c, limit_s, cap) for c, cap in zip(classes, caps, strict=True)]
+        if min(his) < 1:
+            return None
+        if _exact_totals(_ranges(classes, his)[1], global_batch) is None:
+            return None
+        return his
+
+    lo = max(c.time_s(1) for c in classes)
+    if assignment(lo) is not None:
+        hi = lo
+    else:
+        hi = max(c.time_s(cap) for c, cap in zip(classes, caps, strict=True))
+        if assignment(hi) is None:
+            return None
+        for _ in range(200):  # bisection on the slowest replica's time
+            mid = (lo + hi) / 2
+            if mid <= lo or mid >= hi or hi - lo <= 1e-10 * hi:
+                break
+            if assignment(mid) is not None:
+                hi = mid
+            else:
+                lo = mid
+    his = assignment(hi)
+    assert his is not None
+    return _distribute(classes, his, global_batch)
+
+
+def _distribute(
+    classes: Sequence[BatchClass], his: list[int], global_batch: int
+) -> tuple[tuple[int, ...], ...]:
+    """Within the caps `his`, hand out micro-batches so the sum is exact, always to the
+    replica whose next micro-batch finishes earliest (water-filling)."""
+    groups, ranges = _ranges(classes, his)
+    totals = _exact_totals(ranges, global_batch)
+    assert totals is not None
+    out: list[list[int]] = [[1] * c.count for c in classes]
+    for idx, total in zip(groups, totals, strict=True):
+        left = total - sum(classes[i].count for i in idx)
+        heap = [
+            (classes[i].time_s(2), i, r) for i in idx for r in range(classes[i].count) if his[i] > 1
+        ]
+        heapq.heapify(heap)
+        while left > 0:
+            _, i, r = heapq.heappop(heap)
+            out[i][r] += 1
+            left -= 1
+            if out[i][r] < his[i]:
+                heapq.heappush(heap, (classes[i].time_s(out[i][r] + 1), i, r))
+    return tuple(tuple(x) for x in out)

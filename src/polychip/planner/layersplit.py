@@ -1,0 +1,149 @@
+"""The layer split of one pipeline (AMP / Alpa style): a pure function over cost arrays --
+no cluster, no cost model -- tested against brute force on random inputs
+(tests/planner/test_partition.py).
+
+Stage `s` holding `n` layers costs `costs[s][n]` seconds per micro-batch (`inf` where it
+does not fit memory), non-decreasing in `n`. A pipeline with `m` micro-batches takes
+`fixed + sum(stage costs) + (m - 1) * beat` (the cost model's closed form,
+costmodel/pipeline.py) with `beat = max(floor, max stage cost)` under GPipe and, under 1F1B
+once `m - 1 >= S` (the caller passes `window` then: the links' round trip), also at least
+the first stage's window `(sum + window) / S` (the later stages' windows are left to the
+exact score). The split minimises `weight * beat + sum` with `weight = m - 1`;
+`weight = inf` minimises the beat first, then the sum (the steady state of many
+micro-batches).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+INF = math.inf
+BIG = 1.0e308  # above every finite cost, below INF
+
+
+@dataclass(frozen=True)
+class LayerSplit:
+    layers: tuple[int, ...]  # layers per stage, each >= 1, summing to the model's layers
+    bottleneck_s: float  # the slowest stage's cost
+    total_s: float  # the sum of the stage costs
+
+    def beat_s(self, floor: float = 0.0, window: float | None = None) -> float:
+        """The steady-state beat: `max(floor, bottleneck)`, and under 1F1B (`window`: the
+        links' round trip) at least the first stage's window `(total + window) / S`."""
+        beat = max(floor, self.bottleneck_s)
+        if window is not None:
+            beat = max(beat, (self.total_s + window) / len(self.layers))
+        return beat
+
+    def objective(self, weight: float, floor: float = 0.0, window: float | None = None) -> float:
+        return weight * self.beat_s(floor, window) + self.total_s
+
+    def key(self, weight: float, floor: float, window: float | None) -> tuple[float, ...]:
+        """What the split minimises (`weight = inf`: the beat, then the sum)."""
+        if weight == INF:
+            return (self.beat_s(floor, window), self.total_s)
+        return (self.objective(weight, floor, window),)
+
+
+def _caps(costs: Sequence[Sequence[float]], beta: float, num_layers: int) -> list[int]:
+    """Per stage, the most layers whose cost stays <= beta (0: not even one)."""
+    return [bisect_right(c, beta, 1, num_layers + 1) - 1 for c in costs]
+
+
+def _min_sum(
+    costs: Sequence[Sequence[float]], caps: Sequence[int], num_layers: int
+) -> LayerSplit | None:
+    """Least total cost with 1 <= n_s <= caps[s] and sum n_s = num_layers (DP over stages)."""
+    num_stages = len(costs)
+    suffix = [0] * (num_stages + 1)
+    for s in range(num_stages - 1, -1, -1):
+        suffix[s] = suffix[s + 1] + caps[s]
+    if suffix[0] < num_layers or min(caps) < 1:
+        return None
+    best: dict[int, float] = {0: 0.0}
+    choices: list[dict[int, int]] = []
+    for s in range(num_stages):
+        nxt: dict[int, float] = {}
+        arg: dict[int, int] = {}
+        most = num_layers - (num_stages - s - 1)  # leave one layer for each later stage
+        least = num_layers - suffix[s + 1]  # later stages cannot take more than their caps
+        row = costs[s]
+        for j, v in best.items():
+            for n in range(max(1, least - j), min(caps[s], most - j) + 1):
+                w = v + row[n]
+                k = j + n
+                if w < nxt.get(k, INF):
+                    nxt[k] = w
+                    arg[k] = n
+        best = nxt
+        choices.append(arg)
+    if num_layers not in best:
+        return None
+    layers = []
+    j = num_layers
+    for s in range(num_stages - 1, -1, -1):
+        n = choices[s][j]
+        layers.append(n)
+        j -= n
+    layers.reverse()
+    stage_costs = [costs[s][n] for s, n in enumerate(layers)]
+    return LayerSplit(tuple(layers), max(stage_costs), math.fsum(stage_costs))
+
+
+def split_layers(
+    costs: Sequence[Sequence[float]],
+    num_layers: int,
+    *,
+    weight: float = INF,
+    floor: float = 0.0,
+    window: float | None = None,
+    max_bottlenecks: int | None = None,
+) -> LayerSplit | None:
+    """The split of `num_layers` identical layers over `len(costs)` stages minimising
+    `weight * beat + sum` (module docstring); None if nothing fits.
+
+    `costs[s]` has `num_layers + 1` entries (index = layers held; index 0 is ignored).
+    `max_bottlenecks` caps how many bottleneck values above the smallest feasible one are
+    tried for a finite weight (None: all that can still win -- exact).
+    """
+    num_stages = len(costs)
+    if num_stages == 0 or num_stages > num_layers:
+        return None
+    if max(c[1] for c in costs) == INF:
+        return None
+    if sum(_caps(costs, BIG, num_layers)) < num_layers:
+        return None
+    # Sum over stages of caps(beta) counts the (stage, n) entries <= beta, so the smallest
+    # feasible bottleneck is the num_layers-th smallest entry (or some stage's first layer).
+    merged = heapq.merge(*(c[1 : num_layers + 1] for c in costs))
+    kth = next(itertools.islice(merged, num_layers - 1, None))
+    start = max(kth, max(c[1] for c in costs), floor)  # below the floor, bottlenecks tie
+    first = _min_sum(costs, _caps(costs, start, num_layers), num_layers)
+    assert first is not None
+    if weight == INF and first.beat_s(floor, window) == max(floor, first.bottleneck_s):
+        return first  # the least bottleneck, and its window does not bind
+    free = _min_sum(costs, _caps(costs, BIG, num_layers), num_layers)
+    assert free is not None
+    best = min((first, free), key=lambda c: c.key(weight, floor, window))
+    tried = 0
+    last = start
+    for beta in merged:  # the remaining entries, increasing
+        if beta <= last:
+            continue
+        last = beta
+        # a split with bottleneck >= beta has beat >= beta and sum >= the least sum
+        bound = (beta, free.total_s) if weight == INF else (weight * beta + free.total_s,)
+        if beta == INF or bound >= best.key(weight, floor, window):
+            break
+        if max_bottlenecks is not None and tried >= max_bottlenecks:
+            break
+        tried += 1
+        cand = _min_sum(costs, _caps(costs, beta, num_layers), num_layers)
+        if cand is not None and cand.key(weight, floor, window) < best.key(weight, floor, window):
+            best = cand
+    return best

@@ -1,0 +1,63 @@
+"""The pipeline's closed form (`costmodel.pipeline.PipelineForm`): the textbook cases, the
+1F1B window, and the properties the planner's batch split relies on."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from polychip.costmodel.pipeline import PipelineForm
+
+
+@pytest.mark.parametrize("schedule", ["1f1b", "gpipe", "interleaved-1f1b"])
+@pytest.mark.parametrize(("stages", "m"), [(1, 1), (1, 9), (4, 1), (4, 3), (4, 16), (8, 8)])
+def test_balanced_pipeline_with_free_links_is_the_textbook_form(schedule, stages, m) -> None:
+    form = PipelineForm.of([3.0] * stages, [0.0] * (stages - 1), schedule)
+    assert form.span_s(m) == pytest.approx((m + stages - 1) * 3.0)
+
+
+def test_1f1b_window_exposes_a_slow_link_that_gpipe_hides() -> None:
+    # two stages of 6 s, a 13 s link: stage 0 holds 2 micro-batches while the round trip
+    # 6 + 13 + 6 + 13 = 38 s runs, so from the third micro-batch on each adds 19 s
+    f1b = PipelineForm.of([6.0, 6.0], [13.0], "1f1b")
+    gpipe = PipelineForm.of([6.0, 6.0], [13.0], "gpipe")
+    assert f1b.fill_s == gpipe.fill_s == 38.0
+    assert gpipe.beat_s(2) == gpipe.beat_s(100) == 13.0
+    assert f1b.beat_s(2) == 13.0  # m = 2 fits in stage 0's window: no wait for it
+    assert f1b.beat_s(3) == f1b.beat_s(100) == 19.0
+    assert f1b.span_s(8) == 38.0 + 7 * 19.0
+    assert gpipe.span_s(8) == 38.0 + 7 * 13.0
+    assert (f1b.bottleneck_s, f1b.steady_beat_s) == (13.0, 19.0)
+
+
+def test_later_stages_windows_count_too() -> None:
+    # stage 1 -> 2 over a slow link: stage 1's window of 2 binds before stage 0's of 3
+    form = PipelineForm.of([1.0, 1.0, 1.0], [0.0, 4.0], "1f1b")
+    assert form.beat_s(2) == 4.0  # the slow link itself
+    assert form.beat_s(3) == (1.0 + 1.0 + 2 * 4.0) / 2  # stage 1: round trip over 2
+    assert form.beat_s(4) == max(5.0, (3.0 + 2 * 4.0) / 3)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_beat_and_span_never_decrease_with_more_micro_batches(seed: int) -> None:
+    rng = random.Random(seed)
+    n = rng.randint(1, 6)
+    stages = [rng.uniform(0.1, 5.0) for _ in range(n)]
+    links = [rng.choice([0.0, rng.uniform(0.0, 6.0)]) for _ in range(n - 1)]
+    for schedule in ("1f1b", "gpipe"):
+        form = PipelineForm.of(stages, links, schedule)
+        beats = [form.beat_s(m) for m in range(1, 3 * n + 3)]
+        spans = [form.span_s(m) for m in range(1, 3 * n + 3)]
+        assert beats == sorted(beats) and spans == sorted(spans)
+        assert form.span_s(1) == pytest.approx(sum(stages) + 2 * sum(links))
+        assert form.bottleneck_s == max([*stages, *links])
+    # GPipe never waits for a window: never slower than 1F1B in the closed form
+    assert PipelineForm.of(stages, links, "gpipe").span_s(2 * n) <= PipelineForm.of(
+        stages, links, "1f1b"
+    ).span_s(2 * n)
+
+
+def test_links_must_match_stages() -> None:
+    with pytest.raises(ValueError, match="3 stages need 2 links"):
+        PipelineForm.of([1.0, 1.0, 1.0], [0.0], "1f1b")
