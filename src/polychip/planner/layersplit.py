@@ -129,6 +129,11 @@ def split_layers(
         return first  # the least bottleneck, and its window does not bind
     free = _min_sum(costs, _caps(costs, BIG, num_layers), num_layers)
     assert free is not None
+    # No split has a beat below `least` nor a sum below free's: if free's beat is `least`,
+    # free is optimal for every weight.
+    least = start if window is None else max(start, (free.total_s + window) / num_stages)
+    if free.beat_s(floor, window) <= least:
+        return free
     best = min((first, free), key=lambda c: c.key(weight, floor, window))
     tried = 0
     last = start
