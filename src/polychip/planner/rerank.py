@@ -2,10 +2,11 @@
 
 The analytic cost model scores thousands of candidates; it gives every stage-to-stage
 transfer a whole NIC and treats the pipeline as a closed form. The discrete-event simulator
-replays a step with NIC sharing, host-staged bridges and the real schedule, at ~0.05 s per
-plan -- affordable for the few best. The candidates are the best distinct plans the search
-scored exactly (by analytic tokens/s) plus each chip type's best plan alone; the winner is
-the one with the most *simulated* tokens/s (ties: the better analytic rank).
+replays a step with NIC sharing, host-staged bridges and the real schedule, in 0.03-0.5 s
+per plan on the examples -- affordable for the few best. The candidates are the best
+distinct plans the search scored exactly (by analytic tokens/s) plus each chip type's best
+plan alone; the winner is the one with the most *simulated* tokens/s (ties: the better
+analytic rank).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from polychip.plan.plan import Plan
 from polychip.planner.baselines import describe_replicas
 from polychip.planner.scoring import Scored
 from polychip.simulator import SimResult, simulate
-
-DEFAULT_TOP = 5
 
 
 @dataclass(frozen=True)
