@@ -39,6 +39,16 @@ def test_later_stages_windows_count_too() -> None:
     assert form.beat_s(4) == max(5.0, (3.0 + 2 * 4.0) / 3)
 
 
+def test_two_neighbours_share_a_window_too() -> None:
+    # stages 0 and 1 (1 s each) joined by a 1 s link, a quick last stage: stage 0 runs one
+    # forward more than stage 1 before its first backward, so any two micro-batches' round
+    # trips through stages 0..1 overlap at most twice: (1 + 1 + 2 x 1) / 2 = 2 s each
+    form = PipelineForm.of([1.0, 1.0, 0.2], [1.0, 0.0], "1f1b")
+    assert form.beat_s(2) == 1.0
+    assert form.beat_s(3) == 2.0  # suffixes alone would give max(1, (1 + 0.2) / 2) = 1
+    assert form.beat_s(4) == 2.0  # the whole window (1 + 1 + 0.2 + 2) / 3 = 1.4 is less
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_beat_and_span_never_decrease_with_more_micro_batches(seed: int) -> None:
     rng = random.Random(seed)

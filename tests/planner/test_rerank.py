@@ -70,10 +70,11 @@ def test_analytic_favourite_is_what_plan_job_picks(case, found) -> None:
 
 def test_reranking_changes_the_pick_where_a_middle_stage_shares_its_nic() -> None:
     """Four H20 on one node and two H800 on two nodes behind 25 Gbit/s NICs. The cost
-    model's favourite is one pipeline h20 -> h800 -> h800: its closed form gives each
-    boundary a whole NIC, but the middle node's NIC carries both boundaries (activations in
-    from stage 0 and gradients in from stage 2 share its receive side). Replayed, that
-    pipeline is >10 % slower and a candidate without the shared NIC wins."""
+    model's favourite is one pipeline h20 -> h800 -> h800 (1 + 4 + 3 layers): its closed
+    form gives each boundary a whole NIC, but the middle node's NIC carries both boundaries
+    (activations in from stage 0 and gradients in from stage 2 share its receive side), and
+    with stages of 25 and 24 ms there is no slack to hide two 11 ms transfers per
+    micro-batch. Replayed, it is >10 % slower; a candidate that leaves slack wins."""
     cluster = cluster_from_dict(
         {
             "name": "shared-nic",

@@ -7,13 +7,14 @@ boundaries taking `c_j` (activations forward or gradients back) last
 
 fill and drain pass every stage once and cross every boundary twice. `beat(m)`, the seconds
 each further micro-batch adds, is the slowest stage or link -- and, under 1F1B, no less than
-`R_s / w_s` for every stage s that the schedule's window limits: stage s holds at most
-`w_s = S - s` micro-batches, and micro-batch k + w_s may not start there before micro-batch
-k's backward came back, a round trip of `R_s = Σ_{i>=s} t_i + 2 Σ_{j>=s} c_j` (Little's law).
-The window binds only when m > w_s. With free links `R_s / w_s` never exceeds the slowest
-stage, so a balanced pipeline keeps the textbook `(M + S - 1)·t`; with slow links (a bridge
-through host memory, small micro-batches) it exposes the transfers that 1F1B cannot hide.
-GPipe holds every micro-batch at once: no window.
+`R / w` for every run of `w` consecutive stages s..u (w = u - s + 1 < m): stage s runs
+`S - s` forwards before its first backward and stage u one less per stage, so stage s starts
+micro-batch k + w's forward only after micro-batch k's round trip through s..u came back,
+`R = Σ_{i=s..u} t_i + 2 Σ_{j=s..u-1} c_j` (Little's law over the run; the suffixes u = S - 1
+are the stages' whole windows). With free links `R / w` never exceeds the slowest stage, so
+a balanced pipeline keeps the textbook `(M + S - 1)·t`; with slow links (a bridge through
+host memory, small micro-batches) it exposes the transfers 1F1B cannot hide, also between
+two neighbours whose times differ. GPipe holds every micro-batch at once: no window.
 """
 
 from __future__ import annotations
@@ -39,11 +40,16 @@ class PipelineForm:
         beat = max([*stage_s, *link_s])
         beats = [beat]
         if schedule != "gpipe":
-            n, tail = len(stage_s), 0.0
-            for w in range(1, n + 1):  # stage s = n - w holds at most w micro-batches
-                s = n - w
-                tail += stage_s[s] + (2 * link_s[s] if s < n - 1 else 0.0)
-                beat = max(beat, tail / w)
+            n = len(stage_s)
+            # by window w: the slowest round trip over any w consecutive stages, per w
+            worst = [0.0] * (n + 1)
+            for s in range(n):
+                trip = 0.0
+                for u in range(s, n):
+                    trip += stage_s[u] + (2 * link_s[u - 1] if u > s else 0.0)
+                    worst[u - s + 1] = max(worst[u - s + 1], trip / (u - s + 1))
+            for w in range(1, n + 1):
+                beat = max(beat, worst[w])
                 beats.append(beat)
         return PipelineForm(fill, tuple(beats))
 

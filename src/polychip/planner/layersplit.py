@@ -7,8 +7,8 @@ does not fit memory), non-decreasing in `n`. A pipeline with `m` micro-batches t
 `fixed + sum(stage costs) + (m - 1) * beat` (the cost model's closed form,
 costmodel/pipeline.py) with `beat = max(floor, max stage cost)` under GPipe and, under 1F1B
 once `m - 1 >= S` (the caller passes `window` then: the links' round trip), also at least
-the first stage's window `(sum + window) / S` (the later stages' windows are left to the
-exact score). The split minimises `weight * beat + sum` with `weight = m - 1`;
+the first stage's window `(sum + window) / S` (the windows of shorter runs of stages are
+left to the exact score). The split minimises `weight * beat + sum` with `weight = m - 1`;
 `weight = inf` minimises the beat first, then the sum (the steady state of many
 micro-batches).
 """
