@@ -84,7 +84,7 @@ def test_balanced_pipeline_is_m_plus_s_minus_one_stage_times(
         Stage(i * per, (i + 1) * per, 0, (i,), "fast") for i in range(num_stages)
     )  # fmt: skip
     rep = Replica(stages, num_micro, 1)
-    span, busy = cm.pipeline_time_s(rep)
+    span, busy = cm.pipeline_time_s(rep, "1f1b")
     # Only the link latency c (5 us inside a node) is left of the communication: fill and
     # drain cross each of the S - 1 boundaries twice (activation, then its gradient). Under
     # 1F1B stage S - w holds w micro-batches while its round trip w t + 2 (w - 1) c runs, so
@@ -118,15 +118,15 @@ def test_slow_link_becomes_the_pipeline_bottleneck() -> None:
     t = 2 * (f + b)
     fill = 2 * t + 2 * comm
     assert cm.pipeline_time_s(rep, "gpipe")[0] == pytest.approx(fill + 7 * comm, rel=1e-6)
-    assert cm.pipeline_time_s(rep)[0] == pytest.approx(fill + 7 * (t + comm), rel=1e-6)
+    assert cm.pipeline_time_s(rep, "1f1b")[0] == pytest.approx(fill + 7 * (t + comm), rel=1e-6)
 
 
 def test_slowest_stage_sets_the_steady_state() -> None:
     cm = _cm(_cluster(("h800", 1, 400), ("910b", 1, 400)), batch=16)
     fast = Replica((Stage(0, 2, 0, (0,), "h800"), Stage(2, 4, 0, (1,), "h800")), 16, 1)
     mixed = Replica((Stage(0, 2, 0, (0,), "h800"), Stage(2, 4, 1, (0,), "ascend-910b")), 16, 1)
-    t_fast, _ = cm.pipeline_time_s(fast)
-    t_mixed, _ = cm.pipeline_time_s(mixed)
+    t_fast, _ = cm.pipeline_time_s(fast, "1f1b")
+    t_mixed, _ = cm.pipeline_time_s(mixed, "1f1b")
     slow = cm.times_of(mixed, 1).total_s
     assert t_mixed > t_fast
     assert t_mixed >= 15 * slow  # (M - 1) x the slowest stage at least

@@ -97,7 +97,8 @@ def test_shape_times_are_the_cost_models() -> None:
         assert shape is not None
         reps = assign(cluster, [(shape, [16])])
         assert reps is not None
-        assert shape.time_s(16) == pytest.approx(cm.pipeline_time_s(reps[0])[0], rel=1e-12)
+        span, _ = cm.pipeline_time_s(reps[0], builder.schedule)
+        assert shape.time_s(16) == pytest.approx(span, rel=1e-12)
 
 
 def test_infeasible_model_names_the_memory_limit() -> None:
@@ -146,3 +147,24 @@ def test_exhaustive_refuses_a_big_space_before_searching() -> None:
     cluster = load_cluster(EXAMPLES / "h800-910b.yaml")
     with pytest.raises(PolychipError, match="--exhaustive would enumerate"):
         plan_job(cluster, load_model("llama3-70b"), TrainingJob(64, 4096), exhaustive=True)
+
+
+@pytest.mark.parametrize("schedule", ["1f1b", "gpipe"])
+def test_naive_baselines_quick_check_bounds_the_exact_score(schedule: str) -> None:
+    """The naive baseline prunes layouts with a quick pipeline + optimizer estimate; it must
+    be an upper bound under the schedule asked for. Here 1F1B's window binds (a 3-stage
+    pipeline of tiny stages across islands) and GPipe has none, so the schedules differ."""
+    from polychip.plan import Replica, Stage
+    from polychip.planner.baselines import _quick_check
+
+    cm = CostModel(load_cluster(EXAMPLES / "cpu-test.yaml"), load_model("tiny"),
+                   TrainingJob(global_batch=16, seq_len=64))
+    rep = Replica(
+        (Stage(0, 1, 2, (0,), "cpu-mid"), Stage(1, 2, 0, (0, 1), "cpu-slow"),
+         Stage(2, 4, 1, (0,), "cpu-fast")),
+        16,
+        1,
+    )
+    exact = cm.evaluate((rep,), schedule).tokens_per_s
+    assert cm.evaluate((rep,), "gpipe").tokens_per_s > cm.evaluate((rep,), "1f1b").tokens_per_s
+    assert _quick_check(cm, (rep,), schedule, 1) >= exact * (1 - 1e-12)

@@ -168,7 +168,7 @@ class CostModel:
         return self.transfer_time_s(a.node, b.node, self.activation_bytes(replica.micro_batch_size))
 
     # ---- pipeline -----------------------------------------------------------------------
-    def pipeline_time_s(self, replica: Replica, schedule: str = "1f1b") -> tuple[float, float]:
+    def pipeline_time_s(self, replica: Replica, schedule: str) -> tuple[float, float]:
         """(step seconds of the pipeline, busy device-seconds) under 1F1B or GPipe: fill +
         drain of every stage and boundary, plus (M - 1) x the beat (pipeline.PipelineForm:
         the bottleneck, or under 1F1B a window's round trip)."""

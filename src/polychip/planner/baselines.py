@@ -123,7 +123,7 @@ def _quick_check(cm: CostModel, reps: tuple[Replica, ...], schedule: str, shards
         for si, st in enumerate(r.stages):
             if cm.memory_of(r, si, schedule, shards).total > cm.chip(st.chip).memory_bytes:
                 return None
-    pipe = max(cm.pipeline_time_s(r)[0] for r in seen.values())
+    pipe = max(cm.pipeline_time_s(r, schedule)[0] for r in seen.values())
     opt = cm.optimizer_time_s(tuple(seen.values()), shards)
     return cm.job.tokens_per_step / (pipe + opt)
 
