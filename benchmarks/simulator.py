@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "examples" / "clusters" / "mix-1024.yaml"
 MICRO_BATCHES = 32
 TYPES = ("h800", "a100-80g", "ascend-910b", "h20")  # the cluster's node groups, in order
+# the chips of the mixed pipelines' 8 stages, in pipeline order
+MIXED_KINDS = ("h800", "h800", "a100-80g", "a100-80g", "ascend-910b", "ascend-910b",
+               "ascend-910b", "h20")
 
 
 def _plan(cl: Cluster, model: str, replicas: list[list[tuple[int, int, tuple[int, ...]]]]) -> Plan:
@@ -64,19 +67,9 @@ def mixed_tp8(cl: Cluster) -> Plan:
     """llama3-70b; 16 alike pipelines across all four vendors' chips (two cross-island
     boundaries each), one node (TP 8) per stage, layers by chip speed."""
     free = _nodes(cl)
-    kinds = [
-        "h800",
-        "h800",
-        "a100-80g",
-        "a100-80g",
-        "ascend-910b",
-        "ascend-910b",
-        "ascend-910b",
-        "h20",
-    ]
     layers = [21, 21, 7, 7, 7, 7, 7, 3]
     replicas = [
-        [(n, free[k].pop(0), tuple(range(8))) for k, n in zip(kinds, layers, strict=True)]
+        [(n, free[k].pop(0), tuple(range(8))) for k, n in zip(MIXED_KINDS, layers, strict=True)]
         for _ in range(16)
     ]
     return _plan(cl, "llama3-70b", replicas)
@@ -85,24 +78,14 @@ def mixed_tp8(cl: Cluster) -> Plan:
 def mixed_tp1(cl: Cluster) -> Plan:
     """llama3-8b; 128 alike pipelines of 8 single-chip stages across the four vendors;
     stage s of 8 pipelines shares a node (and its NIC)."""
-    kinds = [
-        "h800",
-        "h800",
-        "a100-80g",
-        "a100-80g",
-        "ascend-910b",
-        "ascend-910b",
-        "ascend-910b",
-        "h20",
-    ]
     layers = [8, 8, 3, 3, 3, 3, 3, 1]
     nodes = _nodes(cl)
-    per_type = {k: kinds.count(k) for k in TYPES}
+    per_type = {k: MIXED_KINDS.count(k) for k in TYPES}
     replicas = []
     for r in range(128):
         seen: dict[str, int] = {}
         stages = []
-        for k, n in zip(kinds, layers, strict=True):
+        for k, n in zip(MIXED_KINDS, layers, strict=True):
             i = seen.get(k, 0)
             seen[k] = i + 1
             node = nodes[k][(r // 8) * per_type[k] + i]

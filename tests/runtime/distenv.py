@@ -1,10 +1,13 @@
 """Start real gloo process groups on the CPU for tests: mp.spawn + a file store in tmp_path;
-and a run in which one rank dies."""
+a run in which one rank dies; `polychip train` as a user runs it."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -14,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from polychip.plan import Plan
+from polychip.plan import Plan, save_plan
 from polychip.runtime.errors import DistributedRunError
 from polychip.runtime.session import run_logged
 from polychip.runtime.topology import build_topology
@@ -98,3 +101,21 @@ def _dying_worker(rank: int, world_size: int, store: str, plan: Plan, out: str,
         outcome = f"{time.monotonic() - begin:.1f} {exc}"
     Path(out, f"rank{rank}.txt").write_text(outcome)
     dist.destroy_process_group()
+
+
+def train_command(plan: Plan, tmp_path: Path) -> tuple[str, list[dict]]:
+    """`polychip train PLAN --steps 2 --emulate --dilation 3 --metrics ...` in a subprocess,
+    on a small text file (not the 8 MB default corpus): its stdout and metrics records. The
+    tiny models' cost-model times are microseconds: a given dilation keeps the emulated
+    communication slots short (the automatic one is exercised by the demo)."""
+    plan_path, metrics = tmp_path / "plan.json", tmp_path / "metrics.jsonl"
+    save_plan(plan, plan_path)
+    text = tmp_path / "text.txt"
+    text.write_bytes(Path(os.__file__).read_bytes()[:20_000])
+    src = Path(__file__).resolve().parents[2] / "src"
+    done = subprocess.run(
+        [sys.executable, "-m", "polychip", "train", str(plan_path), "--steps", "2",
+         "--emulate", "--dilation", "3", "--data", str(text), "--metrics", str(metrics)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(src)}, timeout=120)
+    assert done.returncode == 0, done.stderr + done.stdout
+    return done.stdout, [json.loads(line) for line in metrics.read_text().splitlines()]

@@ -4,23 +4,19 @@ training, both schedules alike, activations held as the schedule says, a dying s
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from polychip.plan import Plan, save_plan
+from polychip.plan import Plan
 from polychip.runtime.layers import DecoderLayer, rotary_cos_sin
 from polychip.runtime.tensor_parallel import shard_of
 from polychip.runtime.topology import build_topology
 from polychip.runtime.train import TrainConfig, Trainer
 
-from .distenv import run_ranks, run_with_a_dying_rank
-from .plans import ROOT, hybrid_plan, interleaved_plan, pp_plan
+from .distenv import run_ranks, run_with_a_dying_rank, train_command
+from .plans import hybrid_plan, interleaved_plan, pp_plan
 from .reference import CORPUS_BYTES, single_process
 
 ATOL = 1e-12
@@ -143,20 +139,9 @@ def test_train_command_runs_a_pipeline_and_reports_measured_beside_estimated(
     plan = hybrid_plan()
     two_stages = pp_plan(plan.cluster, [([(0, 1, 1, (0,), "cpu-slow"), (1, 4, 0, (0,), "cpu-fast")],
                                          4, 2)], model=plan.model)
-    plan_path, metrics = tmp_path / "plan.json", tmp_path / "metrics.jsonl"
-    save_plan(two_stages, plan_path)
-    text = tmp_path / "text.txt"
-    text.write_bytes(Path(os.__file__).read_bytes()[:20_000])
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    done = subprocess.run(
-        [sys.executable, "-m", "polychip", "train", str(plan_path), "--steps", "2",
-         "--emulate", "--dilation", "3", "--data", str(text), "--metrics", str(metrics)],
-        capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stderr + done.stdout
-    out = done.stdout
+    out, records = train_command(two_stages, tmp_path)
     assert "step time, seconds" in out and "analytic estimate" in out and "simulated" in out
     assert "per stage" in out and "EMULATED" in out
-    records = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [(r["step"], r["rank"], r["stage"]) for r in records] == [
         (0, 0, 0), (0, 1, 1), (1, 0, 0), (1, 1, 1)]
     first, last = records[2], records[3]

@@ -20,7 +20,7 @@ from polychip.runtime.model import build_full_model, loss_fn
 from polychip.runtime.topology import build_topology
 from polychip.runtime.train import TrainConfig, Trainer, model_config
 
-from .distenv import run_ranks, run_with_a_dying_rank
+from .distenv import run_ranks, run_with_a_dying_rank, train_command
 from .plans import ROOT, cluster, cpu_test_plan, dp_plan
 from .reference import CORPUS_BYTES, single_process
 
@@ -106,20 +106,8 @@ def test_grads_live_in_one_buffer_and_accumulate_in_place() -> None:
 # ---- the command ------------------------------------------------------------------------
 @pytest.mark.dist
 def test_train_command_end_to_end_with_metrics(tmp_path: Path) -> None:
-    plan_path, metrics = tmp_path / "plan.json", tmp_path / "metrics.jsonl"
-    save_plan(cpu_test_plan((2, 2, 8, 4), micro_batch=2), plan_path)
-    text = tmp_path / "text.txt"  # a user's text file (and no 8 MB default corpus to read)
-    text.write_bytes(Path(os.__file__).read_bytes()[:20_000])
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    # The micro model's cost-model times are microseconds: a given dilation keeps the
-    # emulated communication slots short (the automatic one is exercised by the demo).
-    done = subprocess.run(
-        [sys.executable, "-m", "polychip", "train", str(plan_path), "--steps", "2",
-         "--emulate", "--dilation", "3", "--data", str(text), "--metrics", str(metrics)],
-        capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stderr + done.stdout
-    assert "EMULATED" in done.stdout and "4 ranks, 3 island(s)" in done.stdout
-    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    out, records = train_command(cpu_test_plan((2, 2, 8, 4), micro_batch=2), tmp_path)
+    assert "EMULATED" in out and "4 ranks, 3 island(s)" in out
     assert [(r["step"], r["rank"]) for r in records] == [(s, r) for s in (0, 1)
                                                          for r in range(4)]
     assert sorted(p.name for p in tmp_path.glob("metrics.jsonl*")) == ["metrics.jsonl"]
