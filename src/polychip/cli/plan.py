@@ -8,6 +8,8 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from polychip.cli.jobopts import add_run_options, job_from_args
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -45,11 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write the plan JSON here")
     p.add_argument("--exhaustive", action="store_true", help="slow exact search (small clusters)")
     p.add_argument(
-        "--precision", choices=("bf16", "fp16"), default="bf16", help="training precision (bf16)"
-    )
-    p.add_argument("--no-recompute", action="store_true", help="forbid activation recompute")
-    p.add_argument("--no-zero1", action="store_true", help="forbid ZeRO-1 optimizer sharding")
-    p.add_argument(
         "--schedule", choices=("1f1b", "gpipe"), default="1f1b", help="pipeline schedule (1f1b)"
     )
     p.add_argument(
@@ -74,6 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"candidates re-ranked by --simulate (default {DEFAULT_SIMULATE_TOP}; implies "
         "--simulate)",
     )
+    add_run_options(p)
     p.set_defaults(func=run)
 
 
@@ -85,18 +83,11 @@ def run(args: argparse.Namespace) -> int:
     from polychip.planner import search_plans
     from polychip.spec.cluster import load_cluster
     from polychip.spec.errors import PolychipError
-    from polychip.spec.job import TrainingJob
     from polychip.spec.model import load_model
 
     cluster = load_cluster(args.cluster)
     model = load_model(args.model)
-    job = TrainingJob(
-        global_batch=args.global_batch,
-        seq_len=args.seq_len,
-        precision=args.precision,
-        allow_recompute=not args.no_recompute,
-        allow_zero1=not args.no_zero1,
-    )
+    job = job_from_args(args)
     if args.simulate_top is not None and args.simulate_top < 1:
         raise PolychipError(f"--simulate-top {args.simulate_top} must be >= 1")
     top = args.simulate_top or (DEFAULT_SIMULATE_TOP if args.simulate else 0)

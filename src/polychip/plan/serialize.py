@@ -55,10 +55,16 @@ class _ModelIn(_In):
 class _JobIn(_In):
     global_batch: int = Field(ge=1)
     seq_len: int = Field(ge=1)
-    precision: Literal["bf16", "fp16"] = "bf16"
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] = "bf16"
     optimizer: Literal["adamw"] = "adamw"
     allow_recompute: bool = True
     allow_zero1: bool = True
+    attention: Literal["fused", "eager"] = "fused"
+    sequence_parallel: bool = True
+    vocab_parallel: bool = True
+    overlap_p2p: bool = True
+    overlap_grad_sync: bool = True
+    grad_reduce_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
 
 
 class _PlanIn(_In):
