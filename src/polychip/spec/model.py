@@ -30,6 +30,11 @@ class ModelSpec:
     tie_embeddings: bool = False
 
     @property
+    def gated_mlp(self) -> bool:
+        """A gated MLP (SwiGLU: three matrices) rather than a plain one (two)."""
+        return self.mlp == "swiglu"
+
+    @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
