@@ -1,4 +1,4 @@
-"""`polychip demo` end to end (needs the planner), and its built-in cluster."""
+"""`polychip demo` end to end, and its built-in cluster."""
 
 from __future__ import annotations
 
@@ -18,15 +18,7 @@ def test_builtin_demo_cluster_is_the_cpu_test_example() -> None:
     assert packaged.read_text() == CPU_TEST.read_text()
 
 
-def _has_planner() -> bool:
-    import polychip.planner
-
-    return hasattr(polychip.planner, "plan_job")
-
-
 @pytest.mark.dist
-@pytest.mark.skipif(not _has_planner(), reason="the planner (polychip.planner.plan_job) "
-                                                "has not landed yet")
 def test_demo_plans_trains_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "summary.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
