@@ -1,4 +1,5 @@
-"""The layering of docs/architecture.md (docs/design.md), enforced: imports point down, torch only in the runtime."""
+"""The layering of docs/architecture.md (docs/design.md), enforced: imports point down,
+torch only in the runtime."""
 
 from __future__ import annotations
 
