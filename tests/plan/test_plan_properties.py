@@ -4,6 +4,7 @@ runs every micro-batch's forward and backward exactly once per stage."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import Counter
 
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from polychip.plan import Op, Plan, Replica, Stage, build_schedule, plan_from_dict, plan_to_dict
+from polychip.plan.naive import even_batch_replicas, even_layer_replicas
 from polychip.plan.validate import validate_plan
 from polychip.spec.cluster import cluster_from_dict
 from polychip.spec.job import TrainingJob
@@ -78,3 +80,19 @@ def test_schedule_pairs_sends_with_receives(plan: Plan) -> None:
                 received[(a.peer, prog.leader, kind, a.micro)] += 1
         assert prog.actions[-1].op is Op.OPTIMIZER
     assert sent == received
+
+
+@settings(max_examples=60, deadline=None)
+@given(plans())
+def test_even_splits_keep_devices_and_cover_everything(plan: Plan) -> None:
+
+    batch = even_batch_replicas(plan)
+    shares = [r.batch_size for r in batch]
+    assert sum(shares) == plan.job.global_batch and max(shares) - min(shares) <= 1
+    assert all(r.batch_size % r.micro_batch_size == 0 for r in batch)
+    layers = even_layer_replicas(plan)
+    for old, new in zip(plan.replicas, layers, strict=True):
+        counts = [s.num_layers for s in new.stages]
+        assert max(counts) - min(counts) <= 1
+        assert [s.local_devices for s in new.stages] == [s.local_devices for s in old.stages]
+    validate_plan(dataclasses.replace(plan, replicas=layers))

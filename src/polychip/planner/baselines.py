@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from polychip.costmodel import CostModel
 from polychip.costmodel.estimate import PlanCost
+from polychip.plan.naive import even_parts
 from polychip.plan.plan import Baseline, Replica, Stage
 from polychip.planner.space import micro_batch_sizes
 from polychip.spec.cluster import Cluster
@@ -55,11 +56,6 @@ def describe_replicas(replicas: tuple[Replica, ...]) -> str:
     return ", ".join(f"{n} x [{k}]" for k, n in counts.items())
 
 
-def _even(total: int, parts: int) -> list[int]:
-    base, extra = divmod(total, parts)
-    return [base + (1 if i < extra else 0) for i in range(parts)]
-
-
 def naive_mixed(cm: CostModel, schedule: str) -> Naive | None:
     """The best all-chip homogeneous layout (None if none fits memory)."""
     cluster, model, job = cm.cluster, cm.model, cm.job
@@ -81,8 +77,8 @@ def naive_mixed(cm: CostModel, schedule: str) -> Naive | None:
             dp = total // (tp * pp)
             if dp > job.global_batch:
                 continue
-            layers = _even(model.num_layers, pp)
-            batches = _even(job.global_batch, dp)
+            layers = even_parts(model.num_layers, pp)
+            batches = even_parts(job.global_batch, dp)
             for order in ("tp-dp-pp", "tp-pp-dp"):
                 for mb in micro_batch_sizes(job.global_batch)[:2]:
                     if any(b % mb for b in batches):

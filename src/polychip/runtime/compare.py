@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from polychip.costmodel.estimate import CostModel
+from polychip.plan.naive import even_batch_replicas, even_layer_replicas
 from polychip.plan.plan import Plan, Replica
 from polychip.runtime.errors import RuntimeSetupError
 from polychip.runtime.metrics import RunSummary
@@ -22,51 +23,24 @@ if TYPE_CHECKING:
     from polychip.runtime.train import TrainConfig
 
 
-def even_batch_split(plan: Plan) -> Plan:
-    """The naive split of the same replicas: equal batch shares (the first B mod R replicas
-    take one more), each replica's micro-batch size kept when it divides its new share (else
-    the largest divisor below it), the estimate recomputed on the same cost model."""
-    num = len(plan.replicas)
-    base, extra = divmod(plan.job.global_batch, num)
-    replicas = []
-    for i, rep in enumerate(plan.replicas):
-        share = base + (1 if i < extra else 0)
-        if share < 1:
-            raise RuntimeSetupError(
-                f"global batch {plan.job.global_batch} is smaller than the {num} replicas: an "
-                f"even split leaves a replica without samples; use a larger global batch")
-        micro = next(m for m in range(min(rep.micro_batch_size, share), 0, -1) if share % m == 0)
-        replicas.append(Replica(rep.stages, share, micro))
+def _with_replicas(plan: Plan, replicas: tuple[Replica, ...], note: str) -> Plan:
+    """`plan` with other replicas, its estimate recomputed on the same cost model."""
     cost = CostModel(plan.cluster, plan.model, plan.job)
-    even = tuple(replicas)
-    estimate = cost.evaluate(even, plan.schedule, plan.zero1).to_estimate(even, cost)
-    return dataclasses.replace(plan, replicas=even, estimate=estimate, baselines={}, ideal=None,
-                               notes=("naive even batch split of the same replicas",))
+    estimate = cost.evaluate(replicas, plan.schedule, plan.zero1).to_estimate(replicas, cost)
+    return dataclasses.replace(plan, replicas=replicas, estimate=estimate, baselines={},
+                               ideal=None, notes=(note,))
+
+
+def even_batch_split(plan: Plan) -> Plan:
+    """The naive split of the same replicas: equal batch shares (plan.naive)."""
+    return _with_replicas(plan, even_batch_replicas(plan),
+                          "naive even batch split of the same replicas")
 
 
 def even_layer_split(plan: Plan) -> Plan:
-    """The naive split of the same pipelines: every replica's layers cut evenly over its
-    stages (the first L mod S stages take one more), same devices and batches, the estimate
-    recomputed on the same cost model."""
-    replicas = []
-    for rep in plan.replicas:
-        num = rep.num_stages
-        base, extra = divmod(plan.model.num_layers, num)
-        if base < 1:
-            raise RuntimeSetupError(
-                f"{plan.model.num_layers} layers cannot be split evenly over {num} stages: "
-                f"an even split leaves a stage without layers; use fewer stages")
-        stages, start = [], 0
-        for i, st in enumerate(rep.stages):
-            end = start + base + (1 if i < extra else 0)
-            stages.append(dataclasses.replace(st, layer_start=start, layer_end=end))
-            start = end
-        replicas.append(Replica(tuple(stages), rep.batch_size, rep.micro_batch_size))
-    cost = CostModel(plan.cluster, plan.model, plan.job)
-    even = tuple(replicas)
-    estimate = cost.evaluate(even, plan.schedule, plan.zero1).to_estimate(even, cost)
-    return dataclasses.replace(plan, replicas=even, estimate=estimate, baselines={}, ideal=None,
-                               notes=("naive even layer split of the same pipelines",))
+    """The naive split of the same pipelines: layers cut evenly over stages (plan.naive)."""
+    return _with_replicas(plan, even_layer_replicas(plan),
+                          "naive even layer split of the same pipelines")
 
 
 def same_ranks(plans: Sequence[Plan]) -> None:
