@@ -17,7 +17,7 @@ from polychip.planner.space import Segment
 from polychip.spec.cluster import load_cluster
 from polychip.spec.errors import InfeasibleError, PolychipError
 from polychip.spec.job import TrainingJob
-from polychip.spec.model import PRESETS, load_model
+from polychip.spec.model import PRESETS, ModelSpec, load_model
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "clusters"
 
@@ -109,9 +109,17 @@ def test_infeasible_model_names_the_memory_limit() -> None:
 
 def test_batch_too_small_for_the_replicas_model_needs() -> None:
     # gpt3-175b fits 48 chips only when ZeRO-1 shards optimizer state over many replicas
+    # (rotary positions here: its own 2048-row table would refuse 4096 tokens)
     cluster = load_cluster(EXAMPLES / "h800-910b.yaml")
+    gpt3 = ModelSpec(**load_model("gpt3-175b").to_dict() | {"position": "rope"})
     with pytest.raises(InfeasibleError, match="global batch 1 is too small"):
-        plan_job(cluster, load_model("gpt3-175b"), TrainingJob(1, 4096, allow_recompute=False))
+        plan_job(cluster, gpt3, TrainingJob(1, 4096, allow_recompute=False))
+
+
+def test_a_sequence_longer_than_learned_positions_is_refused_before_the_search() -> None:
+    cluster = load_cluster(EXAMPLES / "h800-910b.yaml")
+    with pytest.raises(PolychipError, match="exceeds the 2048 learned positions"):
+        plan_job(cluster, load_model("gpt3-175b"), TrainingJob(64, 4096))
 
 
 def test_bad_arguments() -> None:
