@@ -176,3 +176,24 @@ def test_naive_baselines_quick_check_bounds_the_exact_score(schedule: str) -> No
     exact = cm.evaluate((rep,), schedule).tokens_per_s
     assert cm.evaluate((rep,), "gpipe").tokens_per_s > cm.evaluate((rep,), "1f1b").tokens_per_s
     assert _quick_check(cm, (rep,), schedule, 1) >= exact * (1 - 1e-12)
+
+
+def test_the_cheap_estimate_charges_the_nic_share_the_exact_score_does() -> None:
+    """One TP-2 replica on an H800 node and one on a 910B node (2 of 8 chips each): the
+    bridge runs at half of the slower NIC per chip in the estimate and in the exact score."""
+    from polychip.planner.estimate import Estimator
+    from polychip.planner.scoring import Scorer
+
+    cluster = load_cluster(EXAMPLES / "h800-910b.yaml")
+    cm = CostModel(cluster, load_model("llama2-7b"), TrainingJob(16, 1024))
+    builder = ShapeBuilder(cm, "1f1b")
+    shapes = [builder.build((Segment(g, 1, 2),), 1) for g in (0, 1)]
+    assert all(s is not None for s in shapes)
+    classes = [(s, 1) for s in shapes]
+    replicas = assign(cluster, [(s, [8]) for s in shapes])
+    assert replicas is not None and sorted(len(r.stages[0].local_devices) for r in replicas) == [
+        2, 2]
+    exact = cm.dp_sync_time_s(replicas)
+    assert Estimator(Scorer(builder)).dp_sync_s(classes) == pytest.approx(exact, rel=1e-12)
+    assert cm.under(replicas).device_nic_bw(replicas[1].stages[0].node) == pytest.approx(
+        cluster.groups[1].nic_bw_bytes_per_s / 2)
