@@ -17,101 +17,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, ValidationError
+from pydantic import ValidationError
 
 from polychip.spec.errors import SpecError, pydantic_message
+from polychip.spec.hf_keys import (
+    COMMON,
+    LLAMA_IGNORED,
+    ROTARY,
+    GPT2Keys,
+    Keys,
+    LlamaKeys,
+    NeoXKeys,
+    OPTKeys,
+    words,
+)
 from polychip.spec.modelspec import GELU_ACTIVATIONS, ModelSpec
 
 
-def _words(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
-
-# Keys of every Hugging Face config (PretrainedConfig) that say nothing about the shape.
-_COMMON = _words("""
-    architectures model_type torch_dtype dtype transformers_version use_cache
-    bos_token_id eos_token_id pad_token_id sep_token_id decoder_start_token_id
-    initializer_range init_std task_specific_params tokenizer_class prefix id2label label2id
-    num_labels problem_type finetuning_task return_dict output_hidden_states
-    output_attentions torchscript pruned_heads is_decoder is_encoder_decoder
-    tie_encoder_decoder chunk_size_feed_forward gradient_checkpointing max_length
-    min_length do_sample early_stopping num_beams num_beam_groups diversity_penalty
-    temperature top_k top_p typical_p repetition_penalty length_penalty
-    no_repeat_ngram_size encoder_no_repeat_ngram_size bad_words_ids num_return_sequences
-    output_scores return_dict_in_generate forced_bos_token_id forced_eos_token_id
-    remove_invalid_values exponential_decay_length_penalty suppress_tokens
-    begin_suppress_tokens attn_implementation
-""")
-# rotary base, scaling and share: no parameters, no change to the matmul FLOPs
-_ROTARY = _words("rope_theta rope_scaling rotary_emb_base rope_parameters partial_rotary_factor")
-
-
-class _Keys(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class _GPT2(_Keys):
-    n_layer: PositiveInt
-    n_embd: PositiveInt
-    n_head: PositiveInt
-    n_inner: PositiveInt | None = None  # Hugging Face: None = 4 * n_embd
-    n_positions: PositiveInt
-    vocab_size: PositiveInt
-    activation_function: str = "gelu_new"
-    tie_word_embeddings: bool = True
-    add_cross_attention: bool = False
-
-
-class _OPT(_Keys):
-    num_hidden_layers: PositiveInt
-    hidden_size: PositiveInt
-    num_attention_heads: PositiveInt
-    ffn_dim: PositiveInt
-    max_position_embeddings: PositiveInt
-    vocab_size: PositiveInt
-    word_embed_proj_dim: PositiveInt | None = None  # None = hidden_size
-    activation_function: str = "relu"
-    do_layer_norm_before: bool = True
-    remove_final_layer_norm: bool = False  # the key is `_remove_final_layer_norm`
-    enable_bias: bool = True
-    layer_norm_elementwise_affine: bool = True
-    tie_word_embeddings: bool = True
-
-
-class _NeoX(_Keys):
-    num_hidden_layers: PositiveInt
-    hidden_size: PositiveInt
-    num_attention_heads: PositiveInt
-    intermediate_size: PositiveInt
-    max_position_embeddings: PositiveInt
-    vocab_size: PositiveInt
-    hidden_act: str = "gelu"
-    rotary_pct: float = 0.25
-    use_parallel_residual: bool = True
-    attention_bias: bool = True
-    tie_word_embeddings: bool = False
-
-
-class _Llama(_Keys):
-    """Llama, Mistral and Qwen2: the same keys, different biases and windows."""
-
-    num_hidden_layers: PositiveInt
-    hidden_size: PositiveInt
-    num_attention_heads: PositiveInt
-    num_key_value_heads: PositiveInt | None = None  # None = multi-head attention
-    intermediate_size: PositiveInt
-    vocab_size: PositiveInt
-    max_position_embeddings: PositiveInt | None = None
-    hidden_act: str = "silu"
-    head_dim: PositiveInt | None = None
-    tie_word_embeddings: bool = False
-    attention_bias: bool = False  # llama only
-    mlp_bias: bool = False  # llama only
-    sliding_window: NonNegativeInt | None = None  # mistral, qwen2
-    use_sliding_window: bool = False  # qwen2
-
-
-def _act(cfg: _Keys, key: str, gated: bool, file: str) -> tuple[str, str]:
+def _act(cfg: Keys, key: str, gated: bool, file: str) -> tuple[str, str]:
     """(mlp kind, activation) of a config's activation key."""
     act = getattr(cfg, key)
     name = "silu" if act == "swish" else act
@@ -159,7 +82,7 @@ def _unsupported(key: str, why: str, fix: str, file: str) -> SpecError:
     return SpecError(f"{why}; {fix}", file=file, key=key)
 
 
-def _gpt2(c: _GPT2, name: str, file: str) -> ModelSpec:
+def _gpt2(c: GPT2Keys, name: str, file: str) -> ModelSpec:
     if c.add_cross_attention:
         raise _unsupported("add_cross_attention", "cross-attention to an encoder is not "
                            "modelled", "set it to false (a decoder-only model)", file)  # fmt: skip
@@ -172,7 +95,7 @@ def _gpt2(c: _GPT2, name: str, file: str) -> ModelSpec:
     )  # fmt: skip
 
 
-def _opt(c: _OPT, name: str, file: str) -> ModelSpec:
+def _opt(c: OPTKeys, name: str, file: str) -> ModelSpec:
     if not c.layer_norm_elementwise_affine:
         raise _unsupported("layer_norm_elementwise_affine", "LayerNorms without weight and "
                            "bias are not modelled", "set it to true", file)  # fmt: skip
@@ -190,7 +113,7 @@ def _opt(c: _OPT, name: str, file: str) -> ModelSpec:
     )  # fmt: skip
 
 
-def _neox(c: _NeoX, name: str, file: str) -> ModelSpec:
+def _neox(c: NeoXKeys, name: str, file: str) -> ModelSpec:
     if not 0 < c.rotary_pct <= 1:
         raise _unsupported(
             "rotary_pct",
@@ -209,8 +132,8 @@ def _neox(c: _NeoX, name: str, file: str) -> ModelSpec:
     )  # fmt: skip
 
 
-def _llama_like(family: str) -> Callable[[_Llama, str, str], ModelSpec]:
-    def read(c: _Llama, name: str, file: str) -> ModelSpec:
+def _llama_like(family: str) -> Callable[[LlamaKeys, str, str], ModelSpec]:
+    def read(c: LlamaKeys, name: str, file: str) -> ModelSpec:
         window = c.sliding_window or 0
         if family == "qwen2":
             if c.use_sliding_window:
@@ -236,21 +159,20 @@ def _llama_like(family: str) -> Callable[[_Llama, str, str], ModelSpec]:
     return read
 
 
-_LLAMA_KEYS = _words("rms_norm_eps pretraining_tp attention_dropout") | _ROTARY
-_READERS: dict[str, tuple[type[_Keys], Callable[[Any, str, str], ModelSpec], frozenset[str]]] = {
-    "gpt2": (_GPT2, _gpt2, _words("""
+_READERS: dict[str, tuple[type[Keys], Callable[[Any, str, str], ModelSpec], frozenset[str]]] = {
+    "gpt2": (GPT2Keys, _gpt2, words("""
         layer_norm_epsilon attn_pdrop embd_pdrop resid_pdrop n_ctx summary_type
         summary_use_proj summary_activation summary_proj_to_labels summary_first_dropout
         scale_attn_weights scale_attn_by_inverse_layer_idx reorder_and_upcast_attn
         n_special predict_special_tokens output_past""")),
-    "opt": (_OPT, _opt, _words("""
+    "opt": (OPTKeys, _opt, words("""
         dropout attention_dropout activation_dropout layerdrop _remove_final_layer_norm""")),
-    "gpt_neox": (_NeoX, _neox, _words("""
+    "gpt_neox": (NeoXKeys, _neox, words("""
         layer_norm_eps attention_dropout hidden_dropout classifier_dropout
-        use_memory_efficient_attention""") | _ROTARY),
-    "llama": (_Llama, _llama_like("llama"), _LLAMA_KEYS),
-    "mistral": (_Llama, _llama_like("mistral"), _LLAMA_KEYS - {"pretraining_tp"}),
-    "qwen2": (_Llama, _llama_like("qwen2"), _LLAMA_KEYS | {"max_window_layers"}),
+        use_memory_efficient_attention""") | ROTARY),
+    "llama": (LlamaKeys, _llama_like("llama"), LLAMA_IGNORED),
+    "mistral": (LlamaKeys, _llama_like("mistral"), LLAMA_IGNORED - {"pretraining_tp"}),
+    "qwen2": (LlamaKeys, _llama_like("qwen2"), LLAMA_IGNORED | {"max_window_layers"}),
 }  # fmt: skip
 _OWN_KEYS = {
     "mistral": {"attention_bias", "mlp_bias", "use_sliding_window"},  # not Mistral's keys
@@ -262,7 +184,7 @@ _OWN_KEYS = {
 def _family_keys(family: str) -> frozenset[str]:
     model, _, ignored = _READERS[family]
     read = set(model.model_fields) - _OWN_KEYS.get(family, set())
-    return frozenset(read | ignored | _COMMON)
+    return frozenset(read | ignored | COMMON)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
