@@ -23,6 +23,8 @@ nodes:
   - {chip: Ascend_910B, count: 4, chips_per_node: 8, nic_gbps: 200}
   - {chip: bi150, count: 1, chips_per_node: 4, nic_gbps: 100}
 network: {kind: roce, latency_us: 10}
+links:
+  - {between: [h800x8, 1], gbps: 100, latency_us: 30}
 chips:
   bi150: {memory_gib: 32}
 """
@@ -39,6 +41,9 @@ BAD = {
                      "closest known: h800"),
     "missing-figure": ("nodes:\n  - {chip: bi150, count: 1, nic_gbps: 1}\n", "nodes[0].chip",
                        "memory_gib"),
+    "bad-link": ("nodes:\n  - {chip: h800, count: 1, nic_gbps: 100}\n"
+                 "links:\n  - {between: [0, h900x8], gbps: 10}\n", "links[0].between[1]",
+                 "no node group is labelled 'h900x8'"),
     "not-a-mapping": ("- just\n- a list\n", "", "YAML mapping"),
     "malformed": ("nodes:\n  - chip: h800\n    count: 2\n   nic_gbps: 3\n", "line 4",
                   "not valid YAML"),
@@ -62,6 +67,7 @@ def test_validate_summarises_a_good_cluster(
     for text in ("h800", "ascend-910b", "bi150", "nvidia/nccl", "huawei/hccl", "iluvatar/ixccl"):
         assert text in out
     assert "52 chips in 3 island(s)" in out  # 16 + 32 + 4
+    assert "link h800x8 <-> ascend-910bx8: 100 Gb/s, 30 µs (measured)" in out
 
 
 @pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)

@@ -54,7 +54,8 @@ def test_links_intra_inter_and_bridge() -> None:
 def test_link_bandwidth_is_the_slower_nic() -> None:
     cm = _cm(_cluster(("h800", 1, 400), ("h100", 1, 100)))
     assert cm.link(0, 1) == (LinkKind.INTER_NODE, 12.5e9, pytest.approx(10e-6))  # one island
-    assert cm.device_nic_bw(0) == pytest.approx(50e9 / 8)  # a chip's share of its node's NIC
+    # a chip's share of its node's NIC when no plan says how many of its chips are used
+    assert cm.device_nic_bw(0) == pytest.approx(50e9 / 8)
 
 
 # ---- pipeline -----------------------------------------------------------------------------
@@ -138,7 +139,8 @@ def test_slowest_stage_sets_the_steady_state() -> None:
 def test_dp_sync_of_two_single_stage_replicas_on_two_nodes() -> None:
     cm = _cm(_cluster(("h800", 2, 400)))
     reps = (_one_stage(0, "h800", 4), _one_stage(1, "h800", 4))
-    bw, lat = 50e9 / 8, 10e-6  # each chip's share of the NIC; network latency
+    # the plan uses one chip of each node: it has the node's whole NIC; network latency
+    bw, lat = 50e9, 10e-6
     layers = 2.0 * TINY.num_layers * TINY.layer_params  # bf16 gradients
     expected = (
         ring_allreduce_time_s(layers, 2, bw, lat)
@@ -162,7 +164,7 @@ def test_dp_sync_with_uneven_stage_boundaries() -> None:
     cm = _cm(_cluster(("h800", 3, 400)))
     split = Replica((Stage(0, 2, 0, (0,), "h800"), Stage(2, 4, 1, (0,), "h800")), 4, 1)
     whole = _one_stage(2, "h800", 4)
-    bw, lat = 50e9 / 8, 10e-6
+    bw, lat = 50e9, 10e-6  # one chip used per node: its whole NIC
 
     def ar(params: float) -> float:
         return ring_allreduce_time_s(2.0 * params, 2, bw, lat)
@@ -176,11 +178,12 @@ def test_dp_sync_across_islands_goes_hierarchically_over_the_bridge() -> None:
     cm = _cm(_cluster(("h800", 2, 400), ("910b", 1, 200)), batch=12)
     reps = (_one_stage(0, "h800", 4), _one_stage(1, "h800", 4), _one_stage(2, "ascend-910b", 4))
     lat, host = 10e-6, 25e9
-    bridge = 25e9 / 8  # the slowest chip's NIC share (910B node: 200 Gbit/s over 8 chips)
+    # the slowest chip's NIC share: the 910B node's 200 Gbit/s, one chip of it used
+    bridge = 25e9
 
     def hier(params: float) -> float:
         n = 2.0 * params
-        inner = ring_allreduce_time_s(n, 2, 50e9 / 8, lat)  # the NVIDIA pair; HCCL alone
+        inner = ring_allreduce_time_s(n, 2, 50e9, lat)  # the NVIDIA pair; HCCL alone
         shard = n / 1  # the smallest island has one member: it holds the whole buffer
         return inner + 2 * 1 / 2 * (shard / bridge + 2 * shard / host) + 2 * lat
 
@@ -200,7 +203,7 @@ def test_dp_sync_counts_a_tied_heads_embedding_copy() -> None:
         Replica((Stage(0, 2, 2 * r, (0,), "h800"), Stage(2, 4, 2 * r + 1, (0,), "h800")), 4, 1)
         for r in range(2)
     )
-    bw, lat = 50e9 / 8, 10e-6
+    bw, lat = 50e9, 10e-6  # one chip used per node
     head = ring_allreduce_time_s(2.0 * (tied.head_params + tied.embedding_params), 2, bw, lat)
     layers = ring_allreduce_time_s(2.0 * 2 * tied.layer_params, 2, bw, lat)
     assert cm.dp_sync_time_s(reps) == pytest.approx(layers + head)

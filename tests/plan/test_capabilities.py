@@ -83,3 +83,34 @@ def test_job_refuses_unknown_run_settings():
     with pytest.raises(PolychipError, match="grad_reduce_dtype"):
         TrainingJob(8, 64, grad_reduce_dtype="int8")  # type: ignore[arg-type]
     assert TrainingJob(8, 64, precision="fp32").compute_bytes == 4
+
+
+def _with_model(plan, name: str):
+    from polychip.spec.model import load_model
+
+    spec = load_model(name)
+    # keep the plan's tiny sizes (its TP degrees divide them); take the family's block
+    block = {k: v for k, v in spec.to_dict().items() if k not in (
+        "name", "num_layers", "hidden_size", "num_heads", "num_kv_heads", "ffn_hidden_size",
+        "vocab_size", "max_positions", "embed_proj_dim")}
+    if spec.position == "learned":
+        block["max_positions"] = plan.job.seq_len
+    model = dataclasses.replace(plan.model, **block)
+    return dataclasses.replace(plan, model=model)
+
+
+@pytest.mark.parametrize(("name", "fields"), [
+    ("llama2-7b", []),
+    ("mistral-7b", ["model.family"]),
+    ("qwen2-7b", ["model.family", "model.qkv_bias"]),
+    ("gpt2", ["model.family", "model.mlp", "model.norm", "model.position", "model.qkv_bias",
+              "model.attn_out_bias", "model.mlp_bias"]),
+])
+def test_the_runtime_trains_the_llama_family_only(name, fields):
+    plan = _with_model(_tp_pipeline(), name)
+    model_caps = ("model_families", "mlp", "norms", "positions", "linear_biases")
+    caps = dataclasses.replace(EVERYTHING, **{k: getattr(RUNTIME, k) for k in model_caps})
+    missing = missing_features(plan, caps)
+    assert [m.field for m in missing] == fields
+    if fields:
+        assert str(missing[0]).startswith(f"model.family = {plan.model.family}: not executed")

@@ -139,6 +139,12 @@ def _broken(plan: Plan, edit) -> dict:
          "num_micro_batches 3"),
         (lambda d: d["model"].update(num_layers=0), "model.num_layers", "or equal to 1"),
         (lambda d: d["job"].update(precision="fp8"), "job.precision", "bf16"),
+        (lambda d: d["model"].update(num_params=5), "model.num_params", "remove num_params"),
+        (lambda d: d["model"].update(family="bert"), "model.family", "gpt_neox"),
+        (lambda d: d["model"].update(activation="relu"), "model", "does not fit a swiglu"),
+        (lambda d: d["model"].update(position="learned", max_positions=64, num_params=None),
+         "job.seq_len",
+         "exceeds the 64 learned positions"),
         (lambda d: d.update(schedule="zigzag"), "schedule", "1f1b"),
         (lambda d: d["cluster"]["nodes"][1].update(count=0), "cluster.nodes[1].count",
          "greater than 0"),
@@ -161,3 +167,33 @@ def test_plan_file_errors_name_the_field(
     assert msg.startswith(f"{path}: {field}"), msg
     assert msg.count(str(path)) == 1, msg  # the file is named once
     assert rule in msg, msg
+
+
+def test_model_carries_its_count_and_family(plan: Plan) -> None:
+    model = plan_to_dict(plan)["model"]
+    assert model["family"] == "llama"
+    assert model["num_params"] == plan.model.num_params == 217_664
+
+
+def test_a_gpt2_plan_round_trips(plan: Plan) -> None:
+    from polychip.spec.model import load_model
+
+    gpt2 = dataclasses.replace(load_model("gpt2"), num_heads=4, num_kv_heads=2 * 2)
+    gpt2 = dataclasses.replace(gpt2, num_layers=plan.model.num_layers)
+    mine = dataclasses.replace(plan, model=gpt2)
+    data = json.loads(json.dumps(plan_to_dict(mine)))
+    assert data["model"]["family"] == "gpt2" and data["model"]["num_params"] == gpt2.num_params
+    assert plan_from_dict(data) == mine
+
+
+def test_an_old_plan_file_reads_as_llama(plan: Plan) -> None:
+    """Written before the model gained its family, norm, positions, biases and count."""
+    data = json.loads(json.dumps(plan_to_dict(plan)))
+    old = ("name", "num_layers", "hidden_size", "num_heads", "num_kv_heads",
+           "ffn_hidden_size", "vocab_size", "mlp", "tie_embeddings")  # fmt: skip
+    data["model"] = {k: data["model"][k] for k in old}
+    data["cluster"].pop("links")
+    again = plan_from_dict(data)
+    assert again == plan
+    assert (again.model.family, again.model.norm, again.model.position) == (
+        "llama", "rmsnorm", "rope")

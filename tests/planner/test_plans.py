@@ -17,7 +17,7 @@ from polychip.planner.space import Segment
 from polychip.spec.cluster import load_cluster
 from polychip.spec.errors import InfeasibleError, PolychipError
 from polychip.spec.job import TrainingJob
-from polychip.spec.model import PRESETS, load_model
+from polychip.spec.model import PRESETS, ModelSpec, load_model
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "clusters"
 
@@ -113,9 +113,17 @@ def test_infeasible_model_names_the_memory_limit() -> None:
 
 def test_batch_too_small_for_the_replicas_model_needs() -> None:
     # gpt3-175b fits 48 chips only when ZeRO-1 shards optimizer state over many replicas
+    # (rotary positions here: its own 2048-row table would refuse 4096 tokens)
     cluster = load_cluster(EXAMPLES / "h800-910b.yaml")
+    gpt3 = ModelSpec(**load_model("gpt3-175b").to_dict() | {"position": "rope"})
     with pytest.raises(InfeasibleError, match="global batch 1 is too small"):
-        plan_job(cluster, load_model("gpt3-175b"), TrainingJob(1, 4096, allow_recompute=False))
+        plan_job(cluster, gpt3, TrainingJob(1, 4096, allow_recompute=False))
+
+
+def test_a_sequence_longer_than_learned_positions_is_refused_before_the_search() -> None:
+    cluster = load_cluster(EXAMPLES / "h800-910b.yaml")
+    with pytest.raises(PolychipError, match="exceeds the 2048 learned positions"):
+        plan_job(cluster, load_model("gpt3-175b"), TrainingJob(64, 4096))
 
 
 def test_bad_arguments() -> None:
@@ -172,3 +180,24 @@ def test_naive_baselines_quick_check_bounds_the_exact_score(schedule: str) -> No
     exact = cm.evaluate((rep,), schedule).tokens_per_s
     assert cm.evaluate((rep,), "gpipe").tokens_per_s > cm.evaluate((rep,), "1f1b").tokens_per_s
     assert _quick_check(cm, (rep,), schedule, 1) >= exact * (1 - 1e-12)
+
+
+def test_the_cheap_estimate_charges_the_nic_share_the_exact_score_does() -> None:
+    """One TP-2 replica on an H800 node and one on a 910B node (2 of 8 chips each): the
+    bridge runs at half of the slower NIC per chip in the estimate and in the exact score."""
+    from polychip.planner.estimate import Estimator
+    from polychip.planner.scoring import Scorer
+
+    cluster = load_cluster(EXAMPLES / "h800-910b.yaml")
+    cm = CostModel(cluster, load_model("llama2-7b"), TrainingJob(16, 1024))
+    builder = ShapeBuilder(cm, "1f1b")
+    shapes = [builder.build((Segment(g, 1, 2),), 1) for g in (0, 1)]
+    assert all(s is not None for s in shapes)
+    classes = [(s, 1) for s in shapes]
+    replicas = assign(cluster, [(s, [8]) for s in shapes])
+    assert replicas is not None and sorted(len(r.stages[0].local_devices) for r in replicas) == [
+        2, 2]
+    exact = cm.dp_sync_time_s(replicas)
+    assert Estimator(Scorer(builder)).dp_sync_s(classes) == pytest.approx(exact, rel=1e-12)
+    assert cm.under(replicas).device_nic_bw(replicas[1].stages[0].node) == pytest.approx(
+        cluster.groups[1].nic_bw_bytes_per_s / 2)

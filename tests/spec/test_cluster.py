@@ -244,8 +244,12 @@ def test_missing_cluster_file(tmp_path: Path) -> None:
                                 "memory_gbps": 777.7, "intra_node_gbps": 111.1,
                                 "compute_efficiency": 0.33, "device_type": "npu",
                                 "torch_backend": "gloo"}}},
+        {"nodes": [_node("h800", count=2, nic_gbps=400, label="east"),
+                   _node("h800", count=3, nic_gbps=400, label="west"), _node("910b")],
+         "links": [{"between": ["east", "west"], "gbps": 100, "latency_us": 40},
+                   {"between": [1, 1], "gbps": 300}, {"between": [2, "east"], "gbps": 50}]},
     ],
-    ids=["issue-example", "catalog", "inline"],
+    ids=["issue-example", "catalog", "inline", "links"],
 )  # fmt: skip
 def test_cluster_dict_round_trip(data: dict) -> None:
     cluster = cluster_from_dict(data)
@@ -258,6 +262,64 @@ def test_docs_describe_every_cluster_key() -> None:
     from polychip.spec.cluster import ChipDecl, ClusterDecl, NetworkDecl, NodeDecl
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "cluster-format.md").read_text()
-    for decl in (ClusterDecl, NodeDecl, NetworkDecl, ChipDecl):
+    from polychip.spec.cluster_links import LinkDecl
+
+    for decl in (ClusterDecl, NodeDecl, NetworkDecl, ChipDecl, LinkDecl):
         for key in decl.model_fields:
             assert f"`{key}`" in doc, f"docs/cluster-format.md does not describe {key}"
+
+
+# ---- links between node groups ------------------------------------------------------------
+
+LINKED = {
+    "nodes": [_node("h800", count=2, nic_gbps=400, label="east"),
+              _node("h800", count=3, nic_gbps=400, label="west"),
+              _node("910b", nic_gbps=200)],
+    "network": {"latency_us": 10},
+}  # fmt: skip
+
+
+def test_links_name_groups_by_label_or_index() -> None:
+    links = [{"between": ["west", "east"], "gbps": 100, "latency_us": 40},
+             {"between": [1, 1], "gbps": 300},
+             {"between": [0, "ascend-910bx8"], "gbps": 50}]  # the default label  # fmt: skip
+    c = cluster_from_dict(LINKED | {"links": links})
+    east_west = c.link_between(1, 0)
+    assert east_west is not None and east_west.groups == (0, 1)
+    assert east_west.bw_bytes_per_s == pytest.approx(12.5e9)  # Gbit/s, like nic_gbps
+    assert east_west.latency_s == pytest.approx(40e-6)
+    inside_west = c.link_between(1, 1)
+    assert inside_west is not None and inside_west.latency_s is None  # the network's
+    assert c.link_between(2, 0) is not None and c.link_between(0, 0) is None
+    assert c.link_between(1, 2) is None
+
+
+BAD_LINKS = [
+    ({"between": ["east", "north"], "gbps": 1}, "links[0].between[1]", "no node group"),
+    ({"between": [0, 7], "gbps": 1}, "links[0].between[1]", "does not exist"),
+    ({"between": [0], "gbps": 1}, "links[0].between[1]", "required"),
+    ({"between": [0, 1], "gbps": 0}, "links[0].gbps", "greater than 0"),
+    ({"between": [0, 1], "gbps": 1, "latency_us": -1}, "links[0].latency_us", "greater than"),
+    ({"between": [0, 1], "gbps": 1, "colour": 2}, "links[0].colour", "unknown key"),
+    ({"between": [2, 2], "gbps": 1}, "links[0].between", "single node"),
+    ({"between": [0, 2], "gbps": 300}, "links[0].gbps", "exceeds the NIC of nodes[2]"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("link", "key", "rule"), BAD_LINKS)
+def test_bad_links_name_file_and_key(link: dict, key: str, rule: str) -> None:
+    with pytest.raises(SpecError) as info:
+        cluster_from_dict(LINKED | {"links": [link]}, file="c.yaml")
+    assert info.value.key == key
+    assert str(info.value).startswith(f"c.yaml: {key}: ") and rule in str(info.value)
+
+
+def test_a_pair_linked_twice_or_an_ambiguous_label_is_an_error() -> None:
+    twice = [{"between": [0, 1], "gbps": 1}, {"between": ["west", "east"], "gbps": 2}]
+    with pytest.raises(SpecError, match=r"already linked by links\[0\]") as info:
+        cluster_from_dict(LINKED | {"links": twice}, file="c.yaml")
+    assert info.value.key == "links[1].between"
+    same = {"nodes": [_node("h800"), _node("h800"), _node("910b")]}  # labels h800x8 twice
+    with pytest.raises(SpecError, match="distinct") as info:
+        cluster_from_dict(same | {"links": [{"between": ["h800x8", 2], "gbps": 1}]})
+    assert info.value.key == "links[0].between[0]"

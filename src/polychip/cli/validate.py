@@ -50,4 +50,10 @@ def run(args: argparse.Namespace) -> int:
         f"{cluster.num_devices} chips in {len(islands)} island(s): {', '.join(islands)}; "
         f"network {cluster.network.kind}, {cluster.network.latency_s * 1e6:.0f} µs"
     )
+    for link in cluster.links:
+        a, b = (cluster.groups[i].label for i in link.groups)
+        lat = cluster.network.latency_s if link.latency_s is None else link.latency_s
+        console.print(
+            f"link {a} <-> {b}: {link.bw_bytes_per_s * 8 / 1e9:g} Gb/s, {lat * 1e6:g} µs (measured)"
+        )
     return 0

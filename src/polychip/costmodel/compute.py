@@ -67,7 +67,7 @@ def head_times(
     """Final norm + output projection + cross-entropy (vocabulary-parallel under TP)."""
     tokens = micro_batch * seq_len
     flops = model.head_flops_per_token() * tokens / tp
-    weight_bytes = 2.0 * model.vocab_size * model.hidden_size / tp
+    weight_bytes = 2.0 * model.head_matmul_params / tp
     logit_bytes = 4.0 * tokens * model.vocab_size / tp  # fp32 logits for the loss
     fwd = _roofline_s(flops, weight_bytes + logit_bytes, chip, precision)
     bwd = _roofline_s(2 * flops, 2 * weight_bytes + 2 * logit_bytes, chip, precision)

@@ -8,11 +8,12 @@ read their per-stage times from here, so they cannot disagree about a chip's spe
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from polychip.costmodel.comm import LinkKind, bridge_time_s, p2p_time_s
 from polychip.costmodel.compute import (
-    INTRA_NODE_LATENCY_S,
     ComputeProfile,
     StageTimes,
     block_times,
@@ -20,6 +21,7 @@ from polychip.costmodel.compute import (
     head_times,
 )
 from polychip.costmodel.gradsync import dp_sync_time_s, segment_allreduce_s
+from polychip.costmodel.links import chips_in_use, measured_link_bw, nic_share, node_link
 from polychip.costmodel.memory import (
     MemoryBreakdown,
     in_flight_micro_batches,
@@ -86,6 +88,20 @@ class CostModel:
         self.nodes = cluster.nodes
         self._chips = {c.name: c for c in cluster.chips()}
         self._stage_cache: dict[tuple, StageTimes] = {}
+        # Per node, the chips the replicas this model is bound to use there (`under`);
+        # None: not bound, every chip of a node shares its NIC.
+        self.chips_used: Mapping[int, int] | None = None
+
+    def under(self, replicas: Iterable[Replica]) -> CostModel:
+        """This cost model for `replicas`: a chip's NIC share counts only the chips they use
+        on its node. A view sharing every cache (stage times do not depend on it);
+        `evaluate`, `dp_sync_time_s` and `segment_allreduce_time_s` bind themselves."""
+        used = chips_in_use(replicas)
+        if used == self.chips_used:
+            return self
+        view = copy.copy(self)
+        view.chips_used = used
+        return view
 
     def chip(self, name: str) -> Accelerator:
         return self._chips[name]
@@ -136,22 +152,21 @@ class CostModel:
             st.recompute,
         )
 
-    # ---- links --------------------------------------------------------------------------
+    # ---- links (links.py) ---------------------------------------------------------------
     def device_nic_bw(self, node: int) -> float:
-        """A chip's share of its node's NIC when every chip of the node communicates."""
-        g = self.nodes[node].group
-        return g.nic_bw_bytes_per_s / g.chips_per_node
+        """One chip's share of its node's NIC under this plan, bytes/s each direction: the
+        node's NIC divided by the chips the bound replicas use on that node (`under`); by
+        all the node's chips when the model is not bound to replicas."""
+        return nic_share(self.nodes, node, self.chips_used)
 
     def link(self, node_a: int, node_b: int) -> tuple[LinkKind, float, float]:
-        """(kind, bandwidth bytes/s, latency s) between a stage on node_a and one on node_b."""
-        ga, gb = self.nodes[node_a].group, self.nodes[node_b].group
-        net = self.cluster.network
-        if node_a == node_b:
-            return LinkKind.INTRA_NODE, ga.chip.link_bw_bytes_per_s, INTRA_NODE_LATENCY_S
-        bw = min(ga.nic_bw_bytes_per_s, gb.nic_bw_bytes_per_s)
-        if ga.chip.island != gb.chip.island:
-            return LinkKind.BRIDGE, bw, net.latency_s
-        return LinkKind.INTER_NODE, bw, net.latency_s
+        """(kind, bandwidth bytes/s, latency s) between a stage on node_a and one on node_b:
+        the cluster's measured link between their groups if declared, else the slower NIC."""
+        return node_link(self.cluster, self.nodes, node_a, node_b)
+
+    def measured_link_bw(self, node_a: int, node_b: int) -> float | None:
+        """The cluster's measured bandwidth between two nodes (None: the NICs decide)."""
+        return measured_link_bw(self.cluster, self.nodes, node_a, node_b)
 
     def activation_bytes(self, micro_batch: int) -> float:
         return 2.0 * micro_batch * self.job.seq_len * self.model.hidden_size
@@ -186,11 +201,12 @@ class CostModel:
         """All-reduce of `n_params` parameters' gradient among the stages `holders`
         ((replica, stage) pairs), uncontended: what the simulator's `AR[...]` takes alone."""
         stages = [replicas[ri].stages[si] for ri, si in holders]
-        return segment_allreduce_s(self, [(st, st.tp) for st in stages], n_params)
+        return segment_allreduce_s(self.under(replicas), [(st, st.tp) for st in stages], n_params)
 
     def dp_sync_time_s(self, replicas: tuple[Replica, ...]) -> float:
-        """Slowest device's gradient sync (gradsync.dp_sync_time_s)."""
-        return dp_sync_time_s(self, replicas)
+        """Slowest device's gradient sync (gradsync.dp_sync_time_s), NIC shares counting
+        the chips these replicas use."""
+        return dp_sync_time_s(self.under(replicas), replicas)
 
     # ---- memory and optimizer ------------------------------------------------------------
     def memory_of(

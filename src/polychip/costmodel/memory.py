@@ -60,7 +60,7 @@ def stage_params(model: ModelSpec, num_layers: int, first: bool, last: bool) -> 
     if last:
         params += model.head_params
         if model.tie_embeddings and not first:
-            params += model.embedding_params
+            params += model.output_embedding_params
     return params
 
 

@@ -32,6 +32,9 @@ class Capabilities:
     mlp: frozenset[str]
     tied_embeddings_across_stages: bool  # a tied head on another stage than the embedding
     empty_stages: bool  # a stage with no transformer block (only the embedding or the head)
+    norms: frozenset[str] = frozenset({"rmsnorm"})
+    positions: frozenset[str] = frozenset({"rope"})
+    linear_biases: bool = False  # biases on the q/k/v, attention-out or MLP matrices
 
 
 RUNTIME = Capabilities(
@@ -45,6 +48,9 @@ RUNTIME = Capabilities(
     zero_stages=frozenset({0}),
     schedules=frozenset({"1f1b", "gpipe", "interleaved-1f1b"}),
     recompute=frozenset({False, True}),
+    # Llama only. Mistral's block is Llama's while its sliding window does not bind, but
+    # the runtime has no windowed attention and no test trains a Mistral plan; Qwen2's
+    # block has q/k/v biases. Both are estimated, not trained.
     model_families=frozenset({"llama"}),
     mlp=frozenset({"swiglu"}),
     tied_embeddings_across_stages=False,
@@ -96,15 +102,22 @@ def _job_features(plan: Plan, caps: Capabilities) -> list[MissingFeature]:
 
 def _model_features(plan: Plan, caps: Capabilities) -> list[MissingFeature]:
     model, out = plan.model, []
-    family = getattr(model, "family", "llama")
-    if family not in caps.model_families:
-        out.append(MissingFeature(
-            "model.family", family,
-            f"the runtime's transformer is one of: {_choices(caps.model_families)}; plan such "
-            f"a model to train it (other families can be estimated, not trained)"))
-    if model.mlp not in caps.mlp:
-        out.append(MissingFeature("model.mlp", model.mlp,
-                                  f"train a model with an MLP of: {_choices(caps.mlp)}"))
+    biases = [k for k in ("qkv_bias", "attn_out_bias", "mlp_bias") if getattr(model, k)]
+    checks = [
+        ("model.family", model.family, caps.model_families,
+         "the runtime's transformer is one of: {}; plan such a model to train it (other "
+         "families can be estimated, not trained)"),
+        ("model.mlp", model.mlp, caps.mlp, "train a model with an MLP of: {}"),
+        ("model.norm", model.norm, caps.norms, "train a model whose norm is one of: {}"),
+        ("model.position", model.position, caps.positions,
+         "train a model whose positions are one of: {}"),
+    ]  # fmt: skip
+    for field, value, allowed, fix in checks:
+        if value not in allowed:
+            out.append(MissingFeature(field, value, fix.format(_choices(allowed))))
+    if biases and not caps.linear_biases:
+        out.extend(MissingFeature(f"model.{b}", "true", "train a model without linear-layer "
+                                  "biases (the runtime's blocks have none)") for b in biases)
     pipelined = any(r.num_stages > 1 for r in plan.replicas)
     if model.tie_embeddings and pipelined and not caps.tied_embeddings_across_stages:
         out.append(MissingFeature(

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from polychip.plan.plan import SCHEMA_VERSION, Baseline, Estimate, Plan, Replica, Stage
 from polychip.plan.validate import PlanError, validate_plan
 from polychip.spec.cluster import cluster_from_dict, cluster_to_dict
-from polychip.spec.errors import SpecError, key_path
+from polychip.spec.errors import PolychipError, SpecError, key_path
 from polychip.spec.job import TrainingJob
 from polychip.spec.model import ModelSpec
 
@@ -48,8 +48,23 @@ class _ModelIn(_In):
     num_kv_heads: int = Field(ge=1)
     ffn_hidden_size: int = Field(ge=1)
     vocab_size: int = Field(ge=1)
-    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    # Fields added after schema 1 was first written default to Llama's block, so an older
+    # plan file reads as it was meant.
+    mlp: Literal["swiglu", "geglu", "gelu", "relu"] = "swiglu"
     tie_embeddings: bool = False
+    family: Literal["llama", "mistral", "qwen2", "gpt2", "opt", "gpt_neox"] = "llama"
+    activation: str = ""
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    position: Literal["rope", "learned"] = "rope"
+    max_positions: int = Field(default=0, ge=0)
+    qkv_bias: bool = False
+    attn_out_bias: bool = False
+    mlp_bias: bool = False
+    embed_proj_dim: int = Field(default=0, ge=0)
+    final_norm: bool = True
+    parallel_residual: bool = False
+    sliding_window: int = Field(default=0, ge=0)
+    num_params: int | None = Field(default=None, ge=1)  # checked against the shape
 
 
 class _JobIn(_In):
@@ -88,7 +103,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "schema_version": plan.schema_version,
         "kind": KIND,
         "cluster": cluster_to_dict(plan.cluster),
-        "model": plan.model.to_dict(),
+        "model": plan.model.to_dict() | {"num_params": plan.model.num_params},
         "job": plan.job.to_dict(),
         "schedule": plan.schedule,
         "virtual_stages": plan.virtual_stages,
@@ -137,6 +152,21 @@ def _baseline(data: dict[str, Any] | None, where: str) -> Baseline | None:
         raise PlanError(f"{where}: {exc}") from None
 
 
+def _model(raw: _ModelIn, where: str) -> ModelSpec:
+    """The plan's model; a stated `num_params` must be the count of its shape."""
+    try:
+        model = ModelSpec(**raw.model_dump(exclude={"num_params"}))
+    except PolychipError as exc:
+        raise PlanError(f"{where}model: {exc}") from None
+    if raw.num_params is not None and raw.num_params != model.num_params:
+        raise PlanError(
+            f"{where}model.num_params: {raw.num_params} but the model's shape holds "
+            f"{model.num_params} parameters (the shape or the count was edited); fix the "
+            f"shape, or remove num_params to take the shape's count"
+        )
+    return model
+
+
 def plan_from_dict(data: Any, file: str | None = None) -> Plan:
     where = f"{file}: " if file else ""
     if not isinstance(data, dict) or "schema_version" not in data:
@@ -181,7 +211,7 @@ def plan_from_dict(data: Any, file: str | None = None) -> Plan:
         replicas.append(Replica(tuple(stages), r.batch_size, r.micro_batch_size))
     plan = Plan(
         cluster=cluster,
-        model=ModelSpec(**raw.model.model_dump()),
+        model=_model(raw.model, where),
         job=TrainingJob(**raw.job.model_dump()),
         replicas=tuple(replicas),
         schedule=raw.schedule,

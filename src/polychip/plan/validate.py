@@ -86,3 +86,9 @@ def validate_plan(plan: Plan, file: str | None = None) -> None:
         raise PlanError(
             f"{where}virtual_stages: {plan.virtual_stages} needs schedule interleaved-1f1b"
         )
+    limit = model.max_seq_len
+    if limit is not None and plan.job.seq_len > limit:
+        raise PlanError(
+            f"{where}job.seq_len: {plan.job.seq_len} exceeds the {limit} learned positions of "
+            f"model {model.name!r}: lower seq_len to at most {limit}"
+        )

@@ -88,6 +88,7 @@ def search_plans(
         )
     if max_stages is not None and max_stages < 1:
         raise PolychipError(f"--max-stages {max_stages} must be >= 1")
+    model.check_seq_len(job.seq_len)
     report = progress or (lambda f, m: None)
     cm = CostModel(cluster, model, job)
     scorer = Scorer(ShapeBuilder(cm, schedule))

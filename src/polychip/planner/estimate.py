@@ -79,7 +79,8 @@ class Estimator:
             nic = []
             for g, _, n in holders:
                 chip = groups[g].chip
-                bw = groups[g].nic_bw_bytes_per_s / groups[g].chips_per_node
+                # a chip's NIC share on the group's fullest node under canonical packing
+                bw = groups[g].nic_bw_bytes_per_s / min(groups[g].chips_per_node, used[g])
                 nic.append(bw)
                 isl = islands.setdefault(chip.island, [0, bw, set()])
                 isl[0] += n

@@ -150,12 +150,11 @@ class Exhaustive:
         """A lower bound on gradient sync for any plan of two or more replicas: a first-stage
         chip all-reduces at least one layer and the embedding; each all-reduce (ring inside
         an island, or across islands) moves at least its bytes once over the fastest link
-        and pays two latencies."""
+        and pays two latencies. A chip alone on its node has the node's whole NIC; a
+        measured link is never faster than a NIC."""
         tp = max((seg.tp for k in kinds for seg in k[0]), default=1)
         gs = [self.cluster.groups[i] for i in groups]
-        bw = max(
-            max(g.chip.link_bw_bytes_per_s, g.nic_bw_bytes_per_s / g.chips_per_node) for g in gs
-        )
+        bw = max(max(g.chip.link_bw_bytes_per_s, g.nic_bw_bytes_per_s) for g in gs)
         lat = min(INTRA_NODE_LATENCY_S, self.cluster.network.latency_s)
         params = self.model.layer_params + self.model.embedding_params
         return 2.0 * params / tp / bw + 4 * lat

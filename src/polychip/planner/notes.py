@@ -71,7 +71,8 @@ def _limits(plan: Plan, best: Scored, cm: CostModel, share: dict[str, float]) ->
     cost = best.cost
     if share["sync"] >= 0.05:
         islands = sorted({cm.chip(s.chip).island for r in plan.replicas for s in r.stages})
-        nics = sorted({cm.device_nic_bw(s.node) for r in plan.replicas for s in r.stages})
+        bound = cm.under(plan.replicas)
+        nics = sorted({bound.device_nic_bw(s.node) for r in plan.replicas for s in r.stages})
         where = (
             f"across islands {', '.join(islands)} through host memory "
             f"({plan.cluster.network.host_copy_bw_bytes_per_s / 1e9:.0f} GB/s host copies)"

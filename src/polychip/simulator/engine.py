@@ -59,7 +59,8 @@ class Engine:
         self.plan, self.cm, self.overlap = plan, cm, overlap
         self.heap: list = []
         self._seq = itertools.count()
-        self.fabric = Fabric([n.group.nic_bw_bytes_per_s for n in cm.nodes], self.post)
+        nics = [n.group.nic_bw_bytes_per_s for n in cm.nodes]
+        self.fabric = Fabric(nics, self.post, cm.measured_link_bw)
         self.class_of = {ri: c for c in classes for ri in c.members}
         self.v = schedule.virtual_stages
         self.zero_shards = len(plan.replicas) if plan.zero1 else 1
@@ -215,9 +216,10 @@ class Engine:
             mates = [self.plan.replicas[m].stages for m in self.class_of[src.replica].members]
             tx = Counter(st[src.stage].node for st in mates)
             rx = Counter(st[dst.stage].node for st in mates)
+            pairs = Counter((st[src.stage].node, st[dst.stage].node) for st in mates)
             loads = tuple(((n_, 0), k) for n_, k in tx.items())
             loads += tuple(((n_, 1), k) for n_, k in rx.items())
-            flow = Leg(n_bytes=n, loads=loads)
+            flow = Leg(n_bytes=n, loads=loads, pairs=tuple(pairs.items()))
             if kind is LinkKind.INTER_NODE:
                 out = ((Leg(lat), flow), kind)
             else:

@@ -26,7 +26,8 @@ def simulate(
       then replayed on its own.
     dedupe_replicas: replay one representative per class of alike replicas.
     """
-    cm = cost_model or CostModel(plan.cluster, plan.model, plan.job)
+    # bound to the plan's replicas: a chip's NIC share counts the chips the plan uses
+    cm = (cost_model or CostModel(plan.cluster, plan.model, plan.job)).under(plan.replicas)
     if schedule is None and dedupe_replicas:
         classes = replica_classes(plan)
         schedule = build_schedule(plan, replicas=[c.rep for c in classes])

@@ -22,6 +22,7 @@ from polychip.spec.accelerators import (
     resolve_name,
     unknown_chip_error,
 )
+from polychip.spec.cluster_links import GroupLink, LinkDecl, links_to_dict, resolve_links
 from polychip.spec.errors import SpecError, pydantic_message
 
 CLUSTER_SCHEMA_VERSION = 1
@@ -66,6 +67,7 @@ class ClusterDecl(_Strict):
     name: str = "cluster"
     nodes: list[NodeDecl] = Field(min_length=1)
     network: NetworkDecl = NetworkDecl()
+    links: list[LinkDecl] = Field(default_factory=list)
     chips: dict[str, ChipDecl] = Field(default_factory=dict)
 
 
@@ -105,6 +107,12 @@ class Cluster:
     name: str
     groups: tuple[NodeGroup, ...]
     network: Network
+    links: tuple[GroupLink, ...] = ()  # measured figures between node groups
+
+    def link_between(self, group_a: int, group_b: int) -> GroupLink | None:
+        """The measured link between a node of group_a and one of group_b, if declared."""
+        pair = (min(group_a, group_b), max(group_a, group_b))
+        return next((link for link in self.links if link.groups == pair), None)
 
     @property
     def num_devices(self) -> int:
@@ -193,7 +201,14 @@ def cluster_from_dict(data: Any, file: str | None = None) -> Cluster:
         )
     net = decl.network
     network = Network(net.kind, net.latency_us * 1e-6, net.host_copy_gbps * 1e9)
-    return Cluster(decl.name, tuple(groups), network)
+    links = resolve_links(
+        decl.links,
+        [g.label for g in groups],
+        [g.num_nodes for g in groups],
+        [g.nic_bw_bytes_per_s for g in groups],
+        file,
+    )
+    return Cluster(decl.name, tuple(groups), network, links)
 
 
 def load_cluster(path: str | Path) -> Cluster:
@@ -257,5 +272,6 @@ def cluster_to_dict(cluster: Cluster) -> dict[str, Any]:
             "latency_us": cluster.network.latency_s * 1e6,
             "host_copy_gbps": cluster.network.host_copy_bw_bytes_per_s / 1e9,
         },
+        "links": links_to_dict(cluster.links),
         "chips": {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in chips.items()},
     }
