@@ -14,7 +14,7 @@ from polychip.planner.assign import assign
 from polychip.planner.samples import random_case
 from polychip.planner.shapes import ShapeBuilder
 from polychip.planner.space import Segment
-from polychip.spec.cluster import load_cluster
+from polychip.spec.cluster import cluster_from_dict, load_cluster
 from polychip.spec.errors import InfeasibleError, PolychipError
 from polychip.spec.job import TrainingJob
 from polychip.spec.model import PRESETS, ModelSpec, load_model
@@ -201,3 +201,23 @@ def test_the_cheap_estimate_charges_the_nic_share_the_exact_score_does() -> None
     assert Estimator(Scorer(builder)).dp_sync_s(classes) == pytest.approx(exact, rel=1e-12)
     assert cm.under(replicas).device_nic_bw(replicas[1].stages[0].node) == pytest.approx(
         cluster.groups[1].nic_bw_bytes_per_s / 2)
+
+
+def test_no_type_fits_alone_yet_the_mix_does() -> None:
+    """Four 24 GiB cards of each of two types: llama2-7b's model state (~110+ GiB) fits
+    neither four-card group alone, but an eight-stage mixed pipeline holds it."""
+    cluster = cluster_from_dict({
+        "name": "two-small-types",
+        "nodes": [{"chip": "rtx4090", "count": 1, "chips_per_node": 4, "nic_gbps": 100},
+                  {"chip": "acme-npu", "count": 1, "chips_per_node": 4, "nic_gbps": 100}],
+        "chips": {"acme-npu": {"vendor": "acme", "peak_tflops_bf16": 200, "memory_gib": 24,
+                               "memory_gbps": 1000, "intra_node_gbps": 64}},
+    })
+    plan = plan_job(cluster, load_model("llama2-7b"),
+                    TrainingJob(8, 1024, allow_recompute=True, allow_zero1=False))
+    _check_invariants(plan)
+    assert {s.chip for r in plan.replicas for s in r.stages} == {"rtx4090", "acme-npu"}
+    single = plan.baselines["best_single_type"]
+    assert not single.feasible and single.tokens_per_s == 0.0
+    assert plan.ideal.tokens_per_s == 0.0
+    assert any("no chip type can train the model alone" in n for n in plan.notes)

@@ -122,15 +122,16 @@ def search_plans(
         raise infeasible_error(cm, scorer.builder, stages)
     report(done / steps, "baselines")
     naive = naive_mixed(cm, schedule)
-    single_chip, single = max(
-        ((c, r) for c, r in alone.items() if r is not None), key=lambda cr: cr[1].tokens_per_s
-    )
+    fitting = [(c, r) for c, r in alone.items() if r is not None]
+    single_chip, single = max(fitting, key=lambda cr: cr[1].tokens_per_s, default=(None, None))
     per_type = {c: (r.tokens_per_s if r is not None else 0.0) for c, r in alone.items()}
     baselines = {
         "best_single_type": baseline_of(
             "best_single_type",
-            f"{single_chip} only: {describe_replicas(single.replicas)}",
-            single.cost,
+            "no chip type can train the model alone (only mixed plans fit memory)"
+            if single is None
+            else f"{single_chip} only: {describe_replicas(single.replicas)}",
+            None if single is None else single.cost,
             per_chip_tokens_per_s=per_type,
         ),
         "naive_mixed": baseline_of(

@@ -29,7 +29,9 @@ def plan_notes(plan: Plan, best: Scored, cm: CostModel, exhaustive: bool) -> lis
     ideal = plan.ideal.tokens_per_s
     ratio = cost.tokens_per_s / ideal if ideal > 0 else 0.0
     limits = _limits(plan, best, cm, share)
-    if ratio < IDEAL_TARGET:
+    if ideal <= 0:
+        notes.append("no chip type can train the model alone: the ideal (each type alone) is 0")
+    elif ratio < IDEAL_TARGET:
         why = "; ".join(limits) if limits else "pipeline bubbles and uneven integer splits"
         notes.append(f"ratio to ideal {ratio:.2f} < {IDEAL_TARGET:.2f}: {why}")
     else:
