@@ -29,6 +29,25 @@ class ModelSpec:
     mlp: Literal["swiglu", "gelu"] = "swiglu"
     tie_embeddings: bool = False
 
+    def __post_init__(self) -> None:
+        """The one check of a model's shape (the cost model, the planner and the runtime all
+        read it from here)."""
+        for key in ("num_layers", "hidden_size", "num_heads", "num_kv_heads",
+                    "ffn_hidden_size", "vocab_size"):
+            if getattr(self, key) < 1:
+                raise SpecError(f"model {self.name!r} has {key}={getattr(self, key)}: "
+                                f"every size must be >= 1; give a positive size", key=key)
+        if self.hidden_size % self.num_heads:
+            raise SpecError(
+                f"model {self.name!r}: hidden_size={self.hidden_size} is not divisible by "
+                f"num_heads={self.num_heads}; every head has hidden_size / num_heads "
+                f"channels, so choose sizes with hidden_size % num_heads == 0", key="hidden_size")
+        if self.num_heads % self.num_kv_heads:
+            raise SpecError(
+                f"model {self.name!r}: num_heads={self.num_heads} is not a multiple of "
+                f"num_kv_heads={self.num_kv_heads}; grouped-query attention shares each "
+                f"key/value head among num_heads / num_kv_heads query heads", key="num_kv_heads")
+
     @property
     def gated_mlp(self) -> bool:
         """A gated MLP (SwiGLU: three matrices) rather than a plain one (two)."""

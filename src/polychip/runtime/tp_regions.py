@@ -1,0 +1,140 @@
+"""Entering and leaving the tensor-parallel region of a block: the collectives, each with
+its backward (Megatron-LM; sequence parallelism after Korthikanti et al. 2022).
+
+Without sequence parallelism the residual stream is replicated on the t ranks of a stage:
+
+  enter (before a column-parallel layer)  identity        backward: all-reduce
+  leave (after a row-parallel layer)      all-reduce      backward: identity
+
+With sequence parallelism each rank holds s/t positions of the residual stream (the norms
+run on them), and the all-reduce becomes a reduce-scatter plus an all-gather of the same
+total bytes:
+
+  enter  all-gather along the sequence    backward: reduce-scatter
+  leave  reduce-scatter along it          backward: all-gather
+
+Activations are [batch, sequence, hidden]; rank r holds positions [r s/t, (r+1) s/t).
+The embedding's output enters the sequence-parallel stream by :func:`scatter_sequence`
+(replicated embedding: each rank keeps its positions) or by the reduce-scatter (vocabulary-
+parallel embedding: partial sums); a replicated head leaves it by :func:`gather_sequence`
+with a plain split backward (each rank computes the whole head, so its gradient is whole).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from polychip.runtime.tensor_parallel import TensorParallel
+
+
+def _all_gather_seq(x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
+    """[b, s/t, h] on each rank -> [b, s, h], the ranks' parts in rank order."""
+    x = x.contiguous()
+    out = torch.empty((tp.size * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
+    dist.all_gather_single(out, x, group=tp.group)  # type: ignore[arg-type]
+    parts = out.view(tp.size, *x.shape)  # [t, b, s/t, h]
+    return parts.transpose(0, 1).reshape(x.shape[0], -1, *x.shape[2:])
+
+
+def _reduce_scatter_seq(x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
+    """[b, s, h] partial sums on each rank -> the sum's positions of this rank, [b, s/t, h]."""
+    local = tp.local_seq_len(x.shape[1])
+    parts = x.reshape(x.shape[0], tp.size, local, *x.shape[2:]).transpose(0, 1).contiguous()
+    out = torch.empty_like(parts[0])
+    dist.reduce_scatter_single(out, parts.flatten(0, 1), group=tp.group)  # type: ignore[arg-type]
+    return out
+
+
+def _split_seq(x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
+    """This rank's positions of a [b, s, h] tensor every rank holds whole."""
+    local = tp.local_seq_len(x.shape[1])
+    return x.narrow(1, tp.rank * local, local).contiguous()
+
+
+class _CopyToTP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:  # type: ignore[override]
+        ctx.tp = tp
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return ctx.tp.all_reduce_(grad.contiguous().clone()), None
+
+
+class _ReduceFromTP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:  # type: ignore[override]
+        return tp.all_reduce_(x.contiguous().clone())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return grad, None
+
+
+class _GatherSeq(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, tp: TensorParallel, split_grad: bool  # type: ignore[override]
+                ) -> torch.Tensor:
+        ctx.tp, ctx.split_grad = tp, split_grad
+        return _all_gather_seq(x, tp)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        if ctx.split_grad:
+            return _split_seq(grad, ctx.tp), None, None
+        return _reduce_scatter_seq(grad, ctx.tp), None, None
+
+
+class _ReduceScatterSeq(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:  # type: ignore[override]
+        ctx.tp = tp
+        return _reduce_scatter_seq(x, tp)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return _all_gather_seq(grad, ctx.tp), None
+
+
+class _ScatterSeq(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:  # type: ignore[override]
+        ctx.tp = tp
+        return _split_seq(x, tp)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return _all_gather_seq(grad, ctx.tp), None
+
+
+def enter_tp(x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
+    """The residual stream entering a column-parallel layer (or a vocabulary-parallel head):
+    the whole sequence on every rank, each rank's contribution to the gradient summed."""
+    if tp.size == 1:
+        return x
+    return _GatherSeq.apply(x, tp, False) if tp.sp else _CopyToTP.apply(x, tp)
+
+
+def leave_tp(x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
+    """Partial sums leaving a row-parallel layer (or a vocabulary-parallel embedding) for the
+    residual stream: summed, and under sequence parallelism kept only at this rank's
+    positions."""
+    if tp.size == 1:
+        return x
+    return _ReduceScatterSeq.apply(x, tp) if tp.sp else _ReduceFromTP.apply(x, tp)
+
+
+def scatter_sequence(x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
+    """A whole [b, s, h] tensor computed alike on every rank (a replicated embedding's
+    output) entering the residual stream: this rank's positions under sequence
+    parallelism (backward: all-gather), else unchanged."""
+    return _ScatterSeq.apply(x, tp) if tp.sp else x
+
+
+def gather_sequence(x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
+    """The residual stream leaving for a layer every rank computes whole (a replicated
+    head): all-gathered under sequence parallelism, backward this rank's part of the
+    (whole, equal) gradient; else unchanged."""
+    return _GatherSeq.apply(x, tp, True) if tp.sp else x
