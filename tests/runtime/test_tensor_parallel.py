@@ -177,16 +177,27 @@ def _tied_on_one_stage() -> Plan:
                                   ([(0, 4, 1, (1,), "cpu-slow")], 2, 2)], model=TIED)
 
 
+def _interleaved_tp_stage_feeding_itself() -> Plan:
+    """Interleaved 1F1B, 2 chunks per stage: replica 0 is one TP pair feeding its chunks to
+    itself (each TP rank keeps its part), replica 1 two slow chips."""
+    plan = hybrid_plan()
+    staged = pp_plan(plan.cluster, [([(0, 4, 0, (0, 1), "cpu-fast")], 4, 2),
+                                    ([(0, 2, 1, (0,), "cpu-slow"), (2, 4, 1, (1,), "cpu-slow")],
+                                     4, 2)], model=ODD, schedule="interleaved-1f1b")
+    return dataclasses.replace(staged, virtual_stages=2)
+
+
 @pytest.mark.dist
 def test_pipelines_of_tp_stages_train_like_one_process(tmp_path: Path) -> None:
     """Each layout with sequence parallelism on and off and vocabulary parallelism on and
-    off, then interleaved 1F1B with both on (the TP pair holds the last model chunk, with
-    the head): after 3 AdamW steps every rank's part of every parameter, and the losses,
+    off, then interleaved 1F1B with both on (a TP pair holding the last model chunk, with
+    the head; a TP pair feeding itself): after 3 AdamW steps every rank's part of every parameter, and the losses,
     equal single-process training to 1e-12. One set of processes for all (starting them
     costs more than training)."""
     plans = [p for layout in (_head_on_a_tp_stage, _embedding_on_a_tp_stage,
                               _tied_on_one_stage) for p in _flag_matrix(layout())]
-    plans.append(dataclasses.replace(interleaved_plan(), model=ODD))
+    plans += [dataclasses.replace(interleaved_plan(), model=ODD),
+              _interleaved_tp_stage_feeding_itself()]
     for plan in plans:  # the capability table says the runtime executes them
         fields = {m.field for m in missing_features(plan)}
         assert not fields & {"job.sequence_parallel", "job.vocab_parallel"}
