@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from polychip.plan import Plan
 from polychip.plan.capabilities import missing_features
 from polychip.runtime.errors import RuntimeSetupError
+from polychip.runtime.layers import rotary_cos_sin
 from polychip.runtime.model import build_full_model, build_stage, loss_fn
 from polychip.runtime.tensor_parallel import TensorParallel, part_bounds
 from polychip.runtime.topology import build_topology, rank_roles
@@ -103,6 +104,26 @@ def _stage_worker(rank: int, world_size: int) -> None:
             for name, p in stage.named_parameters():
                 torch.testing.assert_close(p.grad, stage.shard(name, grads[name]), rtol=0,
                                            atol=ATOL, msg=f"{case}: {name}")
+    _check_block_keeps_sequence_parts(rank, group)
+
+
+def _check_block_keeps_sequence_parts(rank: int, group: object) -> None:
+    """Under sequence parallelism a block keeps no whole-sequence [b, s, h] tensor for its
+    backward pass (the column-parallel inputs are kept as the rank's s/t positions and
+    gathered again), so its activation memory divides by t; without it, it keeps them."""
+    wide = dataclasses.replace(ODD, ffn_hidden_size=48)  # FFN parts of 24 wide, not h = 16
+    for sp in (False, True):
+        tp = TensorParallel(2, rank, group, sequence_parallel=sp)
+        block = build_stage(wide, 1, 2, dtype=F64, tp=tp).layers["1"]
+        x = torch.randn(2, 4 if sp else 8, 16, dtype=F64, requires_grad=True)
+        cos, sin = rotary_cos_sin(8, wide.head_dim, x)
+        kept: list[int] = []  # sizes: a linear layer keeps its input flattened to 2-d
+        with torch.autograd.graph.saved_tensors_hooks(
+                lambda t, kept=kept: kept.append(t.numel()) or t, lambda t: t):
+            out = block(x, cos, sin)
+        out.sum().backward()  # the gathers in the backward pass run as well
+        whole = 2 * 8 * 16  # b s h; nothing else of the block has this size
+        assert (whole in kept) == (not sp), kept
 
 
 @pytest.mark.dist
@@ -191,9 +212,9 @@ def _interleaved_tp_stage_feeding_itself() -> Plan:
 def test_pipelines_of_tp_stages_train_like_one_process(tmp_path: Path) -> None:
     """Each layout with sequence parallelism on and off and vocabulary parallelism on and
     off, then interleaved 1F1B with both on (a TP pair holding the last model chunk, with
-    the head; a TP pair feeding itself): after 3 AdamW steps every rank's part of every parameter, and the losses,
-    equal single-process training to 1e-12. One set of processes for all (starting them
-    costs more than training)."""
+    the head; a TP pair feeding itself): after 3 AdamW steps every rank's part of every
+    parameter, and the losses, equal single-process training to 1e-12. One set of processes
+    for all (starting them costs more than training)."""
     plans = [p for layout in (_head_on_a_tp_stage, _embedding_on_a_tp_stage,
                               _tied_on_one_stage) for p in _flag_matrix(layout())]
     plans += [dataclasses.replace(interleaved_plan(), model=ODD),

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from polychip.runtime.tensor_parallel import TensorParallel
-from polychip.runtime.tp_regions import enter_tp, leave_tp
+from polychip.runtime.tp_regions import column_parallel, leave_tp
 from polychip.spec.model import ModelSpec
 
 INIT_STD = 0.02
@@ -74,11 +74,11 @@ class Attention(nn.Module):
         self.wo = nn.Linear(self.num_local_heads * d, h, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = enter_tp(x, self.tp)  # [b, s, h]: the whole sequence
-        b, s, _ = x.shape
-        q = self.wq(x).view(b, s, self.num_local_heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(b, s, self.num_local_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(b, s, self.num_local_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = column_parallel(x, self.tp, self.wq.weight, self.wk.weight, self.wv.weight)
+        b, s, _ = q.shape  # the whole sequence
+        q = q.view(b, s, self.num_local_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, s, self.num_local_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, s, self.num_local_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         out = F.scaled_dot_product_attention(
             q, k, v, is_causal=True,
@@ -99,8 +99,8 @@ class MLP(nn.Module):
         self.w_down = nn.Linear(local_ffn, model.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = enter_tp(x, self.tp)
-        return leave_tp(self.w_down(F.silu(self.w_gate(x)) * self.w_up(x)), self.tp)
+        gate, up = column_parallel(x, self.tp, self.w_gate.weight, self.w_up.weight)
+        return leave_tp(self.w_down(F.silu(gate) * up), self.tp)
 
 
 class DecoderLayer(nn.Module):

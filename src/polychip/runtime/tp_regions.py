@@ -14,6 +14,12 @@ total bytes:
   leave  reduce-scatter along it          backward: all-gather
 
 Activations are [batch, sequence, hidden]; rank r holds positions [r s/t, (r+1) s/t).
+Under sequence parallelism the column-parallel layers that share one input run through
+:func:`column_parallel`, which keeps only the rank's s/t positions of that input for the
+backward pass and all-gathers them again there (Megatron's sequence-parallel
+ColumnParallelLinear): the activation memory of a block then divides by t, as the cost model
+assumes, for one more all-gather per column-parallel input in the backward.
+
 The embedding's output enters the sequence-parallel stream by :func:`scatter_sequence`
 (replicated embedding: each rank keeps its positions) or by the reduce-scatter (vocabulary-
 parallel embedding: partial sums); a replicated head leaves it by :func:`gather_sequence`
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from polychip.runtime.tensor_parallel import TensorParallel
 
@@ -107,6 +114,39 @@ class _ScatterSeq(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         return _all_gather_seq(grad, ctx.tp), None
+
+
+class _GatheredColumnLinears(torch.autograd.Function):
+    """y_i = all_gather(x) w_i^T for column-parallel weights sharing the input x (this
+    rank's [b, s/t, h]); only x is kept for backward, which gathers it again."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, tp: TensorParallel,  # type: ignore[override]
+                *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.tp = tp
+        ctx.save_for_backward(x, *weights)
+        whole = _all_gather_seq(x, tp)
+        return tuple(F.linear(whole, w) for w in weights)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):  # type: ignore[override]
+        x, *weights = ctx.saved_tensors
+        whole = _all_gather_seq(x, ctx.tp).flatten(0, -2)  # [b s, h]
+        grad_whole = sum(g @ w for g, w in zip(grads, weights, strict=True))
+        grad_weights = [g.flatten(0, -2).T @ whole for g in grads]
+        return _reduce_scatter_seq(grad_whole, ctx.tp), None, *grad_weights
+
+
+def column_parallel(x: torch.Tensor, tp: TensorParallel, *weights: torch.Tensor
+                    ) -> tuple[torch.Tensor, ...]:
+    """The residual stream ``x`` through column-parallel layers of ``weights`` that share it
+    as input (q/k/v, gate/up, a vocabulary-parallel head): the whole sequence on every rank,
+    each rank's contribution to the input gradient summed. Under sequence parallelism only
+    this rank's positions of ``x`` are kept for the backward pass."""
+    if tp.sp:
+        return _GatheredColumnLinears.apply(x, tp, *weights)
+    x = enter_tp(x, tp)
+    return tuple(F.linear(x, w) for w in weights)
 
 
 def enter_tp(x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:

@@ -27,7 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from polychip.runtime.tensor_parallel import TensorParallel, part_bounds
-from polychip.runtime.tp_regions import enter_tp, gather_sequence, leave_tp, scatter_sequence
+from polychip.runtime.tp_regions import (
+    column_parallel,
+    gather_sequence,
+    leave_tp,
+    scatter_sequence,
+)
 
 
 def vocab_range(vocab_size: int, tp: TensorParallel) -> tuple[int, int]:
@@ -65,8 +70,9 @@ class VocabHead(nn.Module):
         self.weight = nn.Parameter(torch.empty(self.end - self.start, hidden_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = enter_tp(x, self.tp) if self.tp.vp else gather_sequence(x, self.tp)
-        return F.linear(x, self.weight)
+        if self.tp.vp:
+            return column_parallel(x, self.tp, self.weight)[0]
+        return F.linear(gather_sequence(x, self.tp), self.weight)
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
