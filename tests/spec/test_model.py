@@ -216,6 +216,22 @@ def test_unknown_model_lists_presets(tmp_path: Path) -> None:
 # ---- training job ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("kwargs", "fragment"), [
+    ({"hidden_size": 18}, "hidden_size=18 is not divisible by num_heads=4"),
+    ({"num_kv_heads": 3}, "num_kv_heads=3"),
+    ({"num_layers": 0}, "num_layers=0"),
+    ({"vocab_size": -1}, "vocab_size=-1"),
+])
+def test_a_bad_shape_is_refused_where_the_model_is_made(kwargs: dict, fragment: str) -> None:
+    """ModelSpec checks its sizes itself: the one check the cost model, the planner and the
+    runtime share."""
+    good = {"name": "m", "num_layers": 4, "hidden_size": 16, "num_heads": 4,
+            "num_kv_heads": 2, "ffn_hidden_size": 32, "vocab_size": 64}
+    ModelSpec(**good)
+    with pytest.raises(SpecError, match=fragment):
+        ModelSpec(**{**good, **kwargs})
+
+
 def test_job_defaults_and_round_trip() -> None:
     job = TrainingJob(global_batch=64, seq_len=4096)
     assert job.precision == "bf16" and job.optimizer == "adamw"
