@@ -81,17 +81,17 @@ class _ReduceFromTP(torch.autograd.Function):
 
 
 class _GatherSeq(torch.autograd.Function):
+    """All-gather along the sequence for a layer every rank computes whole: backward, the
+    gradient is whole and equal on every rank, so each keeps its part of it."""
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, tp: TensorParallel, split_grad: bool  # type: ignore[override]
-                ) -> torch.Tensor:
-        ctx.tp, ctx.split_grad = tp, split_grad
+    def forward(ctx, x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:  # type: ignore[override]
+        ctx.tp = tp
         return _all_gather_seq(x, tp)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        if ctx.split_grad:
-            return _split_seq(grad, ctx.tp), None, None
-        return _reduce_scatter_seq(grad, ctx.tp), None, None
+        return _split_seq(grad, ctx.tp), None
 
 
 class _ReduceScatterSeq(torch.autograd.Function):
@@ -139,22 +139,16 @@ class _GatheredColumnLinears(torch.autograd.Function):
 
 def column_parallel(x: torch.Tensor, tp: TensorParallel, *weights: torch.Tensor
                     ) -> tuple[torch.Tensor, ...]:
-    """The residual stream ``x`` through column-parallel layers of ``weights`` that share it
+    """The residual stream ``x`` entering column-parallel layers of ``weights`` that share it
     as input (q/k/v, gate/up, a vocabulary-parallel head): the whole sequence on every rank,
-    each rank's contribution to the input gradient summed. Under sequence parallelism only
-    this rank's positions of ``x`` are kept for the backward pass."""
+    each rank's contribution to the input gradient summed. Under sequence parallelism
+    (all-gather, backward reduce-scatter) only this rank's positions of ``x`` are kept for
+    the backward pass."""
     if tp.sp:
         return _GatheredColumnLinears.apply(x, tp, *weights)
-    x = enter_tp(x, tp)
+    if tp.size > 1:
+        x = _CopyToTP.apply(x, tp)
     return tuple(F.linear(x, w) for w in weights)
-
-
-def enter_tp(x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
-    """The residual stream entering a column-parallel layer (or a vocabulary-parallel head):
-    the whole sequence on every rank, each rank's contribution to the gradient summed."""
-    if tp.size == 1:
-        return x
-    return _GatherSeq.apply(x, tp, False) if tp.sp else _CopyToTP.apply(x, tp)
 
 
 def leave_tp(x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
@@ -177,4 +171,4 @@ def gather_sequence(x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
     """The residual stream leaving for a layer every rank computes whole (a replicated
     head): all-gathered under sequence parallelism, backward this rank's part of the
     (whole, equal) gradient; else unchanged."""
-    return _GatherSeq.apply(x, tp, True) if tp.sp else x
+    return _GatherSeq.apply(x, tp) if tp.sp else x
