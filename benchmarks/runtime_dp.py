@@ -111,11 +111,11 @@ class OverheadTask:
 
         from polychip.runtime.model import build_stage, loss_fn
         from polychip.runtime.topology import build_topology
-        from polychip.runtime.train import Trainer, make_optimizer, model_config
+        from polychip.runtime.train import Trainer, make_optimizer
 
         trainer = Trainer(plan, self.config, build_topology(plan, rank, emulate=False))
         role = trainer.role
-        ddp = DistributedDataParallel(build_stage(model_config(plan.model), 0,
+        ddp = DistributedDataParallel(build_stage(plan.model, 0,
                                                   plan.model.num_layers, seed=0),
                                       gradient_as_bucket_view=True)
         opt = make_optimizer(self.config, list(ddp.parameters()))

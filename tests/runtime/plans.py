@@ -65,6 +65,11 @@ TINY4 = ModelSpec("tiny4", num_layers=4, hidden_size=16, num_heads=4, num_kv_hea
                   ffn_hidden_size=32, vocab_size=256)
 
 
+def with_job(plan: Plan, **fields: object) -> Plan:
+    """``plan`` with some of its job's fields changed (``sequence_parallel=False``, ...)."""
+    return dataclasses.replace(plan, job=dataclasses.replace(plan.job, **fields))
+
+
 def hybrid_plan(schedule: str = "1f1b") -> Plan:
     """Replica 0: layers 0-0 on a slow chip, 1-3 on two fast chips (TP 2), 6 samples in 3
     micro-batches; replica 1: all 4 layers on one slow chip, 2 samples in 2 micro-batches.

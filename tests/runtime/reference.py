@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from polychip.plan import Plan
-from polychip.runtime.data import SampleStream, StdlibCorpus
+from polychip.runtime.data import SampleStream, open_source
 from polychip.runtime.model import build_full_model, loss_fn
-from polychip.runtime.train import TrainConfig, make_optimizer, model_config
+from polychip.runtime.train import TrainConfig, make_optimizer
 
 CORPUS_BYTES = 32 * 1024
 
@@ -16,9 +16,10 @@ CORPUS_BYTES = 32 * 1024
 def single_process(plan: Plan, config: TrainConfig) -> tuple[list[float], dict[str, torch.Tensor]]:
     """`config.steps` steps of single-process training on every sample of each global batch
     (float64): the losses and the final parameters by name."""
-    model = build_full_model(model_config(plan.model), seed=config.seed, dtype=torch.float64)
+    model = build_full_model(plan.model, seed=config.seed, dtype=torch.float64)
     optimizer = make_optimizer(config, list(model.parameters()))
-    stream = SampleStream(StdlibCorpus(config.max_corpus_bytes), plan.job.seq_len, config.seed)
+    source = open_source(config.data, plan.model.vocab_size, config.max_corpus_bytes)
+    stream = SampleStream(source, plan.job.seq_len, config.seed)
     losses = []
     for step in range(config.steps):
         x, y = stream.batch_for(step, range(plan.job.global_batch))

@@ -17,12 +17,11 @@ from polychip.runtime.grads import (
     scale_for_share,
     weighted_allreduce_,
 )
-from polychip.runtime.model import ModelConfig, build_full_model, loss_fn
+from polychip.runtime.model import build_full_model, loss_fn
 
 from .distenv import run_ranks
+from .plans import MICRO
 
-CONFIG = ModelConfig(num_layers=2, hidden_size=16, num_heads=4, num_kv_heads=2,
-                     ffn_hidden_size=32, vocab_size=256)
 SEQ_LEN = 8
 ATOL = 1e-10
 
@@ -39,8 +38,8 @@ def _train_and_compare(rank: int, shares: list[int], optimizer: str, num_steps: 
     reference on the whole batch; their parameters must agree after every step."""
     global_batch = sum(shares)
     stream = SampleStream(StdlibCorpus(max_bytes=32 * 1024), SEQ_LEN, seed=0)
-    model = build_full_model(CONFIG, seed=0, dtype=torch.float64)
-    reference = build_full_model(CONFIG, seed=0, dtype=torch.float64)
+    model = build_full_model(MICRO, seed=0, dtype=torch.float64)
+    reference = build_full_model(MICRO, seed=0, dtype=torch.float64)
     opt, ref_opt = _optimizer(optimizer, model), _optimizer(optimizer, reference)
     for step in range(num_steps):
         x, y = stream.batch_for(step, share_range(shares, rank))

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
 import torch
 
 from polychip.runtime.errors import RuntimeSetupError
-from polychip.runtime.model import (
-    ModelConfig,
-    StageModule,
-    build_full_model,
-    build_stage,
-    loss_fn,
-)
-from polychip.runtime.tensor_parallel import TensorParallel, shard_of
+from polychip.runtime.model import StageModule, build_full_model, build_stage, loss_fn
+from polychip.runtime.tensor_parallel import TensorParallel
+from polychip.spec.model import ModelSpec
 
-TINY = ModelConfig(num_layers=4, hidden_size=16, num_heads=4, num_kv_heads=2,
-                   ffn_hidden_size=32, vocab_size=64)
+TINY = ModelSpec("tiny-test", num_layers=4, hidden_size=16, num_heads=4, num_kv_heads=2,
+                 ffn_hidden_size=32, vocab_size=64)
 F64 = torch.float64
 
 
@@ -28,10 +24,10 @@ def _tokens(batch: int = 2, seq: int = 8, vocab: int = 64) -> tuple[torch.Tensor
     return ids[:, :-1], ids[:, 1:]
 
 
-def _split_run(config: ModelConfig, bounds: list[int], seed: int
+def _split_run(spec: ModelSpec, bounds: list[int], seed: int
                ) -> tuple[list[StageModule], torch.Tensor, torch.Tensor]:
     """Run the stages [bounds[0], bounds[1]), [bounds[1], bounds[2]), ... in sequence."""
-    stages = [build_stage(config, a, b, seed=seed, dtype=F64)
+    stages = [build_stage(spec, a, b, seed=seed, dtype=F64)
               for a, b in itertools.pairwise(bounds)]
     inputs, targets = _tokens()
     x = inputs
@@ -96,8 +92,8 @@ def test_init_depends_on_seed_and_name() -> None:
 
 
 def test_tied_embeddings_split_matches_full_with_summed_grads() -> None:
-    tied = ModelConfig(num_layers=2, hidden_size=16, num_heads=4, num_kv_heads=4,
-                       ffn_hidden_size=32, vocab_size=64, tie_embeddings=True)
+    tied = ModelSpec("tied", num_layers=2, hidden_size=16, num_heads=4, num_kv_heads=4,
+                     ffn_hidden_size=32, vocab_size=64, tie_embeddings=True)
     full = build_full_model(tied, seed=3, dtype=F64)
     assert full.head.weight is full.embed.weight
     assert "head.weight" not in dict(full.named_parameters())
@@ -113,16 +109,10 @@ def test_tied_embeddings_split_matches_full_with_summed_grads() -> None:
                                full.embed.weight.grad, rtol=0, atol=1e-15)
 
 
-@pytest.mark.parametrize(("kwargs", "fragment"), [
-    ({"hidden_size": 18}, "hidden_size=18"),
-    ({"num_kv_heads": 3}, "num_kv_heads=3"),
-    ({"num_layers": 0}, "num_layers=0"),
-])
-def test_bad_config_is_a_setup_error(kwargs: dict, fragment: str) -> None:
-    base = {"num_layers": 4, "hidden_size": 16, "num_heads": 4, "num_kv_heads": 2,
-            "ffn_hidden_size": 32, "vocab_size": 64}
-    with pytest.raises(RuntimeSetupError, match=fragment):
-        ModelConfig(**{**base, **kwargs})
+def test_an_odd_head_dim_is_refused_by_the_rotary_runtime() -> None:
+    odd = dataclasses.replace(TINY, hidden_size=12, num_heads=4)  # head_dim 3
+    with pytest.raises(RuntimeSetupError, match="head_dim=3"):
+        StageModule(odd, 0, 4, True, True)
 
 
 @pytest.mark.parametrize(("args", "fragment"), [
@@ -148,7 +138,7 @@ def test_tp_ranks_hold_slices_of_the_same_initial_model() -> None:
         assert shard.layers["1"].attn.wq.weight.shape == (8, 16)
         assert shard.layers["1"].mlp.w_down.weight.shape == (16, 16)
         for name, p in shard.named_parameters():
-            assert torch.equal(p, shard_of(full[name], name, rank, 2)), name
+            assert torch.equal(p, shard.shard(name, full[name])), name
 
 
 def test_recompute_gives_the_same_gradients() -> None:

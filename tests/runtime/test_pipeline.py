@@ -10,8 +10,6 @@ import pytest
 import torch
 
 from polychip.plan import Plan
-from polychip.runtime.layers import DecoderLayer, rotary_cos_sin
-from polychip.runtime.tensor_parallel import shard_of
 from polychip.runtime.topology import build_topology
 from polychip.runtime.train import TrainConfig, Trainer
 
@@ -41,33 +39,6 @@ def _config(emulate: bool) -> TrainConfig:
                        max_corpus_bytes=CORPUS_BYTES)
 
 
-def _check_tp_layer(trainer: Trainer) -> None:
-    """A tensor-parallel block against the same block on one device: outputs, input
-    gradients and (sliced) parameter gradients."""
-    config, tp = trainer.model.config, trainer.model.tp
-    full, split = DecoderLayer(config, dataclasses.replace(tp, size=1, rank=0, group=None)), \
-        DecoderLayer(config, tp)
-    for module in (full, split):
-        module.to(torch.float64)
-    generator = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for (name, p), q in zip(full.named_parameters(), split.parameters(), strict=True):
-            p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float64))
-            q.copy_(shard_of(p, name, tp.rank, tp.size))
-    x = torch.randn(2, 8, config.hidden_size, generator=generator, dtype=torch.float64)
-    grad = torch.randn(2, 8, config.hidden_size, generator=generator, dtype=torch.float64)
-    cos, sin = rotary_cos_sin(8, config.head_dim, config.rope_theta, x)
-    inputs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
-    outs = [m(i, cos, sin) for m, i in zip((full, split), inputs, strict=True)]
-    for out in outs:
-        out.backward(grad)
-    torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(inputs[1].grad, inputs[0].grad, rtol=1e-12, atol=1e-12)
-    for (name, p), q in zip(full.named_parameters(), split.parameters(), strict=True):
-        torch.testing.assert_close(q.grad, shard_of(p.grad, name, tp.rank, tp.size),
-                                   rtol=1e-12, atol=1e-12, msg=name)
-
-
 def _hybrid_worker(rank: int, world_size: int, plans: dict[str, Plan]) -> None:
     final: dict[str, dict[str, torch.Tensor]] = {}
     for kind, plan in plans.items():
@@ -80,7 +51,7 @@ def _hybrid_worker(rank: int, world_size: int, plans: dict[str, Plan]) -> None:
             trainer.use_dilation(1.0)
         records = trainer.run(STEPS)
         trainer.grads.check_views()
-        role, tp = trainer.role, trainer.model.tp
+        role = trainer.role
         peak = PEAK[kind][rank] if kind in PEAK else _simulated_peaks(plan)[rank]
         assert [r.peak_activations for r in records] == [peak] * STEPS, kind
         if role.last_stage:
@@ -90,11 +61,9 @@ def _hybrid_worker(rank: int, world_size: int, plans: dict[str, Plan]) -> None:
             assert records[0].loss is None and records[0].global_loss is None
         final[kind] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
         for name, p in final[kind].items():
-            want = shard_of(ref_params[name], name, tp.rank, tp.size)
+            want = trainer.model.shard(name, ref_params[name])
             torch.testing.assert_close(p, want, rtol=0, atol=ATOL,
                                        msg=f"rank {rank} {name} ({kind})")
-        if kind == "1f1b" and tp.size > 1:
-            _check_tp_layer(trainer)
     for name, p in final["1f1b"].items():  # the two schedules compute the same thing
         torch.testing.assert_close(final["gpipe"][name], p, rtol=0, atol=1e-14, msg=name)
 

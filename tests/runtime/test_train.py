@@ -18,7 +18,7 @@ from polychip.runtime.data_parallel import StageGrads
 from polychip.runtime.metrics import rank_log_path, read_metrics
 from polychip.runtime.model import build_full_model, loss_fn
 from polychip.runtime.topology import build_topology
-from polychip.runtime.train import TrainConfig, Trainer, model_config
+from polychip.runtime.train import TrainConfig, Trainer
 
 from .distenv import run_ranks, run_with_a_dying_rank, train_command
 from .plans import ROOT, cluster, cpu_test_plan, dp_plan
@@ -85,7 +85,7 @@ def test_a_rank_that_dies_mid_step_stops_the_others_with_a_clear_error(tmp_path:
 
 
 def test_grads_live_in_one_buffer_and_accumulate_in_place() -> None:
-    model = build_full_model(model_config(cpu_test_plan().model), dtype=torch.float64)
+    model = build_full_model(cpu_test_plan().model, dtype=torch.float64)
     grads = StageGrads(model, ["head", "0:2", "emb"], [["head", "0:2", "emb"]], {},
                        has_loss=True, tp_size=1)
     assert [e.segment for e in grads.entries[:3]] == ["head", "head", "head"]
@@ -96,7 +96,7 @@ def test_grads_live_in_one_buffer_and_accumulate_in_place() -> None:
         loss.backward()
         grads.add_loss_(loss)
     grads.check_views()
-    once = build_full_model(model_config(cpu_test_plan().model), dtype=torch.float64)
+    once = build_full_model(cpu_test_plan().model, dtype=torch.float64)
     loss_fn(once(x), x).backward()
     assert grads.loss == pytest.approx(2 * loss.item())
     for p, q in zip(model.parameters(), once.parameters(), strict=True):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from polychip.spec.errors import PolychipError
+from polychip.spec.errors import PolychipError, SpecError
 from polychip.spec.job import TrainingJob
 from polychip.spec.model import PRESETS, ModelSpec, load_model
 
@@ -217,6 +217,22 @@ def test_preset_names_ignore_case() -> None:
 
 
 # ---- training job ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kwargs", "fragment"), [
+    ({"hidden_size": 18}, "hidden_size=18 is not divisible by num_heads=4"),
+    ({"num_kv_heads": 3}, "num_kv_heads=3"),
+    ({"num_layers": 0}, "num_layers=0"),
+    ({"vocab_size": -1}, "vocab_size=-1"),
+])
+def test_a_bad_shape_is_refused_where_the_model_is_made(kwargs: dict, fragment: str) -> None:
+    """ModelSpec checks its sizes itself: the one check the cost model, the planner and the
+    runtime share."""
+    good = {"name": "m", "num_layers": 4, "hidden_size": 16, "num_heads": 4,
+            "num_kv_heads": 2, "ffn_hidden_size": 32, "vocab_size": 64}
+    ModelSpec(**good)
+    with pytest.raises(SpecError, match=fragment):
+        ModelSpec(**{**good, **kwargs})
 
 
 def test_job_defaults_and_round_trip() -> None:

@@ -40,8 +40,8 @@ class Capabilities:
 RUNTIME = Capabilities(
     precisions=frozenset({"fp32"}),
     attention=frozenset({"fused"}),
-    sequence_parallel=frozenset({False}),
-    vocab_parallel=frozenset({False}),
+    sequence_parallel=frozenset({False, True}),
+    vocab_parallel=frozenset({False, True}),
     overlap_p2p=frozenset({True}),
     overlap_grad_sync=frozenset({False}),
     grad_reduce_dtypes=frozenset({"fp32"}),

@@ -31,7 +31,8 @@ from torch import nn
 
 from polychip.runtime.grads import scale_for_share
 from polychip.runtime.groups import PieceReduce
-from polychip.runtime.tensor_parallel import shard_dim
+from polychip.runtime.model import StageModule
+from polychip.runtime.tensor_parallel import Split
 
 LOSS = "<loss>"
 _LAYER = re.compile(r"layers\.(\d+)\.")
@@ -65,7 +66,7 @@ class Entry:
     segment: str
     offset: int
     shape: tuple[int, ...]
-    dim: int | None  # TP split dimension; None: replicated on every TP rank
+    split: Split | None  # how TP splits it; None: replicated on every TP rank
 
     @property
     def numel(self) -> int:
@@ -80,7 +81,7 @@ class StageGrads:
     rank's pieces of each segment (from its groups); ``has_loss``: a last-stage rank.
     """
 
-    def __init__(self, model: nn.Module, segments: Sequence[str],
+    def __init__(self, model: StageModule, segments: Sequence[str],
                  fused: Sequence[Sequence[str]], pieces: dict[str, tuple[PieceReduce, ...]],
                  *, has_loss: bool, tp_size: int) -> None:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -98,7 +99,7 @@ class StageGrads:
         for name, p in items:
             shape = (1,) if p is None else tuple(p.shape)
             entry = Entry(name, order[rank_of[name]], offset,
-                          shape, None if p is None else shard_dim(name))
+                          shape, None if p is None else model.split_of(name))
             self.entries.append(entry)
             offset += entry.numel
         self.buffer = torch.zeros(offset, dtype=dtype, device=device)
@@ -158,13 +159,13 @@ class StageGrads:
         return True
 
     def _slice(self, entry: Entry, piece: PieceReduce) -> torch.Tensor:
-        view = self.view(entry)
-        if entry.dim is None:
+        view, split = self.view(entry), entry.split
+        if split is None:
             return view
-        per_rank = piece.piece.num // self.tp_size
-        local = piece.piece.index % per_rank
-        size = view.shape[entry.dim] // per_rank
-        return view.narrow(entry.dim, local * size, size)
+        index, num = piece.piece.index, piece.piece.num
+        start, end = split.bounds(index, num)  # floor bounds nest: inside this rank's part
+        held_from = split.bounds(index // (num // self.tp_size), self.tp_size)[0]
+        return view.narrow(split.dim, start - held_from, end - start)
 
     def check_views(self) -> None:
         """Our invariant: every ``.grad`` still lives in the buffer (an optimizer's

@@ -7,7 +7,8 @@ executed action by action -- the same actions the simulator replays.
   SA/SG   send activations / the input gradient (isend: never blocks); a send that the
           program follows by a receive from the same peer is posted with it
   RA/RG   wait for activations / the output gradient (the TP leader receives, then
-          broadcasts to its TP group; only the leader sends)
+          broadcasts to its TP group -- under sequence parallelism scatters each rank its
+          part of the sequence; only the leader sends, the parts gathered on it first)
   AR[s]   all-reduce of segment s's gradient among the ranks that hold it (consecutive
           segments with the same holders are one collective)
   OPT     optimizer step; then every send of the step is completed
@@ -36,9 +37,13 @@ from polychip.plan.schedule import RECVS, SENDS, Action, Op, StageProgram
 from polychip.runtime.data import SampleStream
 from polychip.runtime.data_parallel import StageGrads
 from polychip.runtime.emulate import PhaseClock, PhaseTargets, sleep_until
-from polychip.runtime.model import StageModule, loss_fn
+from polychip.runtime.model import StageModule
 from polychip.runtime.p2p import ACTIVATION, GRADIENT, P2P, PendingRecv, tag_of
-from polychip.runtime.tensor_parallel import broadcast_from_leader
+from polychip.runtime.tensor_parallel import (
+    broadcast_from_leader,
+    collect_to_leader,
+    share_from_leader,
+)
 from polychip.runtime.topology import RankRole
 
 GRADIENT_SYNC = "gradient_sync"
@@ -77,6 +82,8 @@ class StageRunner:
         self.loss_scale, self.shape, self.targets = loss_scale, activation_shape, targets
         self.device, self.failure = device, failure
         self.tp = model.tp
+        b, s, *rest = activation_shape  # a TP rank's part of it under sequence parallelism
+        self.local_shape = (b, self.tp.local_seq_len(s), *rest)
         self.dtype = next(model.parameters()).dtype
         self.num_chunks = len(model.chunks)
         self.num_virtual = role.num_stages * self.num_chunks
@@ -111,6 +118,7 @@ class StageRunner:
         self._to_self: dict[int, torch.Tensor] = {}  # tag -> tensor (a one-stage pipeline)
         self._chain = False  # whether the next compute phase follows the last one directly
         actions = self.program.actions
+        self._backwards_left = sum(a.op is Op.BACKWARD for a in actions)
         for i, action in enumerate(actions):
             following = actions[i + 1] if i + 1 < len(actions) else None
             try:
@@ -154,7 +162,7 @@ class StageRunner:
             x = tokens.to(self.device) if reads else self._inputs.pop((m, c))
             out = self.model(x) if self.num_chunks == 1 else self.model(x, chunk=c)
             if loss:
-                out = loss_fn(out, targets.to(self.device)) * self.loss_scale
+                out = self.model.loss(out, targets.to(self.device)) * self.loss_scale
                 self.grads.add_loss_(out)
         self._stats.compute_s += self.clock.last_s
         self._chain = True  # a compute phase right after this one starts at its slot's end
@@ -170,26 +178,35 @@ class StageRunner:
                 held.output.backward()
             else:
                 torch.autograd.backward(held.output, self._out_grads.pop((m, c)))
+            self._backwards_left -= 1
+            if self._backwards_left == 0:  # before any reduction across replicas
+                self.model.sum_partial_grads_()
         self._stats.compute_s += self.clock.last_s
         self._chain = True
         if held.inputs is not None:
             assert held.inputs.grad is not None
             self._in_grads[(m, c)] = held.inputs.grad
 
+    def _feeds_itself(self, a: Action) -> bool:
+        """A one-stage interleaved pipeline sends to its own stage: every TP rank keeps its
+        own tensor (its part of the sequence under sequence parallelism)."""
+        return a.peer == self.role.stage_ranks[0]
+
     def _send(self, a: Action, following: Action | None) -> None:
-        if not self.role.is_leader:
-            return
         if a.op is Op.SEND_ACT:
             tensor = self._held[(a.micro, a.chunk)].output
         else:
             tensor = self._in_grads.pop((a.micro, a.chunk))
-        if a.peer == self.role.rank:  # a one-stage interleaved pipeline feeds itself
+        if self._feeds_itself(a):
             self._to_self[self._tag(a)] = tensor.detach().clone()
+            return
+        whole = collect_to_leader(tensor, self.tp)  # only the leader sends
+        if whole is None:
             return
         recv = None
         if following is not None and following.op in RECVS and following.peer == a.peer:
             recv = self._recv_spec(following)
-        pending = self.p2p.start((tensor, a.peer, self._tag(a)), recv)
+        pending = self.p2p.start((whole, a.peer, self._tag(a)), recv)
         if recv is not None:
             assert pending is not None and following is not None
             self._posted[(following.op, following.micro, following.chunk)] = pending
@@ -200,11 +217,10 @@ class StageRunner:
     def _receive(self, a: Action) -> None:
         begin = time.perf_counter()
         self._chain = False  # the next phase starts when the data is there
-        if not self.role.is_leader:
-            tensor = torch.empty(self.shape, dtype=self.dtype, device=self.device)
-        elif a.peer == self.role.rank:
+        tensor: torch.Tensor | None = None
+        if self._feeds_itself(a):
             tensor = self._to_self.pop(self._tag(a))
-        else:
+        elif self.role.is_leader:
             pending = self._posted.pop((a.op, a.micro, a.chunk), None)
             if pending is None:
                 pending = self.p2p.start(None, self._recv_spec(a))
@@ -215,7 +231,9 @@ class StageRunner:
                 modelled = (self.targets.recv_act_s if a.op is Op.RECV_ACT
                             else self.targets.recv_grad_s)
                 sleep_until(sent_at + self.clock.dilation * modelled)
-        tensor = broadcast_from_leader(tensor, self.tp)
+        if not self._feeds_itself(a):
+            tensor = share_from_leader(tensor, self.tp, self.shape, self.dtype, self.device)
+        assert tensor is not None
         if a.op is Op.RECV_ACT:
             self._inputs[(a.micro, a.chunk)] = tensor.requires_grad_()
         else:
@@ -254,10 +272,10 @@ class StageRunner:
                 tokens, targets = self.stream.batch_for(0, role.micro_batch(m))
                 for c in range(self.num_chunks):
                     x = (tokens if self._reads_tokens(c)
-                         else torch.randn(self.shape, dtype=self.dtype).requires_grad_())
+                         else torch.randn(self.local_shape, dtype=self.dtype).requires_grad_())
                     out = self.model(x.to(self.device), chunk=c)
                     if self._has_loss(c):
-                        loss_fn(out, targets.to(self.device)).backward()
+                        self.model.loss(out, targets.to(self.device)).backward()
                     else:
                         torch.autograd.backward(out, torch.randn_like(out))
             passes.append(time.perf_counter() - start)

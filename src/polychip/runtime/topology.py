@@ -18,7 +18,6 @@ made, so the launcher can print commands without paying for it.
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from polychip.plan.plan import Plan
 from polychip.plan.schedule import chunk_layers, grad_segments
+from polychip.runtime.devices import device_unavailable, set_current_device
 from polychip.runtime.errors import RuntimeSetupError
 
 if TYPE_CHECKING:
@@ -34,14 +34,6 @@ if TYPE_CHECKING:
     from polychip.runtime.groups import Groups
 
 NOT_YET = "not yet supported by the runtime"
-# Device type -> (package to import that registers it, install hint).
-DEVICE_PACKAGES: dict[str, tuple[str | None, str]] = {
-    "cuda": (None, "a CUDA build of torch"),
-    "xpu": (None, "an XPU build of torch"),
-    "npu": ("torch_npu", "torch_npu (Ascend)"),
-    "mlu": ("torch_mlu", "torch_mlu (Cambricon)"),
-    "hpu": ("habana_frameworks.torch.core", "habana_frameworks (Intel Gaudi)"),
-}
 
 
 @dataclass(frozen=True)
@@ -120,6 +112,13 @@ def check_executable(plan: Plan) -> None:
                         f"replicas[{ri}].stages[{si}] has tensor-parallel degree {st.tp}, "
                         f"which does not divide the model's {what}={size}: give the stage a "
                         f"TP degree that divides num_heads, num_kv_heads and ffn_hidden_size")
+            if plan.job.sequence_parallel and st.tp > 1 and plan.job.seq_len % st.tp:
+                raise RuntimeSetupError(
+                    f"replicas[{ri}].stages[{si}] has tensor-parallel degree {st.tp} and "
+                    f"job.sequence_parallel is on: each TP rank holds an equal part of every "
+                    f"sequence, and {st.tp} does not divide job.seq_len={plan.job.seq_len}; "
+                    f"use a sequence length divisible by {st.tp}, a TP degree that divides "
+                    f"{plan.job.seq_len}, or set job.sequence_parallel to false")
 
 
 def rank_roles(plan: Plan, *, emulate: bool) -> tuple[RankRole, ...]:
@@ -206,26 +205,6 @@ def world_backend(roles: tuple[RankRole, ...]) -> str:
     return f"cpu:gloo,{first.device_type}:{first.backend}"
 
 
-def device_unavailable(device_type: str, index: int) -> str | None:
-    """Why this machine cannot run on ``device_type`` number ``index``, or None if it can."""
-    if device_type == "cpu":
-        return None
-    import torch
-
-    package, hint = DEVICE_PACKAGES.get(device_type, (None, f"torch support for {device_type}"))
-    if package is not None:
-        try:
-            importlib.import_module(package)
-        except ImportError:
-            return f"{hint} is not installed"
-    module = getattr(torch, device_type, None)
-    if module is None or not module.is_available():
-        return f"torch finds no {device_type} device (needs {hint} and the device's driver)"
-    if index >= module.device_count():
-        return f"the plan uses {device_type}:{index} but only {module.device_count()} exist"
-    return None
-
-
 def check_devices(roles: tuple[RankRole, ...]) -> None:
     """Raise RuntimeSetupError naming every device type of ``roles`` this machine lacks."""
     for role in roles:
@@ -245,7 +224,7 @@ def select_device(role: RankRole) -> torch.device:
     if role.device_type == "cpu":
         return torch.device("cpu")
     device = torch.device(role.device_type, role.local_device)
-    getattr(torch, role.device_type).set_device(device)
+    set_current_device(device)
     return device
 
 

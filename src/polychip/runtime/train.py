@@ -20,8 +20,8 @@ summary -- is :mod:`polychip.runtime.session`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import resource
 import socket
 import statistics
 import time
@@ -37,15 +37,15 @@ from polychip.plan.plan import Plan
 from polychip.plan.schedule import Op, build_schedule
 from polychip.runtime.data import DEFAULT_CORPUS_MAX_BYTES, SampleStream, open_source
 from polychip.runtime.data_parallel import StageGrads, fused_runs, loss_scale
+from polychip.runtime.devices import peak_memory
 from polychip.runtime.dilation import DilationGovernor, WarmupTiming, plan_step_target_s
 from polychip.runtime.emulate import PhaseClock, PhaseTargets, phase_targets
 from polychip.runtime.errors import DistributedRunError, RuntimeSetupError
 from polychip.runtime.metrics import StepRecord
-from polychip.runtime.model import ModelConfig, build_stage
+from polychip.runtime.model import build_stage
 from polychip.runtime.p2p import P2P
 from polychip.runtime.pipeline import StageRunner
 from polychip.runtime.topology import RankRole, Topology
-from polychip.spec.model import ModelSpec
 
 WARMUP_MIN_S = 0.15
 """Each stage times its step's compute, alone, for at least this long."""
@@ -85,11 +85,6 @@ class TrainConfig:
         return timedelta(seconds=self.timeout_s)
 
 
-def model_config(spec: ModelSpec) -> ModelConfig:
-    return ModelConfig(spec.num_layers, spec.hidden_size, spec.num_heads, spec.num_kv_heads,
-                       spec.ffn_hidden_size, spec.vocab_size, tie_embeddings=spec.tie_embeddings)
-
-
 def make_optimizer(config: TrainConfig, params: Sequence[torch.nn.Parameter]
                    ) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
@@ -97,14 +92,6 @@ def make_optimizer(config: TrainConfig, params: Sequence[torch.nn.Parameter]
     fused = params[0].device.type in ("cpu", "cuda")  # one fused kernel (fast on the CPU too)
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
                              fused=fused or None)
-
-
-def peak_memory(device: torch.device) -> tuple[int, str]:
-    """The device allocator's peak, or the process's peak resident memory on the CPU."""
-    module = getattr(torch, device.type, None)
-    if device.type != "cpu" and hasattr(module, "max_memory_allocated"):
-        return int(module.max_memory_allocated(device)), "device"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "host-rss"
 
 
 def reporting_rank(roles: Sequence[RankRole]) -> int:
@@ -127,10 +114,12 @@ class Trainer:
                 f"{plan.model.vocab_size}: use a model with a vocabulary at least as large")
         self.stream = SampleStream(source, plan.job.seq_len, config.seed)
         groups = topology.groups
-        self.model = build_stage(model_config(plan.model), role.chunks[0][0],
+        tp = dataclasses.replace(groups.tp, sequence_parallel=plan.job.sequence_parallel,
+                                 vocab_parallel=plan.job.vocab_parallel)
+        self.model = build_stage(plan.model, role.chunks[0][0],
                                  role.chunks[-1][1], seed=config.seed, device=self.device,
                                  dtype=DTYPES[config.dtype], has_embedding=role.first_stage,
-                                 has_head=role.last_stage, tp=groups.tp,
+                                 has_head=role.last_stage, tp=tp,
                                  recompute=role.recompute, chunks=role.chunks)
         schedule = build_schedule(plan, replicas=[role.replica])
         self.program = schedule.program_of(role.rank)

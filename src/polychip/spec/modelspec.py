@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from polychip.spec.errors import PolychipError
+from polychip.spec.errors import PolychipError, SpecError
 
 Family = Literal["llama", "mistral", "qwen2", "gpt2", "opt", "gpt_neox"]
 FAMILIES: tuple[str, ...] = ("llama", "mistral", "qwen2", "gpt2", "opt", "gpt_neox")
@@ -65,6 +65,8 @@ class ModelSpec:
     sliding_window: int = 0  # Mistral: each token attends to the last `w`; 0 = all before it
 
     def __post_init__(self) -> None:
+        """The one check of a model's shape (cost model, planner and runtime read it here)."""
+        self._check_sizes()
         allowed = MLP_ACTIVATIONS.get(self.mlp)
         if allowed is None:
             raise PolychipError(
@@ -82,6 +84,23 @@ class ModelSpec:
                 f"model {self.name!r}: learned positions need max_positions ≥ 1 (the rows "
                 f"of the position table)"
             )
+
+    def _check_sizes(self) -> None:
+        for key in ("num_layers", "hidden_size", "num_heads", "num_kv_heads",
+                    "ffn_hidden_size", "vocab_size"):
+            if getattr(self, key) < 1:
+                raise SpecError(f"model {self.name!r} has {key}={getattr(self, key)}: "
+                                f"every size must be >= 1; give a positive size", key=key)
+        if self.hidden_size % self.num_heads:
+            raise SpecError(
+                f"model {self.name!r}: hidden_size={self.hidden_size} is not divisible by "
+                f"num_heads={self.num_heads}; every head has hidden_size / num_heads "
+                f"channels, so choose sizes with hidden_size % num_heads == 0", key="hidden_size")
+        if self.num_heads % self.num_kv_heads:
+            raise SpecError(
+                f"model {self.name!r}: num_heads={self.num_heads} is not a multiple of "
+                f"num_kv_heads={self.num_kv_heads}; grouped-query attention shares each "
+                f"key/value head among num_heads / num_kv_heads query heads", key="num_kv_heads")
 
     # ---- shape --------------------------------------------------------------------------
     @property
