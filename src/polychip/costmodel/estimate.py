@@ -8,18 +8,19 @@ read their per-stage times from here, so they cannot disagree about a chip's spe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from polychip.costmodel import profiled
 from polychip.costmodel.comm import LinkKind, bridge_time_s, p2p_time_s
 from polychip.costmodel.compute import (
     INTRA_NODE_LATENCY_S,
-    ComputeProfile,
     StageTimes,
     block_times,
     embedding_times,
     head_times,
 )
 from polychip.costmodel.gradsync import dp_sync_time_s, segment_allreduce_s
+from polychip.costmodel.measured import ComputeProfile
 from polychip.costmodel.memory import (
     MemoryBreakdown,
     in_flight_micro_batches,
@@ -45,6 +46,7 @@ class PlanCost:
     dp_sync_s: float
     optimizer_s: float
     bubble_fraction: float
+    compute_s: float = 0.0  # the busiest device's forward + backward over the step
     # (replica, stage) -> memory of one device of that stage
     memory: dict[tuple[int, int], MemoryBreakdown] = field(default_factory=dict)
     violations: tuple[str, ...] = ()
@@ -62,6 +64,8 @@ class PlanCost:
             dp_sync_s=self.dp_sync_s,
             optimizer_s=self.optimizer_s,
             bubble_fraction=self.bubble_fraction,
+            compute_s=self.compute_s,
+            sources=profiled.figure_sources(cm, replicas),
             memory_rows=(
                 (
                     replicas[ri].stages[si].chip,
@@ -107,20 +111,22 @@ class CostModel:
         if hit is not None:
             return hit
         seq, prec = self.job.seq_len, self.job.precision
-        block = None
-        if self.profile is not None:
-            block = self.profile.block_times(chip.name, tp, micro_batch, seq)
+        # A measured profile's figure where it has one (profiled.py), else the analytic one.
+        block = profiled.block_times(self, chip, tp, micro_batch, recompute)
         if block is None:
             block = block_times(chip, self.model, seq, micro_batch, tp, prec)
-        fwd = num_layers * block.fwd_s
-        bwd = num_layers * (block.bwd_s + (block.fwd_s if recompute else 0.0))
+            block = StageTimes(block.fwd_s, block.bwd_s + (block.fwd_s if recompute else 0.0))
+        fwd, bwd = num_layers * block.fwd_s, num_layers * block.bwd_s
         if first:
-            emb = embedding_times(chip, self.model, seq, micro_batch, tp)
+            emb = profiled.part_times(self, "embedding", chip, tp, micro_batch)
+            emb = emb or embedding_times(chip, self.model, seq, micro_batch, tp)
             fwd, bwd = fwd + emb.fwd_s, bwd + emb.bwd_s
         if last:
-            head = head_times(chip, self.model, seq, micro_batch, tp, prec)
+            head = profiled.part_times(self, "head", chip, tp, micro_batch)
+            head = head or head_times(chip, self.model, seq, micro_batch, tp, prec)
             fwd, bwd = fwd + head.fwd_s, bwd + head.bwd_s
-        out = StageTimes(fwd, bwd)
+        factor = profiled.corrections(self, chip.name).compute
+        out = StageTimes(fwd * factor, bwd * factor)
         self._stage_cache[key] = out
         return out
 
@@ -143,15 +149,20 @@ class CostModel:
         return g.nic_bw_bytes_per_s / g.chips_per_node
 
     def link(self, node_a: int, node_b: int) -> tuple[LinkKind, float, float]:
-        """(kind, bandwidth bytes/s, latency s) between a stage on node_a and one on node_b."""
+        """(kind, bandwidth bytes/s, latency s) between a stage on node_a and one on node_b
+        (inside a node: the profile's measured point-to-point link where it has one; the
+        profiles' p2p corrections slow every link down)."""
         ga, gb = self.nodes[node_a].group, self.nodes[node_b].group
         net = self.cluster.network
+        slower = max(profiled.corrections(self, g.chip.name).p2p for g in (ga, gb))
         if node_a == node_b:
-            return LinkKind.INTRA_NODE, ga.chip.link_bw_bytes_per_s, INTRA_NODE_LATENCY_S
-        bw = min(ga.nic_bw_bytes_per_s, gb.nic_bw_bytes_per_s)
+            bw, lat = (profiled.intra_node_link(self, ga.chip.name)
+                       or (ga.chip.link_bw_bytes_per_s, INTRA_NODE_LATENCY_S))
+            return LinkKind.INTRA_NODE, bw / slower, lat * slower
+        bw = min(ga.nic_bw_bytes_per_s, gb.nic_bw_bytes_per_s) / slower
         if ga.chip.island != gb.chip.island:
-            return LinkKind.BRIDGE, bw, net.latency_s
-        return LinkKind.INTER_NODE, bw, net.latency_s
+            return LinkKind.BRIDGE, bw, net.latency_s * slower
+        return LinkKind.INTER_NODE, bw, net.latency_s * slower
 
     def activation_bytes(self, micro_batch: int) -> float:
         return 2.0 * micro_batch * self.job.seq_len * self.model.hidden_size
@@ -209,19 +220,22 @@ class CostModel:
         """Memory of one device of stage `si` holding `in_flight` micro-batches'
         activations (the simulator counts them as the schedule runs)."""
         st = replica.stages[si]
-        return stage_memory(
-            self.model,
-            seq_len=self.job.seq_len,
-            num_layers=st.num_layers,
-            first=si == 0,
-            last=si == replica.num_stages - 1,
-            tp=st.tp,
-            micro_batch=replica.micro_batch_size,
-            in_flight=in_flight,
-            recompute=st.recompute,
-            zero_shards=zero_shards,
-            capacity_bytes=self.chip(st.chip).memory_bytes,
-        )
+
+        def held(micro_batches: int) -> MemoryBreakdown:
+            return stage_memory(
+                self.model, seq_len=self.job.seq_len, num_layers=st.num_layers, first=si == 0,
+                last=si == replica.num_stages - 1, tp=st.tp,
+                micro_batch=replica.micro_batch_size, in_flight=micro_batches,
+                recompute=st.recompute, zero_shards=zero_shards,
+                capacity_bytes=self.chip(st.chip).memory_bytes,
+            )
+
+        mem = held(in_flight)
+        act = profiled.activation_bytes(self, st.chip, st.tp, replica.micro_batch_size)
+        if act is None or st.recompute:
+            return mem
+        # measured bytes kept per block per micro-batch, beside the analytic working set
+        return replace(mem, activations=int(held(0).activations + in_flight * st.num_layers * act))
 
     def optimizer_time_s(self, replicas: tuple[Replica, ...], zero_shards: int) -> float:
         """The slowest device's optimizer step."""
@@ -236,7 +250,10 @@ class CostModel:
         st = replica.stages[si]
         owned = stage_params(self.model, st.num_layers, si == 0, si == replica.num_stages - 1)
         owned /= st.tp * max(zero_shards, 1)
-        return owned * ADAMW_BYTES_PER_PARAM / self.chip(st.chip).memory_bw_bytes_per_s
+        per_param = profiled.optimizer_s_per_param(self, st.chip)
+        if per_param is None:
+            per_param = ADAMW_BYTES_PER_PARAM / self.chip(st.chip).memory_bw_bytes_per_s
+        return owned * per_param * profiled.corrections(self, st.chip).optimizer
 
     # ---- everything ----------------------------------------------------------------------
     def evaluate(
@@ -259,6 +276,11 @@ class CostModel:
         mfu = flops / self.cluster.peak_flops(self.job.precision)
         devices = sum(r.num_devices for r in replicas)
         busy = sum(b for _, b in spans)
+        compute_s = max(
+            r.num_micro_batches * self.times_of(r, si).total_s
+            for r in replicas
+            for si in range(r.num_stages)
+        )
         memory: dict[tuple[int, int], MemoryBreakdown] = {}
         violations: list[str] = []
         for ri, r in enumerate(replicas):
@@ -279,6 +301,7 @@ class CostModel:
             dp_sync_s=dp_s,
             optimizer_s=opt_s,
             bubble_fraction=max(0.0, 1.0 - busy / (devices * pipeline_s)),
+            compute_s=compute_s,
             memory=memory,
             violations=tuple(violations),
         )
