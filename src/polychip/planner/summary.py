@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from polychip.plan.plan import Plan, Replica
+from polychip.plan.plan import Plan, Replica, Stage
 
 GIB = 1024**3
 
@@ -32,6 +32,14 @@ def _span(values: list[int]) -> str:
     return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
+def _layers(stages: list[Stage], first: bool) -> str:
+    """"layers 0-47 (24+24)", or what a stage of no block holds (a hand-written plan)."""
+    if all(s.num_layers == 0 for s in stages):
+        return "embedding only" if first else "head only"
+    counts = "+".join(str(s.num_layers) for s in stages)
+    return f"layers {stages[0].layer_start}-{stages[-1].layer_end - 1} ({counts})"
+
+
 def replica_rows(plan: Plan) -> list[ReplicaRow]:
     groups: dict[tuple, list[Replica]] = {}
     for r in plan.replicas:
@@ -46,8 +54,8 @@ def replica_rows(plan: Plan) -> list[ReplicaRow]:
             else:
                 runs.append([(s.chip, s.tp, s.recompute), [s]])
         stages = [
-            f"{len(ss)}x TP{tp} {chip} layers {ss[0].layer_start}-{ss[-1].layer_end - 1} "
-            f"({'+'.join(str(s.num_layers) for s in ss)})" + (" recompute" if rec else "")
+            f"{len(ss)}x TP{tp} {chip} {_layers(ss, ss[0] is r0.stages[0])}"
+            + (" recompute" if rec else "")
             for (chip, tp, rec), ss in runs
         ]
         rows.append(
