@@ -123,3 +123,17 @@ def test_a_bad_profile_exits_2_naming_file_and_key(tmp_path: Path, capsys, edit,
     assert main(["estimate", str(path), "--profile", str(profile)]) == 2
     err = capsys.readouterr().err
     assert str(profile) in err and says in err and err.count("\n") == 1, err
+
+
+def test_the_documented_hand_written_plan_estimates(tmp_path: Path) -> None:
+    text = (ROOT / "docs" / "plan-format.md").read_text()
+    section = text.split("## Writing a plan by hand", 1)[1]
+    example = section.split("```json\n", 1)[1].split("```", 1)[0]
+    path, out = tmp_path / "plan.json", tmp_path / "est.json"
+    path.write_text(example)
+    plan = load_plan(path)
+    assert [s.num_layers for s in plan.replicas[0].stages] == [0, 4, 0]
+    assert main(["estimate", str(path), "--simulate", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["fits"] and [d["chip"] for d in got["devices"]] == ["cpu-slow"] * 2 + ["cpu-fast"]
+    assert got["simulated"]["step_time_s"] > 0
