@@ -161,3 +161,12 @@ def test_plan_file_errors_name_the_field(
     assert msg.startswith(f"{path}: {field}"), msg
     assert msg.count(str(path)) == 1, msg  # the file is named once
     assert rule in msg, msg
+
+
+def test_an_estimate_written_before_phases_and_sources_still_loads(plan: Plan) -> None:
+    data = plan_to_dict(plan)
+    for key in ("phases_s", "sources"):
+        del data["estimate"][key]
+    est = plan_from_dict(json.loads(json.dumps(data))).estimate
+    assert est is not None and est.phases_s == {} and est.sources == {}
+    assert est.step_time_s == 0.123

@@ -127,3 +127,20 @@ def test_every_layer_on_one_stage_property() -> None:
             with pytest.raises(PlanError, match=r"replicas\[0\]\.stages"):
                 validate_plan(plan)
     assert outcomes == {True, False}
+
+
+def _three_stages(*layers: tuple[int, int]) -> Plan:
+    base = make_plan()
+    stages = tuple(Stage(a, b, node=0, local_devices=(i,), chip="h800")
+                   for i, (a, b) in enumerate(layers))
+    return dataclasses.replace(base, replicas=(Replica(stages, 8, 2), base.replicas[1]))
+
+
+def test_only_a_pipelines_first_or_last_stage_may_hold_no_block() -> None:
+    validate_plan(_three_stages((0, 0), (0, 4), (4, 4)))  # embedding only, head only
+    with pytest.raises(PlanError, match=r"replicas\[0\]\.stages\[1\]\.layers: empty; only"):
+        validate_plan(_three_stages((0, 2), (2, 2), (2, 4)))
+    interleaved = dataclasses.replace(_three_stages((0, 0), (0, 2), (2, 4)),
+                                      schedule="interleaved-1f1b", virtual_stages=2)
+    with pytest.raises(PlanError, match=r"stages\[0\]\.layers: empty, under interleaved-1f1b"):
+        validate_plan(interleaved)
