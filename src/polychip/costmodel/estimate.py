@@ -8,7 +8,7 @@ read their per-stage times from here, so they cannot disagree about a chip's spe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from polychip.costmodel import profiled
 from polychip.costmodel.comm import LinkKind, bridge_time_s, p2p_time_s
@@ -149,20 +149,19 @@ class CostModel:
         return g.nic_bw_bytes_per_s / g.chips_per_node
 
     def link(self, node_a: int, node_b: int) -> tuple[LinkKind, float, float]:
-        """(kind, bandwidth bytes/s, latency s) between a stage on node_a and one on node_b
-        (inside a node: the profile's measured point-to-point link where it has one; the
-        profiles' p2p corrections slow every link down)."""
+        """(kind, bandwidth bytes/s, latency s) between a stage on node_a and one on node_b,
+        as measured by a profile where it has the figure (`profiled.link`)."""
+        return profiled.link(self, node_a, node_b, self._analytic_link(node_a, node_b))
+
+    def _analytic_link(self, node_a: int, node_b: int) -> tuple[LinkKind, float, float]:
         ga, gb = self.nodes[node_a].group, self.nodes[node_b].group
         net = self.cluster.network
-        slower = max(profiled.corrections(self, g.chip.name).p2p for g in (ga, gb))
         if node_a == node_b:
-            bw, lat = (profiled.intra_node_link(self, ga.chip.name)
-                       or (ga.chip.link_bw_bytes_per_s, INTRA_NODE_LATENCY_S))
-            return LinkKind.INTRA_NODE, bw / slower, lat * slower
-        bw = min(ga.nic_bw_bytes_per_s, gb.nic_bw_bytes_per_s) / slower
+            return LinkKind.INTRA_NODE, ga.chip.link_bw_bytes_per_s, INTRA_NODE_LATENCY_S
+        bw = min(ga.nic_bw_bytes_per_s, gb.nic_bw_bytes_per_s)
         if ga.chip.island != gb.chip.island:
-            return LinkKind.BRIDGE, bw, net.latency_s * slower
-        return LinkKind.INTER_NODE, bw, net.latency_s * slower
+            return LinkKind.BRIDGE, bw, net.latency_s
+        return LinkKind.INTER_NODE, bw, net.latency_s
 
     def activation_bytes(self, micro_batch: int) -> float:
         return 2.0 * micro_batch * self.job.seq_len * self.model.hidden_size
@@ -230,12 +229,7 @@ class CostModel:
                 capacity_bytes=self.chip(st.chip).memory_bytes,
             )
 
-        mem = held(in_flight)
-        act = profiled.activation_bytes(self, st.chip, st.tp, replica.micro_batch_size)
-        if act is None or st.recompute:
-            return mem
-        # measured bytes kept per block per micro-batch, beside the analytic working set
-        return replace(mem, activations=int(held(0).activations + in_flight * st.num_layers * act))
+        return profiled.stage_memory(self, replica, si, in_flight, held)
 
     def optimizer_time_s(self, replicas: tuple[Replica, ...], zero_shards: int) -> float:
         """The slowest device's optimizer step."""
@@ -276,11 +270,8 @@ class CostModel:
         mfu = flops / self.cluster.peak_flops(self.job.precision)
         devices = sum(r.num_devices for r in replicas)
         busy = sum(b for _, b in spans)
-        compute_s = max(
-            r.num_micro_batches * self.times_of(r, si).total_s
-            for r in replicas
-            for si in range(r.num_stages)
-        )
+        compute_s = max(r.num_micro_batches * self.times_of(r, si).total_s
+                        for r in replicas for si in range(r.num_stages))
         memory: dict[tuple[int, int], MemoryBreakdown] = {}
         violations: list[str] = []
         for ri, r in enumerate(replicas):

@@ -10,9 +10,11 @@ the profile has the collective at that group size and message size, analytic oth
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from polychip.costmodel.comm import ring_allreduce_time_s
+from polychip.costmodel.comm import LinkKind, ring_allreduce_time_s
 from polychip.costmodel.compute import INTRA_NODE_LATENCY_S, StageTimes
 from polychip.costmodel.measured import (
     ANALYTIC,
@@ -21,6 +23,7 @@ from polychip.costmodel.measured import (
     label,
     tp_collectives,
 )
+from polychip.costmodel.memory import MemoryBreakdown
 from polychip.plan.plan import Replica
 from polychip.spec.accelerators import Accelerator
 from polychip.spec.profile import Corrections
@@ -91,6 +94,32 @@ def optimizer_s_per_param(cm: CostModel, chip: str) -> float | None:
 def intra_node_link(cm: CostModel, chip: str) -> tuple[float, float] | None:
     """Measured (bandwidth, latency) between two chips of one node."""
     return cm.profile.p2p_link(chip) if cm.profile else None
+
+
+def link(cm: CostModel, node_a: int, node_b: int, analytic: tuple[LinkKind, float, float]
+         ) -> tuple[LinkKind, float, float]:
+    """The link between two nodes: inside a node, the profile's measured point-to-point
+    link where it has one; the p2p corrections of the chips at either end (the larger)
+    divide the bandwidth and multiply the latency."""
+    kind, bw, lat = analytic
+    chips = [cm.nodes[n].group.chip.name for n in (node_a, node_b)]
+    if node_a == node_b:
+        bw, lat = intra_node_link(cm, chips[0]) or (bw, lat)
+    slower = max(corrections(cm, c).p2p for c in chips)
+    return kind, bw / slower, lat * slower
+
+
+def stage_memory(cm: CostModel, replica: Replica, si: int, in_flight: int,
+                 held: Callable[[int], MemoryBreakdown]) -> MemoryBreakdown:
+    """`held(k)`: the analytic memory with k micro-batches in flight. A stage without
+    recompute whose blocks' kept bytes are measured holds k x blocks x those bytes beside
+    the analytic working set (`held(0)`: logits, ...)."""
+    st = replica.stages[si]
+    mem = held(in_flight)
+    act = activation_bytes(cm, st.chip, st.tp, replica.micro_batch_size)
+    if act is None or st.recompute:
+        return mem
+    return replace(mem, activations=int(held(0).activations + in_flight * st.num_layers * act))
 
 
 def corrections(cm: CostModel, chip: str) -> Corrections:
