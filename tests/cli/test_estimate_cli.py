@@ -137,3 +137,12 @@ def test_the_documented_hand_written_plan_estimates(tmp_path: Path) -> None:
     got = json.loads(out.read_text())
     assert got["fits"] and [d["chip"] for d in got["devices"]] == ["cpu-slow"] * 2 + ["cpu-fast"]
     assert got["simulated"]["step_time_s"] > 0
+
+
+def test_simulate_writes_the_same_json(tmp_path: Path) -> None:
+    path, out = tmp_path / "plan.json", tmp_path / "sim.json"
+    save_plan(_pipeline(), path)
+    assert main(["simulate", str(path), "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert set(got) == FIELDS | {"simulated"}
+    assert got == _estimate(tmp_path, _pipeline(), "--simulate")

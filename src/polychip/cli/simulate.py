@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -25,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="start gradient all-reduces only after every pipeline's backward",
     )
     add_profile_option(p)
+    p.add_argument("--json", metavar="OUT", help="write the figures as JSON (the names of "
+                   "`polychip estimate --json`, the replay's under `simulated`)")
     p.set_defaults(func=run)
 
 
@@ -112,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"critical path: {result.critical_path_text()}")
     if profile:
         console.print("figures: " + ", ".join(f"{k} {v}" for k, v in ev.sources.items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(ev.to_dict(), indent=1) + "\n")
+        console.print(f"wrote {args.json}")
     if args.trace:
         from polychip.simulator.trace import write_trace
 
