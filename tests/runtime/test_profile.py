@@ -85,3 +85,9 @@ def test_an_absent_device_type_names_its_package(capsys) -> None:
     assert main(["profile", "--model", "tiny", "--device", "npu"]) == 2
     err = capsys.readouterr().err
     assert "--device npu" in err and "torch_npu" in err and err.count("\n") == 1
+
+
+def test_a_model_the_runtime_cannot_build_is_not_profiled(capsys) -> None:
+    assert main(["profile", "--model", "gpt3-175b", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "gelu MLP" in err and "write a profile by hand" in err

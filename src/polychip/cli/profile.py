@@ -97,10 +97,12 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from polychip.cli.profile_view import render_profile
-    from polychip.runtime.profile_run import num_measurements, profile_chip
+    from polychip.runtime.profile_run import check_request, num_measurements, profile_chip
+    from polychip.spec.accelerators import resolve_name
     from polychip.spec.profile_file import save_profile
 
     req = _request(args)
+    check_request(req)
     out = args.out or f"profile-{req.chip}.json"
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    console=Console(file=sys.stderr), transient=True)
@@ -112,5 +114,9 @@ def run(args: argparse.Namespace) -> int:
 
         profile = profile_chip(req, tick)
     save_profile(profile, out)
-    render_profile(Console(), profile, out)
+    console = Console()
+    render_profile(console, profile, out)
+    if resolve_name(profile.chip) is None:
+        console.print(f"note: {profile.chip!r} is no catalog chip: `--profile` applies it to a "
+                      f"cluster that declares a chip of that name (or re-run with --chip NAME)")
     return 0

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from polychip import __version__
+from polychip.plan.capabilities import RUNTIME
 from polychip.runtime.errors import RuntimeSetupError
 from polychip.runtime.profile import PartProfiler, Tick, measure_parts, parts_grid
 from polychip.runtime.profile_comm import measure_host_copies, measure_links
@@ -97,6 +98,14 @@ def valid_tps(model: ModelSpec, tps: tuple[int, ...]) -> tuple[int, ...]:
 
 def check_request(req: ProfileRequest) -> None:
     check_device(req.device_type)
+    model = req.model
+    family = getattr(model, "family", "llama")
+    if model.mlp not in RUNTIME.mlp or family not in RUNTIME.model_families:
+        raise RuntimeSetupError(
+            f"model {model.name!r} ({family}, {model.mlp} MLP): `polychip profile` times the "
+            f"runtime's own blocks, which are Llama-style ({', '.join(sorted(RUNTIME.mlp))}); "
+            f"profile such a model, or write a profile by hand from your own measurements "
+            f"(docs/profile-format.md)")
     bad = sorted(set(req.tps) - set(valid_tps(req.model, req.tps)))
     if bad:
         raise RuntimeSetupError(
