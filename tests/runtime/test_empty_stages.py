@@ -13,6 +13,7 @@ from polychip.costmodel import CostModel
 from polychip.plan import Plan
 from polychip.plan.capabilities import RUNTIME, missing_features
 from polychip.plan.schedule import grad_segments
+from polychip.planner.summary import replica_rows
 from polychip.runtime.topology import build_topology
 from polychip.runtime.train import TrainConfig, Trainer
 from polychip.simulator import simulate
@@ -40,9 +41,9 @@ def _config() -> TrainConfig:
                        max_corpus_bytes=CORPUS_BYTES)
 
 
-def _worker(rank: int, world_size: int, plans: dict[str, Plan]) -> None:
+def _worker(rank: int, world_size: int, plans: dict[str, Plan], refs: dict) -> None:
     for kind, plan in plans.items():
-        ref_losses, ref_params = single_process(plan, _config())
+        ref_losses, ref_params = refs[kind]
         trainer = Trainer(plan, _config(), build_topology(plan, rank, emulate=False,
                                                           timeout=_config().timeout))
         records = trainer.run(STEPS)
@@ -62,7 +63,8 @@ def _worker(rank: int, world_size: int, plans: dict[str, Plan]) -> None:
 @pytest.mark.dist
 def test_embedding_only_and_head_only_stages_train_like_one_process(tmp_path: Path) -> None:
     plans = {kind: empty_ends_plan(kind) for kind in ("1f1b",)}
-    run_ranks(_worker, 4, tmp_path, plans)
+    refs = {kind: single_process(plan, _config()) for kind, plan in plans.items()}  # once
+    run_ranks(_worker, 4, tmp_path, plans, refs)
 
 
 def test_the_runtime_table_runs_empty_stages() -> None:
@@ -84,3 +86,6 @@ def test_cost_model_and_simulator_price_empty_stages() -> None:
     assert result.pipeline_s == pytest.approx(cost.pipeline_s, rel=1e-6)
     stage0 = result.stage_of_rank(0)
     assert stage0.compute_s == pytest.approx(rep.num_micro_batches * emb.total_s)
+    assert replica_rows(plan)[0].stages == [
+        "1x TP1 cpu-slow embedding only", "1x TP1 cpu-slow layers 0-1 (2)",
+        "1x TP1 cpu-fast head only"]

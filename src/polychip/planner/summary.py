@@ -34,7 +34,7 @@ def _span(values: list[int]) -> str:
 
 def _layers(stages: list[Stage], first: bool) -> str:
     """"layers 0-47 (24+24)", or what a stage of no block holds (a hand-written plan)."""
-    if all(s.num_layers == 0 for s in stages):
+    if stages[0].num_layers == 0:
         return "embedding only" if first else "head only"
     counts = "+".join(str(s.num_layers) for s in stages)
     return f"layers {stages[0].layer_start}-{stages[-1].layer_end - 1} ({counts})"
@@ -48,15 +48,16 @@ def replica_rows(plan: Plan) -> list[ReplicaRow]:
     for reps in groups.values():
         r0 = reps[0]
         runs: list[list] = []  # consecutive stages of one chip, TP and recompute choice
-        for s in r0.stages:
-            if runs and runs[-1][0] == (s.chip, s.tp, s.recompute):
+        for s in r0.stages:  # (a stage of no block stands alone)
+            key = (s.chip, s.tp, s.recompute, s.num_layers == 0)
+            if runs and runs[-1][0] == key and not key[3]:
                 runs[-1][1].append(s)
             else:
-                runs.append([(s.chip, s.tp, s.recompute), [s]])
+                runs.append([key, [s]])
         stages = [
             f"{len(ss)}x TP{tp} {chip} {_layers(ss, ss[0] is r0.stages[0])}"
             + (" recompute" if rec else "")
-            for (chip, tp, rec), ss in runs
+            for (chip, tp, rec, _), ss in runs
         ]
         rows.append(
             ReplicaRow(
