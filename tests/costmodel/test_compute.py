@@ -7,7 +7,6 @@ import pytest
 from polychip.costmodel.comm import ring_allreduce_time_s
 from polychip.costmodel.compute import (
     INTRA_NODE_LATENCY_S,
-    StageTimes,
     block_times,
     embedding_times,
     head_times,
@@ -121,21 +120,3 @@ def test_first_and_last_stage_add_embedding_and_head() -> None:
     assert first.fwd_s == pytest.approx(mid.fwd_s + emb.fwd_s)
     assert last.bwd_s == pytest.approx(mid.bwd_s + head.bwd_s)
 
-
-class _Profile:
-    """A measured profile that knows one point only."""
-
-    def block_times(self, chip: str, tp: int, micro_batch: int, seq_len: int):
-        if (chip, tp, micro_batch, seq_len) == ("h100", 1, 1, 4096):
-            return StageTimes(0.001, 0.003)
-        return None
-
-
-def test_a_profile_replaces_analytic_block_times_where_it_has_a_point() -> None:
-    cm = _cost_model(_Profile())
-    chip = cm.chip("h100")
-    measured = cm.stage_times(chip, 10, 1, 1, False, False, True)
-    assert measured.fwd_s == pytest.approx(0.010)
-    assert measured.bwd_s == pytest.approx(0.040)  # 10 x (3 ms + a recomputed 1 ms forward)
-    analytic = cm.stage_times(chip, 10, 1, 2, False, False, False)  # no point: analytic
-    assert analytic.fwd_s == pytest.approx(10 * block_times(chip, LLAMA, 4096, 2, 1, "bf16").fwd_s)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from polychip.costmodel.comm import LinkKind, ring_allreduce_time_s
-from polychip.costmodel.compute import INTRA_NODE_LATENCY_S, StageTimes
+from polychip.costmodel.compute import INTRA_NODE_LATENCY_S
 from polychip.costmodel.estimate import CostModel
+from polychip.costmodel.measured import BlockFigures, NoMeasurements
 from polychip.plan.plan import Replica, Stage
 from polychip.spec.cluster import Cluster, cluster_from_dict
 from polychip.spec.job import TrainingJob
@@ -65,11 +66,11 @@ FAST = {"fast": {"vendor": "x", "peak_tflops_bf16": 1e12, "memory_gib": 1000,
                  "memory_gbps": 1e15, "intra_node_gbps": 1e15}}  # fmt: skip
 
 
-class _Constant:
+class _Constant(NoMeasurements):
     def __init__(self, fwd: float, bwd: float) -> None:
-        self.times = StageTimes(fwd, bwd)
+        self.times = BlockFigures(fwd, bwd, None, None)
 
-    def block_times(self, chip: str, tp: int, micro_batch: int, seq_len: int):
+    def block(self, chip: str, tp: int, micro_batch: int, seq_len: int):
         return self.times
 
 

@@ -197,3 +197,12 @@ def test_an_old_plan_file_reads_as_llama(plan: Plan) -> None:
     assert again == plan
     assert (again.model.family, again.model.norm, again.model.position) == (
         "llama", "rmsnorm", "rope")
+
+
+def test_an_estimate_written_before_phases_and_sources_still_loads(plan: Plan) -> None:
+    data = plan_to_dict(plan)
+    for key in ("phases_s", "sources"):
+        del data["estimate"][key]
+    est = plan_from_dict(json.loads(json.dumps(data))).estimate
+    assert est is not None and est.phases_s == {} and est.sources == {}
+    assert est.step_time_s == 0.123

@@ -36,8 +36,8 @@ CASES: list[tuple[str, Callable[[Plan], Plan], str, str]] = [
      "replicas[0].stages[1].layers", "must start at layer 2"),
     ("overlapping stages", lambda p: _stage(p, 0, 1, layer_start=2),
      "replicas[0].stages[1].layers", "exactly one stage"),
-    ("empty stage", lambda p: _stage(p, 0, 1, layer_start=3, layer_end=3),
-     "replicas[0].stages[1].layers", "non-empty"),
+    ("empty only stage", lambda p: _stage(p, 1, 0, layer_end=0),
+     "replicas[1].stages[0].layers", "may have no transformer block"),
     ("last layer on no stage", lambda p: _stage(p, 1, 0, layer_end=3),
      "replicas[1].stages", "the model has 4"),
     ("layers beyond the model", lambda p: _stage(p, 1, 0, layer_end=5),
@@ -103,7 +103,8 @@ def test_interleaved_with_virtual_stages_is_accepted() -> None:
 
 def test_every_layer_on_one_stage_property() -> None:
     # A brute-force check of the invariant on random splits: validate_plan accepts exactly
-    # the splits that cover [0, L) once, in order.
+    # the splits that cover [0, L) once, in order, every stage holding a block except
+    # possibly the first (embedding only) or the last (head only) of a longer pipeline.
     rng = random.Random(7)
     base = make_plan()
     outcomes = set()
@@ -115,7 +116,10 @@ def test_every_layer_on_one_stage_property() -> None:
         )
         plan = dataclasses.replace(base, replicas=(Replica(stages, 8, 2), base.replicas[1]))
         covered = [layer for a, b in bounds for layer in range(a, b)]
-        good = covered == list(range(4)) and all(b > a for a, b in bounds)
+        ends = (0, len(bounds) - 1) if len(bounds) > 1 else ()
+        good = covered == list(range(4)) and all(
+            b > a or (b == a and i in ends) for i, (a, b) in enumerate(bounds)
+        )
         outcomes.add(good)
         if good:
             validate_plan(plan)
@@ -123,3 +127,20 @@ def test_every_layer_on_one_stage_property() -> None:
             with pytest.raises(PlanError, match=r"replicas\[0\]\.stages"):
                 validate_plan(plan)
     assert outcomes == {True, False}
+
+
+def _three_stages(*layers: tuple[int, int]) -> Plan:
+    base = make_plan()
+    stages = tuple(Stage(a, b, node=0, local_devices=(i,), chip="h800")
+                   for i, (a, b) in enumerate(layers))
+    return dataclasses.replace(base, replicas=(Replica(stages, 8, 2), base.replicas[1]))
+
+
+def test_only_a_pipelines_first_or_last_stage_may_hold_no_block() -> None:
+    validate_plan(_three_stages((0, 0), (0, 4), (4, 4)))  # embedding only, head only
+    with pytest.raises(PlanError, match=r"replicas\[0\]\.stages\[1\]\.layers: empty; only"):
+        validate_plan(_three_stages((0, 2), (2, 2), (2, 4)))
+    interleaved = dataclasses.replace(_three_stages((0, 0), (0, 2), (2, 4)),
+                                      schedule="interleaved-1f1b", virtual_stages=2)
+    with pytest.raises(PlanError, match=r"stages\[0\]\.layers: empty, under interleaved-1f1b"):
+        validate_plan(interleaved)

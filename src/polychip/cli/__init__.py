@@ -13,7 +13,9 @@ import sys
 from polychip import __version__
 from polychip.spec.errors import PolychipError
 
-COMMANDS = ("plan", "simulate", "train", "launch", "demo", "validate", "catalog")
+COMMANDS = (
+    "plan", "simulate", "estimate", "profile", "train", "launch", "demo", "validate", "catalog"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

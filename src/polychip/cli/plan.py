@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from polychip.cli.jobopts import add_run_options, job_from_args
+from polychip.cli.profileopts import add_profile_option, profile_set
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -71,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"candidates re-ranked by --simulate (default {DEFAULT_SIMULATE_TOP}; implies "
         "--simulate)",
     )
+    add_profile_option(p)
     add_run_options(p)
     p.set_defaults(func=run)
 
@@ -93,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     top = args.simulate_top or (DEFAULT_SIMULATE_TOP if args.simulate else 0)
     for chip in cluster.chips():  # a missing peak for this precision: one clear error
         chip.peak_flops(job.precision)
+    profile = profile_set(args, cluster, model, job)
     started = time.perf_counter()
     with _Progress() as progress:
         found = search_plans(
@@ -104,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
             schedule=args.schedule,
             progress=progress,
             simulate_top=top,
+            profile=profile,
         )
     elapsed = time.perf_counter() - started
     plan = found.plan

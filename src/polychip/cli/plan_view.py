@@ -39,6 +39,8 @@ def render_plan(console: Console, plan: Plan, source: str, elapsed_s: float) -> 
         f"{est.bubble_fraction:.0%}; gradient sync {est.breakdown_s.get('dp_sync', 0):.3f} s; "
         f"optimizer {est.breakdown_s.get('optimizer', 0):.3f} s)"
     )
+    if any(v != "analytic" for v in est.sources.values()):
+        console.print("figures: " + ", ".join(f"{k} {v}" for k, v in est.sources.items()))
     mem = Table(title="peak memory per chip type (worst device)")
     for col in ("chip", "peak GiB", "capacity GiB", "used"):
         mem.add_column(col, justify="right" if col != "chip" else "left")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from polychip.costmodel import CostModel
+from polychip.cli.profileopts import add_profile_option, profile_set
 from polychip.plan import Estimate, load_plan
-from polychip.simulator import SimResult, simulate
+from polychip.simulator import SimResult
 
 GIB = 1024**3
 
@@ -24,15 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="start gradient all-reduces only after every pipeline's backward",
     )
+    add_profile_option(p)
+    p.add_argument("--json", metavar="OUT", help="write the figures as JSON (the names of "
+                   "`polychip estimate --json`, the replay's under `simulated`)")
     p.set_defaults(func=run)
-
-
-def _analytic(plan) -> tuple[Estimate, str]:
-    if plan.estimate is not None and plan.estimate.source == "analytic":
-        return plan.estimate, "analytic (plan file)"
-    cm = CostModel(plan.cluster, plan.model, plan.job)
-    cost = cm.evaluate(plan.replicas, plan.schedule, plan.zero1)
-    return cost.to_estimate(plan.replicas, cm), "analytic (cost model)"
 
 
 def _summary(result: SimResult, analytic: Estimate, label: str) -> Table:
@@ -97,19 +94,31 @@ def _links(result: SimResult) -> Table:
 
 
 def run(args: argparse.Namespace) -> int:
+    from polychip.planner.evaluate import evaluate_plan
+
     plan = load_plan(args.plan)
-    result = simulate(plan, overlap_grad_sync=not args.no_overlap)
-    analytic, label = _analytic(plan)
+    profile = profile_set(args, plan.cluster, plan.model, plan.job)
+    ev = evaluate_plan(plan, profile, simulate_step=True, overlap_grad_sync=not args.no_overlap)
+    assert ev.sim is not None
+    result, analytic = ev.sim, ev.estimate
+    label = "analytic (cost model" + (" + profiles)" if profile else ")")
     console = Console()
     sync = "not overlapped" if args.no_overlap else "overlapped with backward"
     console.print(
         f"[bold]{args.plan}[/bold]: {len(plan.replicas)} replica(s), {plan.world_size} devices, "
         f"{plan.schedule}; gradient sync {sync}"
     )
+    if ev.stored_differs:
+        console.print(f"note: {ev.stored_differs}")
     console.print(_summary(result, analytic, label))
     console.print(_stages(result))
     console.print(_links(result))
     console.print(f"critical path: {result.critical_path_text()}")
+    if profile:
+        console.print("figures: " + ", ".join(f"{k} {v}" for k, v in ev.sources.items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(ev.to_dict(), indent=1) + "\n")
+        console.print(f"wrote {args.json}")
     if args.trace:
         from polychip.simulator.trace import write_trace
 

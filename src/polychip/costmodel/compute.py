@@ -10,7 +10,6 @@ block times for the points it has.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 from polychip.costmodel.comm import ring_allreduce_time_s
 from polychip.spec.accelerators import Accelerator
@@ -29,14 +28,6 @@ class StageTimes:
     @property
     def total_s(self) -> float:
         return self.fwd_s + self.bwd_s
-
-
-class ComputeProfile(Protocol):
-    """Measured block times; `None` where the profile has no (interpolable) point."""
-
-    def block_times(
-        self, chip: str, tp: int, micro_batch: int, seq_len: int
-    ) -> StageTimes | None: ...
 
 
 def _roofline_s(flops: float, bytes_moved: float, chip: Accelerator, precision: str) -> float:

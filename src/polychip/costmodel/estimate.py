@@ -12,9 +12,9 @@ import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from polychip.costmodel import profiled
 from polychip.costmodel.comm import LinkKind, bridge_time_s, p2p_time_s
 from polychip.costmodel.compute import (
-    ComputeProfile,
     StageTimes,
     block_times,
     embedding_times,
@@ -22,6 +22,7 @@ from polychip.costmodel.compute import (
 )
 from polychip.costmodel.gradsync import dp_sync_time_s, segment_allreduce_s
 from polychip.costmodel.links import chips_in_use, measured_link_bw, nic_share, node_link
+from polychip.costmodel.measured import ComputeProfile
 from polychip.costmodel.memory import (
     MemoryBreakdown,
     in_flight_micro_batches,
@@ -47,6 +48,7 @@ class PlanCost:
     dp_sync_s: float
     optimizer_s: float
     bubble_fraction: float
+    compute_s: float = 0.0  # the busiest device's forward + backward over the step
     # (replica, stage) -> memory of one device of that stage
     memory: dict[tuple[int, int], MemoryBreakdown] = field(default_factory=dict)
     violations: tuple[str, ...] = ()
@@ -64,6 +66,8 @@ class PlanCost:
             dp_sync_s=self.dp_sync_s,
             optimizer_s=self.optimizer_s,
             bubble_fraction=self.bubble_fraction,
+            compute_s=self.compute_s,
+            sources=profiled.figure_sources(cm, replicas),
             memory_rows=(
                 (
                     replicas[ri].stages[si].chip,
@@ -123,20 +127,22 @@ class CostModel:
         if hit is not None:
             return hit
         seq, prec = self.job.seq_len, self.job.precision
-        block = None
-        if self.profile is not None:
-            block = self.profile.block_times(chip.name, tp, micro_batch, seq)
+        # A measured profile's figure where it has one (profiled.py), else the analytic one.
+        block = profiled.block_times(self, chip, tp, micro_batch, recompute)
         if block is None:
             block = block_times(chip, self.model, seq, micro_batch, tp, prec)
-        fwd = num_layers * block.fwd_s
-        bwd = num_layers * (block.bwd_s + (block.fwd_s if recompute else 0.0))
+            block = StageTimes(block.fwd_s, block.bwd_s + (block.fwd_s if recompute else 0.0))
+        fwd, bwd = num_layers * block.fwd_s, num_layers * block.bwd_s
         if first:
-            emb = embedding_times(chip, self.model, seq, micro_batch, tp)
+            emb = profiled.part_times(self, "embedding", chip, tp, micro_batch)
+            emb = emb or embedding_times(chip, self.model, seq, micro_batch, tp)
             fwd, bwd = fwd + emb.fwd_s, bwd + emb.bwd_s
         if last:
-            head = head_times(chip, self.model, seq, micro_batch, tp, prec)
+            head = profiled.part_times(self, "head", chip, tp, micro_batch)
+            head = head or head_times(chip, self.model, seq, micro_batch, tp, prec)
             fwd, bwd = fwd + head.fwd_s, bwd + head.bwd_s
-        out = StageTimes(fwd, bwd)
+        factor = profiled.corrections(self, chip.name).compute
+        out = StageTimes(fwd * factor, bwd * factor)
         self._stage_cache[key] = out
         return out
 
@@ -161,8 +167,10 @@ class CostModel:
 
     def link(self, node_a: int, node_b: int) -> tuple[LinkKind, float, float]:
         """(kind, bandwidth bytes/s, latency s) between a stage on node_a and one on node_b:
-        the cluster's measured link between their groups if declared, else the slower NIC."""
-        return node_link(self.cluster, self.nodes, node_a, node_b)
+        the cluster's measured link between their groups if declared, else the slower NIC;
+        a profile's measured intra-node link where it has the figure (`profiled.link`)."""
+        return profiled.link(self, node_a, node_b,
+                             node_link(self.cluster, self.nodes, node_a, node_b))
 
     def measured_link_bw(self, node_a: int, node_b: int) -> float | None:
         """The cluster's measured bandwidth between two nodes (None: the NICs decide)."""
@@ -225,19 +233,17 @@ class CostModel:
         """Memory of one device of stage `si` holding `in_flight` micro-batches'
         activations (the simulator counts them as the schedule runs)."""
         st = replica.stages[si]
-        return stage_memory(
-            self.model,
-            seq_len=self.job.seq_len,
-            num_layers=st.num_layers,
-            first=si == 0,
-            last=si == replica.num_stages - 1,
-            tp=st.tp,
-            micro_batch=replica.micro_batch_size,
-            in_flight=in_flight,
-            recompute=st.recompute,
-            zero_shards=zero_shards,
-            capacity_bytes=self.chip(st.chip).memory_bytes,
-        )
+
+        def held(micro_batches: int) -> MemoryBreakdown:
+            return stage_memory(
+                self.model, seq_len=self.job.seq_len, num_layers=st.num_layers, first=si == 0,
+                last=si == replica.num_stages - 1, tp=st.tp,
+                micro_batch=replica.micro_batch_size, in_flight=micro_batches,
+                recompute=st.recompute, zero_shards=zero_shards,
+                capacity_bytes=self.chip(st.chip).memory_bytes,
+            )
+
+        return profiled.stage_memory(self, replica, si, in_flight, held)
 
     def optimizer_time_s(self, replicas: tuple[Replica, ...], zero_shards: int) -> float:
         """The slowest device's optimizer step."""
@@ -252,7 +258,10 @@ class CostModel:
         st = replica.stages[si]
         owned = stage_params(self.model, st.num_layers, si == 0, si == replica.num_stages - 1)
         owned /= st.tp * max(zero_shards, 1)
-        return owned * ADAMW_BYTES_PER_PARAM / self.chip(st.chip).memory_bw_bytes_per_s
+        per_param = profiled.optimizer_s_per_param(self, st.chip)
+        if per_param is None:
+            per_param = ADAMW_BYTES_PER_PARAM / self.chip(st.chip).memory_bw_bytes_per_s
+        return owned * per_param * profiled.corrections(self, st.chip).optimizer
 
     # ---- everything ----------------------------------------------------------------------
     def evaluate(
@@ -275,6 +284,8 @@ class CostModel:
         mfu = flops / self.cluster.peak_flops(self.job.precision)
         devices = sum(r.num_devices for r in replicas)
         busy = sum(b for _, b in spans)
+        compute_s = max(r.num_micro_batches * self.times_of(r, si).total_s
+                        for r in replicas for si in range(r.num_stages))
         memory: dict[tuple[int, int], MemoryBreakdown] = {}
         violations: list[str] = []
         for ri, r in enumerate(replicas):
@@ -295,6 +306,7 @@ class CostModel:
             dp_sync_s=dp_s,
             optimizer_s=opt_s,
             bubble_fraction=max(0.0, 1.0 - busy / (devices * pipeline_s)),
+            compute_s=compute_s,
             memory=memory,
             violations=tuple(violations),
         )

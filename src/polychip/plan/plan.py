@@ -84,6 +84,10 @@ class Estimate:
     breakdown_s: dict[str, float] = field(default_factory=dict)  # pipeline, dp_sync, optimizer
     bubble_fraction: float = 0.0
     source: Literal["analytic", "simulated"] = "analytic"
+    # compute_s, pipeline_wait_s, grad_sync_s, optimizer_s: they sum to the step (PHASES)
+    phases_s: dict[str, float] = field(default_factory=dict)
+    # figure -> measured | analytic | mixed (costmodel/profiled.py FIGURES); {} in old plans
+    sources: dict[str, str] = field(default_factory=dict)
 
     @staticmethod
     def of_step(
@@ -97,9 +101,14 @@ class Estimate:
         bubble_fraction: float,
         memory_rows: Iterable[tuple[str, int, int]],
         source: Literal["analytic", "simulated"],
+        compute_s: float = 0.0,
+        sources: dict[str, str] | None = None,
     ) -> Estimate:
         """An estimate from a step's parts; `memory_rows`: (chip, peak bytes, capacity bytes)
-        of every device kind, reduced to the worst device per chip type."""
+        of every device kind, reduced to the worst device per chip type; `compute_s`: the
+        forward + backward seconds of the busiest device over the step (`phases_s` splits
+        the step as that device spends it: its compute, its wait inside the pipeline, then
+        the exposed gradient sync and the optimizer)."""
         peak: dict[str, int] = {}
         cap: dict[str, int] = {}
         for chip, used, capacity in memory_rows:
@@ -114,6 +123,13 @@ class Estimate:
             breakdown_s={"pipeline": pipeline_s, "dp_sync": dp_sync_s, "optimizer": optimizer_s},
             bubble_fraction=bubble_fraction,
             source=source,
+            phases_s={
+                "compute_s": compute_s,
+                "pipeline_wait_s": max(0.0, pipeline_s - compute_s),
+                "grad_sync_s": dp_sync_s,
+                "optimizer_s": optimizer_s,
+            },
+            sources=dict(sources or {}),
         )
 
 

@@ -26,11 +26,14 @@ def validate_plan(plan: Plan, file: str | None = None) -> None:
         expect = 0
         for si, st in enumerate(rep.stages):
             here = f"{at}.stages[{si}]"
-            if st.layer_start != expect or st.layer_end <= st.layer_start:
+            if st.layer_start != expect or st.layer_end < st.layer_start:
                 raise PlanError(
                     f"{here}.layers: [{st.layer_start}, {st.layer_end}) must start at layer "
-                    f"{expect} and be non-empty: each layer on exactly one stage per replica"
+                    f"{expect} and not end before it: each layer on exactly one stage per "
+                    f"replica"
                 )
+            if st.num_layers == 0:
+                _check_empty_stage(plan, rep.num_stages, si, here)
             expect = st.layer_end
             if not 0 <= st.node < len(nodes):
                 raise PlanError(
@@ -91,4 +94,20 @@ def validate_plan(plan: Plan, file: str | None = None) -> None:
         raise PlanError(
             f"{where}job.seq_len: {plan.job.seq_len} exceeds the {limit} learned positions of "
             f"model {model.name!r}: lower seq_len to at most {limit}"
+        )
+
+
+def _check_empty_stage(plan: Plan, num_stages: int, si: int, here: str) -> None:
+    """A stage of no transformer block holds only the embedding (the first stage of a
+    pipeline) or only the final norm, head and loss (the last one)."""
+    if num_stages == 1 or 0 < si < num_stages - 1:
+        raise PlanError(
+            f"{here}.layers: empty; only the first stage of a pipeline (holding just the "
+            f"embedding) or its last (just the head) may have no transformer block: give this "
+            f"stage at least one layer"
+        )
+    if plan.schedule == "interleaved-1f1b" and plan.virtual_stages > 1:
+        raise PlanError(
+            f"{here}.layers: empty, under interleaved-1f1b every stage needs a multiple of "
+            f"virtual_stages {plan.virtual_stages} layers; use schedule 1f1b or gpipe"
         )

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from polychip.costmodel import CostModel
+from polychip.costmodel import ComputeProfile, CostModel
 from polychip.plan.plan import Baseline, Plan
 from polychip.plan.validate import validate_plan
 from polychip.planner.baselines import baseline_of, describe_replicas, naive_mixed, type_groups
@@ -46,13 +46,15 @@ def plan_job(
     max_stages: int | None = None,
     schedule: str = "1f1b",
     progress: Progress | None = None,
+    profile: ComputeProfile | None = None,
 ) -> Plan:
     """The fastest plan found for `job` on `cluster` (docs/planner.md).
 
     `exhaustive`: use the slow oracle (small clusters only). `max_stages`: most pipeline
     stages per replica (default min(layers, 16)). `progress(fraction, message)` is called as
-    the search advances. Raises InfeasibleError naming the limit when nothing fits, and
-    PolychipError for a bad argument.
+    the search advances. `profile`: measured figures the cost model uses where it has them.
+    Raises InfeasibleError naming the limit when nothing fits, and PolychipError for a bad
+    argument.
     """
     return search_plans(
         cluster,
@@ -62,6 +64,7 @@ def plan_job(
         max_stages=max_stages,
         schedule=schedule,
         progress=progress,
+        profile=profile,
     ).plan
 
 
@@ -75,6 +78,7 @@ def search_plans(
     schedule: str = "1f1b",
     progress: Progress | None = None,
     simulate_top: int = 0,
+    profile: ComputeProfile | None = None,
 ) -> PlanSearch:
     """`plan_job`, and with `simulate_top` > 0 the `simulate_top` best distinct candidates
     by the analytic cost model (plus each chip type's best alone) are replayed in the
@@ -90,7 +94,7 @@ def search_plans(
         raise PolychipError(f"--max-stages {max_stages} must be >= 1")
     model.check_seq_len(job.seq_len)
     report = progress or (lambda f, m: None)
-    cm = CostModel(cluster, model, job)
+    cm = CostModel(cluster, model, job, profile)
     scorer = Scorer(ShapeBuilder(cm, schedule))
     stages = max_stages_for(model, max_stages)
     types = type_groups(cluster)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from polychip.plan.plan import Plan, Replica
+from polychip.plan.plan import Plan, Replica, Stage
 
 GIB = 1024**3
 
@@ -32,6 +32,14 @@ def _span(values: list[int]) -> str:
     return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
+def _layers(stages: list[Stage], first: bool) -> str:
+    """"layers 0-47 (24+24)", or what a stage of no block holds (a hand-written plan)."""
+    if stages[0].num_layers == 0:
+        return "embedding only" if first else "head only"
+    counts = "+".join(str(s.num_layers) for s in stages)
+    return f"layers {stages[0].layer_start}-{stages[-1].layer_end - 1} ({counts})"
+
+
 def replica_rows(plan: Plan) -> list[ReplicaRow]:
     groups: dict[tuple, list[Replica]] = {}
     for r in plan.replicas:
@@ -40,15 +48,16 @@ def replica_rows(plan: Plan) -> list[ReplicaRow]:
     for reps in groups.values():
         r0 = reps[0]
         runs: list[list] = []  # consecutive stages of one chip, TP and recompute choice
-        for s in r0.stages:
-            if runs and runs[-1][0] == (s.chip, s.tp, s.recompute):
+        for s in r0.stages:  # (a stage of no block stands alone)
+            key = (s.chip, s.tp, s.recompute, s.num_layers == 0)
+            if runs and runs[-1][0] == key and not key[3]:
                 runs[-1][1].append(s)
             else:
-                runs.append([(s.chip, s.tp, s.recompute), [s]])
+                runs.append([key, [s]])
         stages = [
-            f"{len(ss)}x TP{tp} {chip} layers {ss[0].layer_start}-{ss[-1].layer_end - 1} "
-            f"({'+'.join(str(s.num_layers) for s in ss)})" + (" recompute" if rec else "")
-            for (chip, tp, rec), ss in runs
+            f"{len(ss)}x TP{tp} {chip} {_layers(ss, ss[0] is r0.stages[0])}"
+            + (" recompute" if rec else "")
+            for (chip, tp, rec, _), ss in runs
         ]
         rows.append(
             ReplicaRow(

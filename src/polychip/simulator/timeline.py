@@ -78,6 +78,7 @@ class SimResult:
             dp_sync_s=self.dp_sync_s,
             optimizer_s=self.optimizer_s,
             bubble_fraction=self.bubble_fraction,
+            compute_s=max(st.compute_s for st in self.stages),
             memory_rows=(
                 (st.chip, st.peak_memory_bytes, st.memory_capacity_bytes) for st in self.stages
             ),

@@ -1,0 +1,186 @@
+"""Measured figures for the cost model: a set of profiles (one per chip type), read between
+their points (`interpolate`), and which of a plan's figures they supplied.
+
+`CostModel` asks a `ComputeProfile` for each component -- a block's forward / backward (with
+recompute) and the bytes it keeps, the embedding, the head + loss, the optimizer's seconds
+per parameter, a TP collective, the intra-node point-to-point link, the chip's corrections --
+and uses its analytic figure wherever the answer is None. `ProfileSet` is the implementation
+over profile files (`polychip.spec.profile`); a test may pass any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from polychip.costmodel.compute import StageTimes
+from polychip.costmodel.interpolate import along, at_point, hockney_fit
+from polychip.spec.accelerators import normalise
+from polychip.spec.cluster import Cluster
+from polychip.spec.errors import SpecError
+from polychip.spec.job import TrainingJob
+from polychip.spec.model import ModelSpec
+from polychip.spec.profile import Corrections, PassPoint, Profile
+
+MEASURED, ANALYTIC, MIXED = "measured", "analytic", "mixed"
+NO_CORRECTIONS = Corrections()
+
+
+@dataclass(frozen=True)
+class BlockFigures:
+    """One transformer block, one micro-batch, one chip's TP share, collectives excluded."""
+
+    fwd_s: float
+    bwd_s: float
+    recompute_bwd_s: float | None  # None: not measured (the cost model adds one forward)
+    activation_bytes: float | None  # bytes kept for the backward; None: not measured
+
+
+class ComputeProfile(Protocol):
+    """Measured figures; every method returns None where it has no (interpolable) point."""
+
+    def block(self, chip: str, tp: int, micro_batch: int, seq_len: int
+              ) -> BlockFigures | None: ...
+
+    def embedding(self, chip: str, tp: int, micro_batch: int, seq_len: int
+                  ) -> StageTimes | None: ...
+
+    def head(self, chip: str, tp: int, micro_batch: int, seq_len: int
+             ) -> StageTimes | None: ...
+
+    def optimizer_s_per_param(self, chip: str) -> float | None: ...
+
+    def collective_s(self, chip: str, op: str, group_size: int, message_bytes: float
+                     ) -> float | None: ...
+
+    def p2p_link(self, chip: str) -> tuple[float, float] | None:
+        """(bandwidth bytes/s, latency s) between two chips of one node."""
+        ...
+
+    def corrections(self, chip: str) -> Corrections: ...
+
+
+class NoMeasurements:
+    """A `ComputeProfile` that measured nothing: subclass it to supply a few figures."""
+
+    def block(self, chip: str, tp: int, micro_batch: int, seq_len: int) -> BlockFigures | None:
+        return None
+
+    def embedding(self, chip: str, tp: int, micro_batch: int, seq_len: int) -> StageTimes | None:
+        return None
+
+    def head(self, chip: str, tp: int, micro_batch: int, seq_len: int) -> StageTimes | None:
+        return None
+
+    def optimizer_s_per_param(self, chip: str) -> float | None:
+        return None
+
+    def collective_s(self, chip: str, op: str, group_size: int, message_bytes: float
+                     ) -> float | None:
+        return None
+
+    def p2p_link(self, chip: str) -> tuple[float, float] | None:
+        return None
+
+    def corrections(self, chip: str) -> Corrections:
+        return NO_CORRECTIONS
+
+
+def _times(p: PassPoint) -> tuple[float | None, ...]:
+    return (p.fwd_s, p.bwd_s)
+
+
+def _block(p: PassPoint) -> tuple[float | None, ...]:
+    act = None if p.activation_bytes is None else float(p.activation_bytes)
+    return (p.fwd_s, p.bwd_s, p.recompute_bwd_s, act)
+
+
+class ProfileSet:
+    """Profiles keyed by chip type (`ComputeProfile` over profile files)."""
+
+    def __init__(self, profiles: Sequence[Profile]) -> None:
+        self.profiles = {normalise(p.chip): p for p in profiles}
+        self._links = {c: _fit_p2p(p) for c, p in self.profiles.items()}
+
+    @staticmethod
+    def for_job(profiles: Sequence[Profile], cluster: Cluster, model: ModelSpec,
+                job: TrainingJob) -> ProfileSet:
+        """The set, after checking that each profile was measured for this model shape,
+        precision and attention kernel, on a chip type of the cluster."""
+        chips = {normalise(c.name) for c in cluster.chips()}
+        for p in profiles:
+            p.check_applies_to(model, job)
+            if normalise(p.chip) not in chips:
+                raise SpecError(
+                    f"{p.chip!r} is no chip type of cluster {cluster.name!r} (it has "
+                    f"{', '.join(sorted(chips))}); leave this profile out or name its chip as "
+                    f"the cluster does", file=p.file, key="chip")
+        return ProfileSet(profiles)
+
+    def _of(self, chip: str) -> Profile | None:
+        return self.profiles.get(normalise(chip))
+
+    def block(self, chip: str, tp: int, micro_batch: int, seq_len: int) -> BlockFigures | None:
+        p = self._of(chip)
+        hit = p and at_point(p.blocks, tp, micro_batch, seq_len, _block)
+        if not hit:
+            return None
+        fwd, bwd, rec, act = hit
+        assert fwd is not None and bwd is not None  # required in every block point
+        return BlockFigures(fwd, bwd, rec, act)
+
+    def _pass(self, points: Sequence[PassPoint], tp: int, micro_batch: int, seq_len: int
+              ) -> StageTimes | None:
+        hit = at_point(points, tp, micro_batch, seq_len, _times)
+        return None if hit is None else StageTimes(*hit)  # type: ignore[arg-type]
+
+    def embedding(self, chip: str, tp: int, micro_batch: int, seq_len: int) -> StageTimes | None:
+        p = self._of(chip)
+        return p and self._pass(p.embedding, tp, micro_batch, seq_len)
+
+    def head(self, chip: str, tp: int, micro_batch: int, seq_len: int) -> StageTimes | None:
+        p = self._of(chip)
+        return p and self._pass(p.head, tp, micro_batch, seq_len)
+
+    def optimizer_s_per_param(self, chip: str) -> float | None:
+        p = self._of(chip)
+        return p and p.optimizer_s_per_param
+
+    def collective_s(self, chip: str, op: str, group_size: int, message_bytes: float
+                     ) -> float | None:
+        p = self._of(chip)
+        if p is None:
+            return None
+        points = [(float(c.message_bytes), (c.seconds,)) for c in p.collectives
+                  if c.op == op and c.group_size == group_size]
+        hit = along(points, message_bytes)
+        return None if hit is None else hit[0]
+
+    def p2p_link(self, chip: str) -> tuple[float, float] | None:
+        return self._links.get(normalise(chip))
+
+    def corrections(self, chip: str) -> Corrections:
+        p = self._of(chip)
+        return p.corrections if p else NO_CORRECTIONS
+
+
+def _fit_p2p(p: Profile) -> tuple[float, float] | None:
+    return hockney_fit([(float(t.message_bytes), t.seconds) for t in p.p2p])
+
+
+def tp_collectives(model: ModelSpec, job: TrainingJob, micro_batch: int
+                   ) -> tuple[tuple[str, float], ...]:
+    """The collectives of one block's forward (its backward has the same) under TP
+    (Megatron): two all-reduces of the b·s·h activations, or with sequence parallelism a
+    reduce-scatter and an all-gather in their place, moving the same bytes."""
+    msg = float(micro_batch * job.seq_len * model.hidden_size * job.compute_bytes)
+    if job.sequence_parallel:
+        return (("all_gather", msg), ("reduce_scatter", msg)) * 2
+    return (("all_reduce", msg),) * 2
+
+
+def label(labels: Sequence[str]) -> str:
+    """measured, analytic, or mixed (some uses measured, some analytic)."""
+    kinds = set(labels)
+    return kinds.pop() if len(kinds) == 1 else MIXED

@@ -1,0 +1,161 @@
+"""Where `CostModel` takes a measured figure instead of its analytic one, and which figures of
+a plan were measured (docs/cost-model.md, "Measured profiles").
+
+One function per component; each returns None where the profile has no point, and the cost
+model then uses its analytic figure. A measured block was timed with its TP collectives
+replaced by no-ops (`polychip profile`), so its collectives are added here: measured where
+the profile has the collective at that group size and message size, analytic otherwise.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from polychip.costmodel.comm import LinkKind, ring_allreduce_time_s
+from polychip.costmodel.compute import INTRA_NODE_LATENCY_S, StageTimes
+from polychip.costmodel.measured import (
+    ANALYTIC,
+    MEASURED,
+    NO_CORRECTIONS,
+    label,
+    tp_collectives,
+)
+from polychip.costmodel.memory import MemoryBreakdown
+from polychip.plan.plan import Replica
+from polychip.spec.accelerators import Accelerator
+from polychip.spec.profile import Corrections
+
+if TYPE_CHECKING:
+    from polychip.costmodel.estimate import CostModel
+
+# Figures of a plan, in the order the estimate lists their sources.
+FIGURES = ("block", "tp_collectives", "embedding", "head", "activation_memory", "optimizer",
+           "p2p", "grad_sync")
+
+
+def _analytic_collective_s(op: str, n_bytes: float, p: int, chip: Accelerator) -> float:
+    """A ring over the chip's scale-up link: an all-gather or a reduce-scatter is half of
+    the ring all-reduce (comm.ring_allreduce_time_s)."""
+    full = ring_allreduce_time_s(n_bytes, p, chip.link_bw_bytes_per_s, INTRA_NODE_LATENCY_S)
+    return full if op == "all_reduce" else full / 2
+
+
+def tp_comm_s(cm: CostModel, chip: Accelerator, tp: int, micro_batch: int
+              ) -> tuple[float, bool]:
+    """(seconds of one block's TP collectives in one direction, all of them measured)."""
+    total, measured = 0.0, True
+    if tp <= 1:
+        return total, measured
+    for op, n in tp_collectives(cm.model, cm.job, micro_batch):
+        t = cm.profile.collective_s(chip.name, op, tp, n) if cm.profile else None
+        if t is None:
+            measured = False
+            t = _analytic_collective_s(op, n, tp, chip)
+        total += t
+    return total, measured
+
+
+def block_times(cm: CostModel, chip: Accelerator, tp: int, micro_batch: int,
+                recompute: bool) -> StageTimes | None:
+    """One block's measured forward and backward (with recompute: the measured recompute
+    backward, else forward + backward) plus its TP collectives."""
+    m = cm.profile.block(chip.name, tp, micro_batch, cm.job.seq_len) if cm.profile else None
+    if m is None:
+        return None
+    comm, _ = tp_comm_s(cm, chip, tp, micro_batch)
+    if not recompute:
+        return StageTimes(m.fwd_s + comm, m.bwd_s + comm)
+    bwd = m.recompute_bwd_s if m.recompute_bwd_s is not None else m.fwd_s + m.bwd_s
+    return StageTimes(m.fwd_s + comm, bwd + 2 * comm)  # the recomputed forward's too
+
+
+def part_times(cm: CostModel, part: str, chip: Accelerator, tp: int, micro_batch: int
+               ) -> StageTimes | None:
+    """The measured embedding (`part` "embedding") or final norm + head + loss ("head")."""
+    if cm.profile is None:
+        return None
+    read = cm.profile.embedding if part == "embedding" else cm.profile.head
+    return read(chip.name, tp, micro_batch, cm.job.seq_len)
+
+
+def activation_bytes(cm: CostModel, chip: str, tp: int, micro_batch: int) -> float | None:
+    """Bytes one block keeps for its backward per micro-batch, measured."""
+    m = cm.profile.block(chip, tp, micro_batch, cm.job.seq_len) if cm.profile else None
+    return None if m is None else m.activation_bytes
+
+
+def optimizer_s_per_param(cm: CostModel, chip: str) -> float | None:
+    return cm.profile.optimizer_s_per_param(chip) if cm.profile else None
+
+
+def intra_node_link(cm: CostModel, chip: str) -> tuple[float, float] | None:
+    """Measured (bandwidth, latency) between two chips of one node."""
+    return cm.profile.p2p_link(chip) if cm.profile else None
+
+
+def link(cm: CostModel, node_a: int, node_b: int, analytic: tuple[LinkKind, float, float]
+         ) -> tuple[LinkKind, float, float]:
+    """The link between two nodes: inside a node, the profile's measured point-to-point
+    link where it has one; the p2p corrections of the chips at either end (the larger)
+    divide the bandwidth and multiply the latency."""
+    kind, bw, lat = analytic
+    chips = [cm.nodes[n].group.chip.name for n in (node_a, node_b)]
+    if node_a == node_b:
+        bw, lat = intra_node_link(cm, chips[0]) or (bw, lat)
+    slower = max(corrections(cm, c).p2p for c in chips)
+    return kind, bw / slower, lat * slower
+
+
+def stage_memory(cm: CostModel, replica: Replica, si: int, in_flight: int,
+                 held: Callable[[int], MemoryBreakdown]) -> MemoryBreakdown:
+    """`held(k)`: the analytic memory with k micro-batches in flight. A stage without
+    recompute whose blocks' kept bytes are measured holds k x blocks x those bytes beside
+    the analytic working set (`held(0)`: logits, ...)."""
+    st = replica.stages[si]
+    mem = held(in_flight)
+    act = activation_bytes(cm, st.chip, st.tp, replica.micro_batch_size)
+    if act is None or st.recompute:
+        return mem
+    return replace(mem, activations=int(held(0).activations + in_flight * st.num_layers * act))
+
+
+def corrections(cm: CostModel, chip: str) -> Corrections:
+    return cm.profile.corrections(chip) if cm.profile else NO_CORRECTIONS
+
+
+def figure_sources(cm: CostModel, replicas: tuple[Replica, ...]) -> dict[str, str]:
+    """For each figure the plan uses: measured, analytic, or mixed (measured for some
+    stages, analytic for others). Figures the plan does not use are left out."""
+    uses: dict[str, list[str]] = defaultdict(list)
+    seq = cm.job.seq_len
+
+    def mark(figure: str, measured: bool) -> None:
+        uses[figure].append(MEASURED if measured else ANALYTIC)
+
+    prof = cm.profile
+    for r in replicas:
+        mb = r.micro_batch_size
+        for si, st in enumerate(r.stages):
+            chip = cm.chip(st.chip)
+            block = prof.block(st.chip, st.tp, mb, seq) if prof else None
+            if st.num_layers:
+                mark("block", block is not None)
+                if st.tp > 1:
+                    mark("tp_collectives", block is not None and tp_comm_s(cm, chip, st.tp, mb)[1])
+                mark("activation_memory", block is not None and not st.recompute
+                     and block.activation_bytes is not None)
+            if si == 0:
+                mark("embedding", part_times(cm, "embedding", chip, st.tp, mb) is not None)
+            if si == r.num_stages - 1:
+                mark("head", part_times(cm, "head", chip, st.tp, mb) is not None)
+            mark("optimizer", optimizer_s_per_param(cm, st.chip) is not None)
+            if si + 1 < r.num_stages:
+                nxt = r.stages[si + 1]
+                same = st.node == nxt.node
+                mark("p2p", same and intra_node_link(cm, st.chip) is not None)
+    if len(replicas) > 1:
+        mark("grad_sync", False)
+    return {f: label(uses[f]) for f in FIGURES if uses.get(f)}

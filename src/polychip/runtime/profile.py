@@ -1,0 +1,149 @@
+"""`polychip profile`: measure the chip this process runs on with the runtime's own code.
+
+One transformer block (`runtime.layers.DecoderLayer`, built and initialised as a stage of
+the runtime builds it), the embedding and the final norm + head + loss (`runtime.model`
+stages holding no block) are timed forward and backward over a grid of TP degrees,
+micro-batch sizes and sequence lengths. A TP shard shape is timed on one device: the part
+is built at degree t with its collectives replaced by no-ops (:class:`NoCollectives`);
+the collectives are measured apart (:mod:`polychip.runtime.profile_comm`). How a figure is
+timed: :mod:`polychip.runtime.profile_timing`. The whole run, from a request to a
+`Profile`: :mod:`polychip.runtime.profile_run`. docs/profile-format.md describes the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from polychip.runtime.model import build_stage, loss_fn
+from polychip.runtime.profile_timing import (
+    Timing,
+    peak_bytes,
+    saved_bytes,
+    time_call,
+    time_passes,
+)
+from polychip.runtime.tensor_parallel import TensorParallel
+from polychip.spec.model import ModelSpec
+from polychip.spec.profile import PassPoint
+
+DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
+          "fp16": torch.float16}
+Tick = Callable[[str], None]  # called once per measurement, with what was measured
+
+
+@dataclass(frozen=True)
+class NoCollectives(TensorParallel):
+    """A TP rank whose collectives do nothing: one device times its 1/size share of a part
+    alone (the collectives are measured apart). Sequence and vocabulary parallelism are off
+    here, so a block's only collective is `all_reduce_`; a test runs a shard's forward and
+    backward with no process group, which fails if any other collective is reached."""
+
+    def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+
+class PartProfiler:
+    """Times the parts of one model on one device in one precision."""
+
+    def __init__(self, model: ModelSpec, device: torch.device, precision: str,
+                 timing: Timing, tick: Tick) -> None:
+        self.spec = model
+        self.device, self.dtype, self.timing, self.tick = device, DTYPES[precision], timing, tick
+        self.generator = torch.Generator(device="cpu").manual_seed(0)
+
+    def _random(self, *shape: int) -> torch.Tensor:
+        x = torch.randn(*shape, generator=self.generator) * 0.1
+        return x.to(device=self.device, dtype=self.dtype)
+
+    def _stage(self, tp: int, blocks: int, embedding: bool, head: bool):
+        last = self.spec.num_layers
+        start = 0 if embedding else last - blocks
+        return build_stage(self.spec, start, start + blocks, device=self.device,
+                           dtype=self.dtype, has_embedding=embedding, has_head=head,
+                           tp=NoCollectives(size=tp))
+
+    def block(self, tp: int, micro_batch: int, seq_len: int) -> PassPoint:
+        from polychip.runtime.layers import rotary_cos_sin
+
+        stage = self._stage(tp, 1, False, False)
+        layer = next(iter(stage.layers.values()))
+        x = self._random(micro_batch, seq_len, self.spec.hidden_size).requires_grad_()
+        grad = self._random(micro_batch, seq_len, self.spec.hidden_size)
+        cos, sin = rotary_cos_sin(seq_len, self.spec.head_dim, x)
+        where = f"block tp {tp} micro-batch {micro_batch} x {seq_len}"
+
+        def fwd() -> torch.Tensor:
+            return layer(x, cos, sin)
+
+        def rec() -> torch.Tensor:
+            return checkpoint(layer, x, cos, sin, use_reentrant=False)
+
+        def bwd(out: torch.Tensor) -> None:
+            out.backward(grad)
+
+        fwd_s, bwd_s = time_passes(fwd, bwd, self.device, self.timing)
+        _, rec_s = time_passes(rec, bwd, self.device, self.timing)
+        params = list(layer.parameters())
+        point = PassPoint(tp, micro_batch, seq_len, fwd_s, bwd_s, recompute_bwd_s=rec_s,
+                          activation_bytes=saved_bytes(fwd, params),
+                          peak_bytes=peak_bytes(fwd, bwd, self.device))
+        self.tick(where)
+        return point
+
+    def embedding(self, tp: int, micro_batch: int, seq_len: int) -> PassPoint:
+        stage = self._stage(tp, 0, True, False)
+        tokens = torch.randint(0, self.spec.vocab_size, (micro_batch, seq_len),
+                               generator=self.generator).to(self.device)
+        grad = self._random(micro_batch, seq_len, self.spec.hidden_size)
+        fwd_s, bwd_s = time_passes(lambda: stage(tokens), lambda out: out.backward(grad),
+                                   self.device, self.timing)
+        self.tick(f"embedding tp {tp} micro-batch {micro_batch} x {seq_len}")
+        return PassPoint(tp, micro_batch, seq_len, fwd_s, bwd_s)
+
+    def head(self, tp: int, micro_batch: int, seq_len: int) -> PassPoint:
+        stage = self._stage(tp, 0, False, True)
+        x = self._random(micro_batch, seq_len, self.spec.hidden_size).requires_grad_()
+        targets = torch.randint(0, self.spec.vocab_size, (micro_batch, seq_len),
+                                generator=self.generator).to(self.device)
+        fwd_s, bwd_s = time_passes(lambda: loss_fn(stage(x), targets),
+                                   lambda loss: loss.backward(), self.device, self.timing)
+        self.tick(f"head + loss tp {tp} micro-batch {micro_batch} x {seq_len}")
+        return PassPoint(tp, micro_batch, seq_len, fwd_s, bwd_s)
+
+    def optimizer(self, min_params: int, max_params: int) -> tuple[float, int]:
+        """(seconds per parameter, parameters timed) of the runtime's AdamW step over copies
+        of one block's fp32 parameters (the master weights), at least `min_params`."""
+        from polychip.runtime.train import TrainConfig, make_optimizer
+
+        shapes = [p.shape for p in self._stage(1, 1, False, False).parameters()]
+        per_block = sum(s.numel() for s in shapes)
+        copies = max(1, min(-(-min_params // per_block), max_params // per_block))
+        params = [torch.nn.Parameter(torch.zeros(s, device=self.device))
+                  for _ in range(copies) for s in shapes]
+        for p in params:
+            p.grad = torch.full_like(p, 1e-3)
+        opt = make_optimizer(TrainConfig(), params)
+        step_s = time_call(opt.step, self.device, self.timing)
+        self.tick(f"optimizer step over {copies * per_block:,} parameters")
+        return step_s / (copies * per_block), copies * per_block
+
+
+def parts_grid(tps: tuple[int, ...], micro_batches: tuple[int, ...],
+               seq_lens: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    return [(t, b, s) for t in tps for s in seq_lens for b in micro_batches]
+
+
+def measure_parts(profiler: PartProfiler, grid: list[tuple[int, int, int]]
+                  ) -> dict[str, tuple[PassPoint, ...]]:
+    """Every part at every point of the grid, in the profiler's precision."""
+    out: dict[str, list[PassPoint]] = {"blocks": [], "embedding": [], "head": []}
+    for t, b, s in grid:
+        out["blocks"].append(profiler.block(t, b, s))
+        out["embedding"].append(profiler.embedding(t, b, s))
+        out["head"].append(profiler.head(t, b, s))
+    return {k: tuple(v) for k, v in out.items()}
+
