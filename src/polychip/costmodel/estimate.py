@@ -8,8 +8,6 @@ read their per-stage times from here, so they cannot disagree about a chip's spe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from polychip.costmodel.comm import LinkKind, bridge_time_s, p2p_time_s
 from polychip.costmodel.compute import (
     INTRA_NODE_LATENCY_S,
@@ -20,58 +18,28 @@ from polychip.costmodel.compute import (
     head_times,
 )
 from polychip.costmodel.gradsync import dp_sync_time_s, segment_allreduce_s
+from polychip.costmodel.kernels import stream_s
 from polychip.costmodel.memory import (
+    BlockActivations,
     MemoryBreakdown,
+    block_activations,
     in_flight_micro_batches,
+    loss_bytes,
+    reserve_bytes,
     stage_memory,
     stage_params,
 )
 from polychip.costmodel.pipeline import PipelineForm
-from polychip.plan.plan import Estimate, Replica
+from polychip.costmodel.plancost import PlanCost
+from polychip.costmodel.precision import StateBytes, adamw_step_bytes
+from polychip.plan.plan import Replica
 from polychip.spec.accelerators import Accelerator
 from polychip.spec.cluster import Cluster
 from polychip.spec.job import TrainingJob
 from polychip.spec.model import ModelSpec
 
-ADAMW_BYTES_PER_PARAM = 28  # read fp32 master, m, v, 16-bit grad; write them + 16-bit weight
-
-
-@dataclass(frozen=True)
-class PlanCost:
-    step_time_s: float
-    tokens_per_s: float
-    mfu: float
-    pipeline_s: float
-    dp_sync_s: float
-    optimizer_s: float
-    bubble_fraction: float
-    # (replica, stage) -> memory of one device of that stage
-    memory: dict[tuple[int, int], MemoryBreakdown] = field(default_factory=dict)
-    violations: tuple[str, ...] = ()
-
-    @property
-    def feasible(self) -> bool:
-        return not self.violations
-
-    def to_estimate(self, replicas: tuple[Replica, ...], cm: CostModel) -> Estimate:
-        return Estimate.of_step(
-            step_time_s=self.step_time_s,
-            tokens_per_s=self.tokens_per_s,
-            mfu=self.mfu,
-            pipeline_s=self.pipeline_s,
-            dp_sync_s=self.dp_sync_s,
-            optimizer_s=self.optimizer_s,
-            bubble_fraction=self.bubble_fraction,
-            memory_rows=(
-                (
-                    replicas[ri].stages[si].chip,
-                    mem.total,
-                    cm.chip(replicas[ri].stages[si].chip).memory_bytes,
-                )
-                for (ri, si), mem in self.memory.items()
-            ),
-            source="analytic",
-        )
+ANALYTIC = {"block": block_times, "embedding": embedding_times, "head": head_times}
+__all__ = ["CostModel", "PlanCost"]
 
 
 class CostModel:
@@ -86,11 +54,31 @@ class CostModel:
         self.nodes = cluster.nodes
         self._chips = {c.name: c for c in cluster.chips()}
         self._stage_cache: dict[tuple, StageTimes] = {}
+        self._component_cache: dict[tuple, StageTimes] = {}
+        self._activation_cache: dict[tuple[int, int], BlockActivations] = {}
+        self.state_bytes = StateBytes.of(job)
 
     def chip(self, name: str) -> Accelerator:
         return self._chips[name]
 
     # ---- compute ------------------------------------------------------------------------
+    def component_times(self, component: str, chip: Accelerator, tp: int, micro_batch: int
+                        ) -> StageTimes:
+        """One micro-batch of a `block`, the `embedding` or the `head` on one TP rank: the
+        profile's measurement where it has the point (its `block_times`, and
+        `embedding_times` / `head_times` where it has them), else the analytic per-op
+        model. The one place a stage's component times come from."""
+        key = (component, chip.name, tp, micro_batch)
+        hit = self._component_cache.get(key)
+        if hit is not None:
+            return hit
+        measured = getattr(self.profile, f"{component}_times", None)
+        out = None if measured is None else measured(chip.name, tp, micro_batch, self.job.seq_len)
+        if out is None:
+            out = ANALYTIC[component](chip, self.model, self.job, micro_batch, tp)
+        self._component_cache[key] = out
+        return out
+
     def stage_times(
         self,
         chip: Accelerator,
@@ -101,25 +89,20 @@ class CostModel:
         last: bool,
         recompute: bool,
     ) -> StageTimes:
-        """Forward and backward seconds of one micro-batch on one stage."""
+        """Forward and backward seconds of one micro-batch on one stage: its blocks (full
+        recompute runs each block's forward again in its backward), the embedding on the
+        first stage, the head and loss on the last."""
         key = (chip.name, num_layers, tp, micro_batch, first, last, recompute)
         hit = self._stage_cache.get(key)
         if hit is not None:
             return hit
-        seq, prec = self.job.seq_len, self.job.precision
-        block = None
-        if self.profile is not None:
-            block = self.profile.block_times(chip.name, tp, micro_batch, seq)
-        if block is None:
-            block = block_times(chip, self.model, seq, micro_batch, tp, prec)
+        block = self.component_times("block", chip, tp, micro_batch)
         fwd = num_layers * block.fwd_s
         bwd = num_layers * (block.bwd_s + (block.fwd_s if recompute else 0.0))
-        if first:
-            emb = embedding_times(chip, self.model, seq, micro_batch, tp)
-            fwd, bwd = fwd + emb.fwd_s, bwd + emb.bwd_s
-        if last:
-            head = head_times(chip, self.model, seq, micro_batch, tp, prec)
-            fwd, bwd = fwd + head.fwd_s, bwd + head.bwd_s
+        for component, here in (("embedding", first), ("head", last)):
+            if here:
+                t = self.component_times(component, chip, tp, micro_batch)
+                fwd, bwd = fwd + t.fwd_s, bwd + t.bwd_s
         out = StageTimes(fwd, bwd)
         self._stage_cache[key] = out
         return out
@@ -154,7 +137,8 @@ class CostModel:
         return LinkKind.INTER_NODE, bw, net.latency_s
 
     def activation_bytes(self, micro_batch: int) -> float:
-        return 2.0 * micro_batch * self.job.seq_len * self.model.hidden_size
+        """Bytes crossing a stage boundary per micro-batch (activations, or their gradient)."""
+        return self.job.compute_bytes * micro_batch * self.job.seq_len * self.model.hidden_size
 
     def transfer_time_s(self, node_a: int, node_b: int, n_bytes: float) -> float:
         kind, bw, lat = self.link(node_a, node_b)
@@ -175,7 +159,7 @@ class CostModel:
         m = replica.num_micro_batches
         totals = [self.times_of(replica, i).total_s for i in range(replica.num_stages)]
         comms = [self.boundary_time_s(replica, i) for i in range(replica.num_stages - 1)]
-        span = PipelineForm.of(totals, comms, schedule).span_s(m)
+        span = PipelineForm.of(totals, comms, schedule, self.job.overlap_p2p).span_s(m)
         busy = m * sum(t * replica.stages[i].tp for i, t in enumerate(totals))
         return span, busy
 
@@ -209,19 +193,43 @@ class CostModel:
         """Memory of one device of stage `si` holding `in_flight` micro-batches'
         activations (the simulator counts them as the schedule runs)."""
         st = replica.stages[si]
+        return self.stage_memory(
+            self.chip(st.chip), st.num_layers, st.tp, replica.micro_batch_size,
+            first=si == 0, last=si == replica.num_stages - 1, in_flight=in_flight,
+            recompute=st.recompute, zero_shards=zero_shards,
+        )  # fmt: skip
+
+    def stage_memory(
+        self,
+        chip: Accelerator,
+        num_layers: int,
+        tp: int,
+        micro_batch: int,
+        *,
+        first: bool,
+        last: bool,
+        in_flight: int,
+        recompute: bool,
+        zero_shards: int,
+    ) -> MemoryBreakdown:
+        """Peak memory of one device of a stage of `num_layers` blocks (memory.py): the one
+        entry the planner and the simulator use."""
+        key = (tp, micro_batch)
+        block = self._activation_cache.get(key)
+        if block is None:
+            block = block_activations(self.model, self.job, micro_batch, tp)
+            self._activation_cache[key] = block
+        params = stage_params(self.model, num_layers, first, last) / tp
         return stage_memory(
-            self.model,
-            seq_len=self.job.seq_len,
-            num_layers=st.num_layers,
-            first=si == 0,
-            last=si == replica.num_stages - 1,
-            tp=st.tp,
-            micro_batch=replica.micro_batch_size,
-            in_flight=in_flight,
-            recompute=st.recompute,
-            zero_shards=zero_shards,
-            capacity_bytes=self.chip(st.chip).memory_bytes,
-        )
+            params=params, state=self.state_bytes, zero_shards=zero_shards, block=block,
+            num_layers=num_layers, in_flight=in_flight, recompute=recompute,
+            loss_bytes=loss_bytes(self.model, self.job, micro_batch, tp) if last else 0.0,
+            capacity_bytes=chip.memory_bytes,
+        )  # fmt: skip
+
+    def reserve_bytes(self, chip: Accelerator) -> int:
+        """The framework reserve on `chip` (memory.RESERVE_*)."""
+        return reserve_bytes(chip.memory_bytes)
 
     def optimizer_time_s(self, replicas: tuple[Replica, ...], zero_shards: int) -> float:
         """The slowest device's optimizer step."""
@@ -232,11 +240,12 @@ class CostModel:
         )
 
     def stage_optimizer_time_s(self, replica: Replica, si: int, zero_shards: int) -> float:
-        """AdamW step of one device of stage `si` (memory bound)."""
+        """AdamW step of one device of stage `si` (memory bound, precision.adamw_step_bytes
+        per owned parameter)."""
         st = replica.stages[si]
         owned = stage_params(self.model, st.num_layers, si == 0, si == replica.num_stages - 1)
         owned /= st.tp * max(zero_shards, 1)
-        return owned * ADAMW_BYTES_PER_PARAM / self.chip(st.chip).memory_bw_bytes_per_s
+        return stream_s(self.chip(st.chip), owned * adamw_step_bytes(self.job))
 
     # ---- everything ----------------------------------------------------------------------
     def evaluate(

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from polychip.costmodel import CostModel
-from polychip.costmodel.memory import in_flight_micro_batches, stage_memory
-from polychip.costmodel.pipeline import PipelineForm
+from polychip.costmodel.memory import in_flight_micro_batches
+from polychip.costmodel.pipeline import PipelineForm, exposed_stage_s
 from polychip.plan.plan import Replica, Stage
 from polychip.planner.layersplit import INF, split_layers
 from polychip.planner.space import Template, canonical_slots, template_devices, template_stages
@@ -116,19 +116,10 @@ class ShapeBuilder:
         chip = self.cluster.groups[group].chip
 
         def fits(n: int) -> bool:
-            mem = stage_memory(
-                self.model,
-                seq_len=self.job.seq_len,
-                num_layers=n,
-                first=first,
-                last=last,
-                tp=tp,
-                micro_batch=mb,
-                in_flight=in_flight,
-                recompute=rec,
-                zero_shards=shards,
-                capacity_bytes=chip.memory_bytes,
-            )
+            mem = self.cm.stage_memory(
+                chip, n, tp, mb, first=first, last=last, in_flight=in_flight,
+                recompute=rec, zero_shards=shards,
+            )  # fmt: skip
             return mem.total <= chip.memory_bytes
 
         lo, hi = 0, self.num_layers
@@ -203,14 +194,22 @@ class ShapeBuilder:
             norec.append(cap0)
         links = self.link_times(template, mb)
         floor = max(links, default=0.0)
+        overlap = self.job.overlap_p2p
         if layers is None:
             w = weight if weight == INF else max(weight, 0.0)
-            # 1F1B: the first stage's window of S micro-batches binds once m - 1 >= S
+            # 1F1B: the first stage's window of S micro-batches binds once m - 1 >= S; its
+            # round trip crosses every link twice, which transfers not overlapped already
+            # put (four times) into the stages' own times
             binds = self.schedule != "gpipe" and w >= num
-            window = 2 * math.fsum(links) if binds else None
+            window = (2 if overlap else -2) * math.fsum(links) if binds else None
+            split_rows = rows
+            if not overlap:
+                extra = exposed_stage_s([0.0] * num, links)
+                split_rows = [[x + e for x in row] for row, e in zip(rows, extra, strict=True)]
             split = split_layers(
-                rows, self.num_layers, weight=w, floor=floor, window=window, max_bottlenecks=24
-            )
+                split_rows, self.num_layers, weight=w, floor=floor, window=window,
+                max_bottlenecks=24,
+            )  # fmt: skip
             chosen = None if split is None else split.layers
         else:
             ok = all(rows[s][n] < INF for s, n in enumerate(layers))
@@ -232,7 +231,7 @@ class ShapeBuilder:
                     micro_batch_size=mb,
                     layers=chosen,
                     recompute=rec,
-                    form=PipelineForm.of(costs, links, self.schedule),
+                    form=PipelineForm.of(costs, links, self.schedule, overlap),
                     zero_shards=shards,
                     max_micro_batches=limit,
                 )

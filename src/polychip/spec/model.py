@@ -2,7 +2,8 @@
 
 A model is `num_layers` identical decoder blocks plus an embedding (first pipeline stage)
 and a final norm + output head + loss (last stage). All figures are per token or per
-sequence as named; bytes assume 16-bit values unless a name says otherwise.
+sequence as named. What a block keeps in memory depends on how the job runs it: that is the
+cost model's (costmodel/memory.py).
 """
 
 from __future__ import annotations
@@ -84,23 +85,6 @@ class ModelSpec:
         """Model FLOPs (fwd + bwd, no recompute) -- the numerator of MFU."""
         fwd = self.num_layers * self.layer_flops_per_token(seq_len) + self.head_flops_per_token()
         return 3 * fwd
-
-    # ---- activations ---------------------------------------------------------------------
-    def layer_activation_bytes_per_token(self, tp: int = 1) -> float:
-        """Bytes one block keeps for backward per token, 16-bit, flash attention (no s^2
-        scores), Megatron sequence parallelism inside TP so everything divides by `tp`.
-        Generalises Korthikanti et al.'s 34*s*b*h to GQA and SwiGLU widths."""
-        h, f = self.hidden_size, self.ffn_hidden_size
-        attn = 2 * (h + h + (h + 2 * self.kv_dim) + h)  # norm in, qkv in, q/k/v, attn out
-        # norm in, shared input of the up projections, then gate/up/product (SwiGLU) or
-        # fc1/activation (GELU) outputs. GPT shapes give 32*h vs Korthikanti's 34*h
-        # (the difference is dropout masks, which Llama-style models do not have).
-        mlp = 2 * (2 * h + (3 if self.mlp == "swiglu" else 2) * f)
-        return (attn + mlp) / tp
-
-    def layer_input_bytes_per_token(self) -> float:
-        """What full recompute keeps per block per token: its 16-bit input."""
-        return 2.0 * self.hidden_size
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
