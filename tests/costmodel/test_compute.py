@@ -3,9 +3,11 @@ recompute, profiles."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
-from polychip.costmodel.blocks import Shard, block_forward
+from polychip.costmodel.blocks import Arch, Shard, block_forward
 from polychip.costmodel.compute import (
     StageTimes,
     block_times,
@@ -13,6 +15,7 @@ from polychip.costmodel.compute import (
     head_times,
     pass_s,
 )
+from polychip.costmodel.ends import embedding_passes
 from polychip.costmodel.estimate import CostModel
 from polychip.costmodel.kernels import MEMORY_EFFICIENCY
 from polychip.costmodel.ops import Collective, backward_pass, gemm_flops
@@ -178,3 +181,30 @@ def test_a_profile_replaces_analytic_components_where_it_has_a_point() -> None:
     analytic = cm.stage_times(chip, 10, 1, 2, False, False, False)  # no point: analytic
     assert analytic.fwd_s == pytest.approx(10 * block_times(chip, LLAMA, cm.job, 2, 1).fwd_s)
     assert pass_s(chip, cm.job, [], 1) == 0.0
+
+
+@dataclass(frozen=True)
+class _Described(ModelSpec):
+    """A ModelSpec that says its norm, positions and biases (fields the model loader adds)."""
+
+    norm: str = "layernorm"
+    positions: str = "rotary"
+    bias: bool = True
+
+
+def test_the_block_follows_the_models_norm_positions_and_biases() -> None:
+    # GPT-NeoX-like: a plain GELU MLP, LayerNorm, rotary positions, biases.
+    neox = _Described("neox", 4, 1024, 16, 16, 4096, 50432, mlp="gelu")
+    arch = Arch.of(neox)
+    assert (arch.rms_norm, arch.rotary, arch.learned_positions, arch.bias) == (
+        False, True, False, True)  # fmt: skip
+    names = [getattr(op, "name", "") for op in block_forward(Shard(neox, _job(), 1, 1))]
+    assert "rope.q" in names and "gelu" in names and "w_gate" not in names
+    norm = next(op for op in block_forward(Shard(neox, _job(), 1, 1)) if op.name == "attn_norm")
+    assert norm.kernels == 1  # native LayerNorm, not the 8 kernels of an eager RMSNorm
+    # No learned positions: the embedding is one gather forward.
+    fwd, _ = embedding_passes(Shard(neox, _job(), 1, 1))
+    assert [op.name for op in fwd] == ["embed.gather"]
+    # Without the fields: gated -> a Llama block, plain -> a GPT block.
+    assert Arch.of(LLAMA) == Arch(True, True, False, False, True)
+    assert Arch.of(GPT2M) == Arch(False, False, True, True, False)

@@ -11,6 +11,7 @@ from polychip.costmodel.comm import ring_allreduce_time_s
 from polychip.costmodel.kernels import (
     LAUNCH_S,
     MEMORY_EFFICIENCY,
+    flash_attention_s,
     gemm_s,
     stream_s,
     with_launches,
@@ -66,6 +67,24 @@ def test_a_thin_gemm_is_memory_bound() -> None:
     moved = (4096 + 4096 * 4096) * 2 + 4096 * 2
     assert t == pytest.approx(moved / (2039e9 * MEMORY_EFFICIENCY))
     assert stream_s(A100, moved) == t
+
+
+def test_flash_attention_computes_the_causal_triangle_in_waves_of_row_tiles() -> None:
+    # One Llama-2 7B sequence (4096 tokens, 32 heads of 128) on A100: 32 x 32 row tiles of
+    # 128 queries in ceil(1024 / 108) = 10 waves; under the causal mask a row tile sweeps
+    # (4096 + 128) / 2 keys on average; forward QK^T and PV.
+    def flash(chip, causal: bool, matmuls: int = 2) -> float:
+        return flash_attention_s(chip, "bf16", sequences_heads=32, seq_len=4096, head_dim=128,
+                                 matmuls=matmuls, causal=causal, n_bytes=0.0)  # fmt: skip
+
+    assert flash(A100, True) == pytest.approx(10 * 2 * 2 * 128 * 2112 * 128 / (RATE / 108))
+    assert flash(A100, True) / flash(A100, False) == pytest.approx(2112 / 4096)
+    assert flash(A100, True, matmuls=5) == pytest.approx(2.5 * flash(A100, True))  # backward
+    # Gaudi 2's matrix engines (no SM tiles): the exact triangle.
+    gaudi = lookup("gaudi2")
+    full = 32 * 2 * 2 * 4096 * 4096 * 128 / (432e12 * 0.97)
+    assert flash(gaudi, True) == pytest.approx(full * 2048.5 / 4096)
+    assert flash(gaudi, False) == pytest.approx(full)
 
 
 def test_precision_selects_the_peak() -> None:

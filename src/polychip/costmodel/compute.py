@@ -46,7 +46,9 @@ class StageTimes:
 
 
 class ComputeProfile(Protocol):
-    """Measured block times; `None` where the profile has no (interpolable) point."""
+    """Measured block times; `None` where the profile has no (interpolable) point. A profile
+    may also have `embedding_times` and `head_times` of the same signature: where it does,
+    `CostModel.component_times` takes them too."""
 
     def block_times(
         self, chip: str, tp: int, micro_batch: int, seq_len: int

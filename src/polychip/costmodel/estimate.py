@@ -55,7 +55,7 @@ class CostModel:
         self._chips = {c.name: c for c in cluster.chips()}
         self._stage_cache: dict[tuple, StageTimes] = {}
         self._component_cache: dict[tuple, StageTimes] = {}
-        self._activation_cache: dict[tuple[int, int], BlockActivations] = {}
+        self._activation_cache: dict[tuple[int, int], tuple[BlockActivations, float]] = {}
         self.state_bytes = StateBytes.of(job)
 
     def chip(self, name: str) -> Accelerator:
@@ -215,16 +215,18 @@ class CostModel:
         """Peak memory of one device of a stage of `num_layers` blocks (memory.py): the one
         entry the planner and the simulator use."""
         key = (tp, micro_batch)
-        block = self._activation_cache.get(key)
-        if block is None:
-            block = block_activations(self.model, self.job, micro_batch, tp)
-            self._activation_cache[key] = block
-        params = stage_params(self.model, num_layers, first, last) / tp
+        hit = self._activation_cache.get(key)
+        if hit is None:
+            hit = self._activation_cache[key] = (
+                block_activations(self.model, self.job, micro_batch, tp),
+                loss_bytes(self.model, self.job, micro_batch, tp),
+            )
+        block, loss = hit
         return stage_memory(
-            params=params, state=self.state_bytes, zero_shards=zero_shards, block=block,
+            params=stage_params(self.model, num_layers, first, last) / tp,
+            state=self.state_bytes, zero_shards=zero_shards, block=block,
             num_layers=num_layers, in_flight=in_flight, recompute=recompute,
-            loss_bytes=loss_bytes(self.model, self.job, micro_batch, tp) if last else 0.0,
-            capacity_bytes=chip.memory_bytes,
+            loss_bytes=loss if last else 0.0, capacity_bytes=chip.memory_bytes,
         )  # fmt: skip
 
     def reserve_bytes(self, chip: Accelerator) -> int:

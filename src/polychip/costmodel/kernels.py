@@ -120,9 +120,12 @@ def flash_attention_s(
     only the lower triangle when causal. Thread blocks own a tile of query rows
     (`GEMM_TILE[0]`) and sweep the keys, so waves are of (sequence, head, row-tile) blocks."""
     rate = chip.peak_flops(precision) * chip.compute_efficiency
-    keys = (seq_len + GEMM_TILE[0]) / 2 if causal else seq_len  # mean keys a row tile sweeps
-    rows = GEMM_TILE[0] if chip.compute_units is not None else seq_len
+    tiled = chip.compute_units is not None
+    rows = GEMM_TILE[0] if tiled else seq_len  # query rows per thread block
+    # keys a row sweeps on average: all of them, or under the causal mask the triangle
+    # (whole row tiles of it on the diagonal)
+    keys = min((seq_len + (rows if tiled else 1)) / 2, seq_len) if causal else seq_len
     tiles = sequences_heads * math.ceil(seq_len / rows)
-    tile_flops = 2.0 * matmuls * rows * min(keys, seq_len) * head_dim
+    tile_flops = 2.0 * matmuls * rows * keys * head_dim
     compute = _waves_s(chip, rate, tiles, tile_flops, 0)
     return max(compute, stream_s(chip, n_bytes))
