@@ -193,24 +193,9 @@ class ShapeBuilder:
             rows.append(row)
             norec.append(cap0)
         links = self.link_times(template, mb)
-        floor = max(links, default=0.0)
         overlap = self.job.overlap_p2p
         if layers is None:
-            w = weight if weight == INF else max(weight, 0.0)
-            # 1F1B: the first stage's window of S micro-batches binds once m - 1 >= S; its
-            # round trip crosses every link twice, which transfers not overlapped already
-            # put (four times) into the stages' own times
-            binds = self.schedule != "gpipe" and w >= num
-            window = (2 if overlap else -2) * math.fsum(links) if binds else None
-            split_rows = rows
-            if not overlap:
-                extra = exposed_stage_s([0.0] * num, links)
-                split_rows = [[x + e for x in row] for row, e in zip(rows, extra, strict=True)]
-            split = split_layers(
-                split_rows, self.num_layers, weight=w, floor=floor, window=window,
-                max_bottlenecks=24,
-            )  # fmt: skip
-            chosen = None if split is None else split.layers
+            chosen = self._split(rows, links, weight)
         else:
             ok = all(rows[s][n] < INF for s, n in enumerate(layers))
             chosen = layers if ok else None
@@ -238,6 +223,27 @@ class ShapeBuilder:
             )
         self._shapes[key] = shape
         return shape
+
+    def _split(
+        self, rows: list[list[float]], links: list[float], weight: float
+    ) -> tuple[int, ...] | None:
+        """The layer split minimising the closed form's beat (planner/layersplit.py)."""
+        num = len(rows)
+        w = weight if weight == INF else max(weight, 0.0)
+        # 1F1B: the first stage's window of S micro-batches binds once m - 1 >= S; its round
+        # trip crosses every link twice, which transfers not overlapped already put (four
+        # times) into the stages' own times
+        binds = self.schedule != "gpipe" and w >= num
+        overlap = self.job.overlap_p2p
+        window = (2 if overlap else -2) * math.fsum(links) if binds else None
+        if not overlap:
+            extra = exposed_stage_s([0.0] * num, links)
+            rows = [[x + e for x in row] for row, e in zip(rows, extra, strict=True)]
+        split = split_layers(
+            rows, self.num_layers, weight=w, floor=max(links, default=0.0), window=window,
+            max_bottlenecks=24,
+        )  # fmt: skip
+        return None if split is None else split.layers
 
     def _gpipe_limit(
         self,
