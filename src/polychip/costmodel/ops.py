@@ -36,9 +36,9 @@ class Tensor:
 
 @dataclass(frozen=True)
 class Gemm:
-    """`batch` products of an (m x k) input by a (k x n) operand. `weight`: the (k x n)
-    operand is a parameter (its gradient accumulates; no gradient flows to it otherwise
-    it is an activation and gets one)."""
+    """`batch` products of an (m x k) input by a (k x n) operand. `weight`: the operand is a
+    parameter, whose gradient is added into the gradient buffer every micro-batch (else an
+    activation, such as the keys of attention scores, whose gradient flows back)."""
 
     name: str
     m: int
@@ -106,8 +106,8 @@ def backward_of(op: Op, compute_bytes: int, reduce_bytes: int) -> list[Op]:
     """The backward kernels of one forward kernel (in execution order)."""
     if isinstance(op, Gemm):
         out: list[Op] = [
-            Gemm(op.name + ".dgrad", op.m, op.k, op.n, op.batch, weight=False),
-            Gemm(op.name + ".wgrad", op.k, op.n, op.m, op.batch, weight=False),
+            Gemm(op.name + ".grad-input", op.m, op.k, op.n, op.batch, weight=False),
+            Gemm(op.name + ".grad-operand", op.k, op.n, op.m, op.batch, weight=False),
         ]
         if op.weight:  # the weight's gradient added into the reduce-dtype buffer
             params = op.k * op.n

@@ -22,7 +22,8 @@ HOST_STAGED_FRACTION = 0.48
 """Per-direction bandwidth of a GPU pair without peer-to-peer while both directions are busy,
 over the one-way PCIe figure: 30 GB/s bidirectional (15 each way) of 31.5 GB/s one way,
 measured between two RTX 5090 on PCIe 5.0 x8 with P2P off (24 GB/s one way alone), against
-28 / 56 GB/s with a patched driver enabling P2P (reported Dec 2025 with the driver fork)."""
+28 / 56 GB/s with a patched driver enabling P2P (reported Dec 2025 with the driver fork;
+one secondary report: confidence low, a profile of the node replaces it)."""
 
 HOST_STAGED_LATENCY_S = 24e-6
 """GPU-to-GPU latency through host memory: 24 µs between two RTX 4090 without P2P, 5 µs
