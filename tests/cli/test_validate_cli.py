@@ -132,6 +132,8 @@ def test_catalog_lists_every_chip(capsys: pytest.CaptureFixture[str]) -> None:
     assert "989.4" in out and "1,979" not in out  # the dense H100 peak, not the sparse one
     assert "0.05" in out  # a small peak is not rounded away
     assert "chips:" in out  # how to declare an unknown chip
+    # precisions and links: the H100's dense TF32 peak, GeForce cards staging through host
+    assert "494.7" in out and out.count("no (host)") == 2
 
 
 def test_catalog_sources(capsys: pytest.CaptureFixture[str]) -> None:
@@ -139,3 +141,5 @@ def test_catalog_sources(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "memory_gib = None (low): not found" in out  # BI150 says why it has no figure
     assert out.count("peak_tflops_bf16 = ") == len(catalog_names())
+    assert out.count("peer_to_peer = ") == len(catalog_names())
+    assert "peak_tflops_tf32 = None (high): NVIDIA V100 datasheet: Volta has no TF32" in out

@@ -71,3 +71,27 @@ def test_beat_and_span_never_decrease_with_more_micro_batches(seed: int) -> None
 def test_links_must_match_stages() -> None:
     with pytest.raises(ValueError, match="3 stages need 2 links"):
         PipelineForm.of([1.0, 1.0, 1.0], [0.0], "1f1b")
+
+
+@pytest.mark.parametrize("m", [1, 2, 8])
+def test_transfers_not_overlapped_add_exactly_each_stages_own_transfers(m: int) -> None:
+    # Three stages of 5 s, links of 1 s and 2 s (DeepSpeed's engine: blocking send/recv).
+    # Each micro-batch, stage i receives and sends on both its boundaries: the middle stage
+    # is busy 5 + 2 (1 + 2) = 11 s, the others 7 s and 9 s. The first pass is unchanged.
+    stages, links = [5.0, 5.0, 5.0], [1.0, 2.0]
+    overlapped = PipelineForm.of(stages, links, "gpipe")
+    blocking = PipelineForm.of(stages, links, "gpipe", overlap_p2p=False)
+    assert blocking.fill_s == overlapped.fill_s == 15.0 + 2 * 3.0
+    assert overlapped.beat_s(m) == 5.0
+    assert blocking.beat_s(m) == 11.0
+    assert blocking.span_s(m) - overlapped.span_s(m) == pytest.approx((m - 1) * 2 * (1.0 + 2.0))
+
+
+def test_1f1b_round_trips_count_each_blocking_transfer_once() -> None:
+    # Two stages of 6 s, a 13 s link, blocking: each stage is busy 6 + 2 x 13 = 32 s per
+    # micro-batch; the round trip of both (6 + 13 + 6 + 13 = 38 s over 2) binds less.
+    form = PipelineForm.of([6.0, 6.0], [13.0], "1f1b", overlap_p2p=False)
+    assert form.fill_s == 38.0
+    assert form.beat_s(2) == form.beat_s(100) == 32.0
+    # A lone stage has no transfers to expose.
+    assert PipelineForm.of([6.0], [], "1f1b", overlap_p2p=False).span_s(4) == 24.0

@@ -82,9 +82,10 @@ def test_measured_points_replace_the_analytic_stage_times(tmp_path: Path) -> Non
 def test_a_measured_tp_block_adds_its_measured_collectives(tmp_path: Path) -> None:
     cm = _cm(tmp_path, job=TrainingJob(global_batch=8, seq_len=128, sequence_parallel=False))
     fast = cm.chip("cpu-fast")
-    ops = tp_collectives(TINY, cm.job, 1)
-    msg = ops[0][1]  # 128 tokens x 64 x 2 bytes = 16384 bytes, inside 1 kB .. 1 MB
-    assert [op for op, _ in ops] == ["all_reduce"] * 2 and msg == 16384
+    fwd, bwd = tp_collectives(TINY, cm.job, 1, 2)
+    msg = fwd[0][1]  # 128 tokens x 64 x 2 bytes = 16384 bytes, inside 1 kB .. 1 MB
+    assert [op for op, _ in fwd] == [op for op, _ in bwd] == ["all-reduce"] * 2
+    assert msg == 16384
     ar = 1e-4 + (msg - 1e3) / (1e6 - 1e3) * (1e-3 - 1e-4)
     t = cm.stage_times(fast, 1, 2, 1, False, False, False)
     assert (t.fwd_s, t.bwd_s) == pytest.approx((0.006 + 2 * ar, 0.012 + 2 * ar))
@@ -98,7 +99,7 @@ def test_outside_the_profile_the_analytic_figures_stand(tmp_path: Path) -> None:
         assert got == analytic.stage_times(analytic.chip(chip), 2, 1, mb, True, False, False)
     slow = cm.chip("cpu-slow")
     assert cm.stage_times(slow, 1, 1, 1, False, False, False).fwd_s == pytest.approx(
-        block_times(slow, TINY, 128, 1, 1, "bf16").fwd_s)
+        block_times(slow, TINY, JOB, 1, 1).fwd_s)
 
 
 def test_memory_optimizer_and_p2p_use_their_measurements(tmp_path: Path) -> None:

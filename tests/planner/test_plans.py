@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from polychip.costmodel import CostModel
+from polychip.costmodel.measured import BlockFigures, NoMeasurements, StageTimes
 from polychip.plan import plan_from_dict, plan_to_dict, validate_plan
 from polychip.planner import plan_job
 from polychip.planner.assign import assign
@@ -161,16 +162,29 @@ def test_exhaustive_refuses_a_big_space_before_searching() -> None:
         plan_job(cluster, load_model("llama3-70b"), TrainingJob(64, 4096), exhaustive=True)
 
 
+class _Tiny(NoMeasurements):
+    """A profile measuring every block, embedding and head at a few microseconds."""
+
+    def block(self, chip: str, tp: int, micro_batch: int, seq_len: int) -> BlockFigures:
+        return BlockFigures(1e-6 * micro_batch, 2e-6 * micro_batch, None, None)
+
+    def embedding(self, chip: str, tp: int, micro_batch: int, seq_len: int) -> StageTimes:
+        return StageTimes(1e-6 * micro_batch, 2e-6 * micro_batch)
+
+    head = embedding
+
+
 @pytest.mark.parametrize("schedule", ["1f1b", "gpipe"])
 def test_naive_baselines_quick_check_bounds_the_exact_score(schedule: str) -> None:
     """The naive baseline prunes layouts with a quick pipeline + optimizer estimate; it must
     be an upper bound under the schedule asked for. Here 1F1B's window binds (a 3-stage
-    pipeline of tiny stages across islands) and GPipe has none, so the schedules differ."""
+    pipeline of tiny stages -- a profile of microseconds -- across islands) and GPipe has
+    none, so the schedules differ."""
     from polychip.plan import Replica, Stage
     from polychip.planner.baselines import _quick_check
 
     cm = CostModel(load_cluster(EXAMPLES / "cpu-test.yaml"), load_model("tiny"),
-                   TrainingJob(global_batch=16, seq_len=64))
+                   TrainingJob(global_batch=16, seq_len=64), _Tiny())
     rep = Replica(
         (Stage(0, 1, 2, (0,), "cpu-mid"), Stage(1, 2, 0, (0, 1), "cpu-slow"),
          Stage(2, 4, 1, (0,), "cpu-fast")),

@@ -29,7 +29,7 @@ def test_demo_plans_trains_and_reports(tmp_path: Path) -> None:
     assert "EMULATED" in done.stdout and "speed-up" in done.stdout
     figures = json.loads(out.read_text())
     assert figures["emulated"] is True
-    assert len(figures["chips"]) == 4
+    assert set(figures["chips"]) == {"cpu-slow", "cpu-mid", "cpu-fast"}  # every chip type
     assert sum(figures["shares_planned"]) == sum(figures["shares_even"]) == 32
     for key in ("planned_tokens_per_s", "even_tokens_per_s", "theoretical_speedup",
                 "measured_speedup"):

@@ -83,7 +83,10 @@ def test_cost_model_and_simulator_price_empty_stages() -> None:
     assert [s.name for s in grad_segments(plan)] == ["head", "0:2", "emb"]
     cost = cm.evaluate(plan.replicas)
     result = simulate(plan, dedupe_replicas=False)
-    assert result.pipeline_s == pytest.approx(cost.pipeline_s, rel=1e-6)
+    # The replay can hide the head-only stage's round trip inside the middle stage's next
+    # forward; the closed form charges every stage once in the fill (an upper bound).
+    bottleneck = rep.num_micro_batches * max(cm.times_of(rep, i).total_s for i in range(3))
+    assert bottleneck + emb.total_s <= result.pipeline_s <= cost.pipeline_s * (1 + 1e-9)
     stage0 = result.stage_of_rank(0)
     assert stage0.compute_s == pytest.approx(rep.num_micro_batches * emb.total_s)
     assert replica_rows(plan)[0].stages == [

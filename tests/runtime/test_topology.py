@@ -117,12 +117,14 @@ def test_what_the_runtime_cannot_run_yet_is_refused_not_faked() -> None:
 
 
 def test_phase_targets_follow_chip_speed() -> None:
-    # The tiny model at 128 tokens is compute-bound on these chips: times follow peak FLOP/s.
+    # The tiny model at 128 tokens: its GEMMs are compute-bound on these chips and follow peak
+    # FLOP/s (1 : 2 : 4); its kernel launches and memory-bound kernels cost the same on all
+    # three (one device type, one memory bandwidth). So slow - mid = 2 (mid - fast).
     plan = cpu_test_plan((4, 4, 16, 8), micro_batch=4, model=PRESETS["tiny"], seq_len=128)
-    slow, fast, mid = (phase_targets(plan, r, 0) for r in (0, 2, 3))
-    assert slow.micro_batch_s == pytest.approx(4 * fast.micro_batch_s, rel=0.01)
-    assert slow.micro_batch_s == pytest.approx(2 * mid.micro_batch_s, rel=0.01)
-    assert slow.optimizer_s > 0
+    slow, fast, mid = (phase_targets(plan, r, 0).micro_batch_s for r in (0, 2, 3))
+    assert slow > mid > fast
+    assert slow - mid == pytest.approx(2 * (mid - fast), rel=1e-3)
+    assert phase_targets(plan, 0, 0).optimizer_s > 0
 
 
 def test_dilation_rounds_up_to_two_digits() -> None:

@@ -18,24 +18,29 @@ from polychip.spec.cluster import cluster_from_dict
 from polychip.spec.errors import PolychipError, SpecError
 
 FIGURES = (
+    "peak_tflops_fp32",
+    "peak_tflops_tf32",
     "peak_tflops_bf16",
     "peak_tflops_fp16",
     "memory_gib",
     "memory_gbps",
     "intra_node_gbps",
     "compute_efficiency",
+    "compute_units",
+    "peer_to_peer",
+    "link_efficiency",
 )
 CONFIDENCES = {"high", "medium-high", "medium", "low"}
 
 
-def test_catalog_holds_the_fifteen_reference_chips() -> None:
+def test_catalog_holds_the_reference_chips() -> None:
     names = catalog_names()
     real = [n for n in names if not n.startswith("cpu-")]
-    assert len(real) >= 15
-    # REFERENCES.md's table, by the names a user would type.
+    assert len(real) >= 17
+    # docs/references.md's table, by the names a user would type.
     for wanted in (
-        "a100-80g", "a100-40g", "h100", "h800", "h20", "l40s", "rtx4090", "v100", "t4",
-        "ascend-910b", "mi250x", "mi300x", "gaudi2", "gaudi3", "bi150",
+        "a100-80g", "a100-40g", "h100", "h200", "h800", "h20", "l40s", "rtx4090", "rtx3090",
+        "v100", "t4", "ascend-910b", "mi250x", "mi300x", "gaudi2", "gaudi3", "bi150",
     ):  # fmt: skip
         assert resolve_name(wanted) is not None, wanted
 
@@ -56,12 +61,19 @@ def test_every_figure_has_a_source_and_a_confidence(name: str) -> None:
 @pytest.mark.parametrize("name", catalog_names())
 def test_catalog_figures_are_plausible(name: str) -> None:
     entry = catalog_entry(name)
-    eff = entry["compute_efficiency"]["value"]
-    assert 0 < eff <= 1
-    for key in ("peak_tflops_bf16", "peak_tflops_fp16"):
+    for key in ("compute_efficiency", "link_efficiency"):
+        assert 0 < entry[key]["value"] <= 1, (name, key)
+    for key in ("peak_tflops_fp32", "peak_tflops_tf32", "peak_tflops_bf16", "peak_tflops_fp16"):
         value = entry[key]["value"]
         # No stored peak is a sparse figure: the densest real chip (Gaudi3) is below 2000.
         assert value is None or 0 < value < 2000, (name, key, value)
+    peaks = [entry[k]["value"] for k in ("peak_tflops_fp32", "peak_tflops_tf32")]
+    half = entry["peak_tflops_fp16"]["value"] or entry["peak_tflops_bf16"]["value"]
+    for value in peaks:  # fp32 and TF32 never beat the 16-bit matrix rate
+        assert value is None or value <= half, (name, peaks, half)
+    units = entry["compute_units"]["value"]
+    assert units is None or (isinstance(units, int) and 10 <= units <= 400), (name, units)
+    assert isinstance(entry["peer_to_peer"]["value"], bool), name
 
 
 @pytest.mark.parametrize(
@@ -126,7 +138,7 @@ def test_units_are_converted_to_si() -> None:
     assert h800.memory_bw_bytes_per_s == pytest.approx(3350e9)
     # Datasheet NVLink 400 GB/s is both directions summed: 200e9 B/s each way.
     assert h800.link_bw_bytes_per_s == pytest.approx(200e9)
-    assert h800.achievable_flops("bf16") == pytest.approx(989e12 * 0.62)
+    assert h800.achievable_flops("bf16") == pytest.approx(989e12 * 0.80)
 
 
 def test_v100_has_no_bf16_and_says_what_to_do() -> None:
@@ -137,9 +149,35 @@ def test_v100_has_no_bf16_and_says_what_to_do() -> None:
     assert "v100" in str(info.value) and "peak_tflops_bf16" in str(info.value)
 
 
-def test_a_precision_without_a_peak_is_an_error_not_the_fp16_figure() -> None:
-    with pytest.raises(PolychipError, match="fp32"):
-        lookup("h100").peak_flops("fp32")
+@pytest.mark.parametrize(
+    ("chip", "fp32", "tf32", "bf16"),
+    [
+        ("v100", 15.7, None, None),  # Volta: no TF32, no bf16
+        ("t4", 8.1, None, None),  # Turing: neither
+        ("a100", 19.5, 156, 312),
+        ("rtx3090", 35.6, 35.6, 71),  # GeForce: fp32-accumulate tensor rates halved
+        ("h100", 67, 494.7, 989.4),
+        ("h200", 67, 494.7, 989.4),  # H100 compute ...
+    ],
+)  # fmt: skip
+def test_every_precision_has_its_peak_or_a_clear_error(chip, fp32, tf32, bf16) -> None:
+    acc = lookup(chip)
+    for precision, want in (("fp32", fp32), ("tf32", tf32), ("bf16", bf16)):
+        if want is None:
+            with pytest.raises(PolychipError, match=f"{chip}.*{precision}.*--precision"):
+                acc.peak_flops(precision)
+        else:
+            assert acc.peak_flops(precision) == pytest.approx(want * 1e12)
+
+
+def test_h200_and_geforce_links() -> None:
+    h200 = lookup("h200")  # ... with 141 GB of HBM3e at 4.8 TB/s (H200 datasheet)
+    assert (h200.memory_bytes, h200.memory_bw_bytes_per_s) == (141 * GIB, 4800e9)
+    assert h200.peer_to_peer and h200.link_bw_bytes_per_s == pytest.approx(450e9)
+    # GeForce cards exchange through host memory; datacenter PCIe cards have P2P.
+    assert not lookup("rtx4090").peer_to_peer and not lookup("rtx3090").peer_to_peer
+    assert lookup("l40s").peer_to_peer and lookup("t4").peer_to_peer
+    assert lookup("a100").compute_units == 108 and lookup("h100").compute_units == 132
 
 
 def test_bi150_memory_is_unknown_so_a_cluster_must_supply_it() -> None:

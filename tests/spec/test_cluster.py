@@ -80,9 +80,37 @@ def test_nic_gbps_is_gigabits_chip_gbps_are_gigabytes() -> None:
     assert chip.memory_bytes == 64 * GIB
     assert chip.peak_flops("bf16") == pytest.approx(200e12)
     assert chip.peak_flops("fp16") == pytest.approx(200e12)  # fp16 defaults to the bf16 peak
-    assert chip.compute_efficiency == pytest.approx(0.5)  # stated default for inline chips
+    # Stated defaults for inline chips (docs/accelerators.md): the median measured large-GEMM
+    # efficiency, direct links at the A100 NVLink efficiency, no fp32/tf32 peak, no wave
+    # quantization.
+    assert chip.compute_efficiency == pytest.approx(0.78)
     assert chip.figures["compute_efficiency"].confidence == "low"
+    assert chip.peer_to_peer and chip.link_efficiency == pytest.approx(0.7)
+    assert chip.compute_units is None and chip.peak_flops_fp32 is None
+    with pytest.raises(PolychipError, match=r"acme-npu.*fp32.*peak_tflops_fp32"):
+        chip.peak_flops("fp32")
     assert chip.island == "acme/acme"
+
+
+def test_inline_chips_declare_precisions_and_links() -> None:
+    decl = {"vendor": "acme", "peak_tflops_bf16": 200, "peak_tflops_fp32": 50,
+            "peak_tflops_tf32": 100, "memory_gib": 24, "memory_gbps": 1000,
+            "intra_node_gbps": 64, "compute_units": 100, "peer_to_peer": False,
+            "link_efficiency": 0.6}  # fmt: skip
+    chip = cluster_from_dict({"nodes": [_node("acme-npu")], "chips": {"acme-npu": decl}}).groups[
+        0
+    ].chip
+    assert [chip.peak_flops(p) for p in ("fp32", "tf32", "bf16", "fp16")] == pytest.approx(
+        [50e12, 100e12, 200e12, 200e12]
+    )
+    assert (chip.compute_units, chip.peer_to_peer, chip.link_efficiency) == (100, False, 0.6)
+    # A catalog chip's link can be overridden: a pair of RTX 3090 on an NVLink bridge.
+    bridged = cluster_from_dict(
+        {"nodes": [_node("rtx3090", chips_per_node=2)],
+         "chips": {"rtx3090": {"peer_to_peer": True, "intra_node_gbps": 112.5}}}
+    ).groups[0].chip  # fmt: skip
+    assert bridged.peer_to_peer and bridged.link_bw_bytes_per_s == pytest.approx(56.25e9)
+    assert bridged.peak_flops("bf16") == pytest.approx(71e12)  # the rest from the catalog
 
 
 def test_defaults_network_and_chips_per_node() -> None:
@@ -234,16 +262,19 @@ def test_missing_cluster_file(tmp_path: Path) -> None:
          "network": {"kind": "roce", "latency_us": 10}},
         {"name": "everything",
          "nodes": [_node(n, count=i + 1, nic_gbps=25 * (i + 1), label=f"rack{i}")
-                   for i, n in enumerate(["a100", "a100-40g", "h100", "h20", "l40s", "rtx4090",
-                                          "v100", "t4", "mi250x", "mi300x", "gaudi2", "gaudi3",
-                                          "cpu-slow", "cpu-fast"])],
+                   for i, n in enumerate(["a100", "a100-40g", "h100", "h200", "h20", "l40s",
+                                          "rtx4090", "rtx3090", "v100", "t4", "mi250x",
+                                          "mi300x", "gaudi2", "gaudi3", "cpu-slow",
+                                          "cpu-fast"])],
          "network": {"kind": "infiniband", "latency_us": 2.5, "host_copy_gbps": 50}},
         {"nodes": [_node("bi150"), _node("acme-npu", chips_per_node=4)],
          "chips": {"bi150": {"memory_gib": 32},
                    "acme-npu": {"vendor": "acme", "peak_tflops_bf16": 123.4, "memory_gib": 24.5,
                                 "memory_gbps": 777.7, "intra_node_gbps": 111.1,
                                 "compute_efficiency": 0.33, "device_type": "npu",
-                                "torch_backend": "gloo"}}},
+                                "torch_backend": "gloo", "peak_tflops_fp32": 12.5,
+                                "compute_units": 48, "peer_to_peer": False,
+                                "link_efficiency": 0.5}}},
         {"nodes": [_node("h800", count=2, nic_gbps=400, label="east"),
                    _node("h800", count=3, nic_gbps=400, label="west"), _node("910b")],
          "links": [{"between": ["east", "west"], "gbps": 100, "latency_us": 40},

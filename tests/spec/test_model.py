@@ -148,27 +148,6 @@ def test_gpt3_flops_against_megatron_per_iteration_formula() -> None:
     assert ours > quoted
 
 
-def test_gpt_activation_bytes_vs_korthikanti() -> None:
-    # Korthikanti et al.: 34 s b h bytes per layer (+ 5 a s^2 b for the scores, which flash
-    # attention does not keep). Of the 34, 2 are the 1-byte dropout masks (after attention
-    # and after the MLP); Llama-style training has no dropout, so the model keeps 32 s b h.
-    m = load_model("gpt3-175b")
-    h = m.hidden_size
-    assert m.layer_activation_bytes_per_token() == pytest.approx((34 - 2) * h)
-    # Sequence + tensor parallelism shards every term by t (Korthikanti's 34 s b h / t).
-    assert m.layer_activation_bytes_per_token(8) == pytest.approx(32 * h / 8)
-    assert m.layer_input_bytes_per_token() == pytest.approx(2 * h)  # full recompute: 2 s b h
-
-
-def test_llama_activation_bytes_tensor_by_tensor() -> None:
-    # 16-bit tensors kept for backward, per token, for a GQA + SwiGLU block:
-    m = load_model("llama3-70b")
-    h, kv, f = m.hidden_size, m.kv_dim, m.ffn_hidden_size
-    attention = 2 * h + 2 * h + 2 * h + 2 * kv + 2 * kv + 2 * h  # norm in, x, q, k, v, ctx
-    mlp = 2 * h + 2 * h + 2 * f + 2 * f + 2 * f  # norm in, x, gate, up, gate*up
-    assert m.layer_activation_bytes_per_token() == pytest.approx(attention + mlp)
-
-
 def test_model_dict_round_trip() -> None:
     for m in PRESETS.values():
         assert ModelSpec.from_dict(m.to_dict()) == m

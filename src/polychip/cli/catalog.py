@@ -27,38 +27,42 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 0) -> str:
     return f"{x:,.{digits}f}"
 
 
+COLUMNS = (
+    "name", "vendor", "device", "backend", "fp32", "tf32", "bf16", "fp16", "memory GiB",
+    "memory GB/s", "link GB/s", "p2p", "link eff", "GEMM eff", "units", "aliases",
+)  # fmt: skip
+NUMERIC = frozenset(COLUMNS[4:-1])
+
+
+def _row(name: str) -> list[str]:
+    entry = catalog_entry(name)
+    figs = {k: (v or {}).get("value") if isinstance(v, dict) else v for k, v in entry.items()}
+    p2p = figs.get("peer_to_peer")
+    return [
+        name,
+        entry.get("vendor", ""),
+        entry.get("device_type", ""),
+        entry.get("collective_library", ""),
+        *(_fmt(figs.get(f"peak_tflops_{p}"), digits=1) for p in ("fp32", "tf32", "bf16", "fp16")),
+        _fmt(figs.get("memory_gib")),
+        _fmt(figs.get("memory_gbps")),
+        _fmt(figs.get("intra_node_gbps")),
+        "—" if p2p is None else ("yes" if p2p else "no (host)"),
+        _fmt(figs.get("link_efficiency"), digits=2),
+        _fmt(figs.get("compute_efficiency"), digits=2),
+        _fmt(figs.get("compute_units")),
+        ", ".join(entry.get("aliases", [])[:3]),
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
-    table = Table(title="polychip accelerator catalog (dense peaks; bandwidths GB/s)")
-    for col in (
-        "name",
-        "vendor",
-        "device",
-        "backend",
-        "bf16 TFLOP/s",
-        "memory GiB",
-        "memory GB/s",
-        "link GB/s",
-        "efficiency",
-        "aliases",
-    ):
-        table.add_column(
-            col, justify="right" if "/" in col or col in ("memory GiB", "efficiency") else "left"
-        )
+    table = Table(
+        title="polychip accelerator catalog (dense peaks TFLOP/s by precision; bandwidths GB/s)"
+    )
+    for col in COLUMNS:
+        table.add_column(col, justify="right" if col in NUMERIC else "left")
     for name in catalog_names():
-        entry = catalog_entry(name)
-        figs = {k: (v or {}).get("value") if isinstance(v, dict) else v for k, v in entry.items()}
-        table.add_row(
-            name,
-            entry.get("vendor", ""),
-            entry.get("device_type", ""),
-            entry.get("collective_library", ""),
-            _fmt(figs.get("peak_tflops_bf16"), digits=1),
-            _fmt(figs.get("memory_gib")),
-            _fmt(figs.get("memory_gbps")),
-            _fmt(figs.get("intra_node_gbps")),
-            _fmt(figs.get("compute_efficiency"), digits=2),
-            ", ".join(entry.get("aliases", [])[:3]),
-        )
+        table.add_row(*_row(name))
     console = Console()
     console.print(table)
     if args.sources:

@@ -1,21 +1,34 @@
-"""Compute time of a pipeline stage for one micro-batch: a roofline per block.
+"""Compute time of one micro-batch: per-op pricing of a block, the embedding and the head.
 
-time = max(FLOPs / (dense peak x the chip's achievable efficiency), bytes / memory bw),
-backward = 2 x forward FLOPs, full recompute adds one forward to the backward. Tensor
-parallelism divides the work and adds two all-reduces per block per direction on the
-chip's intra-node link (Megatron). A measured profile, when given, replaces the analytic
-block times for the points it has.
+Each kernel of a pass (`blocks.py`, `ends.py`) is priced on the chip (`kernels.py`): GEMMs by
+shape, memory-bound kernels at sustained memory bandwidth, fused attention by its FLOPs,
+every kernel at least its launch cost; TP collectives over the node's link (`tpcomm.py`).
+Full recompute adds one forward to the backward (`CostModel.stage_times`). A measured
+profile, when given, replaces the analytic block times for the points it has.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from polychip.costmodel.comm import ring_allreduce_time_s
+from polychip.costmodel.blocks import Shard, block_forward
+from polychip.costmodel.ends import embedding_passes, head_passes
+from polychip.costmodel.kernels import flash_attention_s, gemm_s, stream_s, with_launches
+from polychip.costmodel.ops import Attention, Collective, Gemm, Op, backward_pass
+from polychip.costmodel.tpcomm import INTRA_NODE_LATENCY_S, tp_collective_s
 from polychip.spec.accelerators import Accelerator
+from polychip.spec.job import TrainingJob
 from polychip.spec.model import ModelSpec
 
-INTRA_NODE_LATENCY_S = 5e-6
+__all__ = [
+    "INTRA_NODE_LATENCY_S",
+    "StageTimes",
+    "block_times",
+    "embedding_times",
+    "head_times",
+    "pass_s",
+]
 
 
 @dataclass(frozen=True)
@@ -30,45 +43,57 @@ class StageTimes:
         return self.fwd_s + self.bwd_s
 
 
-def _roofline_s(flops: float, bytes_moved: float, chip: Accelerator, precision: str) -> float:
-    return max(flops / chip.achievable_flops(precision), bytes_moved / chip.memory_bw_bytes_per_s)
+def op_s(chip: Accelerator, job: TrainingJob, op: Op, tp: int) -> float:
+    """Seconds of one kernel (or TP collective) on `chip`, launch included."""
+    if isinstance(op, Gemm):
+        c = job.compute_bytes
+        device = gemm_s(
+            chip, job.precision, op.m, op.n, op.k, batch=op.batch, in_bytes=c, out_bytes=c
+        )
+        return with_launches(chip, device, 1)
+    if isinstance(op, Attention):
+        device = flash_attention_s(
+            chip, job.precision, sequences_heads=op.sequences_heads, seq_len=op.seq_len,
+            head_dim=op.head_dim, matmuls=op.matmuls, causal=op.causal, n_bytes=op.n_bytes,
+        )  # fmt: skip
+        return with_launches(chip, device, 1)
+    if isinstance(op, Collective):
+        return 0.0 if op.forward is None else tp_collective_s(chip, op.forward, op.n_bytes, tp)
+    return with_launches(chip, stream_s(chip, op.n_bytes), op.kernels)
+
+
+def pass_s(chip: Accelerator, job: TrainingJob, ops: Iterable[Op], tp: int) -> float:
+    """Seconds of a pass: its kernels one after another (nothing overlaps, TP collectives
+    included)."""
+    return sum(op_s(chip, job, op, tp) for op in ops)
+
+
+def _times(
+    chip: Accelerator, job: TrainingJob, fwd: list[Op], bwd: list[Op], tp: int
+) -> StageTimes:
+    return StageTimes(pass_s(chip, job, fwd, tp), pass_s(chip, job, bwd, tp))
 
 
 def block_times(
-    chip: Accelerator, model: ModelSpec, seq_len: int, micro_batch: int, tp: int, precision: str
+    chip: Accelerator, model: ModelSpec, job: TrainingJob, micro_batch: int, tp: int
 ) -> StageTimes:
-    """One transformer block, one micro-batch, analytic."""
-    tokens = micro_batch * seq_len
-    flops = model.layer_flops_per_token(seq_len) * tokens / tp
-    weight_bytes = 2.0 * model.layer_params / tp
-    act_bytes = model.layer_activation_bytes_per_token(tp) * tokens
-    fwd = _roofline_s(flops, weight_bytes + 2 * act_bytes, chip, precision)
-    bwd = _roofline_s(2 * flops, 2 * weight_bytes + 3 * act_bytes, chip, precision)
-    if tp > 1:
-        msg = 2.0 * tokens * model.hidden_size
-        ar = ring_allreduce_time_s(msg, tp, chip.link_bw_bytes_per_s, INTRA_NODE_LATENCY_S)
-        fwd += 2 * ar
-        bwd += 2 * ar
-    return StageTimes(fwd, bwd)
-
-
-def head_times(
-    chip: Accelerator, model: ModelSpec, seq_len: int, micro_batch: int, tp: int, precision: str
-) -> StageTimes:
-    """Final norm + output projection + cross-entropy (vocabulary-parallel under TP)."""
-    tokens = micro_batch * seq_len
-    flops = model.head_flops_per_token() * tokens / tp
-    weight_bytes = 2.0 * model.head_matmul_params / tp
-    logit_bytes = 4.0 * tokens * model.vocab_size / tp  # fp32 logits for the loss
-    fwd = _roofline_s(flops, weight_bytes + logit_bytes, chip, precision)
-    bwd = _roofline_s(2 * flops, 2 * weight_bytes + 2 * logit_bytes, chip, precision)
-    return StageTimes(fwd, bwd)
+    """One transformer block, one micro-batch, one TP rank, analytic."""
+    sh = Shard(model, job, micro_batch, tp)
+    fwd = block_forward(sh)
+    return _times(chip, job, fwd, backward_pass(fwd, job.compute_bytes, job.reduce_bytes), tp)
 
 
 def embedding_times(
-    chip: Accelerator, model: ModelSpec, seq_len: int, micro_batch: int, tp: int
+    chip: Accelerator, model: ModelSpec, job: TrainingJob, micro_batch: int, tp: int
 ) -> StageTimes:
-    """A gather: memory bound, tiny; backward scatters into the embedding gradient."""
-    moved = 2.0 * micro_batch * seq_len * model.hidden_size / tp
-    t = moved / chip.memory_bw_bytes_per_s
-    return StageTimes(t, 2 * t)
+    """The token (and position) embedding: a gather forward, a V x h scatter backward."""
+    fwd, bwd = embedding_passes(Shard(model, job, micro_batch, tp))
+    return _times(chip, job, fwd, bwd, tp)
+
+
+def head_times(
+    chip: Accelerator, model: ModelSpec, job: TrainingJob, micro_batch: int, tp: int
+) -> StageTimes:
+    """Final norm + output projection + cross-entropy (vocabulary-parallel or replicated)."""
+    fwd, bwd = head_passes(Shard(model, job, micro_batch, tp))
+    return _times(chip, job, fwd, bwd, tp)

@@ -10,74 +10,35 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
 from polychip.costmodel import profiled
 from polychip.costmodel.comm import LinkKind, bridge_time_s, p2p_time_s
-from polychip.costmodel.compute import (
-    StageTimes,
-    block_times,
-    embedding_times,
-    head_times,
-)
+from polychip.costmodel.compute import StageTimes, block_times, embedding_times, head_times
 from polychip.costmodel.gradsync import dp_sync_time_s, segment_allreduce_s
+from polychip.costmodel.kernels import stream_s
 from polychip.costmodel.links import chips_in_use, measured_link_bw, nic_share, node_link
 from polychip.costmodel.measured import ComputeProfile
 from polychip.costmodel.memory import (
+    BlockActivations,
     MemoryBreakdown,
+    block_activations,
     in_flight_micro_batches,
+    loss_bytes,
+    reserve_bytes,
     stage_memory,
     stage_params,
 )
 from polychip.costmodel.pipeline import PipelineForm
-from polychip.plan.plan import Estimate, Replica
+from polychip.costmodel.plancost import PlanCost
+from polychip.costmodel.precision import StateBytes, adamw_step_bytes
+from polychip.plan.plan import Replica
 from polychip.spec.accelerators import Accelerator
 from polychip.spec.cluster import Cluster
 from polychip.spec.job import TrainingJob
 from polychip.spec.model import ModelSpec
 
-ADAMW_BYTES_PER_PARAM = 28  # read fp32 master, m, v, 16-bit grad; write them + 16-bit weight
-
-
-@dataclass(frozen=True)
-class PlanCost:
-    step_time_s: float
-    tokens_per_s: float
-    mfu: float
-    pipeline_s: float
-    dp_sync_s: float
-    optimizer_s: float
-    bubble_fraction: float
-    compute_s: float = 0.0  # the busiest device's forward + backward over the step
-    # (replica, stage) -> memory of one device of that stage
-    memory: dict[tuple[int, int], MemoryBreakdown] = field(default_factory=dict)
-    violations: tuple[str, ...] = ()
-
-    @property
-    def feasible(self) -> bool:
-        return not self.violations
-
-    def to_estimate(self, replicas: tuple[Replica, ...], cm: CostModel) -> Estimate:
-        return Estimate.of_step(
-            step_time_s=self.step_time_s,
-            tokens_per_s=self.tokens_per_s,
-            mfu=self.mfu,
-            pipeline_s=self.pipeline_s,
-            dp_sync_s=self.dp_sync_s,
-            optimizer_s=self.optimizer_s,
-            bubble_fraction=self.bubble_fraction,
-            compute_s=self.compute_s,
-            sources=profiled.figure_sources(cm, replicas),
-            memory_rows=(
-                (
-                    replicas[ri].stages[si].chip,
-                    mem.total,
-                    cm.chip(replicas[ri].stages[si].chip).memory_bytes,
-                )
-                for (ri, si), mem in self.memory.items()
-            ),
-            source="analytic",
-        )
+ANALYTIC = {"block": block_times, "embedding": embedding_times, "head": head_times}
+__all__ = ["CostModel", "PlanCost"]
 
 
 class CostModel:
@@ -92,6 +53,9 @@ class CostModel:
         self.nodes = cluster.nodes
         self._chips = {c.name: c for c in cluster.chips()}
         self._stage_cache: dict[tuple, StageTimes] = {}
+        self._component_cache: dict[tuple, StageTimes] = {}
+        self._activation_cache: dict[tuple, tuple[BlockActivations, float]] = {}
+        self.state_bytes = StateBytes.of(job)
         # Per node, the chips the replicas this model is bound to use there (`under`);
         # None: not bound, every chip of a node shares its NIC.
         self.chips_used: Mapping[int, int] | None = None
@@ -111,6 +75,36 @@ class CostModel:
         return self._chips[name]
 
     # ---- compute ------------------------------------------------------------------------
+    def component_times(self, component: str, chip: Accelerator, tp: int, micro_batch: int
+                        ) -> StageTimes:
+        """One micro-batch of a `block` (no recompute), the `embedding` or the `head` on one
+        TP rank: the profile's measurement where it has the point (`profiled.py`: a measured
+        block gets its TP collectives added), else the analytic per-op model. The one place
+        a stage's component times come from."""
+        key = (component, chip.name, tp, micro_batch)
+        hit = self._component_cache.get(key)
+        if hit is not None:
+            return hit
+        if component == "block":
+            out = profiled.block_times(self, chip, tp, micro_batch, recompute=False)
+        else:
+            out = profiled.part_times(self, component, chip, tp, micro_batch)
+        if out is None:
+            out = ANALYTIC[component](chip, self.model, self.job, micro_batch, tp)
+        self._component_cache[key] = out
+        return out
+
+    def block_times(self, chip: Accelerator, tp: int, micro_batch: int, recompute: bool
+                    ) -> StageTimes:
+        """One block; full recompute runs its forward again in its backward (a profile's
+        measured recompute backward where it has one)."""
+        if recompute:
+            measured = profiled.block_times(self, chip, tp, micro_batch, recompute=True)
+            if measured is not None:
+                return measured
+        block = self.component_times("block", chip, tp, micro_batch)
+        return StageTimes(block.fwd_s, block.bwd_s + (block.fwd_s if recompute else 0.0))
+
     def stage_times(
         self,
         chip: Accelerator,
@@ -121,26 +115,19 @@ class CostModel:
         last: bool,
         recompute: bool,
     ) -> StageTimes:
-        """Forward and backward seconds of one micro-batch on one stage."""
+        """Forward and backward seconds of one micro-batch on one stage: its blocks (full
+        recompute runs each block's forward again in its backward), the embedding on the
+        first stage, the head and loss on the last."""
         key = (chip.name, num_layers, tp, micro_batch, first, last, recompute)
         hit = self._stage_cache.get(key)
         if hit is not None:
             return hit
-        seq, prec = self.job.seq_len, self.job.precision
-        # A measured profile's figure where it has one (profiled.py), else the analytic one.
-        block = profiled.block_times(self, chip, tp, micro_batch, recompute)
-        if block is None:
-            block = block_times(chip, self.model, seq, micro_batch, tp, prec)
-            block = StageTimes(block.fwd_s, block.bwd_s + (block.fwd_s if recompute else 0.0))
+        block = self.block_times(chip, tp, micro_batch, recompute)
         fwd, bwd = num_layers * block.fwd_s, num_layers * block.bwd_s
-        if first:
-            emb = profiled.part_times(self, "embedding", chip, tp, micro_batch)
-            emb = emb or embedding_times(chip, self.model, seq, micro_batch, tp)
-            fwd, bwd = fwd + emb.fwd_s, bwd + emb.bwd_s
-        if last:
-            head = profiled.part_times(self, "head", chip, tp, micro_batch)
-            head = head or head_times(chip, self.model, seq, micro_batch, tp, prec)
-            fwd, bwd = fwd + head.fwd_s, bwd + head.bwd_s
+        for component, here in (("embedding", first), ("head", last)):
+            if here:
+                t = self.component_times(component, chip, tp, micro_batch)
+                fwd, bwd = fwd + t.fwd_s, bwd + t.bwd_s
         factor = profiled.corrections(self, chip.name).compute
         out = StageTimes(fwd * factor, bwd * factor)
         self._stage_cache[key] = out
@@ -177,7 +164,8 @@ class CostModel:
         return measured_link_bw(self.cluster, self.nodes, node_a, node_b)
 
     def activation_bytes(self, micro_batch: int) -> float:
-        return 2.0 * micro_batch * self.job.seq_len * self.model.hidden_size
+        """Bytes crossing a stage boundary per micro-batch (activations, or their gradient)."""
+        return self.job.compute_bytes * micro_batch * self.job.seq_len * self.model.hidden_size
 
     def transfer_time_s(self, node_a: int, node_b: int, n_bytes: float) -> float:
         kind, bw, lat = self.link(node_a, node_b)
@@ -198,7 +186,7 @@ class CostModel:
         m = replica.num_micro_batches
         totals = [self.times_of(replica, i).total_s for i in range(replica.num_stages)]
         comms = [self.boundary_time_s(replica, i) for i in range(replica.num_stages - 1)]
-        span = PipelineForm.of(totals, comms, schedule).span_s(m)
+        span = PipelineForm.of(totals, comms, schedule, self.job.overlap_p2p).span_s(m)
         busy = m * sum(t * replica.stages[i].tp for i, t in enumerate(totals))
         return span, busy
 
@@ -233,17 +221,53 @@ class CostModel:
         """Memory of one device of stage `si` holding `in_flight` micro-batches'
         activations (the simulator counts them as the schedule runs)."""
         st = replica.stages[si]
+        return self.stage_memory(
+            self.chip(st.chip), st.num_layers, st.tp, replica.micro_batch_size,
+            first=si == 0, last=si == replica.num_stages - 1, in_flight=in_flight,
+            recompute=st.recompute, zero_shards=zero_shards,
+        )  # fmt: skip
 
-        def held(micro_batches: int) -> MemoryBreakdown:
-            return stage_memory(
-                self.model, seq_len=self.job.seq_len, num_layers=st.num_layers, first=si == 0,
-                last=si == replica.num_stages - 1, tp=st.tp,
-                micro_batch=replica.micro_batch_size, in_flight=micro_batches,
-                recompute=st.recompute, zero_shards=zero_shards,
-                capacity_bytes=self.chip(st.chip).memory_bytes,
-            )
+    def stage_memory(
+        self,
+        chip: Accelerator,
+        num_layers: int,
+        tp: int,
+        micro_batch: int,
+        *,
+        first: bool,
+        last: bool,
+        in_flight: int,
+        recompute: bool,
+        zero_shards: int,
+    ) -> MemoryBreakdown:
+        """Peak memory of one device of a stage of `num_layers` blocks (memory.py): the one
+        entry the planner and the simulator use."""
+        block, loss = self._activations(chip, tp, micro_batch)
+        return stage_memory(
+            params=stage_params(self.model, num_layers, first, last) / tp,
+            state=self.state_bytes, zero_shards=zero_shards, block=block,
+            num_layers=num_layers, in_flight=in_flight, recompute=recompute,
+            loss_bytes=loss if last else 0.0, capacity_bytes=chip.memory_bytes,
+        )  # fmt: skip
 
-        return profiled.stage_memory(self, replica, si, in_flight, held)
+    def _activations(self, chip: Accelerator, tp: int, micro_batch: int
+                     ) -> tuple[BlockActivations, float]:
+        """(one block's activations, the loss's working bytes): a profile's measured bytes
+        kept per block where it has the point, else the analytic kernels' saved tensors."""
+        key = (chip.name, tp, micro_batch)
+        hit = self._activation_cache.get(key)
+        if hit is None:
+            block = block_activations(self.model, self.job, micro_batch, tp)
+            measured = profiled.activation_bytes(self, chip.name, tp, micro_batch)
+            if measured is not None:
+                block = BlockActivations(saved_bytes=measured, input_bytes=block.input_bytes)
+            hit = self._activation_cache[key] = (
+                block, loss_bytes(self.model, self.job, micro_batch, tp))
+        return hit
+
+    def reserve_bytes(self, chip: Accelerator) -> int:
+        """The framework reserve on `chip` (memory.RESERVE_*)."""
+        return reserve_bytes(chip.memory_bytes)
 
     def optimizer_time_s(self, replicas: tuple[Replica, ...], zero_shards: int) -> float:
         """The slowest device's optimizer step."""
@@ -254,14 +278,17 @@ class CostModel:
         )
 
     def stage_optimizer_time_s(self, replica: Replica, si: int, zero_shards: int) -> float:
-        """AdamW step of one device of stage `si` (memory bound)."""
+        """AdamW step of one device of stage `si` (memory bound, precision.adamw_step_bytes
+        per owned parameter)."""
         st = replica.stages[si]
         owned = stage_params(self.model, st.num_layers, si == 0, si == replica.num_stages - 1)
         owned /= st.tp * max(zero_shards, 1)
         per_param = profiled.optimizer_s_per_param(self, st.chip)
         if per_param is None:
-            per_param = ADAMW_BYTES_PER_PARAM / self.chip(st.chip).memory_bw_bytes_per_s
-        return owned * per_param * profiled.corrections(self, st.chip).optimizer
+            seconds = stream_s(self.chip(st.chip), owned * adamw_step_bytes(self.job))
+        else:
+            seconds = owned * per_param
+        return seconds * profiled.corrections(self, st.chip).optimizer
 
     # ---- everything ----------------------------------------------------------------------
     def evaluate(

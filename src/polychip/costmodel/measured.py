@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from polychip.costmodel.blocks import Shard, block_forward
 from polychip.costmodel.compute import StageTimes
 from polychip.costmodel.interpolate import along, at_point, hockney_fit
+from polychip.costmodel.ops import Collective
 from polychip.spec.accelerators import normalise
 from polychip.spec.cluster import Cluster
 from polychip.spec.errors import SpecError
@@ -169,15 +171,18 @@ def _fit_p2p(p: Profile) -> tuple[float, float] | None:
     return hockney_fit([(float(t.message_bytes), t.seconds) for t in p.p2p])
 
 
-def tp_collectives(model: ModelSpec, job: TrainingJob, micro_batch: int
-                   ) -> tuple[tuple[str, float], ...]:
-    """The collectives of one block's forward (its backward has the same) under TP
-    (Megatron): two all-reduces of the b·s·h activations, or with sequence parallelism a
-    reduce-scatter and an all-gather in their place, moving the same bytes."""
-    msg = float(micro_batch * job.seq_len * model.hidden_size * job.compute_bytes)
-    if job.sequence_parallel:
-        return (("all_gather", msg), ("reduce_scatter", msg)) * 2
-    return (("all_reduce", msg),) * 2
+def tp_collectives(model: ModelSpec, job: TrainingJob, micro_batch: int, tp: int
+                   ) -> tuple[tuple[tuple[str, float], ...], tuple[tuple[str, float], ...]]:
+    """One block's TP collectives ((kind, bytes) of the forward, of the backward) as the
+    analytic block runs them (`blocks.block_forward`: the one home of which collective a TP
+    block makes): Megatron's two all-reduces of the b·s·h activations, or with sequence
+    parallelism a reduce-scatter and an all-gather in their place (plus the backward's
+    re-gather of each saved sequence shard)."""
+    ops = [op for op in block_forward(Shard(model, job, micro_batch, tp))
+           if isinstance(op, Collective)]
+    fwd = tuple((op.forward, op.n_bytes) for op in ops if op.forward is not None)
+    bwd = tuple((op.backward, op.n_bytes) for op in ops if op.backward is not None)
+    return fwd, bwd
 
 
 def label(labels: Sequence[str]) -> str:

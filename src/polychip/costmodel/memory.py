@@ -1,14 +1,21 @@
 """Peak memory of one device of a stage: a hard limit, every term named.
 
-weights (16-bit) + gradients (16-bit) + AdamW state (fp32 master, m, v: 12 bytes per
-parameter, sharded over the data-parallel group under ZeRO-1) + activations of the
-micro-batches in flight under the schedule + the framework reserve.
+weights + gradient buffer + AdamW state (`precision.StateBytes`: bytes by the job's
+precision, optimizer state sharded over the ZeRO-1 group) + activations of the micro-batches
+in flight under the schedule (what the block's kernels save for backward, `ops.saved_bytes`,
+or only each block's input under full recompute) + the last stage's logits + the framework
+reserve.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from polychip.costmodel.blocks import Shard, block_forward
+from polychip.costmodel.ends import vocab_rows
+from polychip.costmodel.ops import saved_bytes
+from polychip.costmodel.precision import FP32_BYTES, StateBytes
+from polychip.spec.job import TrainingJob
 from polychip.spec.model import ModelSpec
 
 GIB = 1024**3
@@ -16,6 +23,14 @@ GIB = 1024**3
 # A stated assumption, not a multiplier on the result: calibrate it with a profile.
 RESERVE_FIXED_BYTES = int(1.5 * GIB)
 RESERVE_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class BlockActivations:
+    """Bytes one block holds for one micro-batch on one TP rank."""
+
+    saved_bytes: float  # kept for its backward (no recompute)
+    input_bytes: float  # its input: all full recompute keeps
 
 
 @dataclass(frozen=True)
@@ -65,34 +80,54 @@ def stage_params(model: ModelSpec, num_layers: int, first: bool, last: bool) -> 
 
 
 def stage_memory(
-    model: ModelSpec,
     *,
-    seq_len: int,
+    params: float,
+    state: StateBytes,
+    zero_shards: int,
+    block: BlockActivations,
     num_layers: int,
-    first: bool,
-    last: bool,
-    tp: int,
-    micro_batch: int,
     in_flight: int,
     recompute: bool,
-    zero_shards: int,
+    loss_bytes: float,
     capacity_bytes: int,
 ) -> MemoryBreakdown:
-    params = stage_params(model, num_layers, first, last) / tp
-    tokens = micro_batch * seq_len
-    full = model.layer_activation_bytes_per_token(tp) * tokens
+    """Peak memory of one device holding `params` parameters (its TP share) and `num_layers`
+    blocks' activations for `in_flight` micro-batches; `loss_bytes`: the last stage's
+    working memory at the loss (0 elsewhere)."""
     if recompute:
-        per_micro = num_layers * model.layer_input_bytes_per_token() * tokens / tp
-        working = full  # one block re-materialised during its backward
+        per_micro = num_layers * block.input_bytes
+        working = block.saved_bytes if num_layers else 0.0  # one block re-materialised
     else:
-        per_micro = num_layers * full
+        per_micro = num_layers * block.saved_bytes
         working = 0.0
-    if last:  # fp32 logits and their gradient, one micro-batch at a time
-        working += 8.0 * tokens * model.vocab_size / tp
     return MemoryBreakdown(
-        weights=int(2 * params),
-        grads=int(2 * params),
-        optimizer=int(12 * params / max(zero_shards, 1)),
-        activations=int(in_flight * per_micro + working),
-        reserve=RESERVE_FIXED_BYTES + int(RESERVE_FRACTION * capacity_bytes),
+        weights=int(state.weights * params),
+        grads=int(state.grads * params),
+        optimizer=int(state.optimizer * params / max(zero_shards, 1)),
+        activations=int(in_flight * per_micro + working + loss_bytes),
+        reserve=reserve_bytes(capacity_bytes),
     )
+
+
+def reserve_bytes(capacity_bytes: int) -> int:
+    """The framework reserve of a device of `capacity_bytes`."""
+    return RESERVE_FIXED_BYTES + int(RESERVE_FRACTION * capacity_bytes)
+
+
+def block_activations(model: ModelSpec, job: TrainingJob, micro_batch: int, tp: int
+                      ) -> BlockActivations:
+    """What one block keeps for one micro-batch on one TP rank: the tensors its forward
+    kernels save (`blocks.block_forward`), and its input (sequence-sharded under SP)."""
+    sh = Shard(model, job, micro_batch, tp)
+    return BlockActivations(
+        saved_bytes=saved_bytes(block_forward(sh)),
+        input_bytes=sh.rows * model.hidden_size * job.compute_bytes,
+    )
+
+
+def loss_bytes(model: ModelSpec, job: TrainingJob, micro_batch: int, tp: int) -> float:
+    """The last stage's working memory at the loss, one micro-batch: the logits (compute
+    dtype), the fp32 log-probabilities kept for the backward and their fp32 gradient, on
+    V/t vocabulary rows (vocabulary-parallel) or all V (replicated)."""
+    sh = Shard(model, job, micro_batch, tp)
+    return sh.tokens * vocab_rows(sh) * (job.compute_bytes + 2 * FP32_BYTES)

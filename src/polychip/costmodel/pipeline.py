@@ -15,6 +15,15 @@ are the stages' whole windows). With free links `R / w` never exceeds the slowes
 a balanced pipeline keeps the textbook `(M + S - 1)·t`; with slow links (a bridge through
 host memory, small micro-batches) it exposes the transfers 1F1B cannot hide, also between
 two neighbours whose times differ. GPipe holds every micro-batch at once: no window.
+
+Transfers not overlapped with compute (`overlap_p2p=False`, as DeepSpeed's pipeline engine
+runs blocking sends and receives between its compute steps): stage i is busy, per
+micro-batch, with its compute and its four transfers -- receive the activation, send its
+own, receive the gradient, send the gradient back -- so in the beat its time is
+`t_i + 2 (c_{i-1} + c_i)`, and a window's round trip through s..u is
+`Σ t_i + 2 Σ_{j=s-1..u} c_j` (every boundary it touches, twice; an inner transfer blocks
+both its stages at once). The fill is unchanged: a micro-batch's first pass still waits for
+each transfer once each way, sender and receiver blocked together.
 """
 
 from __future__ import annotations
@@ -30,13 +39,23 @@ class PipelineForm:
     beats_s: tuple[float, ...]  # beats_s[k]: beat when m - 1 = k (k capped at len - 1)
 
     @staticmethod
-    def of(stage_s: Sequence[float], link_s: Sequence[float], schedule: str) -> PipelineForm:
+    def of(
+        stage_s: Sequence[float],
+        link_s: Sequence[float],
+        schedule: str,
+        overlap_p2p: bool = True,
+    ) -> PipelineForm:
         """`stage_s`: per stage, one micro-batch's forward + backward; `link_s`: per
         boundary, one transfer; `schedule`: 1f1b, interleaved-1f1b (costed as 1F1B) or
-        gpipe."""
+        gpipe; `overlap_p2p`: False when a stage's sends and receives block its compute."""
         if len(link_s) != max(len(stage_s) - 1, 0):
             raise ValueError(f"{len(stage_s)} stages need {len(stage_s) - 1} links")
         fill = math.fsum(stage_s) + 2 * math.fsum(link_s)
+        # an inner boundary's transfers: on the round trip (overlapped), or already inside
+        # both neighbours' exposed times, of which the round trip holds them once
+        inner = 2.0
+        if not overlap_p2p:
+            stage_s, inner = exposed_stage_s(stage_s, link_s), -2.0
         beat = max([*stage_s, *link_s])
         beats = [beat]
         if schedule != "gpipe":
@@ -46,7 +65,7 @@ class PipelineForm:
             for s in range(n):
                 trip = 0.0
                 for u in range(s, n):
-                    trip += stage_s[u] + (2 * link_s[u - 1] if u > s else 0.0)
+                    trip += stage_s[u] + (inner * link_s[u - 1] if u > s else 0.0)
                     worst[u - s + 1] = max(worst[u - s + 1], trip / (u - s + 1))
             for w in range(1, n + 1):
                 beat = max(beat, worst[w])
@@ -69,3 +88,13 @@ class PipelineForm:
     def steady_beat_s(self) -> float:
         """The beat of a long pipeline (every window binding): the largest."""
         return self.beats_s[-1]
+
+
+def exposed_stage_s(stage_s: Sequence[float], link_s: Sequence[float]) -> list[float]:
+    """Each stage's time with its own transfers added (not overlapped): two per boundary it
+    touches, the activation or gradient in, and out."""
+    n = len(stage_s)
+    return [
+        t + 2 * ((link_s[i - 1] if i > 0 else 0.0) + (link_s[i] if i < n - 1 else 0.0))
+        for i, t in enumerate(stage_s)
+    ]

@@ -10,12 +10,10 @@ the profile has the collective at that group size and message size, analytic oth
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from polychip.costmodel.comm import LinkKind, ring_allreduce_time_s
-from polychip.costmodel.compute import INTRA_NODE_LATENCY_S, StageTimes
+from polychip.costmodel.comm import LinkKind
+from polychip.costmodel.compute import StageTimes
 from polychip.costmodel.measured import (
     ANALYTIC,
     MEASURED,
@@ -23,7 +21,7 @@ from polychip.costmodel.measured import (
     label,
     tp_collectives,
 )
-from polychip.costmodel.memory import MemoryBreakdown
+from polychip.costmodel.tpcomm import tp_collective_s
 from polychip.plan.plan import Replica
 from polychip.spec.accelerators import Accelerator
 from polychip.spec.profile import Corrections
@@ -36,26 +34,30 @@ FIGURES = ("block", "tp_collectives", "embedding", "head", "activation_memory", 
            "p2p", "grad_sync")
 
 
-def _analytic_collective_s(op: str, n_bytes: float, p: int, chip: Accelerator) -> float:
-    """A ring over the chip's scale-up link: an all-gather or a reduce-scatter is half of
-    the ring all-reduce (comm.ring_allreduce_time_s)."""
-    full = ring_allreduce_time_s(n_bytes, p, chip.link_bw_bytes_per_s, INTRA_NODE_LATENCY_S)
-    return full if op == "all_reduce" else full / 2
+def _collectives_s(cm: CostModel, chip: Accelerator, tp: int,
+                   ops: tuple[tuple[str, float], ...]) -> tuple[float, bool]:
+    """Seconds of `ops` ((kind, bytes) TP collectives), measured where the profile has the
+    collective at that group and message size, else analytic (`tpcomm`); all measured?"""
+    total, measured = 0.0, True
+    for kind, n in ops:
+        t = cm.profile.collective_s(chip.name, kind.replace("-", "_"), tp, n) \
+            if cm.profile else None
+        if t is None:
+            measured = False
+            t = tp_collective_s(chip, kind, n, tp)
+        total += t
+    return total, measured
 
 
 def tp_comm_s(cm: CostModel, chip: Accelerator, tp: int, micro_batch: int
-              ) -> tuple[float, bool]:
-    """(seconds of one block's TP collectives in one direction, all of them measured)."""
-    total, measured = 0.0, True
+              ) -> tuple[float, float, bool]:
+    """(seconds of one block's TP collectives forward, backward, all of them measured)."""
     if tp <= 1:
-        return total, measured
-    for op, n in tp_collectives(cm.model, cm.job, micro_batch):
-        t = cm.profile.collective_s(chip.name, op, tp, n) if cm.profile else None
-        if t is None:
-            measured = False
-            t = _analytic_collective_s(op, n, tp, chip)
-        total += t
-    return total, measured
+        return 0.0, 0.0, True
+    fwd_ops, bwd_ops = tp_collectives(cm.model, cm.job, micro_batch, tp)
+    fwd, fwd_measured = _collectives_s(cm, chip, tp, fwd_ops)
+    bwd, bwd_measured = _collectives_s(cm, chip, tp, bwd_ops)
+    return fwd, bwd, fwd_measured and bwd_measured
 
 
 def block_times(cm: CostModel, chip: Accelerator, tp: int, micro_batch: int,
@@ -65,11 +67,11 @@ def block_times(cm: CostModel, chip: Accelerator, tp: int, micro_batch: int,
     m = cm.profile.block(chip.name, tp, micro_batch, cm.job.seq_len) if cm.profile else None
     if m is None:
         return None
-    comm, _ = tp_comm_s(cm, chip, tp, micro_batch)
+    comm_f, comm_b, _ = tp_comm_s(cm, chip, tp, micro_batch)
     if not recompute:
-        return StageTimes(m.fwd_s + comm, m.bwd_s + comm)
+        return StageTimes(m.fwd_s + comm_f, m.bwd_s + comm_b)
     bwd = m.recompute_bwd_s if m.recompute_bwd_s is not None else m.fwd_s + m.bwd_s
-    return StageTimes(m.fwd_s + comm, bwd + 2 * comm)  # the recomputed forward's too
+    return StageTimes(m.fwd_s + comm_f, bwd + comm_f + comm_b)  # the recomputed forward's too
 
 
 def part_times(cm: CostModel, part: str, chip: Accelerator, tp: int, micro_batch: int
@@ -109,19 +111,6 @@ def link(cm: CostModel, node_a: int, node_b: int, analytic: tuple[LinkKind, floa
     return kind, bw / slower, lat * slower
 
 
-def stage_memory(cm: CostModel, replica: Replica, si: int, in_flight: int,
-                 held: Callable[[int], MemoryBreakdown]) -> MemoryBreakdown:
-    """`held(k)`: the analytic memory with k micro-batches in flight. A stage without
-    recompute whose blocks' kept bytes are measured holds k x blocks x those bytes beside
-    the analytic working set (`held(0)`: logits, ...)."""
-    st = replica.stages[si]
-    mem = held(in_flight)
-    act = activation_bytes(cm, st.chip, st.tp, replica.micro_batch_size)
-    if act is None or st.recompute:
-        return mem
-    return replace(mem, activations=int(held(0).activations + in_flight * st.num_layers * act))
-
-
 def corrections(cm: CostModel, chip: str) -> Corrections:
     return cm.profile.corrections(chip) if cm.profile else NO_CORRECTIONS
 
@@ -144,7 +133,7 @@ def figure_sources(cm: CostModel, replicas: tuple[Replica, ...]) -> dict[str, st
             if st.num_layers:
                 mark("block", block is not None)
                 if st.tp > 1:
-                    mark("tp_collectives", block is not None and tp_comm_s(cm, chip, st.tp, mb)[1])
+                    mark("tp_collectives", block is not None and tp_comm_s(cm, chip, st.tp, mb)[2])
                 mark("activation_memory", block is not None and not st.recompute
                      and block.activation_bytes is not None)
             if si == 0:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from polychip.costmodel import CostModel
-from polychip.costmodel.memory import stage_memory
 from polychip.planner.shapes import ShapeBuilder
 from polychip.planner.space import Segment, tp_degrees
 from polychip.spec.errors import InfeasibleError
@@ -28,19 +27,10 @@ def infeasible_error(cm: CostModel, builder: ShapeBuilder, max_stages: int) -> I
 
     # one layer on the roomiest chip with its widest TP
     tp = max(tp_degrees(largest, model))
-    one = stage_memory(
-        model,
-        seq_len=job.seq_len,
-        num_layers=1,
-        first=False,
-        last=False,
-        tp=tp,
-        micro_batch=1,
-        in_flight=1,
-        recompute=rec,
+    one = cm.stage_memory(
+        largest.chip, 1, tp, 1, first=False, last=False, in_flight=1, recompute=rec,
         zero_shards=shards,
-        capacity_bytes=largest.chip.memory_bytes,
-    )
+    )  # fmt: skip
     if one.total > largest.chip.memory_bytes:
         return InfeasibleError(
             f"{model.name}: one transformer layer at --seq-len {job.seq_len} needs "
@@ -48,39 +38,13 @@ def infeasible_error(cm: CostModel, builder: ShapeBuilder, max_stages: int) -> I
             f"(largest chip has {cap_gib:.0f} GiB): {fix}"
         )
     # the whole model as one pipeline, memory pooled over every chip
-    need = stage_memory(
-        model,
-        seq_len=job.seq_len,
-        num_layers=model.num_layers,
-        first=True,
-        last=True,
-        tp=1,
-        micro_batch=1,
-        in_flight=1,
-        recompute=rec,
-        zero_shards=shards,
-        capacity_bytes=0,
-    )
+    need = cm.stage_memory(
+        largest.chip, model.num_layers, 1, 1, first=True, last=True, in_flight=1,
+        recompute=rec, zero_shards=shards,
+    )  # fmt: skip
     need_bytes = need.total - need.reserve
     have = sum(
-        g.num_devices
-        * (
-            g.chip.memory_bytes
-            - stage_memory(
-                model,
-                seq_len=1,
-                num_layers=0,
-                first=False,
-                last=False,
-                tp=1,
-                micro_batch=1,
-                in_flight=0,
-                recompute=False,
-                zero_shards=1,
-                capacity_bytes=g.chip.memory_bytes,
-            ).reserve
-        )
-        for g in cluster.groups
+        g.num_devices * (g.chip.memory_bytes - cm.reserve_bytes(g.chip)) for g in cluster.groups
     )
     if need_bytes > have:
         zero = f", optimizer state sharded over up to {shards} replicas" if shards > 1 else ""

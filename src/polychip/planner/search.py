@@ -184,9 +184,11 @@ class FastSearch:
             else max(tp_degrees(self.cluster.groups[g], self.model))
             for g in groups
         }
+        # mixed pipelines: the single types' micro-batch sizes, and 1 (the most micro-batches:
+        # the smallest bubble, which a pipeline over unequal chips may need more than they do)
         mbs = sorted(
-            {s.micro_batch_size for opts in options.values() for o in opts for s, _ in o}
-        ) or [1]
+            {1, *(s.micro_batch_size for opts in options.values() for o in opts for s, _ in o)}
+        )
         if sum(self.cluster.groups[g].num_devices for g in singles) > LARGE:
             mbs = sorted(
                 {1, *(opts[1][0][0].micro_batch_size for opts in options.values() if len(opts) > 1)}

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from polychip.costmodel import CostModel
-from polychip.costmodel.memory import in_flight_micro_batches, stage_memory
-from polychip.costmodel.pipeline import PipelineForm
+from polychip.costmodel.memory import in_flight_micro_batches
+from polychip.costmodel.pipeline import PipelineForm, exposed_stage_s
 from polychip.plan.plan import Replica, Stage
 from polychip.planner.layersplit import INF, split_layers
 from polychip.planner.space import Template, canonical_slots, template_devices, template_stages
@@ -116,19 +116,10 @@ class ShapeBuilder:
         chip = self.cluster.groups[group].chip
 
         def fits(n: int) -> bool:
-            mem = stage_memory(
-                self.model,
-                seq_len=self.job.seq_len,
-                num_layers=n,
-                first=first,
-                last=last,
-                tp=tp,
-                micro_batch=mb,
-                in_flight=in_flight,
-                recompute=rec,
-                zero_shards=shards,
-                capacity_bytes=chip.memory_bytes,
-            )
+            mem = self.cm.stage_memory(
+                chip, n, tp, mb, first=first, last=last, in_flight=in_flight,
+                recompute=rec, zero_shards=shards,
+            )  # fmt: skip
             return mem.total <= chip.memory_bytes
 
         lo, hi = 0, self.num_layers
@@ -202,16 +193,9 @@ class ShapeBuilder:
             rows.append(row)
             norec.append(cap0)
         links = self.link_times(template, mb)
-        floor = max(links, default=0.0)
+        overlap = self.job.overlap_p2p
         if layers is None:
-            w = weight if weight == INF else max(weight, 0.0)
-            # 1F1B: the first stage's window of S micro-batches binds once m - 1 >= S
-            binds = self.schedule != "gpipe" and w >= num
-            window = 2 * math.fsum(links) if binds else None
-            split = split_layers(
-                rows, self.num_layers, weight=w, floor=floor, window=window, max_bottlenecks=24
-            )
-            chosen = None if split is None else split.layers
+            chosen = self._split(rows, links, weight)
         else:
             ok = all(rows[s][n] < INF for s, n in enumerate(layers))
             chosen = layers if ok else None
@@ -232,13 +216,34 @@ class ShapeBuilder:
                     micro_batch_size=mb,
                     layers=chosen,
                     recompute=rec,
-                    form=PipelineForm.of(costs, links, self.schedule),
+                    form=PipelineForm.of(costs, links, self.schedule, overlap),
                     zero_shards=shards,
                     max_micro_batches=limit,
                 )
             )
         self._shapes[key] = shape
         return shape
+
+    def _split(
+        self, rows: list[list[float]], links: list[float], weight: float
+    ) -> tuple[int, ...] | None:
+        """The layer split minimising the closed form's beat (planner/layersplit.py)."""
+        num = len(rows)
+        w = weight if weight == INF else max(weight, 0.0)
+        # 1F1B: the first stage's window of S micro-batches binds once m - 1 >= S; its round
+        # trip crosses every link twice, which transfers not overlapped already put (four
+        # times) into the stages' own times
+        binds = self.schedule != "gpipe" and w >= num
+        overlap = self.job.overlap_p2p
+        window = (2 if overlap else -2) * math.fsum(links) if binds else None
+        if not overlap:
+            extra = exposed_stage_s([0.0] * num, links)
+            rows = [[x + e for x in row] for row, e in zip(rows, extra, strict=True)]
+        split = split_layers(
+            rows, self.num_layers, weight=w, floor=max(links, default=0.0), window=window,
+            max_bottlenecks=24,
+        )  # fmt: skip
+        return None if split is None else split.layers
 
     def _gpipe_limit(
         self,

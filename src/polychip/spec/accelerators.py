@@ -18,7 +18,36 @@ import yaml
 from polychip.spec.errors import PolychipError, SpecError
 
 GIB = 1024**3
-PRECISIONS = ("bf16", "fp16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+# Figures of a chip an inline declaration may give, besides its names (docs/accelerators.md).
+FIGURE_KEYS = (
+    "peak_tflops_fp32",
+    "peak_tflops_tf32",
+    "peak_tflops_bf16",
+    "peak_tflops_fp16",
+    "memory_gib",
+    "memory_gbps",
+    "intra_node_gbps",
+    "compute_efficiency",
+    "compute_units",
+    "peer_to_peer",
+    "link_efficiency",
+)
+# Stated defaults for a chip (inline, or a catalog entry) without the figure: each a planning
+# assumption, confidence low, listed in docs/accelerators.md with its reason.
+DEFAULT_FIGURES: dict[str, tuple[float | bool, str]] = {
+    "compute_efficiency": (
+        0.78,
+        "default: the median sustained large-GEMM fraction of the dense peak over the 12 "
+        "accelerators of the MAMF table (stas00/ml-engineering, 0.51-0.97)",
+    ),
+    "peer_to_peer": (True, "default: chips of one node exchange directly (NVLink, HCCS, P2P)"),
+    "link_efficiency": (
+        0.7,
+        "default: nccl-tests all-reduce busbw on 8 x A100 NVLink, ~200-210 GB/s of 300 GB/s "
+        "one way (NVIDIA/nccl-tests issues 149, 178)",
+    ),
+}
 
 # One line (flow-style YAML), so an error that shows it stays one line on the terminal.
 INLINE_EXAMPLE = (
@@ -31,7 +60,7 @@ INLINE_EXAMPLE = (
 class Figure:
     """One catalog number with its provenance."""
 
-    value: float | None
+    value: float | bool | None
     source: str
     confidence: str
 
@@ -52,8 +81,14 @@ class Accelerator:
     memory_bw_bytes_per_s: float
     # Scale-up link, one direction, per chip (datasheets quote both directions summed).
     link_bw_bytes_per_s: float
+    # Sustained fraction of the dense peak on large GEMMs (measured GEMM / datasheet peak).
     compute_efficiency: float
     display_name: str = ""
+    peak_flops_fp32: float | None = None  # vector (CUDA-core) fp32, or fp32 matrix units
+    peak_flops_tf32: float | None = None  # TF32 matrix units; None: the chip has none
+    compute_units: int | None = None  # SMs / CUs the GEMM tiles are spread over
+    peer_to_peer: bool = True  # chips of a node exchange directly, not through host memory
+    link_efficiency: float = 0.7  # ring-collective bus bandwidth / one-way link figure
     figures: Mapping[str, Figure] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -62,17 +97,25 @@ class Accelerator:
         return f"{self.vendor}/{self.collective_library}"
 
     def peak_flops(self, precision: str) -> float:
+        """Dense peak FLOP/s of the job's precision: fp32 (vector units, or fp32 matrix
+        units where the chip has them), tf32, bf16 or fp16 (matrix units)."""
         if precision not in PRECISIONS:
             raise PolychipError(
                 f"precision {precision!r} has no catalog peak; use one of {', '.join(PRECISIONS)}"
             )
-        peak = self.peak_flops_bf16 if precision == "bf16" else self.peak_flops_fp16
+        peaks = {
+            "fp32": self.peak_flops_fp32,
+            "tf32": self.peak_flops_tf32,
+            "bf16": self.peak_flops_bf16,
+            "fp16": self.peak_flops_fp16,
+        }
+        peak = peaks[precision]
         if peak is None:
-            other = "fp16" if precision == "bf16" else "bf16"
+            has = [p for p in PRECISIONS if peaks[p] is not None]
+            use = f"train in {' or '.join(has)} (--precision {has[-1]}) or " if has else ""
             raise PolychipError(
                 f"chip {self.name!r} has no dense {precision} peak in the catalog; "
-                f"train in {other} (--precision {other}) or declare "
-                f"peak_tflops_{precision} for it under `chips:` in the cluster file"
+                f"{use}declare peak_tflops_{precision} for it under `chips:` in the cluster file"
             )
         return peak
 
@@ -142,18 +185,7 @@ def build_accelerator(
     name: str, entry: Mapping[str, Any], *, file: str | None = None, key: str | None = None
 ) -> Accelerator:
     """An Accelerator from a catalog entry or an inline spec (figures plain or with sources)."""
-    figs = {
-        k: _figure(entry, k)
-        for k in (
-            "peak_tflops_bf16",
-            "peak_tflops_fp16",
-            "memory_gib",
-            "memory_gbps",
-            "intra_node_gbps",
-            "compute_efficiency",
-        )
-        if k in entry
-    }
+    figs = {k: _figure(entry, k) for k in FIGURE_KEYS if k in entry}
 
     def need(k: str) -> float:
         fig = figs.get(k)
@@ -171,16 +203,18 @@ def build_accelerator(
         fig = figs.get(k)
         return None if fig is None or fig.value is None else float(fig.value)
 
-    bf16, fp16 = opt("peak_tflops_bf16"), opt("peak_tflops_fp16")
-    if bf16 is None and fp16 is None:
+    def tflops(k: str) -> float | None:
+        value = opt(k)
+        return None if value is None else value * 1e12
+
+    if opt("peak_tflops_bf16") is None and opt("peak_tflops_fp16") is None:
         need("peak_tflops_bf16")
-    if fp16 is None and bf16 is not None:
-        fp16 = bf16
+    if opt("peak_tflops_fp16") is None and opt("peak_tflops_bf16") is not None:
         figs["peak_tflops_fp16"] = figs["peak_tflops_bf16"]
-    efficiency = opt("compute_efficiency")
-    if efficiency is None:
-        efficiency = 0.5
-        figs["compute_efficiency"] = Figure(0.5, "default for chips without a figure", "low")
+    for k, (value, source) in DEFAULT_FIGURES.items():
+        if opt(k) is None:
+            figs[k] = Figure(value, source, "low")
+    units = opt("compute_units")
     return Accelerator(
         name=name,
         display_name=str(entry.get("display_name", name)),
@@ -189,12 +223,17 @@ def build_accelerator(
         torch_backend=str(entry.get("torch_backend", "nccl")),
         collective_library=str(entry.get("collective_library", entry.get("vendor", "unknown"))),
         intra_node_link=str(entry.get("intra_node_link", "unknown")),
-        peak_flops_bf16=None if bf16 is None else bf16 * 1e12,
-        peak_flops_fp16=None if fp16 is None else fp16 * 1e12,
+        peak_flops_bf16=tflops("peak_tflops_bf16"),
+        peak_flops_fp16=tflops("peak_tflops_fp16"),
+        peak_flops_fp32=tflops("peak_tflops_fp32"),
+        peak_flops_tf32=tflops("peak_tflops_tf32"),
         memory_bytes=int(need("memory_gib") * GIB),
         memory_bw_bytes_per_s=need("memory_gbps") * 1e9,
         link_bw_bytes_per_s=need("intra_node_gbps") * 1e9 / 2,
-        compute_efficiency=efficiency,
+        compute_efficiency=need("compute_efficiency"),
+        compute_units=None if units is None else int(units),
+        peer_to_peer=bool(figs["peer_to_peer"].value),
+        link_efficiency=need("link_efficiency"),
         figures=figs,
     )
 

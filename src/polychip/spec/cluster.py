@@ -39,12 +39,17 @@ class ChipDecl(_Strict):
     torch_backend: str | None = None
     collective_library: str | None = None
     intra_node_link: str | None = None
+    peak_tflops_fp32: PositiveFloat | None = None
+    peak_tflops_tf32: PositiveFloat | None = None
     peak_tflops_bf16: PositiveFloat | None = None
     peak_tflops_fp16: PositiveFloat | None = None
     memory_gib: PositiveFloat | None = None
     memory_gbps: PositiveFloat | None = None
     intra_node_gbps: PositiveFloat | None = None
     compute_efficiency: float | None = Field(default=None, gt=0, le=1)
+    compute_units: PositiveInt | None = None
+    peer_to_peer: bool | None = None
+    link_efficiency: float | None = Field(default=None, gt=0, le=1)
 
 
 class NodeDecl(_Strict):
@@ -232,28 +237,36 @@ def load_cluster(path: str | Path) -> Cluster:
     return cluster_from_dict(data, file=str(path))
 
 
+def _tflops(flops: float | None) -> float | None:
+    return None if flops is None else flops / 1e12
+
+
+def _chip_to_dict(chip: Accelerator) -> dict[str, Any]:
+    """Every figure of a resolved chip, in the cluster file's units (None: not known)."""
+    return {
+        "vendor": chip.vendor,
+        "display_name": chip.display_name,
+        "device_type": chip.device_type,
+        "torch_backend": chip.torch_backend,
+        "collective_library": chip.collective_library,
+        "intra_node_link": chip.intra_node_link,
+        "peak_tflops_fp32": _tflops(chip.peak_flops_fp32),
+        "peak_tflops_tf32": _tflops(chip.peak_flops_tf32),
+        "peak_tflops_bf16": _tflops(chip.peak_flops_bf16),
+        "peak_tflops_fp16": _tflops(chip.peak_flops_fp16),
+        "memory_gib": chip.memory_bytes / 1024**3,
+        "memory_gbps": chip.memory_bw_bytes_per_s / 1e9,
+        "intra_node_gbps": chip.link_bw_bytes_per_s * 2 / 1e9,
+        "compute_efficiency": chip.compute_efficiency,
+        "compute_units": chip.compute_units,
+        "peer_to_peer": chip.peer_to_peer,
+        "link_efficiency": chip.link_efficiency,
+    }
+
+
 def cluster_to_dict(cluster: Cluster) -> dict[str, Any]:
     """The resolved cluster (every chip figure inline) -- embedded in plan files."""
-    chips = {}
-    for chip in cluster.chips():
-        chips[chip.name] = {
-            "vendor": chip.vendor,
-            "display_name": chip.display_name,
-            "device_type": chip.device_type,
-            "torch_backend": chip.torch_backend,
-            "collective_library": chip.collective_library,
-            "intra_node_link": chip.intra_node_link,
-            "peak_tflops_bf16": None
-            if chip.peak_flops_bf16 is None
-            else chip.peak_flops_bf16 / 1e12,
-            "peak_tflops_fp16": None
-            if chip.peak_flops_fp16 is None
-            else chip.peak_flops_fp16 / 1e12,
-            "memory_gib": chip.memory_bytes / 1024**3,
-            "memory_gbps": chip.memory_bw_bytes_per_s / 1e9,
-            "intra_node_gbps": chip.link_bw_bytes_per_s * 2 / 1e9,
-            "compute_efficiency": chip.compute_efficiency,
-        }
+    chips = {chip.name: _chip_to_dict(chip) for chip in cluster.chips()}
     return {
         "schema_version": CLUSTER_SCHEMA_VERSION,
         "name": cluster.name,
