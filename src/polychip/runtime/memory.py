@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-Key = tuple[str, int]  # a storage: (device, address)
+Key = int  # a storage, by its address (a meter counts the tensors of one device)
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,9 @@ class MemoryCount:
 
 
 def storage_key(t: torch.Tensor) -> Key:
-    return str(t.device), t.untyped_storage().data_ptr()
+    """The address of ``t``'s storage (a view shares its base's), without building the
+    storage object: this runs for every tensor a forward saves."""
+    return t.data_ptr() - t.storage_offset() * t.element_size()
 
 
 def storage_bytes(tensors: Iterable[torch.Tensor], seen: set[Key]) -> int:
