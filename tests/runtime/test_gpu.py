@@ -38,7 +38,12 @@ def _cuda_cpu_worker(rank: int, world_size: int, plan: Plan) -> None:
     assert topology.roles[0].backend == "nccl" and topology.roles[1].backend == "gloo"
     trainer = Trainer(plan, config, topology)
     records = trainer.run(config.steps)
-    assert records[0].memory_kind == ("device" if rank == 0 else "host-rss")
+    assert records[0].memory_kind == ("device-allocator" if rank == 0 else "cpu-tensors")
+    held = sum(t.numel() * t.element_size() for t in (
+        *trainer.model.parameters(), trainer.grads.buffer,
+        *(v for st in trainer.optimizer.state.values() for v in st.values()
+          if isinstance(v, torch.Tensor))))
+    assert records[-1].peak_memory_bytes >= held  # the allocator's peak: at least these
 
     ref_losses, ref_params = single_process(plan, config)
     for record, expected in zip(records, ref_losses, strict=True):
@@ -64,5 +69,6 @@ def test_train_command_on_a_gpu_and_a_cpu(tmp_path: Path) -> None:
     assert "no emulation" in done.stdout
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     gpu = [r for r in records if r["chip"] == "h100"]
-    assert len(gpu) == 3 and all(r["memory_kind"] == "device" for r in gpu)
+    assert len(gpu) == 3 and all(r["memory_kind"] == "device-allocator" for r in gpu)
+    assert all(r["emulated_time"] is None and r["compute_s"] > 0 for r in records)
     assert records[-1]["global_loss"] < records[0]["global_loss"]

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from polychip.plan import build_schedule
 from polychip.runtime.dilation import WarmupTiming, dilation_for, dilation_from
 from polychip.runtime.emulate import phase_targets
 from polychip.runtime.errors import RuntimeSetupError
@@ -105,10 +106,21 @@ def test_interleaved_ranks_hold_the_chunks_the_schedule_runs() -> None:
     assert list(pieces) == ["head", "3:4", "2:3", "1:2", "0:1", "emb"]
 
 
+@pytest.mark.parametrize("plan", [hybrid_plan(), interleaved_plan()], ids=["tp", "interleaved"])
+def test_roles_schedule_and_plan_share_one_numbering_of_ranks(plan) -> None:
+    roles = rank_roles(plan, emulate=True)
+    assert tuple(r.info for r in roles) == plan.ranks()
+    stage_ranks = plan.stage_rank_map()
+    for role in roles:
+        assert role.stage_ranks == stage_ranks[(role.replica, role.stage)]
+        assert build_schedule(plan).program_of(role.rank).ranks == role.stage_ranks
+
+
 def test_what_the_runtime_cannot_run_yet_is_refused_not_faked() -> None:
     plan = hybrid_plan()
     tied = dataclasses.replace(plan, model=dataclasses.replace(TINY4, tie_embeddings=True))
-    with pytest.raises(RuntimeSetupError, match="ties its output head"):
+    with pytest.raises(RuntimeSetupError, match=r"model.tie_embeddings = true: not executed.*"
+                                                r"plan one stage per replica"):
         rank_roles(tied, emulate=True)
     odd = dataclasses.replace(plan, model=dataclasses.replace(TINY4, num_kv_heads=1))
     with pytest.raises(RuntimeSetupError, match="degree 2, which does not divide the model's "

@@ -117,15 +117,17 @@ def _print(console: Console, f: dict[str, Any]) -> None:
     console.print("loss: " + "  ".join(f"[dim]{i}:[/dim]{losses[i]:.2f}" for i in marks)
                   + f"  (even split, same steps: max difference "
                     f"{f['max_loss_difference_even_vs_planned']:.1e})")
-    table = Table(title="tokens/s (emulated chip time)")
-    for col in ("", "batch shares", "measured", "estimate"):
+    table = Table(title="tokens/s (run: emulated chip time; wall: measured on this host)")
+    for col in ("", "batch shares", "run", "estimate", "wall"):
         table.add_column(col, justify="left" if col in ("", "batch shares") else "right")
     table.add_row("polychip plan", "/".join(map(str, f["shares_planned"])),
-                  f"{f['planned_tokens_per_s']:,.0f}", f"{f['estimate_tokens_per_s']:,.0f}")
+                  f"{f['planned_tokens_per_s']:,.0f}", f"{f['estimate_tokens_per_s']:,.0f}",
+                  f"{f['planned_wall_tokens_per_s']:,.0f}")
     table.add_row("even split", "/".join(map(str, f["shares_even"])),
-                  f"{f['even_tokens_per_s']:,.0f}", f"{f['even_estimate_tokens_per_s']:,.0f}")
+                  f"{f['even_tokens_per_s']:,.0f}", f"{f['even_estimate_tokens_per_s']:,.0f}",
+                  f"{f['even_wall_tokens_per_s']:,.0f}")
     if f["ideal_tokens_per_s"]:
-        table.add_row("ideal (sum of chips)", "", "", f"{f['ideal_tokens_per_s']:,.0f}")
+        table.add_row("ideal (sum of chips)", "", "", f"{f['ideal_tokens_per_s']:,.0f}", "")
     table.add_row("[bold]speed-up[/bold]", "", f"[bold]{f['measured_speedup']:.2f}x[/bold]",
-                  f"{f['theoretical_speedup']:.2f}x")
+                  f"{f['theoretical_speedup']:.2f}x", "")
     console.print(table)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -29,8 +30,10 @@ ZERO1_NOTE = ("The plan shards optimizer state (ZeRO-1); this runtime keeps it r
 
 
 def emulation_note(summary: RunSummary) -> str:
+    """Which figures are measured and which emulated, and how far to trust the emulation."""
     if not summary.emulated:
-        return "Speeds are this machine's own (no emulation)."
+        return ("All times are MEASURED on this machine (wall clock, no emulation); the "
+                "metrics file has each rank's phases per step.")
     d = f"{summary.dilation:g}"
     raised = ""
     if summary.dilation_start is not None and summary.dilation != summary.dilation_start:
@@ -39,11 +42,13 @@ def emulation_note(summary: RunSummary) -> str:
     return (f"Chip speeds were EMULATED on this CPU: every compute phase lasted {d} x the cost "
             f"model's time for its chip, each transfer between stages arrived {d} x its "
             f"modelled time after it was sent, and each gradient all-reduce was followed by "
-            f"{d} x its modelled time; chip-time figures = wall x {d} (tokens/s) or wall / "
-            f"{d} (seconds). Overruns: {summary.num_overruns} of {summary.num_phases} compute "
-            f"phases ran past their slot; the emulated chips lost "
-            f"{summary.lost_fraction:.1%} of their time to them (a late phase is made up by the "
-            f"next one when it follows directly).{raised}")
+            f"{d} x its modelled time. Emulated chip time counts those slots and every wait "
+            f"for other ranks / {d}, and this host's own work outside the slots (Python, "
+            f"data, posting sends) at its real duration; 'wall' figures, and the phase fields "
+            f"of the metrics file, are MEASURED on this host. Overruns: "
+            f"{summary.num_overruns} of {summary.num_phases} compute phases ran past their "
+            f"slot; the emulated chips lost {summary.lost_fraction:.1%} of their time to them "
+            f"(a late phase is made up by the next one when it follows directly).{raised}")
 
 
 def step_times(plan: Plan) -> tuple[float, float]:
@@ -63,14 +68,14 @@ def step_times(plan: Plan) -> tuple[float, float]:
 
 def print_train_summary(console: Console, plan: Plan, summary: RunSummary) -> None:
     s = summary
+    basis = "emulated chip time" if s.emulated else "measured"
     console.print(f"[bold]polychip train[/bold]: {s.world_size} ranks, "
                   f"{islands_line(plan, s.emulated)}; {s.steps} steps of "
                   f"{s.tokens_per_step:,} tokens")
     console.print(f"loss {s.loss_first:.3f} -> {s.loss_last:.3f}")
-    table = Table(title="throughput (tokens/s" + (", emulated chip time)" if s.emulated
-                                                  else ")"))
-    for col in ("measured", "plan estimate", "measured / estimate", "ideal (sum of replicas)",
-                "wall (this host)"):
+    table = Table(title=f"throughput, tokens/s (run: {basis})")
+    for col in ("run", "plan estimate", "run / estimate", "ideal (sum of replicas)",
+                "wall on this host (measured)"):
         table.add_column(col, justify="right")
     est = s.estimate_tokens_per_s
     table.add_row(f"{s.tokens_per_s:,.0f}", "—" if est is None else f"{est:,.0f}",
@@ -78,23 +83,34 @@ def print_train_summary(console: Console, plan: Plan, summary: RunSummary) -> No
                   f"{s.ideal_tokens_per_s:,.0f}", f"{s.wall_tokens_per_s:,.0f}")
     console.print(table)
     analytic, simulated = step_times(plan)
-    steps = Table(title="step time, seconds" + (" (emulated chip time = wall / dilation)"
-                                                if s.emulated else ""))
-    for col in ("measured", "analytic estimate", "simulated", "measured / simulated"):
+    steps = Table(title=f"step time, seconds (run: {basis})")
+    for col in ("run", "analytic estimate", "simulated", "run / simulated"):
         steps.add_column(col, justify="right")
     steps.add_row(f"{s.step_time_s:.4g}", f"{analytic:.4g}", f"{simulated:.4g}",
                   f"{s.step_time_s / simulated:.0%}")
     console.print(steps)
-    per = Table(title="per stage (median seconds per step, wall)")
-    for col in ("replica", "stage", "chip", "layers", "samples", "compute s", "recv wait s",
-                "grad sync s", "peak act."):
-        per.add_column(col, justify="left" if col == "chip" else "right")
-    for st in s.stages:
-        layers = ", ".join(f"{a}" if b - a == 1 else f"{a}–{b - 1}" for a, b in st.layers)
-        per.add_row(str(st.replica), str(st.stage), st.chip, layers,
-                    str(st.batch_share), f"{st.compute_s:.3f}", f"{st.recv_wait_s:.3f}",
-                    f"{st.sync_s:.3f}", str(st.peak_activations))
-    console.print(per)
+    console.print(_stage_table(s, basis))
     console.print(emulation_note(s))
     if plan.zero1:
         console.print(ZERO1_NOTE)
+
+
+_MEMORY_KIND = {"cpu-tensors": "tensors counted", "device-allocator": "device allocator"}
+
+
+def _stage_table(s: RunSummary, basis: str) -> Table:
+    kinds = sorted({_MEMORY_KIND.get(st.memory_kind, st.memory_kind) for st in s.stages})
+    per = Table(title=f"per stage (replica.stage): mean milliseconds per step ({basis}); "
+                      f"peak memory ({', '.join(kinds)}) and micro-batches held, measured",
+                box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    for col in ("r.s", "chip", "layers", "compute", "p2p wait", "grad sync", "optim.",
+                "idle", "held", "MiB"):
+        per.add_column(col, justify="left" if col == "chip" else "right")
+    for st in s.stages:
+        t = st.timed
+        layers = ", ".join(f"{a}" if b - a == 1 else f"{a}–{b - 1}" for a, b in st.layers)
+        per.add_row(f"{st.replica}.{st.stage}", st.chip, layers,
+                    *(f"{v * 1e3:.2f}" for v in (t.compute_s, t.pipeline_wait_s, t.grad_sync_s,
+                                                 t.optimizer_s, t.idle_s)),
+                    str(st.peak_activations), f"{st.peak_memory_bytes / 2**20:,.1f}")
+    return per

@@ -1,10 +1,15 @@
 """`polychip train PLAN.json`: run a plan on this machine (every rank, through torchrun's API),
 or, with --plan-node (as in `polychip launch`'s commands), be one torchrun worker of a
-cluster job."""
+cluster job. `--check` only says whether the runtime can execute the plan.
+
+Before any process starts, a local run is refused when the runtime cannot execute the plan,
+when the data is unusable, when this machine lacks the plan's device types, or when the
+ranks do not fit this host (runtime.hostfit)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -18,6 +23,11 @@ if TYPE_CHECKING:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a plan (pipelines, TP, heterogeneous data parallel)")
     p.add_argument("plan", help="plan JSON file (polychip plan)")
+    p.add_argument("--check", action="store_true",
+                   help="start nothing: check the plan against the runtime's capabilities "
+                        "(and, without --emulate, this machine's device types); exit 0 when "
+                        "the runtime can execute every feature it asks for, else 2 with the "
+                        "reasons")
     add_train_options(p)
     p.add_argument("--plan-node", type=int, metavar="N",
                    help="run as a torchrun worker of plan node N (set by `polychip launch`)")
@@ -50,10 +60,38 @@ def train_config(args: argparse.Namespace, *, progress: bool) -> TrainConfig:
                        timeout_s=args.timeout, metrics_path=args.metrics, progress=progress)
 
 
+def check(plan_path: str, *, emulate: bool) -> int:
+    """`--check`: the runtime's capability table and, unless emulated, this machine's
+    device types; nothing starts. 0, or 2 with one line per reason."""
+    from polychip.plan import load_plan
+    from polychip.plan.capabilities import RUNTIME
+    from polychip.runtime.executable import executable_problems
+    from polychip.runtime.topology import device_problems, roles_of
+
+    plan = load_plan(plan_path)
+    problems = executable_problems(plan, RUNTIME)
+    if not emulate:
+        problems += device_problems(roles_of(plan, emulate=False))
+    where = "emulated on this CPU" if emulate else "on this machine's devices"
+    if problems:
+        print(f"polychip train --check: the runtime cannot execute {plan_path} ({where}):",
+              file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    Console().print(f"polychip train --check: the runtime can execute every feature "
+                    f"{plan_path} asks for ({where}); host capacity is checked when "
+                    f"`polychip train` starts")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.check:
+        return check(args.plan, emulate=args.emulate)
     from polychip.plan import load_plan
     from polychip.runtime.data import SampleStream, open_source
     from polychip.runtime.errors import DistributedRunError
+    from polychip.runtime.hostfit import check_host_fit
     from polychip.runtime.launch import launch_local, torchrun_worker
     from polychip.runtime.session import TrainTask
     from polychip.runtime.topology import check_devices, rank_roles
@@ -69,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
             rank, summary = torchrun_worker(plan, args.plan_node, TrainTask(config))
         else:
             check_devices(roles)
+            check_host_fit(plan, roles, config)
             rank, summary = 0, launch_local(plan, TrainTask(config))[0]
     except DistributedRunError as exc:
         console.print(f"[red]polychip train: the run failed[/red]: {exc}")

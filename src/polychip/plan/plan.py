@@ -148,6 +148,9 @@ class Baseline:
 
 @dataclass(frozen=True)
 class RankInfo:
+    """One rank of the plan: the one numbering every layer uses (the schedule, the simulator,
+    the runtime's roles and launcher)."""
+
     rank: int
     replica: int
     stage: int
@@ -184,8 +187,15 @@ class Plan:
                     out.append(RankInfo(len(out), ri, si, ti, st.node, dev, st.chip))
         return tuple(out)
 
+    def stage_rank_map(self) -> dict[tuple[int, int], tuple[int, ...]]:
+        """(replica, stage) -> its ranks (its TP group, leader first)."""
+        out: dict[tuple[int, int], list[int]] = {}
+        for r in self.ranks():
+            out.setdefault((r.replica, r.stage), []).append(r.rank)
+        return {key: tuple(ranks) for key, ranks in out.items()}
+
     def stage_ranks(self, replica: int, stage: int) -> tuple[int, ...]:
-        return tuple(r.rank for r in self.ranks() if (r.replica, r.stage) == (replica, stage))
+        return self.stage_rank_map()[(replica, stage)]
 
     def chip(self, name: str):
         for c in self.cluster.chips():

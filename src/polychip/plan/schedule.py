@@ -204,13 +204,9 @@ def build_schedule(plan: Plan, replicas: Iterable[int] | None = None) -> Schedul
     _check_kind(plan)
     v = plan.virtual_stages if plan.schedule == "interleaved-1f1b" else 1
     kind = "1f1b" if plan.schedule == "interleaved-1f1b" and v == 1 else plan.schedule
-    leaders: list[list[int]] = []
-    rank = 0
-    for rep in plan.replicas:
-        leaders.append([])
-        for st in rep.stages:
-            leaders[-1].append(rank)
-            rank += st.tp
+    stage_ranks = plan.stage_rank_map()
+    leaders = [[stage_ranks[(ri, si)][0] for si in range(rep.num_stages)]
+               for ri, rep in enumerate(plan.replicas)]
     segments = grad_segments(plan)
     held: dict[tuple[int, int], list[str]] = {}
     for seg in segments:
@@ -220,9 +216,9 @@ def build_schedule(plan: Plan, replicas: Iterable[int] | None = None) -> Schedul
     programs = []
     for ri in wanted:
         rep = plan.replicas[ri]
-        for si, st in enumerate(rep.stages):
+        for si in range(rep.num_stages):
             acts = _pipeline_actions(kind, si, rep.num_micro_batches, v, leaders[ri])
-            ranks = tuple(range(leaders[ri][si], leaders[ri][si] + st.tp))
+            ranks = stage_ranks[(ri, si)]
             acts += [Action(Op.ALLREDUCE, segment=name) for name in held.get((ri, si), [])]
             acts.append(Action(Op.OPTIMIZER))
             programs.append(StageProgram(ri, si, ranks, tuple(acts)))

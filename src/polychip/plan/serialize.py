@@ -231,6 +231,8 @@ def plan_from_dict(data: Any, file: str | None = None) -> Plan:
 
 
 def save_plan(plan: Plan, path: str | Path) -> None:
+    """Write ``plan`` as JSON (its folder is made if missing: `--out out/plan.json`)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(plan_to_dict(plan), indent=1) + "\n")
 
 

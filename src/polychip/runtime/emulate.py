@@ -1,147 +1,56 @@
-"""Emulated chip clocks: fixed-duration compute phases.
+"""Emulated chips: the clock ``--emulate`` injects into the stage executor.
 
-An emulated chip runs the real mathematics of a phase, then sleeps until the phase has lasted
-exactly ``dilation * target_s`` seconds, where ``target_s`` is what the cost model gives for
-that chip and that work. The dilation (about 3 on a 2-core host with 4 ranks) is chosen so the
-real computation always fits in its slot; a phase whose body took longer than its slot is an
-*overrun*: it is not padded, and counted so that the report can say the emulation was off.
-See RUNTIME-NOTES.md, "Emulating slower chips". How the dilation is chosen and raised:
+Every compute and optimizer phase runs the real mathematics in a fixed-duration slot of
+``dilation x`` the cost model's time for the rank's chip and work
+(:class:`polychip.runtime.slots.PhaseClock`); compute phases that follow each other with
+nothing to wait for in between have chained slots (a late one is made up by the next); a
+message arrives ``dilation x`` its modelled transfer time after it was sent; each gradient
+all-reduce is followed by ``dilation x`` its modelled time (the host's own collectives are
+nearly free on the emulated clock). The dilation is chosen and raised in
 :mod:`polychip.runtime.dilation`.
+
+**Emulated chip time.** The host runs the emulated cluster ``dilation`` times slower, except
+for what it really does outside the slots (Python between actions, reading data, posting
+sends), which takes its real time. So a step's emulated time is counted phase by phase:
+
+- compute and optimizer: the wall time of their slots / dilation (the cost model's time;
+  more when the real work overran its slot); a chained slot starts where the last one ended,
+  so host work between back-to-back phases is inside the slots, as on a chip that queues them;
+- pipeline waits and gradient sync: wall / dilation (they wait for other ranks' slots and for
+  emulated links, which run dilated);
+- idle (host work outside any slot): its real duration, unscaled -- the CPU seconds the
+  rank's thread spent on it, which is what it costs a host of its own (the wall seconds also
+  hold the time the rank waited for a core it shares with the other emulated ranks: an
+  artefact of playing several chips on one host).
+
+Dividing the whole wall step by the dilation instead (what earlier versions did) shrinks the
+host's real overheads by the dilation and reports, mostly, the cost model against itself.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+import torch.distributed as dist
 
 from polychip.costmodel.estimate import CostModel
 from polychip.plan.plan import Plan
-from polychip.plan.schedule import grad_segments
-from polychip.runtime.errors import RuntimeSetupError
+from polychip.plan.schedule import Action, Op, grad_segments
+from polychip.runtime.clock import Phase, PhaseSeconds, StepTiming, WallClock
+from polychip.runtime.slots import PhaseClock, sleep_until
 
+if TYPE_CHECKING:
+    from polychip.runtime.dilation import DilationGovernor
 
-@dataclass(frozen=True)
-class PhaseTotals:
-    """Totals for all runs of one named phase. ``slot_s`` is 0 when emulation is off."""
-
-    name: str
-    num_calls: int
-    compute_s: float
-    padded_s: float
-    slot_s: float
-    num_overruns: int
-
-
-@dataclass(frozen=True)
-class ClockSummary:
-    dilation: float | None
-    phases: tuple[PhaseTotals, ...]
-    lost_s: float = 0.0  # how much later than their slots the emulated chip finished work
-
-    @property
-    def emulated(self) -> bool:
-        return self.dilation is not None
-
-    @property
-    def num_overruns(self) -> int:
-        return sum(p.num_overruns for p in self.phases)
-
-    @property
-    def compute_s(self) -> float:
-        return sum(p.compute_s for p in self.phases)
-
-    @property
-    def padded_s(self) -> float:
-        return sum(p.padded_s for p in self.phases)
-
-    def phase(self, name: str) -> PhaseTotals:
-        for totals in self.phases:
-            if totals.name == name:
-                return totals
-        raise KeyError(name)
-
-
-@dataclass
-class _Accumulator:
-    num_calls: int = 0
-    compute_s: float = 0.0
-    padded_s: float = 0.0
-    slot_s: float = 0.0
-    num_overruns: int = 0
-
-
-class PhaseClock:
-    """Times compute phases; with a ``dilation``, pads each one to ``dilation * target_s``.
-
-    ``PhaseClock(None)`` turns emulation off: phases run and are timed, never padded.
-    """
-
-    def __init__(self, dilation: float | None) -> None:
-        if dilation is not None and not dilation > 0:
-            raise RuntimeSetupError(
-                f"dilation={dilation}: the emulation dilation must be > 0 (about 3 on a small "
-                f"shared host); pass None to run without emulated clocks")
-        self.dilation = dilation
-        self.last_s = 0.0  # wall seconds of the last phase, padding included
-        self._totals: dict[str, _Accumulator] = {}
-        self._deadline: float | None = None  # end of the last phase's slot
-        self._late_s = 0.0  # how late the last phase ended (a chained phase may make it up)
-        self._lost_s = 0.0  # lateness nobody made up: time the emulated chip lost
-
-    @property
-    def emulated(self) -> bool:
-        return self.dilation is not None
-
-    def set_dilation(self, dilation: float) -> None:
-        """A new factor for the phases to come (totals are kept)."""
-        if self.dilation is None or not dilation > 0:
-            raise RuntimeSetupError(
-                f"dilation={dilation}: only an emulated clock takes a new dilation (> 0)")
-        self.dilation = dilation
-
-    @contextmanager
-    def phase(self, name: str, target_s: float | None = None, *, chain: bool = False
-              ) -> Iterator[None]:
-        """Run the body, then (when emulated) sleep until ``dilation * target_s`` has passed
-        since the phase began. A body that raises is neither padded nor counted.
-
-        ``chain``: the phase follows the previous one back to back on the emulated chip, so
-        its slot starts where the previous slot ended (not when this body starts): a phase
-        that ran a little late (an overrun) is made up by the next ones, as on a real chip
-        whose k-th micro-batch of a sequence ends at k x its time."""
-        if self.dilation is not None and (target_s is None or target_s < 0):
-            raise RuntimeSetupError(
-                f"phase {name!r} has target_s={target_s}: an emulated clock needs the "
-                f"phase's duration on the emulated chip (>= 0 s) from the cost model")
-        begin = time.perf_counter()
-        slot_start = self._deadline if chain and self._deadline is not None else begin
-        if not chain:
-            self._lost_s, self._late_s = self._lost_s + self._late_s, 0.0
-        yield
-        body_end = time.perf_counter()
-        totals = self._totals.setdefault(name, _Accumulator())
-        totals.num_calls += 1
-        totals.compute_s += body_end - begin
-        self.last_s = body_end - begin
-        if self.dilation is None:
-            return
-        assert target_s is not None
-        slot_s = self.dilation * target_s
-        totals.slot_s += slot_s
-        deadline = self._deadline = slot_start + slot_s
-        self._late_s = max(0.0, body_end - deadline)
-        if body_end > deadline:
-            totals.num_overruns += 1
-            return
-        totals.padded_s += sleep_until(deadline)
-        self.last_s = time.perf_counter() - begin
-
-    def summary(self) -> ClockSummary:
-        return ClockSummary(self.dilation, tuple(
-            PhaseTotals(name, t.num_calls, t.compute_s, t.padded_s, t.slot_s, t.num_overruns)
-            for name, t in self._totals.items()), self._lost_s + self._late_s)
+GRADIENT_SYNC = "gradient_sync"
+"""The emulated link slot after a real all-reduce (not a compute phase)."""
+_SLOT_NAMES = {Op.FORWARD: "forward", Op.BACKWARD: "backward", Op.OPTIMIZER: "optimizer"}
+Failure = Callable[[int | None, str, BaseException], Exception]
 
 
 @dataclass(frozen=True)
@@ -171,6 +80,12 @@ class PhaseTargets:
     def gradient_sync_s(self) -> float:
         """All of this rank's gradient all-reduces in a step, one after the other."""
         return sum(self.allreduce_s.values())
+
+    def of(self, action: Action) -> float:
+        """The emulated chip's seconds for a compute or optimizer action."""
+        if action.op is Op.OPTIMIZER:
+            return self.optimizer_s
+        return self.chunk_s[action.chunk][0 if action.op is Op.FORWARD else 1]
 
 
 def phase_targets(plan: Plan, replica: int, stage: int) -> PhaseTargets:
@@ -205,10 +120,107 @@ def phase_targets(plan: Plan, replica: int, stage: int) -> PhaseTargets:
         allreduce_s=allreduce)
 
 
-def sleep_until(deadline: float) -> float:
-    """Sleep until ``time.perf_counter()`` reaches ``deadline``; the seconds slept."""
-    begin = now = time.perf_counter()
-    while now < deadline:
-        time.sleep(deadline - now)
-        now = time.perf_counter()
-    return now - begin
+class EmulatedClock(WallClock):
+    """The clock of an emulated chip: slots, emulated links, and the emulated chip time.
+
+    ``governor``: raises the dilation between steps, on every rank at the same step, when
+    overruns cost the emulated chips time (it needs every rank's lateness: one scalar
+    all-reduce over the world after each step, outside the step's timing); ``failure`` wraps
+    a collective's error (:meth:`polychip.runtime.train.Trainer.failure`)."""
+
+    stamps_messages = True
+
+    def __init__(self, targets: PhaseTargets, dilation: float, *,
+                 governor: DilationGovernor | None = None, failure: Failure | None = None,
+                 sync: Callable[[], None] | None = None) -> None:
+        super().__init__(sync)
+        self.targets, self.slots = targets, PhaseClock(dilation)
+        self.governor, self.failure = governor, failure
+        self._before = self.slots.summary()
+        self._delivery_s = 0.0  # slept holding messages until their emulated arrival
+        self._cpu_start = self._cpu_end = time.thread_time()
+        self._cpu_in_spans = 0.0  # CPU seconds of this thread inside the phases' chip spans
+        self._lost_reported = 0.0
+
+    @property
+    def dilation(self) -> float:
+        return self.slots.dilation
+
+    def start_step(self) -> None:
+        super().start_step()
+        self._before, self._delivery_s = self.slots.summary(), 0.0
+        self._cpu_start = self._cpu_end = time.thread_time()
+        self._cpu_in_spans = 0.0
+
+    @contextmanager
+    def phase(self, phase: Phase, action: Action | None = None,
+              run: Sequence[str] = ()) -> Iterator[None]:
+        begin, cpu_begin = time.perf_counter(), time.thread_time()
+        chained = phase is Phase.COMPUTE and self.last_phase is Phase.COMPUTE
+        if phase in (Phase.COMPUTE, Phase.OPTIMIZER):
+            assert action is not None, "a compute phase names its action"
+            with self.slots.phase(_SLOT_NAMES[action.op], self.targets.of(action),
+                                  chain=chained):
+                yield
+                self.sync()
+        else:
+            yield
+            self.sync()
+            if phase is Phase.GRAD_SYNC and run:  # the emulated link after the collective
+                with self.slots.phase(GRADIENT_SYNC,
+                                      sum(self.targets.allreduce_s[s] for s in run)):
+                    pass
+        chip_start = self.last_end if chained else begin
+        self.record(phase, begin, time.perf_counter(), chip_start)
+        cpu_end = time.thread_time()
+        self._cpu_in_spans += cpu_end - (self._cpu_end if chained else cpu_begin)
+        self._cpu_end = cpu_end
+
+    def delivered(self, action: Action, sent_at: float | None) -> None:
+        """Hold a message until ``dilation x`` its modelled transfer after it was sent."""
+        assert sent_at is not None, "emulated links need time-stamped messages"
+        modelled = (self.targets.recv_act_s if action.op is Op.RECV_ACT
+                    else self.targets.recv_grad_s)
+        self._delivery_s += sleep_until(sent_at + self.dilation * modelled)
+
+    def finish_step(self) -> StepTiming:
+        end = time.perf_counter()
+        after, before, d = self.slots.summary(), self._before, self.dilation
+        chip: dict[Phase, float] = {}
+        for s in self.spans:
+            chip[s.phase] = chip.get(s.phase, 0.0) + (s.end - s.chip_start) / d
+        # host work outside the slots: the CPU seconds it took (what it costs a host of its
+        # own), not the wall seconds, which include waiting for a core the emulated ranks share
+        idle = max(0.0, time.thread_time() - self._cpu_start - self._cpu_in_spans)
+        return StepTiming(
+            measured=self.measured(end),
+            emulated=PhaseSeconds.of(sum(chip.values()) + idle, chip),
+            dilation=d, padding_s=after.padded_s - before.padded_s + self._delivery_s,
+            overruns=after.num_overruns - before.num_overruns,
+            lost_s=after.lost_s - before.lost_s)
+
+    def after_step(self, step: int) -> None:
+        """Sum every rank's lateness of this step (one scalar over the world: a pipeline's
+        gradient segments do not reach every rank) and let the governor decide, with the same
+        inputs, the same way everywhere."""
+        if self.governor is None:
+            return
+        lost = self.slots.summary().lost_s
+        late = torch.tensor([lost - self._lost_reported], dtype=torch.float64)
+        self._lost_reported = lost
+        try:
+            dist.all_reduce(late, op=dist.ReduceOp.SUM)
+        except RuntimeError as exc:
+            if self.failure is None:
+                raise
+            raise self.failure(step, "summing the emulated lateness", exc) from exc
+        raised = self.governor.observe(float(late.item()))
+        if raised is not None:
+            self.slots.set_dilation(raised)
+
+    def raise_dilation_to(self, dilation: float) -> None:
+        """Another plan of this job had to raise the dilation: go on from there too."""
+        if dilation > self.dilation:
+            self.slots.set_dilation(dilation)
+            if self.governor is not None:
+                self.governor.dilation = dilation

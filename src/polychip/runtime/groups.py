@@ -28,7 +28,7 @@ from polychip.plan.plan import Plan
 from polychip.runtime.grads import IslandGroups, hierarchical_allreduce_, new_island_groups
 from polychip.runtime.p2p import Route
 from polychip.runtime.tensor_parallel import NO_TP, TensorParallel
-from polychip.runtime.topology import Piece, RankRole, islands, segment_pieces, stage_rank_map
+from polychip.runtime.topology import Piece, RankRole, islands, segment_pieces
 
 GLOO = "gloo"
 
@@ -116,7 +116,7 @@ def build_groups(plan: Plan, roles: tuple[RankRole, ...], rank: int, device: tor
 
     role = roles[rank]
     tp = NO_TP
-    for stage_ranks in stage_rank_map(plan).values():
+    for stage_ranks in plan.stage_rank_map().values():
         if len(stage_ranks) > 1:
             group = maker.get(stage_ranks, roles[stage_ranks[0]].backend, "tp")
             if rank in stage_ranks:

@@ -17,11 +17,12 @@ Under interleaved 1F1B a rank holds several model chunks (``F3.1``: micro-batch 
 1); virtual stage c * S + p runs chunk c of stage p, the first virtual stage reads the tokens
 and the last computes the loss (:func:`polychip.plan.schedule.chunk_layers`).
 
-With emulated chips every F, B and OPT lasts ``dilation x`` the cost model's time for this
-stage, every received message arrives ``dilation x`` its modelled transfer time after it was
-sent, and every all-reduce is followed by ``dilation x`` its modelled time (the host's own
-collectives are nearly free in chip time). The runner counts what the stage held (micro-batches
-whose activations are alive), and splits its time into compute, receive waits and gradient sync.
+Each phase runs inside ``clock.phase(...)`` (:mod:`polychip.runtime.clock`): the executor says
+what it does, the clock it was given decides what that costs. A plain run's
+:class:`~polychip.runtime.clock.WallClock` only measures; ``--emulate`` injects an
+:class:`~polychip.runtime.emulate.EmulatedClock`, whose slots make each phase last what the
+cost model gives the emulated chip. The runner also counts what the stage held (micro-batches
+whose activations are alive).
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from dataclasses import dataclass
 import torch
 
 from polychip.plan.schedule import RECVS, SENDS, Action, Op, StageProgram
+from polychip.runtime.clock import Phase, WallClock
 from polychip.runtime.data import SampleStream
 from polychip.runtime.data_parallel import StageGrads
-from polychip.runtime.emulate import PhaseClock, PhaseTargets, sleep_until
 from polychip.runtime.model import StageModule
 from polychip.runtime.p2p import ACTIVATION, GRADIENT, P2P, PendingRecv, tag_of
 from polychip.runtime.tensor_parallel import (
@@ -46,16 +47,11 @@ from polychip.runtime.tensor_parallel import (
 )
 from polychip.runtime.topology import RankRole
 
-GRADIENT_SYNC = "gradient_sync"
-"""The emulated pause after a real all-reduce (a communication slot, not a compute phase)."""
 Failure = Callable[[int | None, str, BaseException], Exception]
 
 
 @dataclass
 class StepStats:
-    compute_s: float = 0.0  # F, B and OPT (padded when emulated)
-    recv_wait_s: float = 0.0  # RA, RG: waiting for data (the emulated transfer included)
-    sync_s: float = 0.0  # AR: the all-reduces with their emulated slots
     peak_activations: int = 0  # most micro-batches whose activations were held at once
     local_loss: float | None = None  # this replica's loss x b_r / B (last stage only)
 
@@ -75,19 +71,19 @@ class StageRunner:
     def __init__(self, *, program: StageProgram, model: StageModule, role: RankRole,
                  p2p: P2P, stream: SampleStream, grads: StageGrads,
                  optimizer: torch.optim.Optimizer, loss_scale: float,
-                 activation_shape: tuple[int, ...], targets: PhaseTargets | None,
-                 device: torch.device, failure: Failure) -> None:
+                 activation_shape: tuple[int, ...], device: torch.device,
+                 failure: Failure, clock: WallClock | None = None) -> None:
         self.program, self.model, self.role, self.p2p = program, model, role, p2p
         self.stream, self.grads, self.optimizer = stream, grads, optimizer
-        self.loss_scale, self.shape, self.targets = loss_scale, activation_shape, targets
+        self.loss_scale, self.shape = loss_scale, activation_shape
         self.device, self.failure = device, failure
+        self.clock = clock or WallClock()
         self.tp = model.tp
         b, s, *rest = activation_shape  # a TP rank's part of it under sequence parallelism
         self.local_shape = (b, self.tp.local_seq_len(s), *rest)
         self.dtype = next(model.parameters()).dtype
         self.num_chunks = len(model.chunks)
         self.num_virtual = role.num_stages * self.num_chunks
-        self.clock = PhaseClock(None)
 
     def _virtual(self, chunk: int) -> int:
         return chunk * self.role.num_stages + self.role.stage
@@ -108,6 +104,8 @@ class StageRunner:
 
     # ---- one step ------------------------------------------------------------------------
     def run(self, step: int) -> StepStats:
+        """Execute the step's program (its clock's step is started and finished by the
+        caller, who also zeroes the gradients)."""
         stats = StepStats()
         self._step, self._stats = step, stats
         self._held: dict[Key, _Held] = {}
@@ -116,7 +114,6 @@ class StageRunner:
         self._in_grads: dict[Key, torch.Tensor] = {}
         self._posted: dict[tuple[Op, int, int], PendingRecv] = {}
         self._to_self: dict[int, torch.Tensor] = {}  # tag -> tensor (a one-stage pipeline)
-        self._chain = False  # whether the next compute phase follows the last one directly
         actions = self.program.actions
         self._backwards_left = sum(a.op is Op.BACKWARD for a in actions)
         for i, action in enumerate(actions):
@@ -129,7 +126,8 @@ class StageRunner:
                     raise self.failure(step, f"{action} ({_WHAT[action.op]})", exc) from exc
                 raise
         try:
-            self.p2p.wait_sends()
+            with self.clock.phase(Phase.PIPELINE_WAIT):  # the receivers take what we sent
+                self.p2p.wait_sends()
         except RuntimeError as exc:
             raise self.failure(step, "completing the step's sends", exc) from exc
         assert not self._held and not self._posted, "the program left work behind"
@@ -137,43 +135,41 @@ class StageRunner:
 
     def _execute(self, a: Action, following: Action | None) -> None:
         if a.op is Op.FORWARD:
-            self._forward(a.micro, a.chunk)
+            self._forward(a)
         elif a.op is Op.BACKWARD:
-            self._backward(a.micro, a.chunk)
+            self._backward(a)
         elif a.op in SENDS:
-            self._send(a, following)
+            self._send(a, following)  # posting an isend: host work, not a phase
         elif a.op in RECVS:
             self._receive(a)
         elif a.op is Op.ALLREDUCE:
-            self._allreduce(a.segment)
+            run = self.grads.run_of(a.segment)  # a fused run is one collective, at its start
+            with self.clock.phase(Phase.GRAD_SYNC, a, run):
+                self.grads.reduce(a.segment)
         else:
-            self._chain = False
-            t = self.targets
-            with self.clock.phase("optimizer", t and t.optimizer_s):
+            with self.clock.phase(Phase.OPTIMIZER, a):
                 self.optimizer.step()
-            self._stats.compute_s += self.clock.last_s
 
-    def _forward(self, m: int, c: int) -> None:
-        role, t = self.role, self.targets
+    def _forward(self, a: Action) -> None:
+        m, c = a.micro, a.chunk
         reads, loss = self._reads_tokens(c), self._has_loss(c)
-        with self.clock.phase("forward", t and t.chunk_s[c][0], chain=self._chain):
-            if reads or loss:
-                tokens, targets = self.stream.batch_for(self._step, role.micro_batch(m))
+        if reads or loss:  # reading the data is host work, outside the compute phase
+            tokens, targets = self.stream.batch_for(self._step, self.role.micro_batch(m))
+        with self.clock.phase(Phase.COMPUTE, a):
             x = tokens.to(self.device) if reads else self._inputs.pop((m, c))
             out = self.model(x) if self.num_chunks == 1 else self.model(x, chunk=c)
             if loss:
                 out = self.model.loss(out, targets.to(self.device)) * self.loss_scale
                 self.grads.add_loss_(out)
-        self._stats.compute_s += self.clock.last_s
-        self._chain = True  # a compute phase right after this one starts at its slot's end
         self._held[(m, c)] = _Held(None if reads else x, out)
         self._stats.peak_activations = max(self._stats.peak_activations, len(self._held))
         if loss:
             self._stats.local_loss = (self._stats.local_loss or 0.0) + float(out.detach().item())
 
-    def _backward(self, m: int, c: int) -> None:
-        held, t = self._held.pop((m, c)), self.targets
-        with self.clock.phase("backward", t and t.chunk_s[c][1], chain=self._chain):
+    def _backward(self, a: Action) -> None:
+        m, c = a.micro, a.chunk
+        held = self._held.pop((m, c))
+        with self.clock.phase(Phase.COMPUTE, a):
             if self._has_loss(c):
                 held.output.backward()
             else:
@@ -181,8 +177,6 @@ class StageRunner:
             self._backwards_left -= 1
             if self._backwards_left == 0:  # before any reduction across replicas
                 self.model.sum_partial_grads_()
-        self._stats.compute_s += self.clock.last_s
-        self._chain = True
         if held.inputs is not None:
             assert held.inputs.grad is not None
             self._in_grads[(m, c)] = held.inputs.grad
@@ -215,40 +209,24 @@ class StageRunner:
         return self.shape, self.dtype, a.peer, self._tag(a)
 
     def _receive(self, a: Action) -> None:
-        begin = time.perf_counter()
-        self._chain = False  # the next phase starts when the data is there
-        tensor: torch.Tensor | None = None
-        if self._feeds_itself(a):
-            tensor = self._to_self.pop(self._tag(a))
-        elif self.role.is_leader:
-            pending = self._posted.pop((a.op, a.micro, a.chunk), None)
-            if pending is None:
-                pending = self.p2p.start(None, self._recv_spec(a))
-                assert pending is not None
-            tensor, sent_at = pending.wait()
-            if self.clock.dilation is not None and self.targets is not None:
-                assert sent_at is not None
-                modelled = (self.targets.recv_act_s if a.op is Op.RECV_ACT
-                            else self.targets.recv_grad_s)
-                sleep_until(sent_at + self.clock.dilation * modelled)
-        if not self._feeds_itself(a):
-            tensor = share_from_leader(tensor, self.tp, self.shape, self.dtype, self.device)
-        assert tensor is not None
+        with self.clock.phase(Phase.PIPELINE_WAIT, a):
+            tensor: torch.Tensor | None = None
+            if self._feeds_itself(a):
+                tensor = self._to_self.pop(self._tag(a))
+            elif self.role.is_leader:
+                pending = self._posted.pop((a.op, a.micro, a.chunk), None)
+                if pending is None:
+                    pending = self.p2p.start(None, self._recv_spec(a))
+                    assert pending is not None
+                tensor, sent_at = pending.wait()
+                self.clock.delivered(a, sent_at)
+            if not self._feeds_itself(a):
+                tensor = share_from_leader(tensor, self.tp, self.shape, self.dtype, self.device)
+            assert tensor is not None
         if a.op is Op.RECV_ACT:
             self._inputs[(a.micro, a.chunk)] = tensor.requires_grad_()
         else:
             self._out_grads[(a.micro, a.chunk)] = tensor
-        self._stats.recv_wait_s += time.perf_counter() - begin
-
-    def _allreduce(self, segment: str) -> None:
-        begin = time.perf_counter()
-        self._chain = False
-        run = self.grads.run_of(segment)
-        if self.grads.reduce(segment) and self.targets is not None:
-            slot = sum(self.targets.allreduce_s[s] for s in run)
-            with self.clock.phase(GRADIENT_SYNC, slot):
-                pass
-        self._stats.sync_s += time.perf_counter() - begin
 
     # ---- warm-up: how fast is this host? ---------------------------------------------------
     def time_compute(self, min_s: float) -> float:

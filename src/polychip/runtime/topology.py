@@ -23,31 +23,27 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from polychip.plan.plan import Plan
+from polychip.plan.capabilities import Capabilities
+from polychip.plan.plan import Plan, RankInfo
 from polychip.plan.schedule import chunk_layers, grad_segments
 from polychip.runtime.devices import device_unavailable, set_current_device
 from polychip.runtime.errors import RuntimeSetupError
+from polychip.runtime.executable import check_executable
 
 if TYPE_CHECKING:
     import torch
 
     from polychip.runtime.groups import Groups
 
-NOT_YET = "not yet supported by the runtime"
 
 
 @dataclass(frozen=True)
 class RankRole:
-    """What one rank does: its place in the plan, its work and where it runs."""
+    """What one rank does: its place in the plan (``info``: `Plan.ranks`, the one numbering
+    of ranks), its work and where it runs."""
 
-    rank: int
+    info: RankInfo
     world_size: int
-    replica: int
-    stage: int
-    tp_rank: int
-    node: int
-    local_device: int
-    chip: str
     island: str  # vendor/collective library of the chip
     device_type: str  # where tensors live: the chip's device type, or cpu when emulated
     backend: str  # collective backend inside the island (gloo when emulated)
@@ -63,6 +59,34 @@ class RankRole:
     micro_batch_size: int
     num_micro_batches: int
     global_batch: int
+
+    @property
+    def rank(self) -> int:
+        return self.info.rank
+
+    @property
+    def replica(self) -> int:
+        return self.info.replica
+
+    @property
+    def stage(self) -> int:
+        return self.info.stage
+
+    @property
+    def tp_rank(self) -> int:
+        return self.info.tp_rank
+
+    @property
+    def node(self) -> int:
+        return self.info.node
+
+    @property
+    def local_device(self) -> int:
+        return self.info.local_device
+
+    @property
+    def chip(self) -> str:
+        return self.info.chip
 
     @property
     def tp_size(self) -> int:
@@ -91,41 +115,18 @@ class RankRole:
         return range(start, start + self.micro_batch_size)
 
 
-def check_executable(plan: Plan) -> None:
-    """Refuse what this runtime cannot execute yet, rather than run something else."""
-    if plan.model.mlp != "swiglu":
-        raise RuntimeSetupError(
-            f"model {plan.model.name!r} has a {plan.model.mlp} MLP: the runtime's transformer "
-            f"is SwiGLU (Llama-style); train a SwiGLU model")
-    if plan.model.tie_embeddings and any(r.num_stages > 1 for r in plan.replicas):
-        raise RuntimeSetupError(
-            f"model {plan.model.name!r} ties its output head to the embedding, and the plan "
-            f"puts them on different pipeline stages: keeping the two copies equal is "
-            f"{NOT_YET}; plan one stage per replica or untie the embeddings")
-    m = plan.model
-    for ri, rep in enumerate(plan.replicas):
-        for si, st in enumerate(rep.stages):
-            for what, size in (("num_heads", m.num_heads), ("num_kv_heads", m.num_kv_heads),
-                               ("ffn_hidden_size", m.ffn_hidden_size)):
-                if size % st.tp:
-                    raise RuntimeSetupError(
-                        f"replicas[{ri}].stages[{si}] has tensor-parallel degree {st.tp}, "
-                        f"which does not divide the model's {what}={size}: give the stage a "
-                        f"TP degree that divides num_heads, num_kv_heads and ffn_hidden_size")
-            if plan.job.sequence_parallel and st.tp > 1 and plan.job.seq_len % st.tp:
-                raise RuntimeSetupError(
-                    f"replicas[{ri}].stages[{si}] has tensor-parallel degree {st.tp} and "
-                    f"job.sequence_parallel is on: each TP rank holds an equal part of every "
-                    f"sequence, and {st.tp} does not divide job.seq_len={plan.job.seq_len}; "
-                    f"use a sequence length divisible by {st.tp}, a TP degree that divides "
-                    f"{plan.job.seq_len}, or set job.sequence_parallel to false")
+def rank_roles(plan: Plan, *, emulate: bool, caps: Capabilities | None = None
+               ) -> tuple[RankRole, ...]:
+    """Every rank's role, in plan rank order, once the plan is known executable
+    (:func:`check_executable` with ``caps``)."""
+    check_executable(plan, caps)
+    return roles_of(plan, emulate=emulate)
 
 
-def rank_roles(plan: Plan, *, emulate: bool) -> tuple[RankRole, ...]:
-    """Every rank's role, in plan rank order."""
-    check_executable(plan)
+def roles_of(plan: Plan, *, emulate: bool) -> tuple[RankRole, ...]:
+    """Every rank's role, unchecked (for reports on a plan that may not run)."""
     shares = [rep.batch_size for rep in plan.replicas]
-    stage_ranks = stage_rank_map(plan)
+    stage_ranks = plan.stage_rank_map()
     chunks = [chunk_layers(rep, virtual_stages(plan)) for rep in plan.replicas]
     out = []
     for info in plan.ranks():
@@ -133,9 +134,7 @@ def rank_roles(plan: Plan, *, emulate: bool) -> tuple[RankRole, ...]:
         st = rep.stages[info.stage]
         chip = plan.chip(info.chip)
         out.append(RankRole(
-            rank=info.rank, world_size=plan.world_size, replica=info.replica,
-            stage=info.stage, tp_rank=info.tp_rank, node=info.node,
-            local_device=info.local_device, chip=chip.name, island=chip.island,
+            info=info, world_size=plan.world_size, island=chip.island,
             device_type="cpu" if emulate else chip.device_type,
             backend="gloo" if emulate or chip.device_type == "cpu" else chip.torch_backend,
             emulated=emulate, layer_start=st.layer_start, layer_end=st.layer_end,
@@ -151,14 +150,6 @@ def rank_roles(plan: Plan, *, emulate: bool) -> tuple[RankRole, ...]:
 def virtual_stages(plan: Plan) -> int:
     """Model chunks per stage: the plan's virtual stages under interleaved 1F1B, else 1."""
     return plan.virtual_stages if plan.schedule == "interleaved-1f1b" else 1
-
-
-def stage_rank_map(plan: Plan) -> dict[tuple[int, int], tuple[int, ...]]:
-    """(replica, stage) -> its ranks (the TP group, leader first)."""
-    out: dict[tuple[int, int], list[int]] = {}
-    for info in plan.ranks():
-        out.setdefault((info.replica, info.stage), []).append(info.rank)
-    return {key: tuple(ranks) for key, ranks in out.items()}
 
 
 @dataclass(frozen=True)
@@ -177,7 +168,7 @@ class Piece:
 
 def segment_pieces(plan: Plan) -> dict[str, tuple[Piece, ...]]:
     """Every gradient segment of the plan's schedule -> its pieces, in all-reduce order."""
-    stage_ranks = stage_rank_map(plan)
+    stage_ranks = plan.stage_rank_map()
     out: dict[str, tuple[Piece, ...]] = {}
     for seg in grad_segments(plan):
         groups = [stage_ranks[holder] for holder in seg.holders]
@@ -205,16 +196,30 @@ def world_backend(roles: tuple[RankRole, ...]) -> str:
     return f"cpu:gloo,{first.device_type}:{first.backend}"
 
 
-def check_devices(roles: tuple[RankRole, ...]) -> None:
-    """Raise RuntimeSetupError naming every device type of ``roles`` this machine lacks."""
+def device_problems(roles: tuple[RankRole, ...]) -> list[str]:
+    """Why this machine cannot run ``roles`` on their device types: one line per chip and
+    reason, naming its ranks."""
+    ranks: dict[tuple[str, str, str], list[int]] = {}
     for role in roles:
         why = device_unavailable(role.device_type, role.local_device)
         if why is not None:
-            raise RuntimeSetupError(
-                f"rank {role.rank} plays chip {role.chip!r} on device type "
-                f"{role.device_type!r}, but this machine cannot: {why}; run with --emulate to "
-                f"emulate the plan's chips on the CPU (gloo), or run on a machine with "
-                f"{role.device_type} devices")
+            ranks.setdefault((role.chip, role.device_type, why), []).append(role.rank)
+    return [f"rank{'s' if len(rs) > 1 else ''} {_rank_list(rs)} play{'' if len(rs) > 1 else 's'}"
+            f" chip {chip!r} on device type {kind!r}, but this machine cannot: {why}; run with "
+            f"--emulate to emulate the plan's chips on the CPU (gloo), or run on a machine "
+            f"with {kind} devices" for (chip, kind, why), rs in ranks.items()]
+
+
+def _rank_list(ranks: list[int]) -> str:
+    return (f"{ranks[0]}-{ranks[-1]}" if len(ranks) > 2 and ranks == list(
+        range(ranks[0], ranks[-1] + 1)) else ", ".join(map(str, ranks)))
+
+
+def check_devices(roles: tuple[RankRole, ...]) -> None:
+    """Raise RuntimeSetupError naming every device type of ``roles`` this machine lacks."""
+    problems = device_problems(roles)
+    if problems:
+        raise RuntimeSetupError("; ".join(problems))
 
 
 def select_device(role: RankRole) -> torch.device:

@@ -8,14 +8,17 @@ and receives between stages, the sample-weighted all-reduce of every gradient se
 the ranks holding it (:mod:`polychip.runtime.data_parallel`), then AdamW (or SGD). A plan of
 single-stage replicas is plain heterogeneous data parallelism: the same code, with no sends.
 
-With emulated chips every compute phase lasts exactly ``dilation x`` the cost model's time for
-this rank's chip and work, and messages and all-reduces take ``dilation x`` their modelled
-times (:mod:`polychip.runtime.pipeline`); compute phases that follow each other with nothing
-to wait for in between have chained slots (a late one is made up by the next). The dilation,
-unless given, comes from a warm-up in which each stage times its step alone, then all at once
+The executor times its phases through a clock (:mod:`polychip.runtime.clock`): a plain run's
+only measures; with emulated chips :meth:`Trainer.use_dilation` injects an
+:class:`~polychip.runtime.emulate.EmulatedClock`, whose compute phases last exactly
+``dilation x`` the cost model's time for this rank's chip and work, and whose messages and
+all-reduces take ``dilation x`` their modelled times. The dilation, unless given, comes from
+a warm-up in which each stage times its step alone, then all at once
 (:func:`polychip.runtime.session.agree_dilation`,
-:func:`polychip.runtime.dilation.dilation_from`). A whole run -- warm-up, steps, the gathered
-summary -- is :mod:`polychip.runtime.session`.
+:func:`polychip.runtime.dilation.dilation_from`). Each step's record (:mod:`polychip.runtime.
+metrics`) carries the clock's phases and the rank's measured peak memory
+(:mod:`polychip.runtime.memory`). A whole run -- warm-up, steps, the gathered summary -- is
+:mod:`polychip.runtime.session`.
 """
 
 from __future__ import annotations
@@ -31,16 +34,16 @@ from datetime import timedelta
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 
 from polychip.plan.plan import Plan
 from polychip.plan.schedule import Op, build_schedule
+from polychip.runtime.clock import StepTiming, WallClock, stream_sync
 from polychip.runtime.data import DEFAULT_CORPUS_MAX_BYTES, SampleStream, open_source
 from polychip.runtime.data_parallel import StageGrads, fused_runs, loss_scale
-from polychip.runtime.devices import peak_memory
 from polychip.runtime.dilation import DilationGovernor, WarmupTiming, plan_step_target_s
-from polychip.runtime.emulate import PhaseClock, PhaseTargets, phase_targets
+from polychip.runtime.emulate import EmulatedClock, PhaseTargets, phase_targets
 from polychip.runtime.errors import DistributedRunError, RuntimeSetupError
+from polychip.runtime.memory import memory_meter
 from polychip.runtime.metrics import StepRecord
 from polychip.runtime.model import build_stage
 from polychip.runtime.p2p import P2P
@@ -135,16 +138,18 @@ class Trainer:
             grads=self.grads, optimizer=self.optimizer,
             loss_scale=loss_scale(role.batch_share, role.global_batch, role.num_micro_batches),
             activation_shape=(role.micro_batch_size, plan.job.seq_len, plan.model.hidden_size),
-            targets=self.targets, device=self.device, failure=self.failure)
-        self.governor: DilationGovernor | None = None
-        self._lost_reported = 0.0
+            device=self.device, failure=self.failure,
+            clock=WallClock(stream_sync(self.device)))
+        self.memory = memory_meter(self.device, self.model, self.optimizer)
 
     @property
     def sync(self) -> StageGrads:
         return self.grads
 
     @property
-    def clock(self) -> PhaseClock:
+    def clock(self) -> WallClock:
+        """The executor's clock: a :class:`WallClock`, or the :class:`EmulatedClock` of
+        :meth:`use_dilation`."""
         return self.runner.clock
 
     @property
@@ -153,23 +158,26 @@ class Trainer:
         return self.role.rank == reporting_rank(self.topology.roles)
 
     def use_dilation(self, dilation: float, *, adaptive: bool = False) -> None:
-        """Emulate with ``dilation``; ``adaptive``: raise it, on every rank at the same step,
-        when overruns cost the emulated chips time (:class:`DilationGovernor`)."""
-        self.runner.clock = PhaseClock(dilation)
-        self.governor = (DilationGovernor(dilation, plan_step_target_s(self.plan))
-                         if adaptive else None)
+        """Emulate the plan's chip with ``dilation`` (inject an :class:`EmulatedClock`);
+        ``adaptive``: raise it, on every rank at the same step, when overruns cost the
+        emulated chips time (:class:`DilationGovernor`)."""
+        if self.targets is None:
+            raise RuntimeSetupError("use_dilation needs a TrainConfig with emulate=True "
+                                    "(the emulated wire format is chosen when ranks start)")
+        governor = (DilationGovernor(dilation, plan_step_target_s(self.plan))
+                    if adaptive else None)
+        self.runner.clock = EmulatedClock(self.targets, dilation, governor=governor,
+                                          failure=self.failure,
+                                          sync=stream_sync(self.device))
 
     @property
     def dilation(self) -> float | None:
         """The dilation of the next step (None: not emulated)."""
-        return self.governor.dilation if self.governor is not None else self.clock.dilation
+        return self.clock.dilation
 
     def raise_dilation_to(self, dilation: float) -> None:
         """Another trainer of this job had to raise the dilation: start from there too."""
-        if self.clock.dilation is not None and dilation > self.clock.dilation:
-            self.clock.set_dilation(dilation)
-            if self.governor is not None:
-                self.governor.dilation = dilation
+        self.clock.raise_dilation_to(dilation)
 
     def time_compute(self, min_s: float = WARMUP_MIN_S) -> float:
         """Real seconds of one pass over this rank's micro-batches (forward and backward of
@@ -210,46 +218,33 @@ class Trainer:
             f"{self.config.timeout_s:.0f} s process-group timeout ({first_line})")
 
     def step(self, step: int) -> StepRecord:
-        role, clock = self.role, self.clock
-        if self.governor is not None and self.governor.dilation != clock.dilation:
-            clock.set_dilation(self.governor.dilation)  # raised at the end of the last step
-        before = clock.summary()
-        begin = time.perf_counter()
-        self.grads.zero_()
-        stats = self.runner.run(step)
-        if self.governor is not None:
-            self._observe_lateness(step)
-        end = time.perf_counter()
-        after = clock.summary()
-        memory, kind = peak_memory(self.device)
-        share = role.batch_share / role.global_batch
+        clock = self.clock
+        with self.memory.step():
+            clock.start_step()
+            self.grads.zero_()
+            stats = self.runner.run(step)
+            timing = clock.finish_step()
+        clock.after_step(step)  # the emulation's bookkeeping, between steps
+        share = self.role.batch_share / self.role.global_batch
         loss = None if stats.local_loss is None else stats.local_loss / share
+        return self._record(step, timing, loss, stats.peak_activations)
+
+    def _record(self, step: int, timing: StepTiming, loss: float | None,
+                peak_activations: int) -> StepRecord:
+        role, m = self.role, timing.measured
+        peak, counted = self.memory.peak()
         return StepRecord(
             step=step, rank=role.rank, replica=role.replica, stage=role.stage,
             tp_rank=role.tp_rank, chip=role.chip, island=role.island,
             layers=role.chunks, loss=loss, global_loss=self.grads.loss,
             samples=role.batch_share, tokens=role.batch_share * self.plan.job.seq_len,
-            seconds=end - begin, compute_s=stats.compute_s,
-            real_compute_s=after.compute_s - before.compute_s,
-            wait_s=stats.recv_wait_s + stats.sync_s, recv_wait_s=stats.recv_wait_s,
-            sync_s=stats.sync_s, peak_activations=stats.peak_activations,
-            peak_memory_bytes=memory, memory_kind=kind, emulated=clock.emulated,
-            dilation=before.dilation, overruns=after.num_overruns - before.num_overruns,
-            lost_s=after.lost_s - before.lost_s)
-
-    def _observe_lateness(self, step: int) -> None:
-        """Sum every rank's lateness of this step (one scalar over the world: a pipeline's
-        gradient segments do not reach every rank) and let the governor decide, with the same
-        inputs, the same way everywhere."""
-        assert self.governor is not None
-        lost = self.clock.summary().lost_s
-        late = torch.tensor([lost - self._lost_reported], dtype=torch.float64)
-        self._lost_reported = lost
-        try:
-            dist.all_reduce(late, op=dist.ReduceOp.SUM)
-        except RuntimeError as exc:
-            raise self.failure(step, "summing the emulated lateness", exc) from exc
-        self.governor.observe(float(late.item()))
+            seconds=m.seconds, compute_s=m.compute_s, pipeline_wait_s=m.pipeline_wait_s,
+            grad_sync_s=m.grad_sync_s, optimizer_s=m.optimizer_s, idle_s=m.idle_s,
+            peak_activations=peak_activations, peak_memory_bytes=peak,
+            memory_kind=self.memory.kind, memory=counted,
+            emulated=timing.emulated is not None, dilation=timing.dilation,
+            emulated_time=timing.emulated, padding_s=timing.padding_s,
+            overruns=timing.overruns, lost_s=timing.lost_s)
 
     def run(self, steps: int, *, start: int = 0, progress: bool = False,
             label: str = "training",

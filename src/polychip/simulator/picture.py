@@ -80,5 +80,6 @@ def write_png(result: SimResult, path: str | Path) -> None:
     bottom.set_xlabel("time in the step (ms)")
     bottom.legend(fontsize=6, ncol=3, loc="lower right")
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

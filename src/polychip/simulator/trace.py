@@ -104,4 +104,5 @@ def write_trace(result: SimResult, path: str | Path) -> None:
             "schedule": result.plan.schedule,
         },
     }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(doc))
