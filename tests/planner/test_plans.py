@@ -3,6 +3,7 @@ where it should against its baselines."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,11 +11,12 @@ import pytest
 from polychip.costmodel import CostModel
 from polychip.costmodel.measured import BlockFigures, NoMeasurements, StageTimes
 from polychip.plan import plan_from_dict, plan_to_dict, validate_plan
+from polychip.plan.capabilities import RUNTIME
 from polychip.planner import plan_job
 from polychip.planner.assign import assign
 from polychip.planner.samples import random_case
 from polychip.planner.shapes import ShapeBuilder
-from polychip.planner.space import Segment
+from polychip.planner.space import Segment, tp_degrees
 from polychip.spec.cluster import cluster_from_dict, load_cluster
 from polychip.spec.errors import InfeasibleError, PolychipError
 from polychip.spec.job import TrainingJob
@@ -117,8 +119,9 @@ def test_batch_too_small_for_the_replicas_model_needs() -> None:
     # (rotary positions here: its own 2048-row table would refuse 4096 tokens)
     cluster = load_cluster(EXAMPLES / "h800-910b.yaml")
     gpt3 = ModelSpec(**load_model("gpt3-175b").to_dict() | {"position": "rope"})
+    zero1 = dataclasses.replace(RUNTIME, zero_stages=frozenset({0, 1}))
     with pytest.raises(InfeasibleError, match="global batch 1 is too small"):
-        plan_job(cluster, gpt3, TrainingJob(1, 4096, allow_recompute=False))
+        plan_job(cluster, gpt3, TrainingJob(1, 4096, allow_recompute=False), capabilities=zero1)
 
 
 def test_a_sequence_longer_than_learned_positions_is_refused_before_the_search() -> None:
@@ -235,3 +238,20 @@ def test_no_type_fits_alone_yet_the_mix_does() -> None:
     assert not single.feasible and single.tokens_per_s == 0.0
     assert plan.ideal.tokens_per_s == 0.0
     assert any("no chip type can train the model alone" in n for n in plan.notes)
+
+
+def test_the_planner_chooses_only_what_the_runtime_executes() -> None:
+    """ZeRO-1 is chosen only where the runtime executes it (a note says when it is not);
+    under sequence parallelism a TP degree must divide the sequence."""
+    cluster = cluster_from_dict(
+        {"nodes": [{"chip": "h800", "count": 1, "chips_per_node": 8, "nic_gbps": 400}]})
+    job, model = TrainingJob(64, 4096), load_model("llama2-13b")
+    with_zero1 = dataclasses.replace(RUNTIME, zero_stages=frozenset({0, 1}))
+    assert plan_job(cluster, model, job, capabilities=with_zero1).zero1  # it is worth it here
+    without = dataclasses.replace(RUNTIME, zero_stages=frozenset({0}))
+    plan = plan_job(cluster, model, job, capabilities=without)
+    assert not plan.zero1 and any("ZeRO-1 not considered" in n for n in plan.notes)
+    group, llama70 = cluster.groups[0], load_model("llama3-70b")
+    assert tp_degrees(group, llama70, TrainingJob(8, 4100)) == [1, 2, 4]  # 4100 = 4 x 1025
+    no_sp = TrainingJob(8, 4100, sequence_parallel=False)
+    assert tp_degrees(group, llama70, no_sp) == [1, 2, 4, 8]

@@ -58,9 +58,9 @@ def test_problems_name_the_field_and_the_fix() -> None:
     assert executable_problems(plan, WIDE) == []
     odd = dataclasses.replace(plan, model=dataclasses.replace(TINY4, num_kv_heads=1))
     assert executable_problems(odd, WIDE) == [
-        "replicas[0].stages[1] has tensor-parallel degree 2, which does not divide the "
-        "model's num_kv_heads=1: give the stage a TP degree that divides num_heads, "
-        "num_kv_heads and ffn_hidden_size"]
+        "replicas[0].stages[1]: tensor-parallel degree 2 does not divide the model's "
+        "num_kv_heads=1: use a TP degree that divides num_heads, num_kv_heads and "
+        "ffn_hidden_size"]
 
 
 def test_roles_are_refused_before_any_group_by_the_table_given() -> None:

@@ -11,9 +11,11 @@ and the fix; an empty list means the runtime can execute every feature the plan 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from polychip.plan.plan import Plan
+from polychip.spec.job import TrainingJob
+from polychip.spec.model import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -145,3 +147,37 @@ def missing_features(plan: Plan, caps: Capabilities = RUNTIME) -> list[MissingFe
     """Every feature `plan` asks for that `caps` lacks (empty: the runtime can run it)."""
     return [*_job_features(plan, caps), *_model_features(plan, caps),
             *_stage_features(plan, caps)]
+
+
+def tp_problems(model: ModelSpec, job: TrainingJob, tp: int) -> list[str]:
+    """Why a stage of TP degree `tp` cannot run this model and job (empty: it can): every TP
+    rank holds an equal share of the heads, key/value heads and FFN width, and under
+    sequence parallelism an equal part of every sequence. The planner offers only degrees
+    with no problem; the runtime refuses a stage that has one."""
+    out = [
+        f"tensor-parallel degree {tp} does not divide the model's {what}={size}: use a TP "
+        f"degree that divides num_heads, num_kv_heads and ffn_hidden_size"
+        for what, size in (("num_heads", model.num_heads), ("num_kv_heads", model.num_kv_heads),
+                           ("ffn_hidden_size", model.ffn_hidden_size))
+        if size % tp
+    ]
+    if job.sequence_parallel and tp > 1 and job.seq_len % tp:
+        out.append(
+            f"tensor-parallel degree {tp} with job.sequence_parallel on: each TP rank holds an "
+            f"equal part of every sequence, and {tp} does not divide job.seq_len={job.seq_len}; "
+            f"use a sequence length divisible by {tp}, a TP degree that divides {job.seq_len}, "
+            f"or set job.sequence_parallel to false")
+    return out
+
+
+def planner_job(job: TrainingJob, caps: Capabilities = RUNTIME) -> tuple[TrainingJob, list[str]]:
+    """The job the planner searches: its own choices (ZeRO-1, recompute) limited to what
+    `caps` executes, and a note for each choice the job allowed that `caps` takes away."""
+    notes = []
+    zero1 = job.allow_zero1 and 1 in caps.zero_stages
+    recompute = job.allow_recompute and True in caps.recompute
+    if job.allow_zero1 and not zero1:
+        notes.append("ZeRO-1 not considered: polychip's runtime does not execute it")
+    if job.allow_recompute and not recompute:
+        notes.append("activation recompute not considered: polychip's runtime does not run it")
+    return replace(job, allow_zero1=zero1, allow_recompute=recompute), notes

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from polychip.costmodel import ComputeProfile, CostModel
+from polychip.plan.capabilities import RUNTIME, Capabilities, missing_features, planner_job
 from polychip.plan.plan import Baseline, Plan
 from polychip.plan.validate import validate_plan
 from polychip.planner.baselines import baseline_of, describe_replicas, naive_mixed, type_groups
@@ -47,12 +48,15 @@ def plan_job(
     schedule: str = "1f1b",
     progress: Progress | None = None,
     profile: ComputeProfile | None = None,
+    capabilities: Capabilities = RUNTIME,
 ) -> Plan:
     """The fastest plan found for `job` on `cluster` (docs/planner.md).
 
     `exhaustive`: use the slow oracle (small clusters only). `max_stages`: most pipeline
     stages per replica (default min(layers, 16)). `progress(fraction, message)` is called as
     the search advances. `profile`: measured figures the cost model uses where it has them.
+    `capabilities`: what the runtime executes; the planner chooses nothing beyond it (ZeRO-1,
+    recompute, TP degrees) and notes what the job asks for that it lacks.
     Raises InfeasibleError naming the limit when nothing fits, and PolychipError for a bad
     argument.
     """
@@ -65,6 +69,7 @@ def plan_job(
         schedule=schedule,
         progress=progress,
         profile=profile,
+        capabilities=capabilities,
     ).plan
 
 
@@ -79,6 +84,7 @@ def search_plans(
     progress: Progress | None = None,
     simulate_top: int = 0,
     profile: ComputeProfile | None = None,
+    capabilities: Capabilities = RUNTIME,
 ) -> PlanSearch:
     """`plan_job`, and with `simulate_top` > 0 the `simulate_top` best distinct candidates
     by the analytic cost model (plus each chip type's best alone) are replayed in the
@@ -93,6 +99,7 @@ def search_plans(
     if max_stages is not None and max_stages < 1:
         raise PolychipError(f"--max-stages {max_stages} must be >= 1")
     model.check_seq_len(job.seq_len)
+    job, limits = planner_job(job, capabilities)
     report = progress or (lambda f, m: None)
     cm = CostModel(cluster, model, job, profile)
     scorer = Scorer(ShapeBuilder(cm, schedule))
@@ -181,7 +188,9 @@ def search_plans(
         ranking = rerank(pool, to_plan, cm, simulating)
         best = ranking[0].scored
     plan = to_plan(best)
-    notes = plan_notes(plan, best, cm, exhaustive)
+    notes = plan_notes(plan, best, cm, exhaustive) + limits
+    notes += [f"the runtime cannot train this plan: {m}" for m in missing_features(plan,
+                                                                                   capabilities)]
     if ranking:
         notes.append(rerank_note(ranking))
     plan = replace(plan, notes=tuple(notes))

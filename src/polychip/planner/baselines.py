@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from polychip.costmodel import CostModel
 from polychip.costmodel.estimate import PlanCost
+from polychip.plan.capabilities import tp_problems
 from polychip.plan.naive import even_parts
 from polychip.plan.plan import Baseline, Replica, Stage
 from polychip.planner.space import micro_batch_sizes
@@ -66,8 +67,7 @@ def naive_mixed(cm: CostModel, schedule: str) -> Naive | None:
         t
         for t in (1, 2, 4, 8, 16)
         if all(g.chips_per_node % t == 0 for g in cluster.groups)
-        and model.num_heads % t == 0
-        and model.num_kv_heads % t == 0
+        and not tp_problems(model, job, t)
     ]
     best: Naive | None = None
     for tp in tps:

@@ -26,7 +26,7 @@ def infeasible_error(cm: CostModel, builder: ShapeBuilder, max_stages: int) -> I
     fix = ", ".join(fixes)
 
     # one layer on the roomiest chip with its widest TP
-    tp = max(tp_degrees(largest, model))
+    tp = max(tp_degrees(largest, model, job))
     one = cm.stage_memory(
         largest.chip, 1, tp, 1, first=False, last=False, in_flight=1, recompute=rec,
         zero_shards=shards,
@@ -57,7 +57,7 @@ def infeasible_error(cm: CostModel, builder: ShapeBuilder, max_stages: int) -> I
     # would fit with enough replicas to shard optimizer state: the batch is the limit
     if job.allow_zero1 and shards < devices:
         for g in cluster.groups:
-            for t in tp_degrees(g, model):
+            for t in tp_degrees(g, model, job):
                 for n in range(1, max_stages + 1):
                     if n * t <= g.num_devices and builder.build(
                         (Segment(g.index, n, t),), 1, devices

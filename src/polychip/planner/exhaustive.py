@@ -164,7 +164,7 @@ class Exhaustive:
         """Every (template, micro-batch size); refuses spaces too big for an oracle."""
         out: list[Kind] = []
         sizes = micro_batch_sizes(self.job.global_batch)
-        for tpl in all_templates(self.cluster, self.model, self.max_stages, groups):
+        for tpl in all_templates(self.cluster, self.model, self.job, self.max_stages, groups):
             out.extend((tpl, mb) for mb in sizes)
             if len(out) > MAX_KINDS:
                 raise PolychipError(

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from polychip.planner.space import Segment, tp_degrees
 from polychip.spec.cluster import Cluster
+from polychip.spec.job import TrainingJob
 from polychip.spec.model import ModelSpec
 
 LARGE = 64  # chips: above this, mixed pipelines are generated from a pruned set
@@ -20,11 +21,9 @@ ALL_ORDERS_UP_TO = 3  # groups in a mixed pipeline: every order up to this many
 
 
 class MixedTemplates:
-    def __init__(
-        self, cluster: Cluster, model: ModelSpec, max_stages: int, precision: str = "bf16"
-    ):
-        self.cluster, self.model, self.max_stages = cluster, model, max_stages
-        self.precision = precision
+    def __init__(self, cluster: Cluster, model: ModelSpec, max_stages: int, job: TrainingJob):
+        self.cluster, self.model, self.max_stages, self.job = cluster, model, max_stages, job
+        self.precision = job.precision
 
     def templates(self, groups: Sequence[int], best_tp: dict[int, int]) -> list[tuple]:
         """Pipelines over 2+ groups; the stage count per group follows from k copies using
@@ -90,7 +89,7 @@ class MixedTemplates:
     def _tp_vectors(
         self, order: Sequence, best_tp: dict[int, int], small: bool
     ) -> list[tuple[int, ...]]:
-        options = [tp_degrees(g, self.model) for g in order]
+        options = [tp_degrees(g, self.model, self.job) for g in order]
         if small and math.prod(len(o) for o in options) <= 16:
             return list(itertools.product(*options))
         out = {tuple(best_tp[g.index] for g in order)}

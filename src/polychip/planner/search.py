@@ -48,7 +48,7 @@ class FastSearch:
         self.max_stages = max_stages
         self.progress = progress or (lambda f, m: None)
         self.estimator = Estimator(scorer)
-        self.mixed = MixedTemplates(self.cluster, self.model, max_stages, self.job.precision)
+        self.mixed = MixedTemplates(self.cluster, self.model, max_stages, self.job)
 
     # ---- shapes -----------------------------------------------------------------------------
     def _micro_ctx(self, bucket: int, mb: int) -> int | None:
@@ -59,7 +59,7 @@ class FastSearch:
     def single_shapes(self, group: int, bucket: int, shards: int) -> list[Shape]:
         out = []
         g = self.cluster.groups[group]
-        for seg in segments_of(g, self.model, self.max_stages):
+        for seg in segments_of(g, self.model, self.job, self.max_stages):
             for mb in micro_batch_sizes(self.job.global_batch):
                 s = self.builder.build((seg,), mb, shards, self._micro_ctx(bucket, mb))
                 if s is not None:
@@ -181,7 +181,7 @@ class FastSearch:
         best_tp = {  # a group that cannot hold the model alone still joins mixed pipelines
             g: max(singles[g], key=lambda s: s.rate / s.num_devices).template[0].tp
             if g in singles
-            else max(tp_degrees(self.cluster.groups[g], self.model))
+            else max(tp_degrees(self.cluster.groups[g], self.model, self.job))
             for g in groups
         }
         # mixed pipelines: the single types' micro-batch sizes, and 1 (the most micro-batches:

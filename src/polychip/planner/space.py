@@ -21,7 +21,9 @@ import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from polychip.plan.capabilities import tp_problems
 from polychip.spec.cluster import Cluster, NodeGroup
+from polychip.spec.job import TrainingJob
 from polychip.spec.model import ModelSpec
 
 MAX_MICRO_BATCH = 8
@@ -51,14 +53,13 @@ def template_devices(template: Template) -> dict[int, int]:
     return {seg.group: seg.num_devices for seg in template}
 
 
-def tp_degrees(group: NodeGroup, model: ModelSpec) -> list[int]:
-    """TP degrees a stage on this group may use: inside one node, dividing the heads."""
+def tp_degrees(group: NodeGroup, model: ModelSpec, job: TrainingJob) -> list[int]:
+    """TP degrees a stage on this group may use: inside one node, and only degrees the
+    runtime can execute for this model and job (`capabilities.tp_problems`)."""
     return [
         t
         for t in range(1, group.chips_per_node + 1)
-        if group.chips_per_node % t == 0
-        and model.num_heads % t == 0
-        and model.num_kv_heads % t == 0
+        if group.chips_per_node % t == 0 and not tp_problems(model, job, t)
     ]
 
 
@@ -74,10 +75,12 @@ def max_stages_for(model: ModelSpec, max_stages: int | None) -> int:
     return min(model.num_layers, max_stages or DEFAULT_MAX_STAGES)
 
 
-def segments_of(group: NodeGroup, model: ModelSpec, max_stages: int) -> list[Segment]:
+def segments_of(
+    group: NodeGroup, model: ModelSpec, job: TrainingJob, max_stages: int
+) -> list[Segment]:
     """Every (stages, TP) a segment on this group can have on its own."""
     out = []
-    for t in tp_degrees(group, model):
+    for t in tp_degrees(group, model, job):
         for n in range(1, max_stages + 1):
             if n * t <= group.num_devices:
                 out.append(Segment(group.index, n, t))
@@ -87,6 +90,7 @@ def segments_of(group: NodeGroup, model: ModelSpec, max_stages: int) -> list[Seg
 def all_templates(
     cluster: Cluster,
     model: ModelSpec,
+    job: TrainingJob,
     max_stages: int,
     groups: Sequence[int] | None = None,
 ) -> Iterator[Template]:
@@ -94,7 +98,7 @@ def all_templates(
     chosen = [
         cluster.groups[i] for i in (groups if groups is not None else range(len(cluster.groups)))
     ]
-    options = {g.index: segments_of(g, model, max_stages) for g in chosen}
+    options = {g.index: segments_of(g, model, job, max_stages) for g in chosen}
     for k in range(1, len(chosen) + 1):
         for order in itertools.permutations(chosen, k):
             for segs in itertools.product(*(options[g.index] for g in order)):

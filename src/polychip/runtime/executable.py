@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from polychip.plan.capabilities import RUNTIME, Capabilities, missing_features
+from polychip.plan.capabilities import RUNTIME, Capabilities, missing_features, tp_problems
 from polychip.plan.plan import Plan
 from polychip.runtime.errors import RuntimeSetupError
 from polychip.spec.job import ATTENTIONS, PRECISIONS, REDUCE_DTYPES
@@ -45,23 +45,10 @@ def executable_problems(plan: Plan, caps: Capabilities) -> list[str]:
     """Why the runtime cannot execute ``plan`` under the capability table ``caps`` (each
     naming the field and the fix); empty when it can. Pure: starts nothing."""
     out = [str(m) for m in missing_features(plan, caps)]
-    m = plan.model
     for ri, rep in enumerate(plan.replicas):
         for si, st in enumerate(rep.stages):
-            for what, size in (("num_heads", m.num_heads), ("num_kv_heads", m.num_kv_heads),
-                               ("ffn_hidden_size", m.ffn_hidden_size)):
-                if size % st.tp:
-                    out.append(
-                        f"replicas[{ri}].stages[{si}] has tensor-parallel degree {st.tp}, "
-                        f"which does not divide the model's {what}={size}: give the stage a "
-                        f"TP degree that divides num_heads, num_kv_heads and ffn_hidden_size")
-            if plan.job.sequence_parallel and st.tp > 1 and plan.job.seq_len % st.tp:
-                out.append(
-                    f"replicas[{ri}].stages[{si}] has tensor-parallel degree {st.tp} and "
-                    f"job.sequence_parallel is on: each TP rank holds an equal part of every "
-                    f"sequence, and {st.tp} does not divide job.seq_len={plan.job.seq_len}; "
-                    f"use a sequence length divisible by {st.tp}, a TP degree that divides "
-                    f"{plan.job.seq_len}, or set job.sequence_parallel to false")
+            out += [f"replicas[{ri}].stages[{si}]: {why}"
+                    for why in tp_problems(plan.model, plan.job, st.tp)]
     return out
 
 
