@@ -1,5 +1,5 @@
 """Model shapes against published parameter counts and the field's FLOP and activation
-formulas (REFERENCES.md), and the training job. Reading Hugging Face config.json files:
+formulas (docs/references.md), and the training job. Reading Hugging Face config.json files:
 test_hf_config.py."""
 
 from __future__ import annotations
