@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from tests.runtime.plans import cpu_test_cluster, pp_plan
 
 from polychip.plan.capabilities import RUNTIME, Capabilities, missing_features
 from polychip.spec.errors import PolychipError
 from polychip.spec.job import TrainingJob
-from tests.runtime.plans import cpu_test_cluster, pp_plan
 
 EVERYTHING = Capabilities(
     precisions=frozenset({"fp32", "tf32", "bf16", "fp16"}),

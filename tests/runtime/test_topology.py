@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from polychip.plan.segments import segment_pieces
 from polychip.runtime.dilation import WarmupTiming, dilation_for, dilation_from
 from polychip.runtime.emulate import phase_targets
 from polychip.runtime.errors import RuntimeSetupError
@@ -19,7 +20,6 @@ from polychip.runtime.topology import (
     check_devices,
     islands,
     rank_roles,
-    segment_pieces,
     world_backend,
 )
 from polychip.spec.model import PRESETS
@@ -200,7 +200,7 @@ def test_hosts_per_cluster_node_or_per_used_node() -> None:
 
 def test_segments_fuse_when_their_holders_match_and_params_find_their_segment() -> None:
     from polychip.plan import build_schedule
-    from polychip.runtime.data_parallel import fused_runs, segment_of
+    from polychip.runtime.grad_layout import fused_runs, segment_of
 
     plan = hybrid_plan()
     groups = build_schedule(plan).groups

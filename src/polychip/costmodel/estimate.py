@@ -19,7 +19,7 @@ from polychip.costmodel.compute import (
     embedding_times,
     head_times,
 )
-from polychip.costmodel.gradsync import dp_sync_time_s, segment_allreduce_s
+from polychip.costmodel.gradsync import device_sync_s, segment_sync_s
 from polychip.costmodel.memory import (
     MemoryBreakdown,
     in_flight_micro_batches,
@@ -28,6 +28,7 @@ from polychip.costmodel.memory import (
 )
 from polychip.costmodel.pipeline import PipelineForm
 from polychip.plan.plan import Estimate, Replica
+from polychip.plan.segments import Segment, segments_of
 from polychip.spec.accelerators import Accelerator
 from polychip.spec.cluster import Cluster
 from polychip.spec.job import TrainingJob
@@ -180,17 +181,20 @@ class CostModel:
         return span, busy
 
     # ---- data-parallel gradient sync (gradsync.py) ---------------------------------------
-    def segment_allreduce_time_s(
-        self, replicas: tuple[Replica, ...], holders: tuple[tuple[int, int], ...], n_params: int
+    def segment_sync_time_s(
+        self, replicas: tuple[Replica, ...], segment: Segment, zero1: bool = False
     ) -> float:
-        """All-reduce of `n_params` parameters' gradient among the stages `holders`
-        ((replica, stage) pairs), uncontended: what the simulator's `AR[...]` takes alone."""
-        stages = [replicas[ri].stages[si] for ri, si in holders]
-        return segment_allreduce_s(self, [(st, st.tp) for st in stages], n_params)
+        """The gradient sync of one segment among its holders, uncontended: what the
+        simulator's `AR[...]` takes alone (gradsync.segment_sync_s)."""
+        return segment_sync_s(self, replicas, segment, zero1)
 
-    def dp_sync_time_s(self, replicas: tuple[Replica, ...]) -> float:
-        """Slowest device's gradient sync (gradsync.dp_sync_time_s)."""
-        return dp_sync_time_s(self, replicas)
+    def dp_sync_time_s(
+        self, replicas: tuple[Replica, ...], zero1: bool = False, virtual_stages: int = 1
+    ) -> float:
+        """Slowest device's gradient sync, its segments one after the other, after every
+        pipeline has finished (gradsync.device_sync_s)."""
+        segments = segments_of(replicas, self.model, virtual_stages)  # 1 unless interleaved
+        return max(device_sync_s(self, replicas, segments, zero1).values(), default=0.0)
 
     # ---- memory and optimizer ------------------------------------------------------------
     def memory_of(
@@ -251,7 +255,8 @@ class CostModel:
         zero_shards = len(replicas) if zero1 else 1
         spans = [self.pipeline_time_s(r, schedule) for r in replicas]
         pipeline_s = max(s for s, _ in spans)
-        dp_s = self.dp_sync_time_s(replicas)
+        v = virtual_stages if schedule == "interleaved-1f1b" else 1
+        dp_s = self.dp_sync_time_s(replicas, zero1, v)
         opt_s = self.optimizer_time_s(replicas, zero_shards)
         step = pipeline_s + dp_s + opt_s
         tokens_per_s = self.job.tokens_per_step / step

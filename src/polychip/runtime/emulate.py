@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from polychip.costmodel.estimate import CostModel
 from polychip.plan.plan import Plan
-from polychip.plan.schedule import grad_segments
+from polychip.plan.segments import grad_segments
 from polychip.runtime.errors import RuntimeSetupError
 
 
@@ -188,8 +188,7 @@ def phase_targets(plan: Plan, replica: int, stage: int) -> PhaseTargets:
                                   rep.micro_batch_size, stage == 0 and c == 0,
                                   stage == last and c == v - 1, st.recompute)
                  for c in range(v)]
-    allreduce = {seg.name: cost.segment_allreduce_time_s(plan.replicas, seg.holders,
-                                                          seg.num_params(plan.model))
+    allreduce = {seg.name: cost.segment_sync_time_s(plan.replicas, seg, plan.zero1)
                  for seg in grad_segments(plan) if (replica, stage) in seg.holders}
     n_bytes = cost.activation_bytes(rep.micro_batch_size)
 

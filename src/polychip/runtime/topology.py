@@ -19,13 +19,12 @@ made, so the launcher can print commands without paying for it.
 from __future__ import annotations
 
 import importlib
-import math
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from polychip.plan.plan import Plan
-from polychip.plan.schedule import chunk_layers, grad_segments
+from polychip.plan.segments import chunk_layers, stage_rank_map
 from polychip.runtime.errors import RuntimeSetupError
 
 if TYPE_CHECKING:
@@ -152,41 +151,6 @@ def rank_roles(plan: Plan, *, emulate: bool) -> tuple[RankRole, ...]:
 def virtual_stages(plan: Plan) -> int:
     """Model chunks per stage: the plan's virtual stages under interleaved 1F1B, else 1."""
     return plan.virtual_stages if plan.schedule == "interleaved-1f1b" else 1
-
-
-def stage_rank_map(plan: Plan) -> dict[tuple[int, int], tuple[int, ...]]:
-    """(replica, stage) -> its ranks (the TP group, leader first)."""
-    out: dict[tuple[int, int], list[int]] = {}
-    for info in plan.ranks():
-        out.setdefault((info.replica, info.stage), []).append(info.rank)
-    return {key: tuple(ranks) for key, ranks in out.items()}
-
-
-@dataclass(frozen=True)
-class Piece:
-    """Part ``index`` of ``num`` of a gradient segment: that fraction of each split (TP)
-    parameter and the whole of each replicated one, summed over ``ranks``: one rank of every
-    stage holding the segment (in holder order). ``num`` is the least common multiple of the
-    holders' TP degrees, so a stage of degree t has num / t pieces on each of its ranks: the
-    reduction reshards between replicas of different TP degrees exactly."""
-
-    segment: str
-    index: int
-    num: int
-    ranks: tuple[int, ...]
-
-
-def segment_pieces(plan: Plan) -> dict[str, tuple[Piece, ...]]:
-    """Every gradient segment of the plan's schedule -> its pieces, in all-reduce order."""
-    stage_ranks = stage_rank_map(plan)
-    out: dict[str, tuple[Piece, ...]] = {}
-    for seg in grad_segments(plan):
-        groups = [stage_ranks[holder] for holder in seg.holders]
-        num = math.lcm(*(len(g) for g in groups))
-        out[seg.name] = tuple(
-            Piece(seg.name, k, num, tuple(g[k * len(g) // num] for g in groups))
-            for k in range(num))
-    return out
 
 
 def islands(roles: tuple[RankRole, ...]) -> tuple[tuple[int, ...], ...]:

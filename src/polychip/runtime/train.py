@@ -36,10 +36,11 @@ import torch.distributed as dist
 from polychip.plan.plan import Plan
 from polychip.plan.schedule import Op, build_schedule
 from polychip.runtime.data import DEFAULT_CORPUS_MAX_BYTES, SampleStream, open_source
-from polychip.runtime.data_parallel import StageGrads, fused_runs, loss_scale
+from polychip.runtime.data_parallel import StageGrads, loss_scale
 from polychip.runtime.dilation import DilationGovernor, WarmupTiming, plan_step_target_s
 from polychip.runtime.emulate import PhaseClock, PhaseTargets, phase_targets
 from polychip.runtime.errors import DistributedRunError, RuntimeSetupError
+from polychip.runtime.grad_layout import fused_runs
 from polychip.runtime.metrics import StepRecord
 from polychip.runtime.model import ModelConfig, build_stage
 from polychip.runtime.p2p import P2P
@@ -136,7 +137,8 @@ class Trainer:
         self.program = schedule.program_of(role.rank)
         segments = [a.segment for a in self.program.actions if a.op is Op.ALLREDUCE]
         self.grads = StageGrads(self.model, segments, fused_runs(segments, schedule.groups),
-                                groups.pieces, has_loss=role.last_stage, tp_size=groups.tp.size)
+                                groups.pieces, has_loss=role.last_stage, tp_size=groups.tp.size,
+                                chunks=role.chunks)
         self.optimizer = make_optimizer(config, self.grads.params)
         self.targets: PhaseTargets | None = (
             phase_targets(plan, role.replica, role.stage) if config.emulate else None)
