@@ -8,7 +8,7 @@ import pytest
 from polychip.costmodel.comm import ring_allreduce_time_s
 from polychip.costmodel.compute import INTRA_NODE_LATENCY_S
 from polychip.costmodel.estimate import CostModel
-from polychip.costmodel.gradsync import segment_hops, step_loads
+from polychip.costmodel.gradsync import segment_hops, step_rates
 from polychip.plan.plan import Replica, Stage
 from polychip.plan.segments import segments_of
 from polychip.spec.cluster import Cluster, cluster_from_dict
@@ -67,7 +67,7 @@ def test_a_ring_over_two_nodes_crosses_each_nic_once() -> None:
     assert name == "island all-reduce" and len(hops) == 8
     crossing = [h for h in hops if h.src_node != h.dst_node]
     assert [(h.src, h.dst) for h in crossing] == [(3, 4), (7, 0)]
-    assert step_loads(hops) == [1] * 8
+    assert step_rates(hops) == [NIC_400 if h.src_node != h.dst_node else H800_LINK for h in hops]
     n = 4.0 * TINY.num_layers * TINY.layer_params
     assert cm.segment_sync_time_s(reps, layers) == pytest.approx(
         2 * 7 / 8 * n / NIC_400 + 14 * LAT)
@@ -85,7 +85,7 @@ def test_across_islands_every_rank_bridges_its_own_shard() -> None:
         "island reduce-scatter", "bridge all-reduce", "island all-gather"]
     bridge = steps[1][1]
     assert sorted((h.src, h.dst) for h in bridge) == [(0, 2), (1, 2), (2, 0), (2, 1)]
-    assert step_loads(bridge) == [2, 2, 2, 2]
+    assert step_rates(bridge) == [25e9 / 2] * 4  # two hops on each side of the 910B's NIC
     n = 4.0 * TINY.head_params
     inside = n / 2 / NIC_400 + LAT  # each sends its other half once
     nic_910b = 25e9  # 200 Gbit/s: the bridge's slower side

@@ -143,6 +143,10 @@ class CostModel:
         g = self.nodes[node].group
         return g.nic_bw_bytes_per_s / g.chips_per_node
 
+    def nic_bw(self, node: int) -> float:
+        """A node's NIC bandwidth, each direction (the simulator's fabric shares it)."""
+        return self.nodes[node].group.nic_bw_bytes_per_s
+
     def link(self, node_a: int, node_b: int) -> tuple[LinkKind, float, float]:
         """(kind, bandwidth bytes/s, latency s) between a stage on node_a and one on node_b."""
         ga, gb = self.nodes[node_a].group, self.nodes[node_b].group

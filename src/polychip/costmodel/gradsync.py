@@ -42,22 +42,16 @@ class Hop:
     dst_node: int
     kind: LinkKind
     n_bytes: float
-    bw_bytes_per_s: float  # the link's, before sharing
+    bw_bytes_per_s: float  # the link's (CostModel.link), before sharing
     latency_s: float  # the ring's steps x the link's latency
     copy_s: float  # bridge: the chunk to host memory and back (half before, half after)
+    sides: tuple[tuple[tuple, float], ...]  # (what it crosses, that one's bandwidth)
 
-    @property
-    def resources(self) -> tuple[tuple, tuple]:
-        if self.kind is LinkKind.INTRA_NODE:
-            return (("out", self.src), ("in", self.dst))
-        return (("tx", self.src_node), ("rx", self.dst_node))
+    def transfer_s(self, rate: float) -> float:
+        return self.n_bytes / rate
 
-    def transfer_s(self, load: int) -> float:
-        """Seconds on the wire when ``load`` hops share its busiest resource."""
-        return self.n_bytes * load / self.bw_bytes_per_s
-
-    def time_s(self, load: int) -> float:
-        return self.latency_s + self.copy_s + self.transfer_s(load)
+    def time_s(self, rate: float) -> float:
+        return self.latency_s + self.copy_s + self.transfer_s(rate)
 
 
 def step_name(step: Step) -> str:
@@ -77,22 +71,26 @@ def collective_hops(cm: CostModel, coll: Collective, where: Where, n_bytes: floa
             sent = float(step.sent(g)) * n_bytes
             copy = 2 * float(g.size) * n_bytes / host if step.link == BRIDGE else 0.0
             for a, b in zip(ring, ring[1:] + ring[:1], strict=True):
-                kind, bw, lat = cm.link(where[a][0], where[b][0])
-                hops.append(Hop(a, b, where[a][0], where[b][0], kind, sent, bw,
-                                step.latencies(g) * lat, copy))
+                na, nb = where[a][0], where[b][0]
+                kind, bw, lat = cm.link(na, nb)
+                sides = ((("out", a), bw), (("in", b), bw)) if na == nb else (
+                    (("tx", na), cm.nic_bw(na)), (("rx", nb), cm.nic_bw(nb)))
+                hops.append(Hop(a, b, na, nb, kind, sent, bw, step.latencies(g) * lat, copy,
+                                sides))
         out.append(hops)
     return out
 
 
-def step_loads(hops: Sequence[Hop]) -> list[int]:
-    """How many of the step's hops share each hop's busiest resource."""
-    load: Counter = Counter(res for h in hops for res in h.resources)
-    return [max(load[res] for res in h.resources) for h in hops]
+def step_rates(hops: Sequence[Hop]) -> list[float]:
+    """Each hop's bandwidth when the step's hops share what they cross equally: the link's,
+    or less where a NIC side (or a chip's link) carries several of them."""
+    load: Counter = Counter(side for h in hops for side, _ in h.sides)
+    return [min(h.bw_bytes_per_s, *(bw / load[side] for side, bw in h.sides)) for h in hops]
 
 
 def steps_time_s(steps: Sequence[tuple[str, Sequence[Hop]]]) -> float:
     """Steps one after the other, each as long as its slowest hop."""
-    return sum(max((h.time_s(k) for h, k in zip(s, step_loads(s), strict=True)), default=0.0)
+    return sum(max((h.time_s(r) for h, r in zip(s, step_rates(s), strict=True)), default=0.0)
                for _, s in steps)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from polychip.costmodel import CostModel, LinkKind
-from polychip.costmodel.gradsync import Hop, segment_hops, step_loads
+from polychip.costmodel.gradsync import Hop, segment_hops, step_rates
 from polychip.plan.plan import Replica
 from polychip.plan.segments import Segment
 from polychip.simulator.network import Leg
@@ -25,10 +25,12 @@ from polychip.simulator.network import Leg
 Phase = tuple[str, list[tuple[Hop, tuple[Leg, ...]]]]
 
 
-def hop_legs(hop: Hop, load: int) -> tuple[Leg, ...]:
+def hop_legs(hop: Hop, rate: float) -> tuple[Leg, ...]:
+    """``rate``: its share of the chip's link inside a node (between nodes the fabric shares
+    the NICs as flows come and go)."""
     wait = Leg(delay_s=hop.latency_s)
     if hop.kind is LinkKind.INTRA_NODE:
-        return (wait, Leg(delay_s=hop.transfer_s(load)))
+        return (wait, Leg(delay_s=hop.transfer_s(rate)))
     flow = Leg(n_bytes=hop.n_bytes, loads=(((hop.src_node, 0), 1), ((hop.dst_node, 1), 1)))
     if hop.copy_s > 0:
         copy = Leg(delay_s=hop.copy_s / 2)
@@ -46,6 +48,6 @@ def sync_phases(cm: CostModel, replicas: Sequence[Replica], seg: Segment, zero1:
     out: list[Phase] = []
     for kind, per_param in kinds:
         for name, hops in segment_hops(cm, replicas, seg, kind, per_param):  # type: ignore[arg-type]
-            legs = [(h, hop_legs(h, k)) for h, k in zip(hops, step_loads(hops), strict=True)]
+            legs = [(h, hop_legs(h, r)) for h, r in zip(hops, step_rates(hops), strict=True)]
             out.append((name, legs))
     return out

@@ -60,7 +60,7 @@ class Engine:
         self.plan, self.cm, self.overlap = plan, cm, overlap
         self.heap: list = []
         self._seq = itertools.count()
-        self.fabric = Fabric([n.group.nic_bw_bytes_per_s for n in cm.nodes], self.post)
+        self.fabric = Fabric([cm.nic_bw(i) for i in range(len(cm.nodes))], self.post)
         self.class_of = {ri: c for c in classes for ri in c.members}
         self.v = schedule.virtual_stages
         self.zero_shards = len(plan.replicas) if plan.zero1 else 1
