@@ -117,7 +117,8 @@ def test_uneven_stage_boundaries_and_a_tied_heads_embedding_copy() -> None:
         return ring_allreduce_time_s(4.0 * params, 2, NIC_400, LAT)
 
     last = ring(tied.head_params + tied.embedding_params) + ring(3 * tied.layer_params)
-    assert cm.dp_sync_time_s(reps) == pytest.approx(last)  # the slower of the two stages
+    # after both pipelines, the slower of the two stages
+    assert cm.dp_sync_time_s(reps, overlap=False) == pytest.approx(last)
 
 
 def test_zero1_reduce_scatters_gradients_and_all_gathers_16_bit_parameters() -> None:

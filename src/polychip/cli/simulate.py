@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from rich.console import Console
 from rich.table import Table
@@ -98,10 +99,14 @@ def _links(result: SimResult) -> Table:
 
 def run(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan)
-    result = simulate(plan, overlap_grad_sync=not args.no_overlap)
+    if args.no_overlap:  # the simulation and the analytic estimate beside it alike
+        plan = dataclasses.replace(
+            plan, job=dataclasses.replace(plan.job, overlap_grad_sync=False), estimate=None
+        )
+    result = simulate(plan)
     analytic, label = _analytic(plan)
     console = Console()
-    sync = "not overlapped" if args.no_overlap else "overlapped with backward"
+    sync = "overlapped with backward" if plan.job.overlap_grad_sync else "not overlapped"
     console.print(
         f"[bold]{args.plan}[/bold]: {len(plan.replicas)} replica(s), {plan.world_size} devices, "
         f"{plan.schedule}; gradient sync {sync}"

@@ -19,7 +19,7 @@ from polychip.costmodel.compute import (
     embedding_times,
     head_times,
 )
-from polychip.costmodel.gradsync import device_sync_s, segment_sync_s
+from polychip.costmodel.gradsync import exposed_sync_s, segment_sync_s
 from polychip.costmodel.memory import (
     MemoryBreakdown,
     in_flight_micro_batches,
@@ -193,12 +193,36 @@ class CostModel:
         return segment_sync_s(self, replicas, segment, zero1)
 
     def dp_sync_time_s(
-        self, replicas: tuple[Replica, ...], zero1: bool = False, virtual_stages: int = 1
+        self,
+        replicas: tuple[Replica, ...],
+        zero1: bool = False,
+        virtual_stages: int = 1,
+        schedule: str = "1f1b",
+        overlap: bool | None = None,
     ) -> float:
-        """Slowest device's gradient sync, its segments one after the other, after every
-        pipeline has finished (gradsync.device_sync_s)."""
+        """Gradient sync left after the slowest pipeline (gradsync.exposed_sync_s). With
+        overlap (default: the job's), a stage's segments start as soon as every stage holding
+        them has finished its last backward (`stage_ends`); else after every pipeline."""
+        overlap = self.job.overlap_grad_sync if overlap is None else overlap
+        spans = {ri: self.pipeline_time_s(r, schedule)[0] for ri, r in enumerate(replicas)}
+        pipeline_s = max(spans.values(), default=0.0)
+        ends = {
+            (ri, si): (e if overlap else pipeline_s)
+            for ri, r in enumerate(replicas)
+            for si, e in enumerate(self.stage_ends(r, spans[ri]))
+        }
         segments = segments_of(replicas, self.model, virtual_stages)  # 1 unless interleaved
-        return max(device_sync_s(self, replicas, segments, zero1).values(), default=0.0)
+        return exposed_sync_s(self, replicas, segments, ends, pipeline_s, zero1)
+
+    def stage_ends(self, replica: Replica, span_s: float) -> list[float]:
+        """When each stage finishes its last backward, in a pipeline of ``span_s``: stage 0
+        last; stage i earlier by the backwards and gradient transfers of the stages before it
+        (the last micro-batch's gradient walks back through them)."""
+        ends = [span_s]
+        for si in range(1, replica.num_stages):
+            back = self.times_of(replica, si - 1).bwd_s + self.boundary_time_s(replica, si - 1)
+            ends.append(ends[-1] - back)
+        return ends
 
     # ---- memory and optimizer ------------------------------------------------------------
     def memory_of(
@@ -260,7 +284,7 @@ class CostModel:
         spans = [self.pipeline_time_s(r, schedule) for r in replicas]
         pipeline_s = max(s for s, _ in spans)
         v = virtual_stages if schedule == "interleaved-1f1b" else 1
-        dp_s = self.dp_sync_time_s(replicas, zero1, v)
+        dp_s = self.dp_sync_time_s(replicas, zero1, v, schedule)
         opt_s = self.optimizer_time_s(replicas, zero_shards)
         step = pipeline_s + dp_s + opt_s
         tokens_per_s = self.job.tokens_per_step / step

@@ -129,12 +129,18 @@ def segment_sync_s(cm: CostModel, replicas: Sequence[Replica], seg: Segment,
             + steps_time_s(segment_hops(cm, replicas, seg, "all-gather", job.compute_bytes)))
 
 
-def device_sync_s(cm: CostModel, replicas: Sequence[Replica], segments: Sequence[Segment],
-                  zero1: bool = False) -> dict[tuple[int, int], float]:
-    """(replica, stage) -> its gradient sync, its segments one after the other."""
-    out = {(ri, si): 0.0 for ri, r in enumerate(replicas) for si in range(r.num_stages)}
+def exposed_sync_s(cm: CostModel, replicas: Sequence[Replica], segments: Sequence[Segment],
+                   ends: dict[tuple[int, int], float], pipeline_s: float,
+                   zero1: bool = False) -> float:
+    """The gradient sync left after the slowest pipeline. Every stage syncs its segments in
+    the one global order (head, layers from the last down, embedding); a segment starts once
+    every stage holding it has finished its last backward (``ends``: (replica, stage) ->
+    seconds; all ``pipeline_s`` without overlap) and its sync of the segments before: what
+    the simulator's ``AR[...]`` actions do, uncontended."""
+    ready = dict(ends)
     for seg in segments:
-        t = segment_sync_s(cm, replicas, seg, zero1)
-        for holder in seg.holders:
-            out[holder] += t
-    return out
+        if len(seg.holders) > 1:
+            done = max(ready[h] for h in seg.holders) + segment_sync_s(cm, replicas, seg, zero1)
+            for h in seg.holders:
+                ready[h] = done
+    return max(0.0, max(ready.values(), default=0.0) - pipeline_s)

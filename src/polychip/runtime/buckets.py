@@ -160,6 +160,7 @@ class Readiness:
         self.armed: set[int] = set()
         self.ready = [0] * len(self.buckets)
         self.next = 0  # the first bucket not launched yet
+        self.early = 0  # launched by the backward, before any AR action waited
 
     def arm(self, chunk: int) -> None:
         self.armed.add(chunk)
@@ -174,6 +175,7 @@ class Readiness:
         while self.next < len(self.buckets) and self.ready[self.next] >= self.needed[self.next]:
             self.launch(self.buckets[self.next])
             self.next += 1
+            self.early += 1
 
     def launch_through(self, index: int) -> None:
         """Launch every bucket up to ``index``, ready or not (the AR action is here)."""

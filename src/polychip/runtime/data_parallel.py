@@ -66,7 +66,8 @@ class StageGrads:
     runs (same holders, next to each other); ``pieces``: this rank's pieces of each segment
     (from its groups); ``has_loss``: a last-stage rank; ``chunks``: the layers of each model
     chunk it holds; ``grad_dtype``: the buffer's (the reduce dtype; default: the parameters');
-    ``overlap``: buckets of ``bucket_bytes`` combined during the last backward; ``zero1``:
+    ``overlap``: buckets (of ``bucket_bytes``, with overlap or not) started during the last
+    backward, on a communication thread; else by the ``AR`` actions; ``zero1``:
     reduce-scatter the gradients, all-gather the parameters after the optimizer step.
     """
 
@@ -87,7 +88,7 @@ class StageGrads:
         size = torch.empty((), dtype=grad_dtype).element_size()
         self.entries, self.buckets, numel = layout(
             items, fused, pieces, chunks, tp_size=tp_size,
-            bucket_numel=max(1, bucket_bytes // size) if overlap else None,
+            bucket_numel=max(1, bucket_bytes // size),  # overlap or not: the same calls
             kinds=("reduce-scatter", "all-gather") if zero1 else ("all-reduce",),
             loss_in_head=not zero1)
         self.buffer = torch.zeros(numel, dtype=grad_dtype, device=device)

@@ -70,7 +70,9 @@ def layout(items: Sequence[tuple[str, tuple[int, ...]]], runs: Sequence[Sequence
            loss_in_head: bool = True) -> tuple[list[Entry], list[Bucket], int]:
     """Entries and buckets of the buffer, and its length: every run's entries in bucket
     order (each bucket padded to its collectives' granularity), then what no other stage
-    holds. ``items``: (name, shape) of every parameter (and the loss) in module order;
+    holds. A bucket closes when its size *in a piece* reaches ``bucket_numel``, so every
+    holder of a segment, whatever its TP degree, cuts it into the same buckets.
+    ``items``: (name, shape) of every parameter (and the loss) in module order;
     ``loss_in_head``: the loss slot rides in the head's first bucket (else in the tail)."""
     segments = [s for run in runs for s in run]
     order = [*segments, ""]
@@ -90,18 +92,22 @@ def layout(items: Sequence[tuple[str, tuple[int, ...]]], runs: Sequence[Sequence
         mine = [it for it in ordered if order[rank_of[it[0]]] in run]
         held = pieces.get(run[0], ())  # none: a layout that is never combined (tests)
         grain = _granularity(held, kinds) if len(held) == 1 else 1
+        num = held[0].piece.num if held else tp_size
         current: list[Entry] = []
+        in_piece = 0  # the bucket's size in a piece: the same on every holder
         for i, (name, shape) in enumerate(mine):
             current.append(entry(name, shape, offset))
             offset += current[-1].numel
-            full = bucket_numel is not None and offset - current[0].offset >= bucket_numel
+            split = current[-1].dim is not None
+            in_piece += current[-1].numel * tp_size // num if split else current[-1].numel
+            full = bucket_numel is not None and in_piece >= bucket_numel
             if full or i == len(mine) - 1:
                 start = current[0].offset
                 offset += -(offset - start) % grain
                 buckets.append(Bucket(len(buckets), tuple(run), start, offset, current, held,
                                       tp_size))
                 entries += current
-                current = []
+                current, in_piece = [], 0
     for name, shape in ordered:
         if rank_of[name] == len(order) - 1:
             entries.append(entry(name, shape, offset))

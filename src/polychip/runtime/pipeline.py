@@ -81,6 +81,10 @@ class StageRunner:
         self.num_chunks = len(model.chunks)
         self.num_virtual = role.num_stages * self.num_chunks
         self.clock = PhaseClock(None)
+        # each chunk's last backward of the step: its gradients are final as it produces
+        # them, so their buckets may start (overlapped gradient sync)
+        self._last_backward = {a.chunk: a.micro for a in program.actions
+                               if a.op is Op.BACKWARD}
 
     def _virtual(self, chunk: int) -> int:
         return chunk * self.role.num_stages + self.role.stage
@@ -165,6 +169,8 @@ class StageRunner:
 
     def _backward(self, m: int, c: int) -> None:
         held, t = self._held.pop((m, c)), self.targets
+        if self._last_backward[c] == m:
+            self.grads.arm(c)
         with self.clock.phase("backward", t and t.chunk_s[c][1], chain=self._chain):
             if self._has_loss(c):
                 held.output.backward()

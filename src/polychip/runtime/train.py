@@ -36,7 +36,7 @@ import torch.distributed as dist
 from polychip.plan.plan import Plan
 from polychip.plan.schedule import Op, build_schedule
 from polychip.runtime.data import DEFAULT_CORPUS_MAX_BYTES, SampleStream, open_source
-from polychip.runtime.data_parallel import StageGrads, loss_scale
+from polychip.runtime.data_parallel import DEFAULT_BUCKET_BYTES, StageGrads, loss_scale
 from polychip.runtime.dilation import DilationGovernor, WarmupTiming, plan_step_target_s
 from polychip.runtime.emulate import PhaseClock, PhaseTargets, phase_targets
 from polychip.runtime.errors import DistributedRunError, RuntimeSetupError
@@ -68,12 +68,15 @@ class TrainConfig:
     max_corpus_bytes: int = DEFAULT_CORPUS_MAX_BYTES
     metrics_path: str | None = None
     progress: bool = False  # a progress bar on rank 0
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES  # gradient buckets (the plan's job says overlap)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise RuntimeSetupError(f"steps={self.steps}: train at least 1 step")
         if self.dtype not in DTYPES:
             raise RuntimeSetupError(f"dtype={self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        if self.bucket_bytes < 1:
+            raise RuntimeSetupError(f"bucket_bytes={self.bucket_bytes}: give at least 1 byte")
         if self.optimizer not in ("adamw", "sgd"):
             raise RuntimeSetupError(f"optimizer={self.optimizer!r}: choose adamw or sgd")
         if self.dilation is not None and not (self.emulate and self.dilation > 0):
@@ -138,7 +141,8 @@ class Trainer:
         segments = [a.segment for a in self.program.actions if a.op is Op.ALLREDUCE]
         self.grads = StageGrads(self.model, segments, fused_runs(segments, schedule.groups),
                                 groups.pieces, has_loss=role.last_stage, tp_size=groups.tp.size,
-                                chunks=role.chunks)
+                                chunks=role.chunks, overlap=plan.job.overlap_grad_sync,
+                                bucket_bytes=config.bucket_bytes)
         self.optimizer = make_optimizer(config, self.grads.params)
         self.targets: PhaseTargets | None = (
             phase_targets(plan, role.replica, role.stage) if config.emulate else None)
