@@ -60,6 +60,7 @@ class Bucket:
     pieces: tuple[PieceSync, ...]
     tp_size: int
     staged: dict[int, torch.Tensor] = field(default_factory=dict)  # piece index -> kept grads
+    param_staged: dict[int, torch.Tensor] = field(default_factory=dict)  # ... -> parameters
 
     @property
     def in_place(self) -> bool:
@@ -73,6 +74,11 @@ class Bucket:
         local = piece.piece.index % per_rank
         size = view.shape[entry.dim] // per_rank
         return view.narrow(entry.dim, local * size, size)
+
+    def piece_numel(self, piece: PieceSync) -> int:
+        """Elements of this rank's part of the bucket in ``piece`` (before padding)."""
+        per_rank = piece.piece.num // self.tp_size
+        return sum(e.numel if e.dim is None else e.numel // per_rank for e in self.entries)
 
     def stage(self, views: Callable[[Entry], torch.Tensor], piece: PieceSync, kind: Kind
               ) -> torch.Tensor:

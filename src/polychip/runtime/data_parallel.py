@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -45,20 +44,6 @@ def loss_scale(batch_share: int, global_batch: int, num_micro_batches: int) -> f
     return scale_for_share(batch_share, global_batch) / num_micro_batches
 
 
-@dataclass(frozen=True)
-class OwnedSpan:
-    """Parameters whose optimizer step this rank takes: [start, end) of the buffers, or of
-    a staged piece (``staged``: (bucket index, piece index)) under ZeRO-1."""
-
-    start: int
-    end: int
-    staged: tuple[int, int] | None = None
-
-    @property
-    def numel(self) -> int:
-        return self.end - self.start
-
-
 class StageGrads:
     """The gradient and parameter buffers of one rank, and the sync of its segments.
 
@@ -66,6 +51,8 @@ class StageGrads:
     runs (same holders, next to each other); ``pieces``: this rank's pieces of each segment
     (from its groups); ``has_loss``: a last-stage rank; ``chunks``: the layers of each model
     chunk it holds; ``grad_dtype``: the buffer's (the reduce dtype; default: the parameters');
+    ``param_dtype``: the weights' (the compute dtype; default: as built, and then the weights
+    as built are kept in ``initial`` for the optimizer's master weights);
     ``overlap``: buckets (of ``bucket_bytes``, with overlap or not) started during the last
     backward, on a communication thread; else by the ``AR`` actions; ``zero1``:
     reduce-scatter the gradients, all-gather the parameters after the optimizer step.
@@ -75,12 +62,14 @@ class StageGrads:
                  fused: Sequence[Sequence[str]], pieces: dict[str, tuple[PieceSync, ...]],
                  *, has_loss: bool, tp_size: int,
                  chunks: Sequence[tuple[int, int]] = ((0, 1 << 30),),
-                 grad_dtype: torch.dtype | None = None, overlap: bool = False,
-                 bucket_bytes: int = DEFAULT_BUCKET_BYTES, zero1: bool = False) -> None:
+                 param_dtype: torch.dtype | None = None, grad_dtype: torch.dtype | None = None,
+                 overlap: bool = False, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+                 zero1: bool = False) -> None:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         kinds = {(p.dtype, p.device) for _, p in named}
         assert len(kinds) == 1, f"one dtype and device for all parameters, got {kinds}"
-        param_dtype, device = kinds.pop()
+        built_dtype, device = kinds.pop()
+        param_dtype = param_dtype or built_dtype
         grad_dtype = grad_dtype or param_dtype
         self.zero1, self.overlap = zero1, overlap
         self.kind: Kind = "reduce-scatter" if zero1 else "all-reduce"
@@ -95,9 +84,15 @@ class StageGrads:
         self.param_buffer = torch.zeros(numel, dtype=param_dtype, device=device)
         by_name = dict(named)
         self.params = [by_name[e.name] for e in self.entries if e.name != LOSS]
+        # the weights as built (fp32 under mixed precision: the master weights' start)
+        self.initial: torch.Tensor | None = None
+        if built_dtype != param_dtype:
+            self.initial = torch.zeros(numel, dtype=built_dtype, device=device)
         with torch.no_grad():
             for e, p in zip((e for e in self.entries if e.name != LOSS), self.params,
                             strict=True):
+                if self.initial is not None:
+                    self.initial[e.offset:e.end].copy_(p.reshape(-1))
                 view = self.param_view(e)
                 view.copy_(p)
                 p.data = view
@@ -191,13 +186,19 @@ class StageGrads:
         return True
 
     def _sync_loss(self) -> None:
-        """ZeRO-1: the loss slot is summed among the head's holders on its own."""
+        """ZeRO-1: the loss slot is summed among the head's holders on its own, in each piece
+        this rank holds (every piece group holds one rank of each last stage, and a stage's
+        TP ranks have the same loss)."""
         assert self._loss is not None
-        coll = self.pieces["head"][0].allreduce
-        padded = self._loss.new_zeros(coll.description.granularity)
-        padded[0] = self._loss[0]
-        coll.run(padded)
-        self._loss.copy_(padded[:1])
+        total = None
+        for piece in self.pieces["head"]:
+            coll = piece.allreduce
+            padded = self._loss.new_zeros(coll.description.granularity)
+            padded[0] = self._loss[0]
+            coll.run(padded)
+            total = padded[:1] if total is None else total
+        assert total is not None
+        self._loss.copy_(total)
 
     def check_views(self) -> None:
         """Our invariant: every ``.grad`` still lives in the buffer (an optimizer's

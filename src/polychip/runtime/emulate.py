@@ -199,7 +199,8 @@ def phase_targets(plan: Plan, replica: int, stage: int) -> PhaseTargets:
 
     return PhaseTargets(
         chunk_s=tuple((t.fwd_s, t.bwd_s) for t in times),
-        optimizer_s=cost.stage_optimizer_time_s(rep, stage, 1),
+        optimizer_s=cost.stage_optimizer_time_s(rep, stage,
+                                                len(plan.replicas) if plan.zero1 else 1),
         recv_act_s=from_stage(stage - 1), recv_grad_s=from_stage(stage + 1),
         allreduce_s=allreduce)
 

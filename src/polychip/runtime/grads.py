@@ -29,12 +29,12 @@ from polychip.runtime.errors import RuntimeSetupError
 AllReduce = Callable[[torch.Tensor], None]
 """An in-place SUM all-reduce of one tensor over the data-parallel ranks."""
 
-# The calls a description's steps make (`reduce_scatter_single` is the name from torch 2.13
-# on); `polychip.runtime.commcount` wraps them to count the bytes they move.
+# The calls a description's steps make (`reduce_scatter_single` / `all_gather_single` are the
+# names from torch 2.13 on); `polychip.runtime.commcount` wraps them to count their bytes.
 CALLS: dict[str, Callable[..., dist.Work | None]] = {
     "all_reduce": dist.all_reduce,
     "reduce_scatter": getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor,
-    "all_gather": dist.all_gather_into_tensor,
+    "all_gather": getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor,
 }
 
 

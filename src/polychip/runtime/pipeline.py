@@ -37,7 +37,9 @@ from polychip.runtime.data import SampleStream
 from polychip.runtime.data_parallel import StageGrads
 from polychip.runtime.emulate import PhaseClock, PhaseTargets, sleep_until
 from polychip.runtime.model import StageModule, loss_fn
+from polychip.runtime.optim import StageOptimizer
 from polychip.runtime.p2p import ACTIVATION, GRADIENT, P2P, PendingRecv, tag_of
+from polychip.runtime.precision import LossScaler
 from polychip.runtime.tensor_parallel import broadcast_from_leader
 from polychip.runtime.topology import RankRole
 
@@ -69,13 +71,15 @@ class StageRunner:
 
     def __init__(self, *, program: StageProgram, model: StageModule, role: RankRole,
                  p2p: P2P, stream: SampleStream, grads: StageGrads,
-                 optimizer: torch.optim.Optimizer, loss_scale: float,
+                 optimizer: StageOptimizer, loss_scale: float,
                  activation_shape: tuple[int, ...], targets: PhaseTargets | None,
-                 device: torch.device, failure: Failure) -> None:
+                 device: torch.device, failure: Failure,
+                 loss_scaler: LossScaler | None = None) -> None:
         self.program, self.model, self.role, self.p2p = program, model, role, p2p
         self.stream, self.grads, self.optimizer = stream, grads, optimizer
         self.loss_scale, self.shape, self.targets = loss_scale, activation_shape, targets
         self.device, self.failure = device, failure
+        self.loss_scaler = loss_scaler  # fp16: the loss multiplied by its scale for backward
         self.tp = model.tp
         self.dtype = next(model.parameters()).dtype
         self.num_chunks = len(model.chunks)
@@ -173,7 +177,8 @@ class StageRunner:
             self.grads.arm(c)
         with self.clock.phase("backward", t and t.chunk_s[c][1], chain=self._chain):
             if self._has_loss(c):
-                held.output.backward()
+                scale = self.loss_scaler.scale if self.loss_scaler is not None else 1.0
+                (held.output * scale if scale != 1.0 else held.output).backward()
             else:
                 torch.autograd.backward(held.output, self._out_grads.pop((m, c)))
         self._stats.compute_s += self.clock.last_s
