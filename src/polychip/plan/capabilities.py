@@ -35,13 +35,13 @@ class Capabilities:
 
 
 RUNTIME = Capabilities(
-    precisions=frozenset({"fp32"}),
+    precisions=frozenset({"fp32", "tf32", "bf16", "fp16"}),
     attention=frozenset({"fused"}),
     sequence_parallel=frozenset({False}),
     vocab_parallel=frozenset({False}),
     overlap_p2p=frozenset({True}),
     overlap_grad_sync=frozenset({False, True}),
-    grad_reduce_dtypes=frozenset({"fp32"}),
+    grad_reduce_dtypes=frozenset({"fp32", "bf16", "fp16"}),
     zero_stages=frozenset({0, 1}),
     schedules=frozenset({"1f1b", "gpipe", "interleaved-1f1b"}),
     recompute=frozenset({False, True}),
