@@ -87,6 +87,7 @@ class CostModel:
         self.nodes = cluster.nodes
         self._chips = {c.name: c for c in cluster.chips()}
         self._stage_cache: dict[tuple, StageTimes] = {}
+        self.sync_cache: dict[tuple, float] = {}  # gradsync.segment_sync_s
 
     def chip(self, name: str) -> Accelerator:
         return self._chips[name]

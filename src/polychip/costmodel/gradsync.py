@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from polychip.costmodel.comm import LinkKind
 from polychip.plan.collectives import BRIDGE, Collective, Kind, Step, describe
@@ -32,8 +31,7 @@ if TYPE_CHECKING:
 Where = Mapping[int, tuple[int, str]]  # rank -> (node, chip)
 
 
-@dataclass(frozen=True)
-class Hop:
+class Hop(NamedTuple):
     """One ring edge of one step: ``src`` sends ``n_bytes`` to ``dst`` over ``kind``."""
 
     src: int
@@ -63,6 +61,7 @@ def collective_hops(cm: CostModel, coll: Collective, where: Where, n_bytes: floa
                     ) -> list[list[Hop]]:
     """Per step of ``coll`` on a buffer of ``n_bytes``: its hops."""
     host = cm.cluster.network.host_copy_bw_bytes_per_s
+    links: dict[tuple[int, int], tuple] = {}  # plans hold thousands of ranks on few nodes
     out = []
     for step in coll.steps:
         hops = []
@@ -70,13 +69,16 @@ def collective_hops(cm: CostModel, coll: Collective, where: Where, n_bytes: floa
             ring = sorted(g.ranks, key=lambda r: (where[r][0], r))
             sent = float(step.sent(g)) * n_bytes
             copy = 2 * float(g.size) * n_bytes / host if step.link == BRIDGE else 0.0
+            steps = step.latencies(g)
             for a, b in zip(ring, ring[1:] + ring[:1], strict=True):
                 na, nb = where[a][0], where[b][0]
-                kind, bw, lat = cm.link(na, nb)
+                link = links.get((na, nb))
+                if link is None:
+                    link = links[(na, nb)] = (*cm.link(na, nb), cm.nic_bw(na), cm.nic_bw(nb))
+                kind, bw, lat, nic_a, nic_b = link
                 sides = ((("out", a), bw), (("in", b), bw)) if na == nb else (
-                    (("tx", na), cm.nic_bw(na)), (("rx", nb), cm.nic_bw(nb)))
-                hops.append(Hop(a, b, na, nb, kind, sent, bw, step.latencies(g) * lat, copy,
-                                sides))
+                    (("tx", na), nic_a), (("rx", nb), nic_b))
+                hops.append(Hop(a, b, na, nb, kind, sent, bw, steps * lat, copy, sides))
         out.append(hops)
     return out
 
@@ -122,11 +124,20 @@ def segment_sync_s(cm: CostModel, replicas: Sequence[Replica], seg: Segment,
     (ZeRO-1) its reduce-scatter plus the all-gather of the parameters in the compute dtype."""
     if len(seg.holders) <= 1:
         return 0.0
+    # the time depends only on where the holders are: plans under search repeat them
+    stages = [replicas[ri].stages[si] for ri, si in seg.holders]
+    key = (seg.num_params(cm.model), zero1, tuple((st.node, st.chip, st.tp) for st in stages))
+    hit = cm.sync_cache.get(key)
+    if hit is not None:
+        return hit
     job = cm.job
     if not zero1:
-        return steps_time_s(segment_hops(cm, replicas, seg, "all-reduce", job.reduce_bytes))
-    return (steps_time_s(segment_hops(cm, replicas, seg, "reduce-scatter", job.reduce_bytes))
-            + steps_time_s(segment_hops(cm, replicas, seg, "all-gather", job.compute_bytes)))
+        t = steps_time_s(segment_hops(cm, replicas, seg, "all-reduce", job.reduce_bytes))
+    else:
+        t = (steps_time_s(segment_hops(cm, replicas, seg, "reduce-scatter", job.reduce_bytes))
+             + steps_time_s(segment_hops(cm, replicas, seg, "all-gather", job.compute_bytes)))
+    cm.sync_cache[key] = t
+    return t
 
 
 def exposed_sync_s(cm: CostModel, replicas: Sequence[Replica], segments: Sequence[Segment],

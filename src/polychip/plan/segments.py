@@ -14,6 +14,7 @@ estimate and the runtime's gradient buffer all read their segments from here.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections.abc import Sequence
@@ -61,9 +62,13 @@ def cut_layers(held: Sequence[Sequence[Interval]]) -> list[tuple[int, int, tuple
     layer. The layer ranges whose holder is the same in every replica, as (start, end, holder
     of each replica), from the last layer down (the order gradients are ready in)."""
     bounds = sorted({b for rep in held for s, e, _ in rep for b in (s, e)})
+    reps = [sorted(rep) for rep in held]
+    starts = [[s for s, _, _ in rep] for rep in reps]
     out = []
     for a, b in reversed(list(itertools.pairwise(bounds))):
-        out.append((a, b, tuple(next(h for s, e, h in rep if s <= a < e) for rep in held)))
+        holders = tuple(rep[bisect.bisect_right(st, a) - 1][2]
+                        for rep, st in zip(reps, starts, strict=True))
+        out.append((a, b, holders))
     return out
 
 

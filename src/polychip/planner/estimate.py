@@ -104,11 +104,12 @@ class Estimator:
         bridges its own shard)."""
         groups, net = self.cluster.groups, self.cluster.network
         islands: dict[str, list] = {}
+        t_min = min(t for _, t, _ in holders)
         for g, _tp, n in holders:
             group = groups[g]
             isl = islands.setdefault(group.chip.island, [0, float("inf"), set()])
             isl[0] += n
-            isl[1] = min(isl[1], group.nic_bw_bytes_per_s / min(t for _, t, _ in holders))
+            isl[1] = min(isl[1], group.nic_bw_bytes_per_s / t_min)
             isl[2].add(g)
         rings = []
         for p, bw, gs in islands.values():

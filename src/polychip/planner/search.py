@@ -40,6 +40,7 @@ FULL_ESTIMATES = 600  # candidates (best by pipeline time alone) given the full 
 ALL_ESTIMATES_UP_TO = 4000  # ... or all of them when there are no more than this
 FEW_COPIES = (1, 2, 3, 4, 6, 8)  # replica counts tried for every shape alone (small clusters)
 LEFTOVER_LAYOUTS = 3  # fills of a mixed pipeline's leftover chips tried, one per stage layout
+# (small clusters: on large ones a leftover is a small part of the plan)
 
 
 class FastSearch:
@@ -193,14 +194,16 @@ class FastSearch:
                 {1, *(opts[1][0][0].micro_batch_size for opts in options.values() if len(opts) > 1)}
             )
         memo: dict[tuple[int, int], list[Classes]] = {}
+        small = sum(self.cluster.groups[g].num_devices for g in singles) <= LARGE
+        layouts = LEFTOVER_LAYOUTS if small else 1
 
         def leftovers(g: int, budget: int) -> list[Classes]:
             """The best fill of a group's leftover chips, then the best of each other stage
             layout (gradient sync, which a fill's value leaves out, may favour fewer,
-            deeper replicas), up to LEFTOVER_LAYOUTS in all."""
+            deeper replicas), up to LEFTOVER_LAYOUTS in all on small clusters."""
             if (g, budget) not in memo:
                 shapes, opts = singles.get(g, []), []
-                while budget > 0 and len(opts) < LEFTOVER_LAYOUTS:
+                while budget > 0 and len(opts) < layouts:
                     best = self.fills(shapes, budget, value)[:1]
                     if not best:
                         break
