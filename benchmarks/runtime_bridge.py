@@ -66,12 +66,9 @@ class BridgeTask:
         return timedelta(seconds=300)
 
     def __call__(self, plan: Plan, rank: int) -> dict | None:
-        import torch
         import torch.distributed as dist
 
         from polychip.runtime.commcount import count_calls, sent_bytes
-        from polychip.runtime.grads import RankCollective
-        from polychip.runtime.groups import GroupMaker, rank_collective
         from polychip.runtime.topology import build_topology
         from polychip.runtime.train import TrainConfig, Trainer
 
@@ -84,50 +81,63 @@ class BridgeTask:
         measured = sent_bytes(records, lambda r: roles[r].island).get(BRIDGE, 0.0)
         numel = trainer.grads.buffer.numel()
 
-        islands = tuple(tuple(i) for i in trainer.topology.islands)
-        maker = GroupMaker(rank, timedelta(seconds=300))
-        sharded = rank_collective(maker, describe("all-reduce", islands), roles)
-        mine = next(i for i in islands if rank in i)
-        made = [maker.get(i, "gloo", "baseline") for i in islands]  # collective: every rank
-        island_group = made[islands.index(mine)]
-        leaders = maker.get([min(i) for i in islands], "gloo", "baseline-bridge")
-
-        def leader_only(t: torch.Tensor) -> float:
-            dist.reduce(t, dst=min(mine), group=island_group)
-            begin = time.perf_counter()
-            if leaders is not None:
-                dist.all_reduce(t, group=leaders)
-            bridge_s = time.perf_counter() - begin
-            dist.broadcast(t, src=min(mine), group=island_group)
-            return bridge_s
-
-        # reduce-scatter, bridge, all-gather (islands of 2 ranks or more), each timed apart
-        rs, cross, ag = (RankCollective(sharded.description, rank, (s,)) for s in sharded.steps)
-
-        def sharded_run(t: torch.Tensor) -> float:
-            rs.run(t)
-            begin = time.perf_counter()
-            cross.run(t)
-            bridge_s = time.perf_counter() - begin
-            ag.run(t)
-            return bridge_s
-
-        times: dict[str, list[float]] = {k: [] for k in ("sharded", "leader", "sharded_bridge",
-                                                         "leader_bridge")}
-        buffer = torch.randn(numel + -numel % sharded.description.granularity)
-        for _ in range(self.repeats):
-            for name, run in (("sharded", sharded_run), ("leader", leader_only)):
-                t = buffer.clone()
-                dist.barrier()
-                begin = time.perf_counter()
-                bridge_s = run(t)
-                times[name].append(time.perf_counter() - begin)
-                times[f"{name}_bridge"].append(bridge_s)
+        times = _time_schemes(rank, roles, tuple(tuple(i) for i in trainer.topology.islands),
+                              numel, self.repeats)
         out = {"measured_bridge_bytes": measured, "buffer_bytes": numel * 4,
                "times": times}
         gathered: list[dict | None] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, out)
         return {"ranks": gathered} if rank == 0 else None
+
+
+def _time_schemes(rank: int, roles, islands: tuple[tuple[int, ...], ...], numel: int,
+                  repeats: int) -> dict[str, list[float]]:
+    """Seconds of each scheme (and of its bridge step alone), alternating."""
+    import torch
+    import torch.distributed as dist
+
+    from polychip.runtime.grads import RankCollective
+    from polychip.runtime.groups import GroupMaker, rank_collective
+
+    maker = GroupMaker(rank, timedelta(seconds=300))
+    sharded = rank_collective(maker, describe("all-reduce", islands), roles)
+    mine = next(i for i in islands if rank in i)
+    made = [maker.get(i, "gloo", "baseline") for i in islands]  # collective: every rank
+    island_group = made[islands.index(mine)]
+    leaders = maker.get([min(i) for i in islands], "gloo", "baseline-bridge")
+
+    def leader_only(t: torch.Tensor) -> float:
+        dist.reduce(t, dst=min(mine), group=island_group)
+        begin = time.perf_counter()
+        if leaders is not None:
+            dist.all_reduce(t, group=leaders)
+        bridge_s = time.perf_counter() - begin
+        dist.broadcast(t, src=min(mine), group=island_group)
+        return bridge_s
+
+    # reduce-scatter, bridge, all-gather (islands of 2 ranks or more), each timed apart
+    rs, cross, ag = (RankCollective(sharded.description, rank, (s,)) for s in sharded.steps)
+
+    def sharded_run(t: torch.Tensor) -> float:
+        rs.run(t)
+        begin = time.perf_counter()
+        cross.run(t)
+        bridge_s = time.perf_counter() - begin
+        ag.run(t)
+        return bridge_s
+
+    times: dict[str, list[float]] = {k: [] for k in ("sharded", "leader", "sharded_bridge",
+                                                     "leader_bridge")}
+    buffer = torch.randn(numel + -numel % sharded.description.granularity)
+    for _ in range(repeats):
+        for name, run in (("sharded", sharded_run), ("leader", leader_only)):
+            t = buffer.clone()
+            dist.barrier()
+            begin = time.perf_counter()
+            bridge_s = run(t)
+            times[name].append(time.perf_counter() - begin)
+            times[f"{name}_bridge"].append(bridge_s)
+    return times
 
 
 def bridge(model: ModelSpec, ranks_per_island: int, seq_len: int, repeats: int) -> dict:

@@ -19,7 +19,7 @@ from polychip.costmodel.compute import (
     embedding_times,
     head_times,
 )
-from polychip.costmodel.gradsync import exposed_sync_s, segment_sync_s
+from polychip.costmodel.gradsync import dp_sync_time_s, segment_sync_s
 from polychip.costmodel.memory import (
     MemoryBreakdown,
     in_flight_micro_batches,
@@ -28,7 +28,7 @@ from polychip.costmodel.memory import (
 )
 from polychip.costmodel.pipeline import PipelineForm
 from polychip.plan.plan import Estimate, Replica
-from polychip.plan.segments import Segment, segments_of
+from polychip.plan.segments import Segment
 from polychip.spec.accelerators import Accelerator
 from polychip.spec.cluster import Cluster
 from polychip.spec.job import TrainingJob
@@ -201,29 +201,10 @@ class CostModel:
         schedule: str = "1f1b",
         overlap: bool | None = None,
     ) -> float:
-        """Gradient sync left after the slowest pipeline (gradsync.exposed_sync_s). With
-        overlap (default: the job's), a stage's segments start as soon as every stage holding
-        them has finished its last backward (`stage_ends`); else after every pipeline."""
+        """Gradient sync left after the slowest pipeline, overlapped with the backward by
+        default as the job says (gradsync.dp_sync_time_s)."""
         overlap = self.job.overlap_grad_sync if overlap is None else overlap
-        spans = {ri: self.pipeline_time_s(r, schedule)[0] for ri, r in enumerate(replicas)}
-        pipeline_s = max(spans.values(), default=0.0)
-        ends = {
-            (ri, si): (e if overlap else pipeline_s)
-            for ri, r in enumerate(replicas)
-            for si, e in enumerate(self.stage_ends(r, spans[ri]))
-        }
-        segments = segments_of(replicas, self.model, virtual_stages)  # 1 unless interleaved
-        return exposed_sync_s(self, replicas, segments, ends, pipeline_s, zero1)
-
-    def stage_ends(self, replica: Replica, span_s: float) -> list[float]:
-        """When each stage finishes its last backward, in a pipeline of ``span_s``: stage 0
-        last; stage i earlier by the backwards and gradient transfers of the stages before it
-        (the last micro-batch's gradient walks back through them)."""
-        ends = [span_s]
-        for si in range(1, replica.num_stages):
-            back = self.times_of(replica, si - 1).bwd_s + self.boundary_time_s(replica, si - 1)
-            ends.append(ends[-1] - back)
-        return ends
+        return dp_sync_time_s(self, replicas, zero1, virtual_stages, schedule, overlap)
 
     # ---- memory and optimizer ------------------------------------------------------------
     def memory_of(

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from polychip.costmodel.comm import LinkKind
 from polychip.plan.collectives import BRIDGE, Collective, Kind, Step, describe
 from polychip.plan.plan import Replica
-from polychip.plan.segments import Segment, pieces_of, replica_stage_ranks
+from polychip.plan.segments import Segment, pieces_of, replica_stage_ranks, segments_of
 
 if TYPE_CHECKING:
     from polychip.costmodel.estimate import CostModel
@@ -155,3 +155,29 @@ def exposed_sync_s(cm: CostModel, replicas: Sequence[Replica], segments: Sequenc
             for h in seg.holders:
                 ready[h] = done
     return max(0.0, max(ready.values(), default=0.0) - pipeline_s)
+
+
+def stage_ends(cm: CostModel, replica: Replica, span_s: float) -> list[float]:
+    """When each stage finishes its last backward, in a pipeline of ``span_s``: stage 0
+    last; stage i earlier by the backwards and gradient transfers of the stages before it
+    (the last micro-batch's gradient walks back through them)."""
+    ends = [span_s]
+    for si in range(1, replica.num_stages):
+        back = cm.times_of(replica, si - 1).bwd_s + cm.boundary_time_s(replica, si - 1)
+        ends.append(ends[-1] - back)
+    return ends
+
+
+def dp_sync_time_s(cm: CostModel, replicas: Sequence[Replica], zero1: bool,
+                   virtual_stages: int, schedule: str, overlap: bool) -> float:
+    """With overlap, a stage's segments start as soon as every stage holding them has
+    finished its last backward (`stage_ends`); else after every pipeline."""
+    spans = {ri: cm.pipeline_time_s(r, schedule)[0] for ri, r in enumerate(replicas)}
+    pipeline_s = max(spans.values(), default=0.0)
+    ends = {
+        (ri, si): (e if overlap else pipeline_s)
+        for ri, r in enumerate(replicas)
+        for si, e in enumerate(stage_ends(cm, r, spans[ri]))
+    }
+    segments = segments_of(replicas, cm.model, virtual_stages)  # 1 unless interleaved
+    return exposed_sync_s(cm, replicas, segments, ends, pipeline_s, zero1)

@@ -226,13 +226,9 @@ class FastSearch:
                 for k in ks:
                     core = ((shape, k),)
                     used = {seg.group: seg.num_devices * k for seg in tpl}
-                    left = [leftovers(g, self.cluster.groups[g].num_devices - used.get(g, 0))
-                            for g in singles]
-                    fills = [tuple(c for opts in left for c in opts[0])]
-                    for i, opts in enumerate(left):  # one group at another layout's fill
-                        for alt in opts[1:]:
-                            fills.append(tuple(c for j, o in enumerate(left)
-                                               for c in (alt if j == i else o[0])))
+                    fills = _fill_variants([
+                        leftovers(g, self.cluster.groups[g].num_devices - used.get(g, 0))
+                        for g in singles])
                     for n, fill in enumerate(fills):
                         out.append(((tpl, mb, k, True, n), core + fill))
                     if fills[0]:
@@ -277,6 +273,15 @@ class FastSearch:
             if best is start:
                 break
         return best
+
+
+def _fill_variants(left: list[list[Classes]]) -> list[Classes]:
+    """Every group's first leftover fill, then one group at a time at another of its fills."""
+    fills = [tuple(c for opts in left for c in opts[0])]
+    for i, opts in enumerate(left):
+        for alt in opts[1:]:
+            fills.append(tuple(c for j, o in enumerate(left) for c in (alt if j == i else o[0])))
+    return fills
 
 
 def _neighbour_splits(layers: tuple[int, ...]) -> list[tuple[int, ...]]:
