@@ -119,7 +119,8 @@ class CommThread:
     were submitted; :meth:`wait` waits for one (and so for every earlier one) and re-raises
     a failure."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.device = device  # a device's current index is per thread: set it on ours
         self._jobs: queue.Queue[tuple[Callable[[], None], threading.Event] | None] = (
             queue.Queue())
         self._error: BaseException | None = None
@@ -128,6 +129,8 @@ class CommThread:
         self._thread.start()
 
     def _loop(self) -> None:
+        if self.device is not None and self.device.type != "cpu":
+            getattr(torch, self.device.type).set_device(self.device)
         while (item := self._jobs.get()) is not None:
             job, done = item
             try:

@@ -102,7 +102,7 @@ class StageGrads:
         self._fused_at = {run[0]: tuple(run) for run in fused}
         self._last_bucket = {run[0]: max(b.index for b in self.buckets if b.run == tuple(run))
                              for run in fused}
-        self.comm = CommThread() if overlap else None
+        self.comm = CommThread(device) if overlap else None
         self.readiness = Readiness(self.buckets, self._launch)
         self._events: dict[int, threading.Event] = {}
         self._hooks(by_name)
