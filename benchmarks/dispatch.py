@@ -20,8 +20,9 @@ import time
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from polychip.runtime.layers import DecoderLayer, ModelConfig, rotary_cos_sin
+from polychip.runtime.layers import DecoderLayer, rotary_cos_sin
 from polychip.runtime.tensor_parallel import NO_TP
+from polychip.spec.model import ModelSpec
 
 VIEWS = frozenset({
     "view", "t", "_unsafe_view", "transpose", "detach", "unsqueeze", "expand", "split",
@@ -49,12 +50,12 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    config = ModelConfig(1, 64, 4, 4, 176, 256)
+    config = ModelSpec("dispatch", 1, 64, 4, 4, 176, 256)
     layer = DecoderLayer(config, NO_TP)
     for p in layer.parameters():
         torch.nn.init.normal_(p, std=0.02)
     x = torch.randn(1, 8, 64, requires_grad=True)
-    cos, sin = rotary_cos_sin(8, config.head_dim, 1e4, x)
+    cos, sin = rotary_cos_sin(8, config.head_dim, x)
 
     def step() -> None:
         layer(x, cos, sin).sum().backward()

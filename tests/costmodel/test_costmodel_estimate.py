@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from polychip.costmodel.comm import LinkKind, ring_allreduce_time_s
+from polychip.costmodel.comm import LinkKind
 from polychip.costmodel.compute import INTRA_NODE_LATENCY_S
 from polychip.costmodel.estimate import CostModel
 from polychip.costmodel.kernels import MEMORY_EFFICIENCY
@@ -57,81 +57,6 @@ def test_link_bandwidth_is_the_slower_nic() -> None:
     assert cm.link(0, 1) == (LinkKind.INTER_NODE, 12.5e9, pytest.approx(10e-6))  # one island
     # a chip's share of its node's NIC when no plan says how many of its chips are used
     assert cm.device_nic_bw(0) == pytest.approx(50e9 / 8)
-
-# ---- data-parallel gradient sync ---------------------------------------------------------------
-
-
-def test_dp_sync_of_two_single_stage_replicas_on_two_nodes() -> None:
-    cm = _cm(_cluster(("h800", 2, 400)))
-    reps = (_one_stage(0, "h800", 4), _one_stage(1, "h800", 4))
-    # the plan uses one chip of each node: it has the node's whole NIC; network latency
-    bw, lat = 50e9, 10e-6
-    layers = 2.0 * TINY.num_layers * TINY.layer_params  # bf16 gradients
-    expected = (
-        ring_allreduce_time_s(layers, 2, bw, lat)
-        + ring_allreduce_time_s(2.0 * TINY.embedding_params, 2, bw, lat)
-        + ring_allreduce_time_s(2.0 * TINY.head_params, 2, bw, lat)
-    )
-    assert cm.dp_sync_time_s(reps) == pytest.approx(expected)
-    assert cm.dp_sync_time_s(reps[:1]) == 0.0
-
-
-def test_dp_sync_inside_one_node_uses_the_scale_up_link() -> None:
-    cm = _cm(_cluster(("h800", 1, 400)))
-    reps = (_one_stage(0, "h800", 4, devs=(0,)), _one_stage(0, "h800", 4, devs=(1,)))
-    n = 2.0 * TINY.num_params
-    # Three all-reduces (layers, embedding, head): three rounds of latency.
-    expected = 2 * 1 / 2 * n / 200e9 + 3 * 2 * INTRA_NODE_LATENCY_S
-    assert cm.dp_sync_time_s(reps) == pytest.approx(expected)
-
-
-def test_dp_sync_with_uneven_stage_boundaries() -> None:
-    cm = _cm(_cluster(("h800", 3, 400)))
-    split = Replica((Stage(0, 2, 0, (0,), "h800"), Stage(2, 4, 1, (0,), "h800")), 4, 1)
-    whole = _one_stage(2, "h800", 4)
-    bw, lat = 50e9, 10e-6  # one chip used per node: its whole NIC
-
-    def ar(params: float) -> float:
-        return ring_allreduce_time_s(2.0 * params, 2, bw, lat)
-
-    # The single-stage replica's device syncs both halves, the embedding and the head.
-    expected = 2 * ar(2 * TINY.layer_params) + ar(TINY.embedding_params) + ar(TINY.head_params)
-    assert cm.dp_sync_time_s((split, whole)) == pytest.approx(expected)
-
-
-def test_dp_sync_across_islands_goes_hierarchically_over_the_bridge() -> None:
-    cm = _cm(_cluster(("h800", 2, 400), ("910b", 1, 200)), batch=12)
-    reps = (_one_stage(0, "h800", 4), _one_stage(1, "h800", 4), _one_stage(2, "ascend-910b", 4))
-    lat, host = 10e-6, 25e9
-    # the slowest chip's NIC share: the 910B node's 200 Gbit/s, one chip of it used
-    bridge = 25e9
-
-    def hier(params: float) -> float:
-        n = 2.0 * params
-        inner = ring_allreduce_time_s(n, 2, 50e9, lat)  # the NVIDIA pair; HCCL alone
-        shard = n / 1  # the smallest island has one member: it holds the whole buffer
-        return inner + 2 * 1 / 2 * (shard / bridge + 2 * shard / host) + 2 * lat
-
-    expected = hier(TINY.num_layers * TINY.layer_params)
-    expected += hier(TINY.embedding_params) + hier(TINY.head_params)
-    assert cm.dp_sync_time_s(reps) == pytest.approx(expected)
-    same_island = _cm(_cluster(("h800", 3, 400)), batch=12)
-    assert cm.dp_sync_time_s(reps) > same_island.dp_sync_time_s(
-        (_one_stage(0, "h800", 4), _one_stage(1, "h800", 4), _one_stage(2, "h800", 4))
-    )
-
-
-def test_dp_sync_counts_a_tied_heads_embedding_copy() -> None:
-    tied = ModelSpec("tied", 4, 64, 4, 2, 176, 256, tie_embeddings=True)
-    cm = _cm(_cluster(("h800", 4, 400)), model=tied)
-    reps = tuple(
-        Replica((Stage(0, 2, 2 * r, (0,), "h800"), Stage(2, 4, 2 * r + 1, (0,), "h800")), 4, 1)
-        for r in range(2)
-    )
-    bw, lat = 50e9, 10e-6  # one chip used per node
-    head = ring_allreduce_time_s(2.0 * (tied.head_params + tied.embedding_params), 2, bw, lat)
-    layers = ring_allreduce_time_s(2.0 * 2 * tied.layer_params, 2, bw, lat)
-    assert cm.dp_sync_time_s(reps) == pytest.approx(layers + head)
 
 # ---- evaluate ---------------------------------------------------------------------------------
 

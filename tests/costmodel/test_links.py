@@ -69,8 +69,8 @@ def test_gradient_sync_of_2_of_8_chips_runs_at_a_quarter_of_the_nic() -> None:
     reps = _dp((0, 1), 1, 2)
     bw, lat = NIC / 2, 10e-6  # each chip: half the NIC (2 chips of the node talk)
 
-    def ar(params: int) -> float:  # every TP rank all-reduces its half of the gradient
-        return ring_allreduce_time_s(2.0 * params / 2, 2, bw, lat)
+    def ar(params: int) -> float:  # every TP rank all-reduces its half of the fp32 gradient
+        return ring_allreduce_time_s(cm.job.reduce_bytes * params / 2, 2, bw, lat)
 
     expected = ar(TINY.num_layers * TINY.layer_params)
     expected += ar(TINY.embedding_params) + ar(TINY.head_params)

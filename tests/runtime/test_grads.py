@@ -1,26 +1,33 @@
-"""Sample-weighted gradients: uneven data parallelism equals single-process training."""
+"""Sample-weighted gradients and the collectives' description executed: uneven data
+parallelism equals single-process training, the sharded bridge equals a flat all-reduce, and
+the bytes the runtime's calls move on each link are the description's and the cost model's."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 
+from polychip.costmodel import CostModel, LinkKind
+from polychip.costmodel.gradsync import segment_hops
+from polychip.plan import Plan
+from polychip.plan.collectives import BRIDGE, ISLAND, describe
+from polychip.plan.segments import grad_segments
+from polychip.runtime.commcount import count_calls, sent_bytes
 from polychip.runtime.data import SampleStream, StdlibCorpus, share_range
 from polychip.runtime.errors import RuntimeSetupError
-from polychip.runtime.grads import (
-    AllReduce,
-    hierarchical_allreduce_,
-    new_island_groups,
-    scale_for_share,
-    weighted_allreduce_,
-)
+from polychip.runtime.grads import AllReduce, RankCollective, scale_for_share, weighted_allreduce_
+from polychip.runtime.groups import GroupMaker, rank_collective
 from polychip.runtime.model import build_full_model, loss_fn
+from polychip.runtime.topology import build_topology, rank_roles
+from polychip.runtime.train import TrainConfig, Trainer
 
 from .distenv import run_ranks
-from .plans import MICRO
+from .plans import MICRO, cluster, dp_plan
+from .reference import CORPUS_BYTES
 
 SEQ_LEN = 8
 ATOL = 1e-10
@@ -70,38 +77,99 @@ def test_uneven_shares_12_4_equal_single_process_training(tmp_path: Path) -> Non
     run_ranks(_uneven_dp_worker, 2, tmp_path)
 
 
+def _padded(coll: RankCollective) -> AllReduce:
+    """An all-reduce of any length through ``coll`` (padded to its granularity)."""
+    def run(t: torch.Tensor) -> None:
+        grain = coll.description.granularity
+        flat = torch.cat((t, t.new_zeros(-t.numel() % grain)))
+        coll.run(flat)
+        t.copy_(flat[:t.numel()])
+    return run
+
+
 def _islands_worker(rank: int, world_size: int) -> None:
-    islands = new_island_groups([[0, 1], [2, 3]])
-    assert islands.is_island_leader == (rank in (0, 2))
-    assert (islands.bridge_group is not None) == islands.is_island_leader
-
-    # Integer-valued tensors: the sum is exact whatever the order, so flat == hierarchical.
-    ints = torch.arange(10, dtype=torch.float64) * (rank + 1)
-    flat, hier = ints.clone(), ints.clone()
-    dist.all_reduce(flat)
-    hierarchical_allreduce_(hier, islands.island_group, islands.bridge_group,
-                            islands.is_island_leader)
-    assert torch.equal(hier, flat)
-    assert torch.equal(hier, torch.arange(10, dtype=torch.float64) * 10)
-
-    noise = torch.randn(1000, dtype=torch.float64,
-                        generator=torch.Generator().manual_seed(rank))
-    flat, hier = noise.clone(), noise.clone()
-    dist.all_reduce(flat)
-    islands.allreduce(hier)
-    torch.testing.assert_close(hier, flat, rtol=0, atol=1e-12)
-
-    # Uneven shares across two islands (one with an empty replica) still train exactly.
-    _train_and_compare(rank, [7, 0, 6, 3], "adamw", num_steps=2, allreduce=islands.allreduce)
-
-    with pytest.raises(RuntimeSetupError, match="leader"):
-        hierarchical_allreduce_(hier, islands.island_group, islands.bridge_group,
-                                not islands.is_island_leader)
+    maker = GroupMaker(rank, timedelta(seconds=60))
+    roles = rank_roles(_two_islands_plan((2, 2)), emulate=True)
+    for islands in ([[0, 1], [2, 3]], [[0], [1, 2, 3]], [[0, 1, 2, 3]]):
+        coll = rank_collective(maker, describe("all-reduce", tuple(map(tuple, islands))), roles)
+        # Integer values: sums are exact in any order, so sharded == flat bit for bit.
+        ints = torch.arange(12, dtype=torch.float64) * (rank + 1)
+        flat, mine = ints.clone(), ints.clone()
+        dist.all_reduce(flat)
+        coll.run(mine)
+        assert torch.equal(mine, flat) and torch.equal(mine, torch.arange(12.0) * 10)
+        noise = torch.randn(1200, dtype=torch.float64,
+                            generator=torch.Generator().manual_seed(rank))
+        flat, mine = noise.clone(), noise.clone()
+        dist.all_reduce(flat)
+        coll.run(mine)
+        torch.testing.assert_close(mine, flat, rtol=0, atol=1e-12)
+        with pytest.raises(AssertionError):
+            coll.run(torch.zeros(coll.description.granularity * 3 + 1, dtype=torch.float64))
+    # Uneven shares across two unequal islands (one replica empty) still train exactly.
+    _train_and_compare(rank, [7, 0, 6, 3], "adamw", num_steps=2, allreduce=_padded(coll))
 
 
 @pytest.mark.dist
-def test_two_islands_hierarchical_allreduce_equals_flat(tmp_path: Path) -> None:
+def test_sharded_bridge_equals_a_flat_all_reduce(tmp_path: Path) -> None:
     run_ranks(_islands_worker, 4, tmp_path)
+
+
+# ---- bytes on each link --------------------------------------------------------------------
+def _two_islands_plan(sizes: tuple[int, int]) -> Plan:
+    """``sizes[0]`` cpu-fast chips on node 0 (one island), ``sizes[1]`` cpu-slow chips on
+    node 1 (another), one replica each."""
+    c = cluster([{"chip": "cpu-fast", "count": 1, "chips_per_node": sizes[0], "nic_gbps": 10},
+                 {"chip": "cpu-slow", "count": 1, "chips_per_node": sizes[1], "nic_gbps": 10}])
+    return dp_plan(c, [(0, d, "cpu-fast", 2, 1) for d in range(sizes[0])]
+                   + [(1, d, "cpu-slow", 2, 1) for d in range(sizes[1])])
+
+
+def _model_bytes(plan: Plan, rank: int) -> dict[str, float]:
+    """What the cost model's hops charge this rank: bytes it sends per kind of link."""
+    cm = CostModel(plan.cluster, plan.model, plan.job)
+    out: dict[str, float] = {}
+    for seg in grad_segments(plan):
+        for _, hops in segment_hops(cm, plan.replicas, seg, "all-reduce", cm.job.reduce_bytes):
+            for h in hops:
+                if h.src == rank:
+                    link = BRIDGE if h.kind is LinkKind.BRIDGE else ISLAND
+                    out[link] = out.get(link, 0.0) + h.n_bytes
+    return out
+
+
+def _bytes_worker(rank: int, world_size: int, plan: Plan) -> None:
+    config = TrainConfig(steps=1, dtype="float32", max_corpus_bytes=CORPUS_BYTES)
+    trainer = Trainer(plan, config, build_topology(plan, rank, emulate=True,
+                                                   timeout=config.timeout))
+    with count_calls() as records:
+        trainer.run(1)
+    roles = trainer.topology.roles
+    measured = sent_bytes(records, lambda r: roles[r].island)
+    expected: dict[str, float] = {}
+    for bucket in trainer.grads.buckets:
+        (piece,) = bucket.pieces
+        n_bytes = (bucket.end - bucket.start) * trainer.grads.buffer.element_size()
+        for (r, link), b in piece.allreduce.description.sent_bytes(n_bytes).items():
+            if r == rank:
+                expected[link] = expected.get(link, 0.0) + b
+    assert measured == pytest.approx(expected, rel=1e-12)
+    model = _model_bytes(plan, rank)
+    assert set(model) == set(measured)
+    for link, b in model.items():  # the buffer also pads, and carries the loss
+        assert b <= measured[link] <= b * 1.01, (rank, link, b, measured[link])
+    buffer_bytes = trainer.grads.buffer.numel() * 4
+    island = next(i for i in trainer.topology.islands if rank in i)
+    k = len(trainer.topology.islands)
+    # every rank bridges its own shard of the buffer: never the whole buffer through a leader
+    assert measured[BRIDGE] == pytest.approx(2 * (k - 1) / k * buffer_bytes / len(island))
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("sizes", [(2, 2), (1, 2)])
+def test_bytes_on_each_link_are_the_descriptions_and_the_cost_models(
+        tmp_path: Path, sizes: tuple[int, int]) -> None:
+    run_ranks(_bytes_worker, sum(sizes), tmp_path, _two_islands_plan(sizes))
 
 
 def test_weighted_allreduce_scales_buckets_and_fills_missing_grads() -> None:

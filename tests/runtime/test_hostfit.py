@@ -48,9 +48,13 @@ def test_a_cpu_rank_needs_its_stage_as_built_its_activations_and_its_process() -
         assert stage_params(plan, role) == params
         rep = plan.replicas[role.replica]
         activations = cost.memory_of(rep, role.stage, plan.schedule, 1).activations
-        want = (params * 4 * (2 + 2) + activations * 4 // plan.job.compute_bytes
-                + FORKED_RANK_BYTES)  # float32 weights, gradients, AdamW's m and v
+        job = plan.job  # bf16 weights, the fp32 gradient buffer, fp32 master + AdamW m, v
+        want = (params * (job.compute_bytes + job.reduce_bytes + 12) + activations
+                + FORKED_RANK_BYTES)
         assert rank_host_bytes(plan, role, TrainConfig(emulate=True)) == want
+        exact = (params * 8 * (2 + 2) + activations * 8 // job.compute_bytes
+                 + FORKED_RANK_BYTES)  # float64 weights, gradients, AdamW's m and v
+        assert rank_host_bytes(plan, role, TrainConfig(emulate=True, dtype="float64")) == exact
     on_device = roles_of(_npu_plan(), emulate=False)[0]
     assert rank_host_bytes(_npu_plan(), on_device, TrainConfig()) == SPAWNED_RANK_BYTES
 

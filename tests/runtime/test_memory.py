@@ -77,10 +77,11 @@ def _memory_worker(rank: int, world_size: int, plan: Plan) -> None:
     config = TrainConfig(steps=2, dtype="float64", max_corpus_bytes=CORPUS_BYTES)
     trainer = Trainer(plan, config, build_topology(plan, rank, emulate=False))
     records = trainer.run(config.steps)
-    params = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
+    # the weights live in one flat buffer (the loss slot and any padding included)
+    params = trainer.grads.param_buffer.numel() * trainer.grads.param_buffer.element_size()
     grads = trainer.grads.buffer.numel() * trainer.grads.buffer.element_size()
-    state = sum(v.numel() * v.element_size() for st in trainer.optimizer.state.values()
-                for v in st.values() if isinstance(v, torch.Tensor))
+    state = sum(v.numel() * v.element_size() for st in trainer.optimizer.inner.state.values()
+                for v in st.values() if isinstance(v, torch.Tensor))  # float64: no master copies
     held = (2, 1)[rank]  # 1F1B, 2 stages, 3 micro-batches: min(S - i, M)
     activations = held * _micro_batch_activations(trainer, plan)
     first, steady = records

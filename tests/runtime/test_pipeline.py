@@ -118,7 +118,8 @@ def test_train_command_runs_a_pipeline_and_reports_measured_beside_estimated(
     assert [(r["step"], r["rank"], r["stage"]) for r in records] == [
         (0, 0, 0), (0, 1, 1), (1, 0, 0), (1, 1, 1)]
     first, last = records[2], records[3]
-    assert first["loss"] is None and last["loss"] > 0 and last["global_loss"] == last["loss"]
+    assert first["loss"] is None and last["loss"] > 0  # the slot sums in fp32, loss in double:
+    assert last["global_loss"] == pytest.approx(last["loss"], rel=1e-6)
     assert (first["layers"], last["layers"]) == ([[0, 1]], [[1, 4]])
     assert (first["peak_activations"], last["peak_activations"]) == (2, 1)
     for r in (first, last):

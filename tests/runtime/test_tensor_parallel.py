@@ -70,7 +70,7 @@ def test_grouped_query_attention_shares_key_value_heads_without_copies() -> None
 
 def test_sequence_parallelism_needs_a_sequence_length_the_tp_degree_divides() -> None:
     plan = with_job(hybrid_plan(), seq_len=9)
-    with pytest.raises(RuntimeSetupError, match=r"replicas\[0\]\.stages\[1\] has tensor-"
+    with pytest.raises(RuntimeSetupError, match=r"replicas\[0\]\.stages\[1\]: tensor-"
                                                 r"parallel degree 2.*seq_len=9.*false"):
         rank_roles(plan, emulate=True)
     rank_roles(with_job(plan, sequence_parallel=False), emulate=True)

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from polychip.plan import build_schedule
+from polychip.plan.segments import segment_pieces
 from polychip.runtime.dilation import WarmupTiming, dilation_for, dilation_from
 from polychip.runtime.emulate import phase_targets
 from polychip.runtime.errors import RuntimeSetupError
@@ -20,7 +21,6 @@ from polychip.runtime.topology import (
     check_devices,
     islands,
     rank_roles,
-    segment_pieces,
     world_backend,
 )
 from polychip.spec.model import PRESETS
@@ -123,7 +123,7 @@ def test_what_the_runtime_cannot_run_yet_is_refused_not_faked() -> None:
                                                 r"plan one stage per replica"):
         rank_roles(tied, emulate=True)
     odd = dataclasses.replace(plan, model=dataclasses.replace(TINY4, num_kv_heads=1))
-    with pytest.raises(RuntimeSetupError, match="degree 2, which does not divide the model's "
+    with pytest.raises(RuntimeSetupError, match="degree 2 does not divide the model's "
                                                 "num_kv_heads=1"):
         rank_roles(odd, emulate=True)
 
@@ -214,7 +214,7 @@ def test_hosts_per_cluster_node_or_per_used_node() -> None:
 
 def test_segments_fuse_when_their_holders_match_and_params_find_their_segment() -> None:
     from polychip.plan import build_schedule
-    from polychip.runtime.data_parallel import fused_runs, segment_of
+    from polychip.runtime.grad_layout import fused_runs, segment_of
 
     plan = hybrid_plan()
     groups = build_schedule(plan).groups

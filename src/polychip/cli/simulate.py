@@ -98,12 +98,13 @@ def run(args: argparse.Namespace) -> int:
 
     plan = load_plan(args.plan)
     profile = profile_set(args, plan.cluster, plan.model, plan.job)
-    ev = evaluate_plan(plan, profile, simulate_step=True, overlap_grad_sync=not args.no_overlap)
+    ev = evaluate_plan(plan, profile, simulate_step=True,
+                       overlap_grad_sync=False if args.no_overlap else None)
     assert ev.sim is not None
     result, analytic = ev.sim, ev.estimate
     label = "analytic (cost model" + (" + profiles)" if profile else ")")
     console = Console()
-    sync = "not overlapped" if args.no_overlap else "overlapped with backward"
+    sync = "overlapped with backward" if ev.plan.job.overlap_grad_sync else "not overlapped"
     console.print(
         f"[bold]{args.plan}[/bold]: {len(plan.replicas)} replica(s), {plan.world_size} devices, "
         f"{plan.schedule}; gradient sync {sync}"

@@ -47,7 +47,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", metavar="OUT.jsonl", help="one JSON record per step per rank")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate")
-    p.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default="float32")
+    p.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default=None,
+                   help="run everything in this dtype (default: the plan's job.precision, "
+                        "mixed precision with fp32 master weights for bf16/fp16)")
     p.add_argument("--timeout", type=float, default=120.0, metavar="S",
                    help="process-group timeout: a rank silent this long fails the run")
 

@@ -47,8 +47,11 @@ def hierarchical_allreduce_time_s(
     host_copy_bw_bytes_per_s: float,
     latency_s: float,
 ) -> float:
-    """All-reduce across islands: reduce-scatter inside each island, all-reduce of the
-    shards across islands over the bridge, all-gather inside each island.
+    """Closed form of `polychip.plan.collectives.allreduce` when every island's ring has one
+    bandwidth: reduce-scatter inside each island, every rank bridges its own shard (the
+    smallest island's ranks the largest, n / p_min: copied to host memory and back, and
+    all-reduced among one rank per island), all-gather inside each island. The planner's
+    quick estimate uses it; the cost model prices the description hop by hop (gradsync.py).
 
     `islands`: (members, ring bandwidth, ring latency) per island. Islands run their
     phases concurrently; the slowest island sets each phase.
@@ -61,7 +64,8 @@ def hierarchical_allreduce_time_s(
         return inner
     shard = n_bytes / min(p for p, _, _ in islands)
     cross = (
-        2 * (k - 1) / k * (shard / bridge_bw_bytes_per_s + 2 * shard / host_copy_bw_bytes_per_s)
+        2 * (k - 1) / k * shard / bridge_bw_bytes_per_s
+        + 2 * shard / host_copy_bw_bytes_per_s
         + 2 * (k - 1) * latency_s
     )
     return inner + cross

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from polychip.costmodel import profiled
 from polychip.costmodel.comm import LinkKind, bridge_time_s, p2p_time_s
 from polychip.costmodel.compute import StageTimes, block_times, embedding_times, head_times
-from polychip.costmodel.gradsync import dp_sync_time_s, segment_allreduce_s
+from polychip.costmodel.gradsync import dp_sync_time_s, segment_sync_s
 from polychip.costmodel.kernels import stream_s
 from polychip.costmodel.links import chips_in_use, measured_link_bw, nic_share, node_link
 from polychip.costmodel.measured import ComputeProfile
@@ -32,6 +32,7 @@ from polychip.costmodel.pipeline import PipelineForm
 from polychip.costmodel.plancost import PlanCost
 from polychip.costmodel.precision import StateBytes, adamw_step_bytes
 from polychip.plan.plan import Replica
+from polychip.plan.segments import Segment
 from polychip.spec.accelerators import Accelerator
 from polychip.spec.cluster import Cluster
 from polychip.spec.job import TrainingJob
@@ -59,11 +60,12 @@ class CostModel:
         # Per node, the chips the replicas this model is bound to use there (`under`);
         # None: not bound, every chip of a node shares its NIC.
         self.chips_used: Mapping[int, int] | None = None
+        self.sync_cache: dict[tuple, float] = {}  # gradsync.segment_sync_s
 
     def under(self, replicas: Iterable[Replica]) -> CostModel:
         """This cost model for `replicas`: a chip's NIC share counts only the chips they use
         on its node. A view sharing every cache (stage times do not depend on it);
-        `evaluate`, `dp_sync_time_s` and `segment_allreduce_time_s` bind themselves."""
+        `evaluate` and `simulate` bind themselves."""
         used = chips_in_use(replicas)
         if used == self.chips_used:
             return self
@@ -152,6 +154,10 @@ class CostModel:
         all the node's chips when the model is not bound to replicas."""
         return nic_share(self.nodes, node, self.chips_used)
 
+    def nic_bw(self, node: int) -> float:
+        """A node's NIC bandwidth, each direction (the simulator's fabric shares it)."""
+        return self.nodes[node].group.nic_bw_bytes_per_s
+
     def link(self, node_a: int, node_b: int) -> tuple[LinkKind, float, float]:
         """(kind, bandwidth bytes/s, latency s) between a stage on node_a and one on node_b:
         the cluster's measured link between their groups if declared, else the slower NIC;
@@ -191,18 +197,25 @@ class CostModel:
         return span, busy
 
     # ---- data-parallel gradient sync (gradsync.py) ---------------------------------------
-    def segment_allreduce_time_s(
-        self, replicas: tuple[Replica, ...], holders: tuple[tuple[int, int], ...], n_params: int
+    def segment_sync_time_s(
+        self, replicas: tuple[Replica, ...], segment: Segment, zero1: bool = False
     ) -> float:
-        """All-reduce of `n_params` parameters' gradient among the stages `holders`
-        ((replica, stage) pairs), uncontended: what the simulator's `AR[...]` takes alone."""
-        stages = [replicas[ri].stages[si] for ri, si in holders]
-        return segment_allreduce_s(self.under(replicas), [(st, st.tp) for st in stages], n_params)
+        """The gradient sync of one segment among its holders, uncontended: what the
+        simulator's `AR[...]` takes alone (gradsync.segment_sync_s)."""
+        return segment_sync_s(self, replicas, segment, zero1)
 
-    def dp_sync_time_s(self, replicas: tuple[Replica, ...]) -> float:
-        """Slowest device's gradient sync (gradsync.dp_sync_time_s), NIC shares counting
-        the chips these replicas use."""
-        return dp_sync_time_s(self.under(replicas), replicas)
+    def dp_sync_time_s(
+        self,
+        replicas: tuple[Replica, ...],
+        zero1: bool = False,
+        virtual_stages: int = 1,
+        schedule: str = "1f1b",
+        overlap: bool | None = None,
+    ) -> float:
+        """Gradient sync left after the slowest pipeline, overlapped with the backward by
+        default as the job says (gradsync.dp_sync_time_s)."""
+        overlap = self.job.overlap_grad_sync if overlap is None else overlap
+        return dp_sync_time_s(self, replicas, zero1, virtual_stages, schedule, overlap)
 
     # ---- memory and optimizer ------------------------------------------------------------
     def memory_of(
@@ -303,7 +316,8 @@ class CostModel:
         zero_shards = len(replicas) if zero1 else 1
         spans = [self.pipeline_time_s(r, schedule) for r in replicas]
         pipeline_s = max(s for s, _ in spans)
-        dp_s = self.dp_sync_time_s(replicas)
+        v = virtual_stages if schedule == "interleaved-1f1b" else 1
+        dp_s = self.dp_sync_time_s(replicas, zero1, v, schedule)
         opt_s = self.optimizer_time_s(replicas, zero_shards)
         step = pipeline_s + dp_s + opt_s
         tokens_per_s = self.job.tokens_per_step / step

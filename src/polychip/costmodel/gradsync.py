@@ -1,71 +1,183 @@
-"""Data-parallel gradient sync in the closed form: every layer's gradient all-reduced among
-the stages that hold it, hierarchically by island (docs/cost-model.md, "Data-parallel
-gradient sync"). Not overlapped with the backward: the simulator models the overlap."""
+"""Data-parallel gradient sync, priced from the one description of each collective
+(`polychip.plan.collectives`): docs/cost-model.md, "Data-parallel gradient sync".
+
+Every gradient segment (`polychip.plan.segments`) is combined among the stages holding it,
+in *pieces* (one rank of every holder stage each; several when the holders' TP degrees
+differ): an all-reduce, or under ZeRO-1 a reduce-scatter of the gradient and, after the
+optimizer step, an all-gather of the parameters. Each step of a description is a set of
+rings; a ring visits its ranks in node order, so each ring edge is a *hop* over one link:
+a chip's scale-up link inside a node, the nodes' NICs between nodes, and across islands the
+NICs plus a copy of the chunk to host memory and back. The hops of one step run together
+and share what they cross -- a NIC side among the hops crossing it, a chip's link among
+its own hops -- equally; the step lasts as long as its slowest hop; steps follow each other.
+The simulator replays the same hops (`simulator/collectives.py`) with the NIC shares
+recomputed as flows come and go: alone, they agree to round-off.
+"""
 
 from __future__ import annotations
 
-import itertools
-from typing import TYPE_CHECKING
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
-from polychip.costmodel.comm import hierarchical_allreduce_time_s
-from polychip.costmodel.compute import INTRA_NODE_LATENCY_S
-from polychip.plan.plan import Replica, Stage
+from polychip.costmodel.comm import LinkKind
+from polychip.plan.collectives import BRIDGE, Collective, Kind, Step, describe
+from polychip.plan.plan import Replica, replica_stage_ranks
+from polychip.plan.segments import Segment, pieces_of, segments_of
 
 if TYPE_CHECKING:
     from polychip.costmodel.estimate import CostModel
 
+Where = Mapping[int, tuple[int, str]]  # rank -> (node, chip)
 
-def segment_allreduce_s(cm: CostModel, holders: list[tuple[Stage, int]], n_params: int) -> float:
-    """All-reduce the gradient of `n_params` parameters among stages `holders`
-    ((stage, tp) of each replica holding them), hierarchically by island."""
-    if len(holders) <= 1:
+
+class Hop(NamedTuple):
+    """One ring edge of one step: ``src`` sends ``n_bytes`` to ``dst`` over ``kind``."""
+
+    src: int
+    dst: int
+    src_node: int
+    dst_node: int
+    kind: LinkKind
+    n_bytes: float
+    bw_bytes_per_s: float  # the link's (CostModel.link), before sharing
+    latency_s: float  # the ring's steps x the link's latency
+    copy_s: float  # bridge: the chunk to host memory and back (half before, half after)
+    sides: tuple[tuple[tuple, float], ...]  # (what it crosses, that one's bandwidth)
+
+    def transfer_s(self, rate: float) -> float:
+        return self.n_bytes / rate
+
+    def time_s(self, rate: float) -> float:
+        return self.latency_s + self.copy_s + self.transfer_s(rate)
+
+
+def step_name(step: Step) -> str:
+    """"island reduce-scatter", "bridge all-reduce", ..."""
+    return f"{step.link} {step.op.replace('_', '-')}"
+
+
+def collective_hops(cm: CostModel, coll: Collective, where: Where, n_bytes: float
+                    ) -> list[list[Hop]]:
+    """Per step of ``coll`` on a buffer of ``n_bytes``: its hops."""
+    host = cm.cluster.network.host_copy_bw_bytes_per_s
+    links: dict[tuple[int, int], tuple] = {}  # plans hold thousands of ranks on few nodes
+    out = []
+    for step in coll.steps:
+        hops = []
+        for g in step.groups:
+            ring = sorted(g.ranks, key=lambda r: (where[r][0], r))
+            sent = float(step.sent(g)) * n_bytes
+            copy = 2 * float(g.size) * n_bytes / host if step.link == BRIDGE else 0.0
+            steps = step.latencies(g)
+            for a, b in zip(ring, ring[1:] + ring[:1], strict=True):
+                na, nb = where[a][0], where[b][0]
+                link = links.get((na, nb))
+                if link is None:
+                    link = links[(na, nb)] = (*cm.link(na, nb), cm.nic_bw(na), cm.nic_bw(nb))
+                kind, bw, lat, nic_a, nic_b = link
+                sides = ((("out", a), bw), (("in", b), bw)) if na == nb else (
+                    (("tx", na), nic_a), (("rx", nb), nic_b))
+                hops.append(Hop(a, b, na, nb, kind, sent, bw, steps * lat, copy, sides))
+        out.append(hops)
+    return out
+
+
+def step_rates(hops: Sequence[Hop]) -> list[float]:
+    """Each hop's bandwidth when the step's hops share what they cross equally: the link's,
+    or less where a NIC side (or a chip's link) carries several of them."""
+    load: Counter = Counter(side for h in hops for side, _ in h.sides)
+    return [min(h.bw_bytes_per_s, *(bw / load[side] for side, bw in h.sides)) for h in hops]
+
+
+def steps_time_s(steps: Sequence[tuple[str, Sequence[Hop]]]) -> float:
+    """Steps one after the other, each as long as its slowest hop."""
+    return sum(max((h.time_s(r) for h, r in zip(s, step_rates(s), strict=True)), default=0.0)
+               for _, s in steps)
+
+
+def segment_hops(cm: CostModel, replicas: Sequence[Replica], seg: Segment, kind: Kind,
+                 bytes_per_param: float) -> list[tuple[str, list[Hop]]]:
+    """Every piece of ``seg`` run side by side: per step, its name and the hops of all
+    pieces (a segment's pieces have the same steps)."""
+    stage_ranks = replica_stage_ranks(replicas)
+    where = {r: (st.node, st.chip) for (ri, si), ranks in stage_ranks.items()
+             for st in (replicas[ri].stages[si],) for r in ranks}
+    pieces = pieces_of(seg, stage_ranks)
+    n_bytes = bytes_per_param * seg.num_params(cm.model) / pieces[0].num
+    steps: list[tuple[str, list[Hop]]] = []
+    for piece in pieces:
+        islands: dict[str, list[int]] = {}
+        for r in piece.ranks:
+            islands.setdefault(cm.chip(where[r][1]).island, []).append(r)
+        coll = describe(kind, tuple(tuple(sorted(i)) for i in islands.values()))
+        for i, hops in enumerate(collective_hops(cm, coll, where, n_bytes)):
+            if i == len(steps):
+                steps.append((step_name(coll.steps[i]), []))
+            steps[i][1].extend(hops)
+    return steps
+
+
+def segment_sync_s(cm: CostModel, replicas: Sequence[Replica], seg: Segment,
+                   zero1: bool = False) -> float:
+    """The segment's gradient sync, uncontended: an all-reduce in the job's reduce dtype, or
+    (ZeRO-1) its reduce-scatter plus the all-gather of the parameters in the compute dtype."""
+    if len(seg.holders) <= 1:
         return 0.0
-    by_island: dict[str, list[Stage]] = {}
-    for st, _ in holders:
-        by_island.setdefault(cm.chip(st.chip).island, []).append(st)
-    n_bytes = max(2.0 * n_params / tp for _, tp in holders)
-    net = cm.cluster.network
-    islands = []
-    for members in by_island.values():
-        nodes = {s.node for s in members}
-        if len(nodes) == 1:
-            chip = cm.chip(members[0].chip)
-            islands.append((len(members), chip.link_bw_bytes_per_s, INTRA_NODE_LATENCY_S))
-        else:
-            bw = min(cm.device_nic_bw(n) for n in nodes)
-            islands.append((len(members), bw, net.latency_s))
-    bridge = min(cm.device_nic_bw(st.node) for st, _ in holders)
-    return hierarchical_allreduce_time_s(
-        n_bytes, islands, bridge, net.host_copy_bw_bytes_per_s, net.latency_s
-    )
+    # the time depends only on where the holders are: plans under search repeat them
+    stages = [replicas[ri].stages[si] for ri, si in seg.holders]
+    key = (seg.num_params(cm.model), zero1, tuple((st.node, st.chip, st.tp) for st in stages))
+    hit = cm.sync_cache.get(key)
+    if hit is not None:
+        return hit
+    job = cm.job
+    if not zero1:
+        t = steps_time_s(segment_hops(cm, replicas, seg, "all-reduce", job.reduce_bytes))
+    else:
+        t = (steps_time_s(segment_hops(cm, replicas, seg, "reduce-scatter", job.reduce_bytes))
+             + steps_time_s(segment_hops(cm, replicas, seg, "all-gather", job.compute_bytes)))
+    cm.sync_cache[key] = t
+    return t
 
 
-def dp_sync_time_s(cm: CostModel, replicas: tuple[Replica, ...]) -> float:
-    """Slowest device's gradient sync: the layers of its stage are cut into segments whose
-    holder set is constant, each segment all-reduced among its holders."""
-    if len(replicas) <= 1:
-        return 0.0
-    model = cm.model
-    bounds = sorted({b for r in replicas for s in r.stages for b in (s.layer_start, s.layer_end)})
-    seg_time: dict[tuple[int, int], float] = {}
-    for a, b in itertools.pairwise(bounds):
-        holders = []
-        for r in replicas:
-            st = next(s for s in r.stages if s.layer_start <= a < s.layer_end)
-            holders.append((st, st.tp))
-        seg_time[(a, b)] = segment_allreduce_s(cm, holders, (b - a) * model.layer_params)
-    firsts = [(r.stages[0], r.stages[0].tp) for r in replicas]
-    lasts = [(r.stages[-1], r.stages[-1].tp) for r in replicas]
-    embed_s = segment_allreduce_s(cm, firsts, model.embedding_params)
-    # A tied output head on its own stage is a copy of the embedding: its gradient too.
-    tied = model.tie_embeddings and any(r.num_stages > 1 for r in replicas)
-    head_n = model.head_params + (model.embedding_params if tied else 0)
-    head_s = segment_allreduce_s(cm, lasts, head_n)
-    worst = 0.0
-    for r in replicas:
-        for si, st in enumerate(r.stages):
-            t = sum(v for (a, _), v in seg_time.items() if st.layer_start <= a < st.layer_end)
-            t += embed_s if si == 0 else 0.0
-            t += head_s if si == r.num_stages - 1 else 0.0
-            worst = max(worst, t)
-    return worst
+def exposed_sync_s(cm: CostModel, replicas: Sequence[Replica], segments: Sequence[Segment],
+                   ends: dict[tuple[int, int], float], pipeline_s: float,
+                   zero1: bool = False) -> float:
+    """The gradient sync left after the slowest pipeline. Every stage syncs its segments in
+    the one global order (head, layers from the last down, embedding); a segment starts once
+    every stage holding it has finished its last backward (``ends``: (replica, stage) ->
+    seconds; all ``pipeline_s`` without overlap) and its sync of the segments before: what
+    the simulator's ``AR[...]`` actions do, uncontended."""
+    ready = dict(ends)
+    for seg in segments:
+        if len(seg.holders) > 1:
+            done = max(ready[h] for h in seg.holders) + segment_sync_s(cm, replicas, seg, zero1)
+            for h in seg.holders:
+                ready[h] = done
+    return max(0.0, max(ready.values(), default=0.0) - pipeline_s)
+
+
+def stage_ends(cm: CostModel, replica: Replica, span_s: float) -> list[float]:
+    """When each stage finishes its last backward, in a pipeline of ``span_s``: stage 0
+    last; stage i earlier by the backwards and gradient transfers of the stages before it
+    (the last micro-batch's gradient walks back through them)."""
+    ends = [span_s]
+    for si in range(1, replica.num_stages):
+        back = cm.times_of(replica, si - 1).bwd_s + cm.boundary_time_s(replica, si - 1)
+        ends.append(ends[-1] - back)
+    return ends
+
+
+def dp_sync_time_s(cm: CostModel, replicas: Sequence[Replica], zero1: bool,
+                   virtual_stages: int, schedule: str, overlap: bool) -> float:
+    """With overlap, a stage's segments start as soon as every stage holding them has
+    finished its last backward (`stage_ends`); else after every pipeline."""
+    spans = {ri: cm.pipeline_time_s(r, schedule)[0] for ri, r in enumerate(replicas)}
+    pipeline_s = max(spans.values(), default=0.0)
+    ends = {
+        (ri, si): (e if overlap else pipeline_s)
+        for ri, r in enumerate(replicas)
+        for si, e in enumerate(stage_ends(cm, r, spans[ri]))
+    }
+    segments = segments_of(replicas, cm.model, virtual_stages)  # 1 unless interleaved
+    return exposed_sync_s(cm, replicas, segments, ends, pipeline_s, zero1)

@@ -9,17 +9,9 @@ from polychip.plan.plan import (
     Replica,
     Stage,
 )
-from polychip.plan.schedule import (
-    Action,
-    Op,
-    Schedule,
-    Segment,
-    StageProgram,
-    build_schedule,
-    chunk_layers,
-    grad_segments,
-)
+from polychip.plan.schedule import Action, Op, Schedule, StageProgram, build_schedule
 from polychip.plan.schedule_text import ScheduleTextError, format_schedule, parse_schedule
+from polychip.plan.segments import Segment, chunk_layers, grad_segments
 from polychip.plan.serialize import load_plan, plan_from_dict, plan_to_dict, save_plan
 from polychip.plan.validate import PlanError, validate_plan
 

@@ -40,14 +40,14 @@ class Capabilities:
 
 
 RUNTIME = Capabilities(
-    precisions=frozenset({"fp32"}),
+    precisions=frozenset({"fp32", "tf32", "bf16", "fp16"}),
     attention=frozenset({"fused"}),
     sequence_parallel=frozenset({False, True}),
     vocab_parallel=frozenset({False, True}),
     overlap_p2p=frozenset({True}),
-    overlap_grad_sync=frozenset({False}),
-    grad_reduce_dtypes=frozenset({"fp32"}),
-    zero_stages=frozenset({0}),
+    overlap_grad_sync=frozenset({False, True}),
+    grad_reduce_dtypes=frozenset({"fp32", "bf16", "fp16"}),
+    zero_stages=frozenset({0, 1}),
     schedules=frozenset({"1f1b", "gpipe", "interleaved-1f1b"}),
     recompute=frozenset({False, True}),
     # Llama only. Mistral's block is Llama's while its sliding window does not bind, but

@@ -7,7 +7,7 @@ stage by stage, then by tensor-parallel rank (`Plan.ranks`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -189,10 +189,7 @@ class Plan:
 
     def stage_rank_map(self) -> dict[tuple[int, int], tuple[int, ...]]:
         """(replica, stage) -> its ranks (its TP group, leader first)."""
-        out: dict[tuple[int, int], list[int]] = {}
-        for r in self.ranks():
-            out.setdefault((r.replica, r.stage), []).append(r.rank)
-        return {key: tuple(ranks) for key, ranks in out.items()}
+        return replica_stage_ranks(self.replicas)
 
     def stage_ranks(self, replica: int, stage: int) -> tuple[int, ...]:
         return self.stage_rank_map()[(replica, stage)]
@@ -202,3 +199,14 @@ class Plan:
             if c.name == name:
                 return c
         raise KeyError(name)
+
+
+def replica_stage_ranks(replicas: Sequence[Replica]) -> dict[tuple[int, int], tuple[int, ...]]:
+    """(replica, stage) -> its ranks (the TP group, leader first), numbered as `Plan.ranks`:
+    replica by replica, stage by stage, TP rank."""
+    out, rank = {}, 0
+    for ri, rep in enumerate(replicas):
+        for si, st in enumerate(rep.stages):
+            out[(ri, si)] = tuple(range(rank, rank + st.tp))
+            rank += st.tp
+    return out

@@ -29,14 +29,13 @@ layer *count*; the layers a chunk actually holds come from `chunk_layers`.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from polychip.plan.plan import Plan, Replica
+from polychip.plan.plan import Plan
+from polychip.plan.segments import grad_segments
 from polychip.spec.errors import PolychipError
-from polychip.spec.model import ModelSpec
 
 
 class Op(StrEnum):
@@ -104,59 +103,6 @@ class Schedule:
 
     def actions_of(self, rank: int) -> tuple[Action, ...]:
         return self.program_of(rank).actions
-
-
-@dataclass(frozen=True)
-class Segment:
-    """Parameters whose gradient one all-reduce combines: a layer range held by the same
-    stages in every replica, or the embedding / the head."""
-
-    name: str  # "a:b", "emb", "head"
-    holders: tuple[tuple[int, int], ...]  # (replica, stage) holding it, in rank order
-    layer_start: int = 0
-    layer_end: int = 0
-
-    def num_params(self, model: ModelSpec) -> int:
-        if self.name == "emb":
-            return model.embedding_params
-        if self.name == "head":
-            return model.head_params
-        return (self.layer_end - self.layer_start) * model.layer_params
-
-
-def chunk_layers(replica: Replica, virtual_stages: int) -> tuple[tuple[tuple[int, int], ...], ...]:
-    """[stage][chunk] -> (layer_start, layer_end) actually held (see the module docstring)."""
-    v = virtual_stages
-    if v == 1:
-        return tuple(((s.layer_start, s.layer_end),) for s in replica.stages)
-    out: list[list[tuple[int, int]]] = [[] for _ in replica.stages]
-    start = 0
-    for _ in range(v):
-        for si, st in enumerate(replica.stages):
-            if st.num_layers % v:
-                raise PolychipError(
-                    f"interleaved-1f1b: stage {si} has {st.num_layers} layers, not a multiple "
-                    f"of virtual_stages {v}; give every stage a multiple of {v} layers"
-                )
-            out[si].append((start, start + st.num_layers // v))
-            start += st.num_layers // v
-    return tuple(tuple(c) for c in out)
-
-
-def grad_segments(plan: Plan) -> tuple[Segment, ...]:
-    """Every segment held by two or more stages, in all-reduce order (head, layers from the
-    last down, embedding): the layer ranges whose set of holding stages is constant."""
-    layers = [chunk_layers(r, plan.virtual_stages) for r in plan.replicas]
-    bounds = sorted({b for rep in layers for st in rep for c in st for b in c})
-    segs = [Segment("head", tuple((ri, r.num_stages - 1) for ri, r in enumerate(plan.replicas)))]
-    for a, b in reversed(list(itertools.pairwise(bounds))):
-        holders = tuple(
-            (ri, next(si for si, st in enumerate(rep) if any(s <= a < e for s, e in st)))
-            for ri, rep in enumerate(layers)
-        )
-        segs.append(Segment(f"{a}:{b}", holders, a, b))
-    segs.append(Segment("emb", tuple((ri, 0) for ri in range(len(plan.replicas)))))
-    return tuple(s for s in segs if len(s.holders) > 1)
 
 
 def compute_order(kind: str, stage: int, num_stages: int, num_micro: int, v: int = 1):

@@ -1,18 +1,18 @@
 """A cheap estimate of a candidate's tokens/s, used only to rank candidates before the exact
 score (`scoring.Scorer`). It reuses the cost model's components: the shapes' pipeline
 times, `CostModel.optimizer_time_s` on one representative replica per shape (exact: it is a
-maximum over replicas) and the cost model's hierarchical all-reduce for gradient sync
-computed per shape instead of per replica (assumes every island spans several nodes).
+maximum over replicas) and, for gradient sync, the cost model's segments priced by the closed
+form of the hierarchical all-reduce per shape instead of per replica.
 """
 
 from __future__ import annotations
 
 import itertools
-from bisect import bisect_right
 from collections.abc import Sequence
 
 from polychip.costmodel.comm import hierarchical_allreduce_time_s
 from polychip.costmodel.compute import INTRA_NODE_LATENCY_S
+from polychip.plan.segments import cut_layers, head_params, tied_copy
 from polychip.planner.shapes import Shape
 
 Classes = Sequence[tuple[Shape, int]]
@@ -51,81 +51,83 @@ class Estimator:
             self._opt[key] = self.cm.optimizer_time_s((rep,), shards)
         return self._opt[key]
 
-    def dp_sync_s(self, classes: Classes) -> float:
+    def dp_sync_s(self, classes: Classes, zero1: bool = False) -> float:
+        """The slowest device's gradient sync, per shape class: the segments of
+        `plan.segments.cut_layers` (the cost model's), each priced by the closed form of the
+        hierarchical all-reduce (`costmodel.comm`) in the job's reduce dtype; under ZeRO-1,
+        half of it in the reduce dtype (the gradients' reduce-scatter), half in the compute
+        dtype (the parameters' all-gather)."""
         replicas = sum(n for _, n in classes)
         if replicas <= 1:
             return 0.0
-        net = self.cluster.network
-        groups = self.cluster.groups
-
-        def allreduce(holders: list[tuple[int, int, int]], params: int) -> float:
-            """holders: (group, tp, count)."""
-            key = (tuple(holders), params, tuple(sorted(used.items())))
-            hit = self._allreduce.get(key)
-            if hit is None:
-                hit = self._allreduce[key] = _allreduce(holders, params)
-            return hit
-
         used: dict[int, int] = {}
         for s, n in classes:
             for g, d in s.devices.items():
                 used[g] = used.get(g, 0) + d * n
 
-        def one_node(g: int) -> bool:  # placement packs a group's chips into one node
-            return groups[g].num_nodes == 1 or used[g] <= groups[g].chips_per_node
+        def allreduce(holders: list[tuple[int, int, int]], params: int) -> float:
+            """holders: (group, tp, count)."""
+            key = (tuple(holders), params, tuple(sorted(used.items())), zero1)
+            hit = self._allreduce.get(key)
+            if hit is None:
+                hit = self._allreduce[key] = self._hierarchical_s(holders, params, used, zero1)
+            return hit
 
-        def _allreduce(holders: list[tuple[int, int, int]], params: int) -> float:
-            islands: dict[str, list] = {}
-            nic = []
-            for g, _, n in holders:
-                chip = groups[g].chip
-                # a chip's NIC share on the group's fullest node under canonical packing
-                bw = groups[g].nic_bw_bytes_per_s / min(groups[g].chips_per_node, used[g])
-                nic.append(bw)
-                isl = islands.setdefault(chip.island, [0, bw, set()])
-                isl[0] += n
-                isl[1] = min(isl[1], bw)
-                isl[2].add(g)
-            rings = []
-            for p, bw, gs in islands.values():
-                if len(gs) == 1 and one_node(next(iter(gs))):
-                    chip = groups[next(iter(gs))].chip
-                    rings.append((p, chip.link_bw_bytes_per_s, INTRA_NODE_LATENCY_S))
-                else:
-                    rings.append((p, bw, net.latency_s))
-            n_bytes = max(2.0 * params / tp for _, tp, _ in holders)
-            bridge = min(nic)
-            return hierarchical_allreduce_time_s(
-                n_bytes,
-                rings,
-                bridge,
-                net.host_copy_bw_bytes_per_s,
-                net.latency_s,
-            )
-
-        stage_groups = []
+        held, per_stages = [], []
         for s, n in classes:
             per_stage = [(seg.group, seg.tp) for seg in s.template for _ in range(seg.num_stages)]
             starts = list(itertools.accumulate(s.layers, initial=0))
-            stage_groups.append((n, per_stage, starts))
-        bounds = sorted({b for _, _, st in stage_groups for b in st})
-        prefix = [0.0]
-        for a, b in itertools.pairwise(bounds):
-            holders = []
-            for n, per_stage, starts in stage_groups:
-                holders.append((*per_stage[bisect_right(starts, a) - 1], n))
-            prefix.append(prefix[-1] + allreduce(holders, (b - a) * self.layer_params))
-        index = {b: i for i, b in enumerate(bounds)}
-        embed = allreduce([(*ps[0], n) for n, ps, _ in stage_groups], self.model.embedding_params)
-        head = allreduce([(*ps[-1], n) for n, ps, _ in stage_groups], self.model.head_params)
-        worst = 0.0
-        for _n, per_stage, starts in stage_groups:
-            last = len(per_stage) - 1
-            for i in range(len(per_stage)):
-                t = prefix[index[starts[i + 1]]] - prefix[index[starts[i]]]
-                t += (embed if i == 0 else 0.0) + (head if i == last else 0.0)
-                worst = max(worst, t)
-        return worst
+            held.append([(a, b, i) for i, (a, b) in enumerate(itertools.pairwise(starts))])
+            per_stages.append((n, per_stage))
+        per_device: dict[tuple[int, int], float] = {}
+        for a, b, stages in cut_layers(held):
+            holders = [(*ps[si], n) for (n, ps), si in zip(per_stages, stages, strict=True)]
+            t = allreduce(holders, (b - a) * self.layer_params)
+            for ci, si in enumerate(stages):
+                per_device[(ci, si)] = per_device.get((ci, si), 0.0) + t
+        pipelined = any(len(ps) > 1 for _, ps in per_stages)
+        head_n = head_params(self.model, tied_copy(self.model, pipelined))
+        embed = allreduce([(*ps[0], n) for n, ps in per_stages], self.model.embedding_params)
+        head = allreduce([(*ps[-1], n) for n, ps in per_stages], head_n)
+        for ci, (_, ps) in enumerate(per_stages):
+            per_device[(ci, 0)] = per_device.get((ci, 0), 0.0) + embed
+            last = (ci, len(ps) - 1)
+            per_device[last] = per_device.get(last, 0.0) + head
+        return max(per_device.values())
+
+    def _hierarchical_s(self, holders: list[tuple[int, int, int]], params: int,
+                        used: dict[int, int], zero1: bool) -> float:
+        """Islands whose chips fit one node ring over the scale-up link (a chip's bytes, the
+        gradient / TP, over its own link); others over the NICs, which each ring crosses
+        once (the whole gradient through a NIC: its bandwidth / the smallest TP degree per
+        chip's bytes); the bridge at every chip's share of its node's NIC among the chips
+        the candidate uses there (each rank bridges its own shard)."""
+        groups, net = self.cluster.groups, self.cluster.network
+        islands: dict[str, list] = {}
+        t_min = min(t for _, t, _ in holders)
+        for g, _tp, n in holders:
+            group = groups[g]
+            isl = islands.setdefault(group.chip.island, [0, float("inf"), set()])
+            isl[0] += n
+            isl[1] = min(isl[1], group.nic_bw_bytes_per_s / t_min)
+            isl[2].add(g)
+        rings = []
+        for p, bw, gs in islands.values():
+            g = next(iter(gs))
+            if len(gs) == 1 and (groups[g].num_nodes == 1 or used[g] <= groups[g].chips_per_node):
+                rings.append((p, groups[g].chip.link_bw_bytes_per_s, INTRA_NODE_LATENCY_S))
+            else:
+                rings.append((p, bw, net.latency_s))
+        job = self.job
+        per_param = (job.reduce_bytes + job.compute_bytes) / 2 if zero1 else job.reduce_bytes
+        n_bytes = max(per_param * params / tp for _, tp, _ in holders)
+        # every rank bridges its own shard: a chip shares its node's NIC with the chips the
+        # candidate uses there (canonical packing: the group's fullest node)
+        bridge = min(groups[g].nic_bw_bytes_per_s / min(groups[g].chips_per_node, used[g])
+                     for g, _, _ in holders)
+        return hierarchical_allreduce_time_s(
+            n_bytes, rings, bridge, net.host_copy_bw_bytes_per_s, net.latency_s
+        )
 
     def tokens_per_s(self, classes: Classes) -> float:
         pipe = self.pipeline_s(classes)
@@ -136,5 +138,5 @@ class Estimator:
         if any(s.zero_shards > shards for s, _ in classes):
             return 0.0  # memory was checked assuming more replicas than this candidate has
         opt = max(self.optimizer_s(s, shards) for s, _ in classes)
-        step = pipe + self.dp_sync_s(classes) + opt
+        step = pipe + self.dp_sync_s(classes, shards > 1) + opt
         return self.job.tokens_per_step / step

@@ -11,6 +11,7 @@ The figures (`polychip estimate --json`, docs/plan-format.md "Evaluating a plan"
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -135,12 +136,15 @@ def evaluate_plan(plan: Plan, profile: ComputeProfile | None = None, *,
     """The plan's step as it stands: analytic (with `profile`'s measurements where it has
     them) and, with `simulate_step`, replayed on the same cost model (gradient sync
     overlapped with the backward as the job says, unless `overlap_grad_sync` is given)."""
+    if overlap_grad_sync is not None and overlap_grad_sync != plan.job.overlap_grad_sync:
+        # asked to price the sync otherwise: analytic and simulated alike, no stored figure
+        job = dataclasses.replace(plan.job, overlap_grad_sync=overlap_grad_sync)
+        plan = dataclasses.replace(plan, job=job, estimate=None)
     cm = CostModel(plan.cluster, plan.model, plan.job, profile)
     est, analytic = _analytic(plan, cm)
     result = simulated = None
     if simulate_step:
-        overlap = plan.job.overlap_grad_sync if overlap_grad_sync is None else overlap_grad_sync
-        result = simulate(plan, overlap_grad_sync=overlap, cost_model=cm)
+        result = simulate(plan, cost_model=cm)
         simulated = _simulated(result)
     return Evaluation(plan, est, analytic, dict(est.sources), simulated, result,
                       stored_estimate_note(plan, est, profile is not None))

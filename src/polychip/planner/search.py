@@ -39,6 +39,8 @@ EXACT_SHORTLIST = 24  # candidates scored exactly per search
 FULL_ESTIMATES = 600  # candidates (best by pipeline time alone) given the full estimate
 ALL_ESTIMATES_UP_TO = 4000  # ... or all of them when there are no more than this
 FEW_COPIES = (1, 2, 3, 4, 6, 8)  # replica counts tried for every shape alone (small clusters)
+LEFTOVER_LAYOUTS = 3  # fills of a mixed pipeline's leftover chips tried, one per stage layout
+# (small clusters: on large ones a leftover is a small part of the plan)
 
 
 class FastSearch:
@@ -193,12 +195,24 @@ class FastSearch:
             mbs = sorted(
                 {1, *(opts[1][0][0].micro_batch_size for opts in options.values() if len(opts) > 1)}
             )
-        memo: dict[tuple[int, int], Classes] = {}
+        memo: dict[tuple[int, int], list[Classes]] = {}
+        small = sum(self.cluster.groups[g].num_devices for g in singles) <= LARGE
+        layouts = LEFTOVER_LAYOUTS if small else 1
 
-        def leftover(g: int, budget: int) -> Classes:
+        def leftovers(g: int, budget: int) -> list[Classes]:
+            """The best fill of a group's leftover chips, then the best of each other stage
+            layout (gradient sync, which a fill's value leaves out, may favour fewer,
+            deeper replicas), up to LEFTOVER_LAYOUTS in all on small clusters."""
             if (g, budget) not in memo:
-                opts = self.fills(singles.get(g, []), budget, value) if budget > 0 else []
-                memo[(g, budget)] = opts[0] if opts else ()
+                shapes, opts = singles.get(g, []), []
+                while budget > 0 and len(opts) < layouts:
+                    best = self.fills(shapes, budget, value)[:1]
+                    if not best:
+                        break
+                    opts += best
+                    used_layouts = {c.template for c, _ in best[0]}
+                    shapes = [s for s in shapes if s.template not in used_layouts]
+                memo[(g, budget)] = opts or [()]
             return memo[(g, budget)]
 
         for tpl in self.mixed.templates(list(groups), best_tp):
@@ -214,13 +228,12 @@ class FastSearch:
                 for k in ks:
                     core = ((shape, k),)
                     used = {seg.group: seg.num_devices * k for seg in tpl}
-                    fill = tuple(
-                        c
-                        for g in singles
-                        for c in leftover(g, self.cluster.groups[g].num_devices - used.get(g, 0))
-                    )
-                    out.append(((tpl, mb, k, True), core + fill))
-                    if fill:
+                    fills = _fill_variants([
+                        leftovers(g, self.cluster.groups[g].num_devices - used.get(g, 0))
+                        for g in singles])
+                    for n, fill in enumerate(fills):
+                        out.append(((tpl, mb, k, True, n), core + fill))
+                    if fills[0]:
                         out.append(((tpl, mb, k, False), core))
         return out
 
@@ -262,6 +275,15 @@ class FastSearch:
             if best is start:
                 break
         return best
+
+
+def _fill_variants(left: list[list[Classes]]) -> list[Classes]:
+    """Every group's first leftover fill, then one group at a time at another of its fills."""
+    fills = [tuple(c for opts in left for c in opts[0])]
+    for i, opts in enumerate(left):
+        for alt in opts[1:]:
+            fills.append(tuple(c for j, o in enumerate(left) for c in (alt if j == i else o[0])))
+    return fills
 
 
 def _neighbour_splits(layers: tuple[int, ...]) -> list[tuple[int, ...]]:

@@ -40,7 +40,8 @@ import torch.distributed as dist
 
 from polychip.costmodel.estimate import CostModel
 from polychip.plan.plan import Plan
-from polychip.plan.schedule import Action, Op, grad_segments
+from polychip.plan.schedule import Action, Op
+from polychip.plan.segments import grad_segments
 from polychip.runtime.clock import Phase, PhaseSeconds, StepTiming, WallClock
 from polychip.runtime.slots import PhaseClock, sleep_until
 
@@ -103,8 +104,7 @@ def phase_targets(plan: Plan, replica: int, stage: int) -> PhaseTargets:
                                   rep.micro_batch_size, stage == 0 and c == 0,
                                   stage == last and c == v - 1, st.recompute)
                  for c in range(v)]
-    allreduce = {seg.name: cost.segment_allreduce_time_s(plan.replicas, seg.holders,
-                                                          seg.num_params(plan.model))
+    allreduce = {seg.name: cost.segment_sync_time_s(plan.replicas, seg, plan.zero1)
                  for seg in grad_segments(plan) if (replica, stage) in seg.holders}
     n_bytes = cost.activation_bytes(rep.micro_batch_size)
 
@@ -115,7 +115,8 @@ def phase_targets(plan: Plan, replica: int, stage: int) -> PhaseTargets:
 
     return PhaseTargets(
         chunk_s=tuple((t.fwd_s, t.bwd_s) for t in times),
-        optimizer_s=cost.stage_optimizer_time_s(rep, stage, 1),
+        optimizer_s=cost.stage_optimizer_time_s(rep, stage,
+                                                len(plan.replicas) if plan.zero1 else 1),
         recv_act_s=from_stage(stage - 1), recv_grad_s=from_stage(stage + 1),
         allreduce_s=allreduce)
 

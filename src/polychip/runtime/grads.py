@@ -1,29 +1,41 @@
-"""Gradient combination for uneven data parallelism, flat or across vendor islands.
+"""Gradient combination for uneven data parallelism, and the executor of the collectives'
+description (`polychip.plan.collectives`).
 
 Replica r holds b_r of the B samples of the global batch and computes g_r, the gradient of the
 *mean* loss over its own samples. The gradient of the mean loss over all B samples is
 Σ_r (b_r / B) · g_r, so each rank scales its gradients by b_r / B and the ranks SUM them: the
 update is exactly that of one large batch, however unevenly the batch was split.
 
-Islands: ranks of one chip vendor share a native collective backend; vendors' libraries do not
-talk to each other. :func:`hierarchical_allreduce_` reduces inside each island, all-reduces
-across islands among the island leaders over a bridge group (gloo, through host memory), and
-broadcasts the result back inside each island.
+Islands: ranks of one chip vendor share a native collective library; vendors' libraries do not
+talk to each other. A :class:`RankCollective` runs one description as one rank takes part in
+it: inside an island a reduce-scatter, all-reduce or all-gather over the island's group (its
+native backend), across islands an all-reduce or reduce-scatter of this rank's own chunks over
+the bridge groups (gloo), staged through host memory when the tensors live on a device. The
+calls of one step are issued together (``async_op=True``) and waited for before the next step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from fractions import Fraction
 
 import torch
 import torch.distributed as dist
 
+from polychip.plan.collectives import Collective, Group, Op
 from polychip.runtime.errors import RuntimeSetupError
 
 AllReduce = Callable[[torch.Tensor], None]
 """An in-place SUM all-reduce of one tensor over the data-parallel ranks."""
+
+# The calls a description's steps make (`reduce_scatter_single` / `all_gather_single` are the
+# names from torch 2.13 on); `polychip.runtime.commcount` wraps them to count their bytes.
+CALLS: dict[str, Callable[..., dist.Work | None]] = {
+    "all_reduce": dist.all_reduce,
+    "reduce_scatter": getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor,
+    "all_gather": getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor,
+}
 
 
 def scale_for_share(batch_share: int, global_batch: int) -> float:
@@ -46,8 +58,8 @@ def weighted_allreduce_(params: Iterable[torch.nn.Parameter], batch_share: int,
     Gradients are flattened into one buffer per (device, dtype), so each bucket is a single
     collective, then copied back. A parameter without a gradient (a rank with no samples)
     contributes zeros. Every rank must pass the same parameters in the same order.
-    ``allreduce`` replaces the flat SUM all-reduce over ``group`` (for example with
-    :func:`hierarchical_allreduce_` bound to the rank's island groups).
+    ``allreduce`` replaces the flat SUM all-reduce over ``group`` (for example
+    :meth:`RankCollective.run` of an all-reduce across islands).
     """
     scale = scale_for_share(batch_share, global_batch)
     if allreduce is None:
@@ -72,84 +84,80 @@ def weighted_allreduce_(params: Iterable[torch.nn.Parameter], batch_share: int,
             offset += g.numel()
 
 
-def hierarchical_allreduce_(tensor: torch.Tensor, island_group: dist.ProcessGroup | None,
-                            bridge_group: dist.ProcessGroup | None,
-                            is_island_leader: bool) -> None:
-    """SUM all-reduce of ``tensor`` over all islands, in place.
+@dataclass(frozen=True)
+class Call:
+    """One collective call of this rank: ``op`` on ``part`` of the buffer over ``group``;
+    ``staged``: through host memory (a bridge on device tensors)."""
 
-    The island leader is rank 0 of ``island_group`` (None: an island of this rank alone);
-    only leaders belong to ``bridge_group`` (pass None elsewhere). The bridge is staged through
-    host memory when the tensor is not on the CPU, since the bridge backend (gloo) talks to the
-    host.
-    """
-    alone = island_group is None
-    if is_island_leader != (alone or dist.get_rank(island_group) == 0) or (
-            is_island_leader and bridge_group is None):
-        raise RuntimeSetupError(
-            f"rank {dist.get_rank()} has is_island_leader={is_island_leader}, island rank "
-            f"{'-' if alone else dist.get_rank(island_group)}, bridge_group={bridge_group}: "
-            f"the leader must be rank 0 of its island and a member of the bridge group; build "
-            f"the groups with new_island_groups()")
-    if not alone:
-        dist.reduce(tensor, group_dst=0, op=dist.ReduceOp.SUM, group=island_group)
-    if is_island_leader:
-        staged = tensor if tensor.device.type == "cpu" else tensor.cpu()
-        dist.all_reduce(staged, op=dist.ReduceOp.SUM, group=bridge_group)
-        if staged is not tensor:
-            tensor.copy_(staged)
-    if not alone:
-        dist.broadcast(tensor, group_src=0, group=island_group)
+    op: Op
+    part: Group
+    group: dist.ProcessGroup
+    staged: bool
+
+
+def _span(a: Fraction, b: Fraction, n: int) -> tuple[int, int]:
+    lo, hi = a * n, b * n
+    assert lo.denominator == 1 and hi.denominator == 1, "buffer not a multiple of granularity"
+    return int(lo), int(hi)
+
+
+class _Pending:
+    """An issued call: ``finish()`` waits for it and writes its result into the buffer."""
+
+    def __init__(self, work: dist.Work | None, result: torch.Tensor,
+                 target: torch.Tensor) -> None:
+        self.work, self.result, self.target = work, result, target
+
+    def finish(self) -> None:
+        if self.work is not None:
+            self.work.wait()
+        if self.result is not self.target:
+            self.target.copy_(self.result)
+
+
+def _issue(call: Call, buffer: torch.Tensor, rank: int) -> _Pending:
+    n = buffer.numel()
+    a, b = _span(call.part.start, call.part.end, n)
+    view = buffer[a:b]
+    host = call.staged and buffer.device.type != "cpu"
+
+    def where(t: torch.Tensor) -> torch.Tensor:
+        return t.cpu() if host else t
+
+    if call.op == "all_reduce":
+        work_on = where(view)
+        work = CALLS["all_reduce"](work_on, op=dist.ReduceOp.SUM, group=call.group,
+                                   async_op=True)
+        return _Pending(work, work_on, view)
+    mine = buffer[slice(*_span(*call.part.part_of(rank), n))]
+    if call.op == "reduce_scatter":
+        out = torch.empty_like(where(mine))
+        work = CALLS["reduce_scatter"](out, where(view), op=dist.ReduceOp.SUM,
+                                       group=call.group, async_op=True)
+        return _Pending(work, out, mine)
+    full = torch.empty_like(where(view))
+    work = CALLS["all_gather"](full, where(mine), group=call.group, async_op=True)
+    return _Pending(work, full, view)
 
 
 @dataclass(frozen=True)
-class IslandGroups:
-    """This rank's view of the islands: its island's group, and the bridge if it leads."""
+class RankCollective:
+    """One description as ``rank`` executes it: its calls, step by step."""
 
-    island_ranks: tuple[int, ...]
-    island_group: dist.ProcessGroup
-    bridge_group: dist.ProcessGroup | None
-    is_island_leader: bool
+    description: Collective
+    rank: int
+    steps: tuple[tuple[Call, ...], ...]  # only the steps this rank takes part in
 
-    def allreduce(self, tensor: torch.Tensor) -> None:
-        """:func:`hierarchical_allreduce_` over these groups (usable as ``allreduce=``)."""
-        hierarchical_allreduce_(tensor, self.island_group, self.bridge_group,
-                                self.is_island_leader)
+    def run(self, buffer: torch.Tensor) -> None:
+        """Run it on ``buffer`` (1-D, a multiple of the description's granularity long), in
+        place: summed (all-reduce), this rank's owned parts summed (reduce-scatter; the rest
+        is left partial), or every rank's owned parts gathered (all-gather)."""
+        assert buffer.dim() == 1 and buffer.numel() % self.description.granularity == 0
+        for calls in self.steps:
+            pending = [_issue(call, buffer, self.rank) for call in calls]
+            for p in pending:
+                p.finish()
 
-
-def new_island_groups(islands: Sequence[Sequence[int]], *,
-                      island_backend: str | Sequence[str | None] | None = None,
-                      bridge_backend: str = "gloo",
-                      timeout: timedelta | None = None) -> IslandGroups:
-    """Create one group per island (its lowest rank leads) and a bridge group of the leaders.
-
-    ``island_backend`` is one backend for every island, or one per island (each island's
-    native collective library; None: the default group's backend). Collective: every rank of
-    the world calls it with the same arguments; ``islands`` must partition the ranks
-    0..world_size-1.
-    """
-    world_size = dist.get_world_size()
-    members = sorted(r for island in islands for r in island)
-    if members != list(range(world_size)) or any(len(island) == 0 for island in islands):
-        raise RuntimeSetupError(
-            f"islands={[list(i) for i in islands]} do not partition the ranks "
-            f"0..{world_size - 1}: every rank must be in exactly one non-empty island")
-    rank = dist.get_rank()
-    mine: IslandGroups | None = None
-    if island_backend is None or isinstance(island_backend, str):
-        backends: list[str | None] = [island_backend] * len(islands)
-    else:
-        backends = list(island_backend)
-    if len(backends) != len(islands):
-        raise RuntimeSetupError(
-            f"island_backend has {len(backends)} entries for {len(islands)} islands: give one "
-            f"backend per island, or a single backend for all")
-    groups = [dist.new_group(sorted(island), backend=backend, timeout=timeout)
-              for island, backend in zip(islands, backends, strict=True)]
-    leaders = [min(island) for island in islands]
-    bridge = dist.new_group(leaders, backend=bridge_backend, timeout=timeout)
-    for island, group in zip(islands, groups, strict=True):
-        if rank in island:
-            leads = rank == min(island)
-            mine = IslandGroups(tuple(sorted(island)), group, bridge if leads else None, leads)
-    assert mine is not None
-    return mine
+    def owned_spans(self, numel: int) -> list[tuple[int, int]]:
+        """[start, end) of the parts this rank owns in a buffer of ``numel`` elements."""
+        return [_span(a, b, numel) for a, b in self.description.owned(self.rank)]

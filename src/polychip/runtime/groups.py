@@ -1,34 +1,39 @@
 """Every process group a plan needs, made in one place and in one order on every rank.
 
-- islands: one group per island with its native backend, a gloo bridge of the island leaders
-  (:func:`polychip.runtime.grads.new_island_groups`);
 - TP: one group per stage of TP degree > 1 (the island's backend: TP stays inside a node);
-- gradient pieces: for every segment of the schedule, one all-reduce per piece
-  (:func:`polychip.runtime.topology.segment_pieces`) among exactly the ranks that hold it --
-  flat inside one island, hierarchical across islands (reduce in each island, all-reduce over
-  a bridge of the islands' leaders, broadcast back);
+- gradient pieces: for every segment of the schedule, each of its pieces
+  (:func:`polychip.plan.segments.segment_pieces`) is combined among exactly the ranks that
+  hold it, by the steps of the one description of the collective
+  (:mod:`polychip.plan.collectives`): inside an island over a group with the island's native
+  backend, across islands over gloo *bridge* groups of the ranks owning the same chunk, one
+  per chunk (so every rank bridges its own shard, in parallel). Under ZeRO-1 each piece also
+  gets the reduce-scatter and all-gather halves;
 - pipeline routes: same-island neighbours on a native backend talk through a dedicated
   pipeline group of the island; everything else through the world group (gloo, the bridge),
   staged through host memory for device tensors.
 
 Groups with the same members, backend and purpose are made once (:class:`GroupMaker`), so
-a data-parallel plan reuses the island groups for all of its segments.
+a data-parallel plan reuses one set of groups for all of its segments. The gradient groups
+are used only by the gradient sync (:mod:`polychip.runtime.buckets`), which may run them on
+its own thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from polychip.plan.collectives import ISLAND, Collective, Kind, describe
 from polychip.plan.plan import Plan
-from polychip.runtime.grads import IslandGroups, hierarchical_allreduce_, new_island_groups
+from polychip.plan.segments import Piece, segment_pieces
+from polychip.runtime.grads import Call, RankCollective
 from polychip.runtime.p2p import Route
 from polychip.runtime.tensor_parallel import NO_TP, TensorParallel
-from polychip.runtime.topology import Piece, RankRole, islands, segment_pieces
+from polychip.runtime.topology import RankRole, islands
 
 GLOO = "gloo"
 
@@ -40,10 +45,6 @@ class GroupMaker:
     def __init__(self, rank: int, timeout: timedelta | None) -> None:
         self.rank, self.timeout = rank, timeout
         self._made: dict[tuple, dist.ProcessGroup | None] = {}
-
-    def remember(self, ranks: Sequence[int], backend: str, group: dist.ProcessGroup | None
-                 ) -> None:
-        self._made[(tuple(sorted(ranks)), backend, "")] = group if self.rank in ranks else None
 
     def get(self, ranks: Sequence[int], backend: str, purpose: str = ""
             ) -> dist.ProcessGroup | None:
@@ -59,48 +60,48 @@ class GroupMaker:
 
 
 @dataclass(frozen=True)
-class PieceReduce:
-    """One piece of a segment this rank holds, and the SUM all-reduce among its ranks."""
+class PieceSync:
+    """One piece of a segment this rank holds, and its collectives as this rank runs them:
+    the all-reduce, and (ZeRO-1) the reduce-scatter and all-gather halves."""
 
     piece: Piece
-    allreduce: Callable[[torch.Tensor], None]
+    collectives: dict[Kind, RankCollective]
+
+    @property
+    def allreduce(self) -> RankCollective:
+        return self.collectives["all-reduce"]
 
 
 @dataclass(frozen=True)
 class Groups:
-    islands: IslandGroups
     tp: TensorParallel
-    pieces: dict[str, tuple[PieceReduce, ...]]  # segment -> this rank's pieces of it
+    pieces: dict[str, tuple[PieceSync, ...]]  # segment -> this rank's pieces of it
     routes: dict[int, Route]  # pipeline neighbour -> how to reach it
     num_groups: int
 
 
-def _piece_allreduce(maker: GroupMaker, piece: Piece, roles: tuple[RankRole, ...]
-                     ) -> Callable[[torch.Tensor], None] | None:
+def piece_islands(piece: Piece, roles: Sequence[RankRole]) -> tuple[tuple[int, ...], ...]:
     by_island: dict[str, list[int]] = {}
     for r in piece.ranks:
         by_island.setdefault(roles[r].island, []).append(r)
-    members = list(by_island.values())
-    if len(members) == 1:
-        group = maker.get(members[0], roles[members[0][0]].backend)
-        if group is None:
-            return None
+    return tuple(tuple(sorted(m)) for m in by_island.values())
 
-        def flat(tensor: torch.Tensor) -> None:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
-        return flat
-    island_groups = [maker.get(m, roles[m[0]].backend) if len(m) > 1 else None
-                     for m in members]
-    bridge = maker.get([min(m) for m in members], GLOO)
-    rank = maker.rank
-    for m, group in zip(members, island_groups, strict=True):
-        if rank in m:
-            leads = rank == min(m)
 
-            def hierarchical(tensor: torch.Tensor, group=group, leads=leads) -> None:
-                hierarchical_allreduce_(tensor, group, bridge if leads else None, leads)
-            return hierarchical
-    return None
+def rank_collective(maker: GroupMaker, coll: Collective, roles: Sequence[RankRole]
+                    ) -> RankCollective:
+    """Collective: makes (or reuses) a group for every group of every step of ``coll``;
+    the calls of this rank."""
+    steps = []
+    for step in coll.steps:
+        calls = []
+        for g in step.groups:
+            backend = roles[g.ranks[0]].backend if step.link == ISLAND else GLOO
+            group = maker.get(g.ranks, backend, "grad")
+            if group is not None:
+                calls.append(Call(step.op, g, group, staged=step.link != ISLAND))
+        if calls:
+            steps.append(tuple(calls))
+    return RankCollective(coll, maker.rank, tuple(steps))
 
 
 def build_groups(plan: Plan, roles: tuple[RankRole, ...], rank: int, device: torch.device, *,
@@ -109,11 +110,6 @@ def build_groups(plan: Plan, roles: tuple[RankRole, ...], rank: int, device: tor
     maker = GroupMaker(rank, timeout)
     ranks_by_island = islands(roles)
     backends = [roles[members[0]].backend for members in ranks_by_island]
-    mine = new_island_groups(ranks_by_island, island_backend=backends, timeout=timeout)
-    for members, backend in zip(ranks_by_island, backends, strict=True):
-        maker.remember(members, backend, mine.island_group if rank in members else None)
-    maker.remember([min(m) for m in ranks_by_island], GLOO, mine.bridge_group)
-
     role = roles[rank]
     tp = NO_TP
     for stage_ranks in plan.stage_rank_map().values():
@@ -122,13 +118,16 @@ def build_groups(plan: Plan, roles: tuple[RankRole, ...], rank: int, device: tor
             if rank in stage_ranks:
                 tp = TensorParallel(len(stage_ranks), stage_ranks.index(rank), group)
 
-    pieces: dict[str, tuple[PieceReduce, ...]] = {}
+    kinds: tuple[Kind, ...] = ("all-reduce", "reduce-scatter", "all-gather") if plan.zero1 \
+        else ("all-reduce",)
+    pieces: dict[str, tuple[PieceSync, ...]] = {}
     for name, all_pieces in segment_pieces(plan).items():
         held = []
         for piece in all_pieces:
-            allreduce = _piece_allreduce(maker, piece, roles)
-            if allreduce is not None:
-                held.append(PieceReduce(piece, allreduce))
+            isl = piece_islands(piece, roles)
+            colls = {kind: rank_collective(maker, describe(kind, isl), roles) for kind in kinds}
+            if rank in piece.ranks:
+                held.append(PieceSync(piece, colls))
         if held:
             pieces[name] = tuple(held)
 
@@ -146,4 +145,4 @@ def build_groups(plan: Plan, roles: tuple[RankRole, ...], rank: int, device: tor
                 routes[peer] = Route(pipeline_groups[island], staged=False)
             else:
                 routes[peer] = Route(None, staged=device.type != "cpu")
-    return Groups(mine, tp, pieces, routes, maker.num_groups)
+    return Groups(tp, pieces, routes, maker.num_groups)

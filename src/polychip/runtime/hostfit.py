@@ -9,8 +9,9 @@
   share the cores: the emulation's dilation makes room for them (docs/runtime.md).
 - **Memory.** Every rank runs in its own process on this host. A rank whose tensors live in
   host memory (emulated, or a CPU chip) holds its stage as the runtime builds it (parameters
-  counted on the meta device, so the TP slices and the head are exact), in the run's dtype:
-  weights, gradients, optimizer state (AdamW: 2 values per parameter; SGD: 1), and the
+  counted on the meta device, so the TP slices and the head are exact), in the run's dtypes
+  (`precision.precision_of`): weights, the gradient buffer, optimizer state (AdamW: 2 values
+  per parameter; SGD: 1; plus the master copy under mixed precision), and the
   activations the cost model gives its stage at the schedule's peak (converted from the job's
   compute bytes to the run's dtype); plus the process itself. A rank on an accelerator keeps
   its tensors there (the plan's estimate checks them against the chip) and needs its process
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING
 from polychip.costmodel.estimate import CostModel
 from polychip.plan.plan import Plan
 from polychip.runtime.errors import RuntimeSetupError
+from polychip.runtime.precision import precision_of
 from polychip.runtime.topology import RankRole, virtual_stages
 
 if TYPE_CHECKING:
@@ -45,7 +47,6 @@ SPAWNED_RANK_BYTES = 300 * 2**20
 """... of a rank started fresh (spawned, as ranks on accelerators are): a process that
 imports torch itself. Measured there: 297-317 MB resident (``Rss``) per process that has
 imported torch and joined a gloo group."""
-DTYPE_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2}
 OPTIMIZER_VALUES = {"adamw": 2, "sgd": 1}  # state values per parameter (AdamW m, v; momentum)
 
 
@@ -108,14 +109,17 @@ def rank_host_bytes(plan: Plan, role: RankRole, config: TrainConfig,
     """Host memory one rank needs (module docstring)."""
     if role.device_type != "cpu":
         return SPAWNED_RANK_BYTES
-    b = DTYPE_BYTES[config.dtype]
+    p = precision_of(plan.job, config.dtype)
+    weights, grads = p.compute.itemsize, p.grad.itemsize
+    state = p.optimizer_dtype.itemsize * (OPTIMIZER_VALUES[config.optimizer]
+                                          + (1 if p.master is not None else 0))
     n = stage_params(plan, role) if params is None else params
     cost = CostModel(plan.cluster, plan.model, plan.job)
     rep = plan.replicas[role.replica]
     activations = cost.memory_of(rep, role.stage, plan.schedule, 1,
                                  virtual_stages(plan)).activations
-    activations = activations * b // plan.job.compute_bytes
-    return n * b * (2 + OPTIMIZER_VALUES[config.optimizer]) + activations + FORKED_RANK_BYTES
+    activations = activations * weights // plan.job.compute_bytes
+    return n * (weights + grads + state) + activations + FORKED_RANK_BYTES
 
 
 def fit_problems(plan: Plan, roles: Sequence[RankRole], config: TrainConfig,

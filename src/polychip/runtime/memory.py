@@ -23,8 +23,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from polychip.runtime.data_parallel import StageGrads
+    from polychip.runtime.optim import StageOptimizer
 
 Key = int  # a storage, by its address (a meter counts the tensors of one device)
 
@@ -115,8 +120,9 @@ class TensorMeter:
 
     kind = "cpu-tensors"
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        self.model, self.optimizer = model, optimizer
+    def __init__(self, model: torch.nn.Module, grads: StageGrads,
+                 optimizer: StageOptimizer) -> None:
+        self.model, self.grads, self.optimizer = model, grads, optimizer
         self.saved = SavedTensors()
         self._state_before = 0
         self._count: MemoryCount | None = None
@@ -126,12 +132,11 @@ class TensorMeter:
         params = list(self.model.parameters())
         param_bytes = storage_bytes(params, seen)
         excluded = set(seen)
-        masters = [p for g in self.optimizer.param_groups for p in g["params"]]
-        grads = [p.grad for p in (*params, *masters) if p.grad is not None]
+        # the gradient buffer (fp32 under mixed precision: no .grad points into it between
+        # micro-batches), and any 16-bit .grad alive
+        grads = [self.grads.buffer, *(p.grad for p in params if p.grad is not None)]
         grad_bytes = storage_bytes(grads, seen)
-        state = [v for s in self.optimizer.state.values() for v in s.values()
-                 if isinstance(v, torch.Tensor)]
-        state_bytes = storage_bytes([*masters, *state], seen)
+        state_bytes = storage_bytes(self.optimizer.state_tensors(), seen)
         return param_bytes, grad_bytes, state_bytes, excluded | seen
 
     @contextmanager
@@ -169,6 +174,8 @@ class AllocatorMeter:
         return int(torch.accelerator.max_memory_allocated(self.device)), None
 
 
-def memory_meter(device: torch.device, model: torch.nn.Module,
-                 optimizer: torch.optim.Optimizer) -> TensorMeter | AllocatorMeter:
-    return TensorMeter(model, optimizer) if device.type == "cpu" else AllocatorMeter(device)
+def memory_meter(device: torch.device, model: torch.nn.Module, grads: StageGrads,
+                 optimizer: StageOptimizer) -> TensorMeter | AllocatorMeter:
+    if device.type == "cpu":
+        return TensorMeter(model, grads, optimizer)
+    return AllocatorMeter(device)

@@ -39,7 +39,9 @@ from polychip.runtime.clock import Phase, WallClock
 from polychip.runtime.data import SampleStream
 from polychip.runtime.data_parallel import StageGrads
 from polychip.runtime.model import StageModule
+from polychip.runtime.optim import StageOptimizer
 from polychip.runtime.p2p import ACTIVATION, GRADIENT, P2P, PendingRecv, tag_of
+from polychip.runtime.precision import LossScaler
 from polychip.runtime.tensor_parallel import (
     broadcast_from_leader,
     collect_to_leader,
@@ -70,20 +72,26 @@ class StageRunner:
 
     def __init__(self, *, program: StageProgram, model: StageModule, role: RankRole,
                  p2p: P2P, stream: SampleStream, grads: StageGrads,
-                 optimizer: torch.optim.Optimizer, loss_scale: float,
+                 optimizer: StageOptimizer, loss_scale: float,
                  activation_shape: tuple[int, ...], device: torch.device,
-                 failure: Failure, clock: WallClock | None = None) -> None:
+                 failure: Failure, clock: WallClock | None = None,
+                 loss_scaler: LossScaler | None = None) -> None:
         self.program, self.model, self.role, self.p2p = program, model, role, p2p
         self.stream, self.grads, self.optimizer = stream, grads, optimizer
         self.loss_scale, self.shape = loss_scale, activation_shape
         self.device, self.failure = device, failure
         self.clock = clock or WallClock()
+        self.loss_scaler = loss_scaler  # fp16: the loss multiplied by its scale for backward
         self.tp = model.tp
         b, s, *rest = activation_shape  # a TP rank's part of it under sequence parallelism
         self.local_shape = (b, self.tp.local_seq_len(s), *rest)
         self.dtype = next(model.parameters()).dtype
         self.num_chunks = len(model.chunks)
         self.num_virtual = role.num_stages * self.num_chunks
+        # each chunk's last backward of the step: its gradients are final as it produces
+        # them, so their buckets may start (overlapped gradient sync)
+        self._last_backward = {a.chunk: a.micro for a in program.actions
+                               if a.op is Op.BACKWARD}
 
     def _virtual(self, chunk: int) -> int:
         return chunk * self.role.num_stages + self.role.stage
@@ -169,14 +177,17 @@ class StageRunner:
     def _backward(self, a: Action) -> None:
         m, c = a.micro, a.chunk
         held = self._held.pop((m, c))
+        if self._last_backward[c] == m:
+            self.grads.arm(c)
         with self.clock.phase(Phase.COMPUTE, a):
             if self._has_loss(c):
-                held.output.backward()
+                scale = self.loss_scaler.scale if self.loss_scaler is not None else 1.0
+                (held.output * scale if scale != 1.0 else held.output).backward()
             else:
                 torch.autograd.backward(held.output, self._out_grads.pop((m, c)))
             self._backwards_left -= 1
-            if self._backwards_left == 0:  # before any reduction across replicas
-                self.model.sum_partial_grads_()
+            if self._backwards_left == 0:  # before any sync across replicas
+                self.grads.finish_partial_()
         if held.inputs is not None:
             assert held.inputs.grad is not None
             self._in_grads[(m, c)] = held.inputs.grad

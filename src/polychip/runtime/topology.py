@@ -18,14 +18,13 @@ made, so the launcher can print commands without paying for it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from polychip.plan.capabilities import Capabilities
 from polychip.plan.plan import Plan, RankInfo
-from polychip.plan.schedule import chunk_layers, grad_segments
+from polychip.plan.segments import chunk_layers
 from polychip.runtime.devices import device_unavailable, set_current_device
 from polychip.runtime.errors import RuntimeSetupError
 from polychip.runtime.executable import check_executable
@@ -150,33 +149,6 @@ def roles_of(plan: Plan, *, emulate: bool) -> tuple[RankRole, ...]:
 def virtual_stages(plan: Plan) -> int:
     """Model chunks per stage: the plan's virtual stages under interleaved 1F1B, else 1."""
     return plan.virtual_stages if plan.schedule == "interleaved-1f1b" else 1
-
-
-@dataclass(frozen=True)
-class Piece:
-    """Part ``index`` of ``num`` of a gradient segment: that fraction of each split (TP)
-    parameter and the whole of each replicated one, summed over ``ranks``: one rank of every
-    stage holding the segment (in holder order). ``num`` is the least common multiple of the
-    holders' TP degrees, so a stage of degree t has num / t pieces on each of its ranks: the
-    reduction reshards between replicas of different TP degrees exactly."""
-
-    segment: str
-    index: int
-    num: int
-    ranks: tuple[int, ...]
-
-
-def segment_pieces(plan: Plan) -> dict[str, tuple[Piece, ...]]:
-    """Every gradient segment of the plan's schedule -> its pieces, in all-reduce order."""
-    stage_ranks = plan.stage_rank_map()
-    out: dict[str, tuple[Piece, ...]] = {}
-    for seg in grad_segments(plan):
-        groups = [stage_ranks[holder] for holder in seg.holders]
-        num = math.lcm(*(len(g) for g in groups))
-        out[seg.name] = tuple(
-            Piece(seg.name, k, num, tuple(g[k * len(g) // num] for g in groups))
-            for k in range(num))
-    return out
 
 
 def islands(roles: tuple[RankRole, ...]) -> tuple[tuple[int, ...], ...]:

@@ -39,20 +39,22 @@ from polychip.plan.plan import Plan
 from polychip.plan.schedule import Op, build_schedule
 from polychip.runtime.clock import StepTiming, WallClock, stream_sync
 from polychip.runtime.data import DEFAULT_CORPUS_MAX_BYTES, SampleStream, open_source
-from polychip.runtime.data_parallel import StageGrads, fused_runs, loss_scale
+from polychip.runtime.data_parallel import DEFAULT_BUCKET_BYTES, StageGrads, loss_scale
 from polychip.runtime.dilation import DilationGovernor, WarmupTiming, plan_step_target_s
 from polychip.runtime.emulate import EmulatedClock, PhaseTargets, phase_targets
 from polychip.runtime.errors import DistributedRunError, RuntimeSetupError
+from polychip.runtime.grad_layout import fused_runs
 from polychip.runtime.memory import memory_meter
 from polychip.runtime.metrics import StepRecord
 from polychip.runtime.model import build_stage
+from polychip.runtime.optim import StageOptimizer, make_optimizer
 from polychip.runtime.p2p import P2P
 from polychip.runtime.pipeline import StageRunner
+from polychip.runtime.precision import DTYPES, LossScaler, precision_of, use_matmul_precision
 from polychip.runtime.topology import RankRole, Topology
 
 WARMUP_MIN_S = 0.15
 """Each stage times its step's compute, alone, for at least this long."""
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,9 @@ class TrainConfig:
     dilation: float | None = None  # emulated clocks: None -> chosen by a timed warm-up
     data: str | None = None  # None: the Python standard library's sources
     seed: int = 0
-    dtype: Literal["float32", "float64", "bfloat16"] = "float32"
+    # None: the plan's job.precision (mixed precision: runtime.precision); a dtype: the model,
+    # gradients, reduction and optimizer all in it (float64 for exactness tests)
+    dtype: Literal["float32", "float64", "bfloat16"] | None = None
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 3e-3
     weight_decay: float = 0.1
@@ -70,12 +74,15 @@ class TrainConfig:
     max_corpus_bytes: int = DEFAULT_CORPUS_MAX_BYTES
     metrics_path: str | None = None
     progress: bool = False  # a progress bar on rank 0
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES  # gradient buckets (the plan's job says overlap)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise RuntimeSetupError(f"steps={self.steps}: train at least 1 step")
-        if self.dtype not in DTYPES:
+        if self.dtype is not None and self.dtype not in DTYPES:
             raise RuntimeSetupError(f"dtype={self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        if self.bucket_bytes < 1:
+            raise RuntimeSetupError(f"bucket_bytes={self.bucket_bytes}: give at least 1 byte")
         if self.optimizer not in ("adamw", "sgd"):
             raise RuntimeSetupError(f"optimizer={self.optimizer!r}: choose adamw or sgd")
         if self.dilation is not None and not (self.emulate and self.dilation > 0):
@@ -86,15 +93,6 @@ class TrainConfig:
     @property
     def timeout(self) -> timedelta:
         return timedelta(seconds=self.timeout_s)
-
-
-def make_optimizer(config: TrainConfig, params: Sequence[torch.nn.Parameter]
-                   ) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=0.9)
-    fused = params[0].device.type in ("cpu", "cuda")  # one fused kernel (fast on the CPU too)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
-                             fused=fused or None)
 
 
 def reporting_rank(roles: Sequence[RankRole]) -> int:
@@ -117,19 +115,26 @@ class Trainer:
                 f"{plan.model.vocab_size}: use a model with a vocabulary at least as large")
         self.stream = SampleStream(source, plan.job.seq_len, config.seed)
         groups = topology.groups
+        self.precision = precision_of(plan.job, config.dtype)
+        use_matmul_precision(self.precision, self.device)
         tp = dataclasses.replace(groups.tp, sequence_parallel=plan.job.sequence_parallel,
                                  vocab_parallel=plan.job.vocab_parallel)
         self.model = build_stage(plan.model, role.chunks[0][0],
                                  role.chunks[-1][1], seed=config.seed, device=self.device,
-                                 dtype=DTYPES[config.dtype], has_embedding=role.first_stage,
-                                 has_head=role.last_stage, tp=tp,
-                                 recompute=role.recompute, chunks=role.chunks)
+                                 dtype=self.precision.optimizer_dtype,  # then the weights' own
+                                 has_embedding=role.first_stage, has_head=role.last_stage,
+                                 tp=tp, recompute=role.recompute, chunks=role.chunks)
         schedule = build_schedule(plan, replicas=[role.replica])
         self.program = schedule.program_of(role.rank)
         segments = [a.segment for a in self.program.actions if a.op is Op.ALLREDUCE]
         self.grads = StageGrads(self.model, segments, fused_runs(segments, schedule.groups),
-                                groups.pieces, has_loss=role.last_stage, tp_size=groups.tp.size)
-        self.optimizer = make_optimizer(config, self.grads.params)
+                                groups.pieces, has_loss=role.last_stage, tp_size=groups.tp.size,
+                                chunks=role.chunks, param_dtype=self.precision.compute,
+                                grad_dtype=self.precision.grad,
+                                overlap=plan.job.overlap_grad_sync,
+                                bucket_bytes=config.bucket_bytes, zero1=plan.zero1)
+        self.scaler = LossScaler() if self.precision.loss_scaling else None
+        self.optimizer = StageOptimizer(self.grads, config, self.precision, self.scaler)
         self.targets: PhaseTargets | None = (
             phase_targets(plan, role.replica, role.stage) if config.emulate else None)
         self.runner = StageRunner(
@@ -139,8 +144,8 @@ class Trainer:
             loss_scale=loss_scale(role.batch_share, role.global_batch, role.num_micro_batches),
             activation_shape=(role.micro_batch_size, plan.job.seq_len, plan.model.hidden_size),
             device=self.device, failure=self.failure,
-            clock=WallClock(stream_sync(self.device)))
-        self.memory = memory_meter(self.device, self.model, self.optimizer)
+            clock=WallClock(stream_sync(self.device)), loss_scaler=self.scaler)
+        self.memory = memory_meter(self.device, self.model, self.grads, self.optimizer)
 
     @property
     def sync(self) -> StageGrads:

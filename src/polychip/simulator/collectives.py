@@ -1,90 +1,53 @@
-"""A gradient all-reduce as phases of point-to-point hops the fabric can carry.
+"""A segment's gradient sync replayed hop by hop: the steps of the one description of the
+collective (`polychip.plan.collectives`), each hop as the cost model prices it
+(`polychip.costmodel.gradsync`), run as chains of legs the fabric can carry.
 
-Hierarchical across islands (DESIGN.md): (1) a ring reduce-scatter inside each island,
-(2) a ring all-reduce of the shards across islands, through the bridge (host copy out,
-network, host copy in), (3) a ring all-gather inside each island. Islands run each phase
-side by side; a phase ends when its last hop does.
-
-A member is one stage (a TP group): the gradient it exchanges is that of all its TP shards
-(`n_bytes`), carried by its `tp` chips' links in parallel inside a node and by the node's
-NIC between nodes. A ring visits the members in node order, so it crosses each node's NIC
-once. With uncontended links every phase takes exactly the time of the cost model's
-`hierarchical_allreduce_time_s` terms for the same bandwidths.
+A step's hops start together and the step ends when its last hop does; steps follow each
+other. A hop between nodes waits its ring's latencies, then (across islands) copies its
+chunk to host memory, sends it as a *flow* through the sender's and the receiver's NIC
+sides -- shared with every other flow crossing them at that moment, the pipelines'
+transfers included -- and copies it back to the device. A hop inside a node runs over the
+chip's scale-up link, shared equally with the step's other hops on that chip (a fixed
+delay: nothing else loads that link in the replay). Alone, every step takes exactly the
+cost model's time.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 from polychip.costmodel import CostModel, LinkKind
-from polychip.costmodel.compute import INTRA_NODE_LATENCY_S
+from polychip.costmodel.gradsync import Hop, segment_hops, step_rates
+from polychip.plan.plan import Replica
+from polychip.plan.segments import Segment
 from polychip.simulator.network import Leg
 
-
-@dataclass(frozen=True)
-class Member:
-    node: int
-    tp: int
-    chip: str
+Phase = tuple[str, list[tuple[Hop, tuple[Leg, ...]]]]
 
 
-@dataclass(frozen=True)
-class Hop:
-    src_node: int
-    dst_node: int
-    kind: LinkKind
-    n_bytes: float
-    legs: tuple[Leg, ...]
+def hop_legs(hop: Hop, rate: float) -> tuple[Leg, ...]:
+    """``rate``: its share of the chip's link inside a node (between nodes the fabric shares
+    the NICs as flows come and go)."""
+    wait = Leg(delay_s=hop.latency_s)
+    if hop.kind is LinkKind.INTRA_NODE:
+        return (wait, Leg(delay_s=hop.transfer_s(rate)))
+    flow = Leg(n_bytes=hop.n_bytes, loads=(((hop.src_node, 0), 1), ((hop.dst_node, 1), 1)))
+    if hop.copy_s > 0:
+        copy = Leg(delay_s=hop.copy_s / 2)
+        return (wait, copy, flow, copy)
+    return (wait, flow)
 
 
-def _ring(members: list[Member], n_bytes: float, steps: int, cm: CostModel) -> list[Hop]:
-    """Every member sends `n_bytes` to the next, after `steps` latencies."""
-    if len(members) < 2:
-        return []
-    spans_nodes = len({m.node for m in members}) > 1
-    lat = cm.cluster.network.latency_s if spans_nodes else INTRA_NODE_LATENCY_S
-    hops = []
-    for a, b in zip(members, members[1:] + members[:1], strict=True):
-        wait = Leg(delay_s=steps * lat)
-        if a.node == b.node:
-            bw = cm.chip(a.chip).link_bw_bytes_per_s * min(a.tp, b.tp)
-            hops.append(
-                Hop(a.node, b.node, LinkKind.INTRA_NODE, n_bytes, (wait, Leg(n_bytes / bw)))
-            )
-        else:
-            flow = Leg(n_bytes=n_bytes, loads=(((a.node, 0), 1), ((b.node, 1), 1)))
-            hops.append(Hop(a.node, b.node, LinkKind.INTER_NODE, n_bytes, (wait, flow)))
-    return hops
-
-
-def _bridge_ring(members: list[Member], n_bytes: float, cm: CostModel) -> list[Hop]:
-    """All-reduce of one shard across islands: a ring of one member per island."""
-    k = len(members)
-    moved = 2 * (k - 1) / k * n_bytes
-    host = cm.cluster.network.host_copy_bw_bytes_per_s  # per chip: TP shards copy in parallel
-    wait = Leg(2 * (k - 1) * cm.cluster.network.latency_s)
-    hops = []
-    for a, b in zip(members, members[1:] + members[:1], strict=True):
-        flow = Leg(n_bytes=moved, loads=(((a.node, 0), 1), ((b.node, 1), 1)))
-        out, back = Leg(moved / (host * a.tp)), Leg(moved / (host * b.tp))
-        hops.append(Hop(a.node, b.node, LinkKind.BRIDGE, moved, (wait, out, flow, back)))
-    return hops
-
-
-def allreduce_phases(
-    members: list[Member], n_bytes: float, cm: CostModel
-) -> list[tuple[str, list[Hop]]]:
-    """[(phase name, hops)] of one all-reduce of `n_bytes` among `members`."""
-    islands: dict[str, list[Member]] = {}
-    for m in sorted(members, key=lambda m: m.node):
-        islands.setdefault(cm.chip(m.chip).island, []).append(m)
-    groups = [islands[k] for k in sorted(islands)]
-    inner = [h for g in groups for h in _ring(g, (len(g) - 1) / len(g) * n_bytes, len(g) - 1, cm)]
-    phases = [("reduce-scatter", inner)]
-    if len(groups) > 1:
-        p_min = min(len(g) for g in groups)
-        shard = n_bytes / p_min
-        cross = [h for j in range(p_min) for h in _bridge_ring([g[j] for g in groups], shard, cm)]
-        phases.append(("cross-island", cross))
-    phases.append(("all-gather", inner))
-    return [(name, hops) for name, hops in phases if hops]
+def sync_phases(cm: CostModel, replicas: Sequence[Replica], seg: Segment, zero1: bool
+                ) -> list[Phase]:
+    """[(phase name, [(hop, its legs)])] of the segment's gradient sync: the all-reduce's
+    steps, or ZeRO-1's reduce-scatter then all-gather (of the parameters)."""
+    job = cm.job
+    kinds = ([("reduce-scatter", job.reduce_bytes), ("all-gather", job.compute_bytes)]
+             if zero1 else [("all-reduce", job.reduce_bytes)])
+    out: list[Phase] = []
+    for kind, per_param in kinds:
+        for name, hops in segment_hops(cm, replicas, seg, kind, per_param):  # type: ignore[arg-type]
+            legs = [(h, hop_legs(h, r)) for h, r in zip(hops, step_rates(hops), strict=True)]
+            out.append((name, legs))
+    return out

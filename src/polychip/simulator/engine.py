@@ -4,7 +4,7 @@ Each stage program (`polychip.plan.schedule`) runs its actions in order on its d
 F / B / OPT take the cost model's seconds; a send starts a transfer and moves on; a
 receive waits for its transfer; an all-reduce waits until every stage holding the segment
 has arrived (and, without overlap, until every pipeline has finished its backward), then
-runs the hierarchical phases of `collectives`. Transfers share NICs (`network`).
+runs the steps of its collective (`collectives`). Transfers share NICs (`network`).
 
 Replicas that are alike (same shape, same node groups, same node pattern) run in lockstep,
 so one representative per class is replayed; its transfers load every NIC its class
@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 from polychip.costmodel import CostModel, LinkKind, p2p_time_s
 from polychip.plan.plan import Plan
-from polychip.plan.schedule import Action, Op, Schedule, grad_segments
-from polychip.simulator.collectives import Member, allreduce_phases
+from polychip.plan.schedule import Action, Op, Schedule
+from polychip.plan.segments import grad_segments
+from polychip.simulator.collectives import sync_phases
 from polychip.simulator.deadlock import SimulationDeadlock, describe_deadlock
 from polychip.simulator.network import Fabric, Leg, run_chain
 from polychip.simulator.state import Activity, Coll, Prog, Recording
@@ -59,7 +60,7 @@ class Engine:
         self.plan, self.cm, self.overlap = plan, cm, overlap
         self.heap: list = []
         self._seq = itertools.count()
-        nics = [n.group.nic_bw_bytes_per_s for n in cm.nodes]
+        nics = [cm.nic_bw(i) for i in range(len(cm.nodes))]
         self.fabric = Fabric(nics, self.post, cm.measured_link_bw)
         self.class_of = {ri: c for c in classes for ri in c.members}
         self.v = schedule.virtual_stages
@@ -76,11 +77,8 @@ class Engine:
         self.colls: dict[str, Coll] = {}
         for seg in grad_segments(plan):
             needed = {at[(self.class_of[ri].rep, si)] for ri, si in seg.holders}
-            members = [
-                Member(st.node, st.tp, st.chip)
-                for st in (plan.replicas[ri].stages[si] for ri, si in seg.holders)
-            ]
-            self.colls[seg.name] = Coll(seg.name, needed, members, 2.0 * seg.num_params(plan.model))
+            phases = sync_phases(cm, plan.replicas, seg, plan.zero1)
+            self.colls[seg.name] = Coll(seg.name, needed, phases)
         self.messages: dict[tuple, dict] = {}
         self._legs: dict[tuple[int, int], tuple[tuple[Leg, ...], LinkKind]] = {}
         self.passed = 0
@@ -238,8 +236,7 @@ class Engine:
         pred = max(coll.arrived.values(), key=lambda x: x[0])[1]
         if not self.overlap and self.barrier is not None and self.barrier[0] >= now:
             pred = self.barrier[1]
-        phases = allreduce_phases(coll.members, coll.n_bytes, self.cm)
-        self._phase(now, coll, phases, 0, (now, pred))
+        self._phase(now, coll, coll.phases, 0, (now, pred))
 
     def _phase(self, now: float, coll: Coll, phases: list, i: int, began: tuple) -> None:
         if i == len(phases):
@@ -259,5 +256,5 @@ class Engine:
             if left[0] == 0:
                 self._phase(t, coll, phases, i + 1, began)
 
-        for hop in hops:
-            run_chain(now, hop.legs, self.fabric, self.post, lambda t, h=hop: done(t, h))
+        for hop, legs in hops:
+            run_chain(now, legs, self.fabric, self.post, lambda t, h=hop: done(t, h))

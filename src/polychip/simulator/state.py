@@ -10,7 +10,7 @@ from polychip.plan.plan import Replica
 from polychip.plan.schedule import Action, Op, StageProgram
 
 if TYPE_CHECKING:
-    from polychip.simulator.collectives import Member
+    from polychip.simulator.collectives import Phase
 
 
 class Activity:
@@ -76,12 +76,11 @@ class Prog:
 
 @dataclass(eq=False)
 class Coll:
-    """One all-reduce segment: who must arrive, who takes part, how many bytes."""
+    """One segment's gradient sync: who must arrive, and the steps of its collective."""
 
     name: str
     needed: set[Prog]
-    members: list[Member]
-    n_bytes: float
+    phases: list[Phase]
     arrived: dict[Prog, tuple[float, Activity | None]] = field(default_factory=dict)
     started: bool = False
 

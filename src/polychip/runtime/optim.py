@@ -1,0 +1,119 @@
+"""The optimizer of one rank: AdamW (or SGD) over the parameters it steps
+(:func:`polychip.runtime.shards.owned_spans`: all it holds, or its ZeRO-1 shard), on master
+weights in the optimizer's dtype (:mod:`polychip.runtime.precision`).
+
+Each owned span of the flat buffers is one tensor to the torch optimizer: under mixed
+precision an fp32 copy of the weights (the master), otherwise a view of the weights
+themselves. AdamW and SGD are element-wise, so stepping flat spans is exactly stepping the
+parameters one by one. A step: the spans' gradients (the reduce dtype's buffer, cast if the
+master's dtype differs; under fp16 unscaled and checked for inf/NaN on every rank, the step
+skipped everywhere if one has any), the torch optimizer's step, the masters written back to
+the 16-bit weights, and under ZeRO-1 the updated parameters all-gathered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+import torch
+import torch.distributed as dist
+
+from polychip.runtime.data_parallel import StageGrads
+from polychip.runtime.precision import LossScaler, Precision
+from polychip.runtime.shards import gather_params, owned_spans, span_tensor, stage_params
+
+
+class OptimizerConfig(Protocol):
+    optimizer: Literal["adamw", "sgd"]
+    lr: float
+    weight_decay: float
+
+
+def make_optimizer(config: OptimizerConfig, params: Sequence[torch.Tensor]
+                   ) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.9)
+    fused = params[0].device.type in ("cpu", "cuda")  # one fused kernel (fast on the CPU too)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
+                             fused=fused or None)
+
+
+class StageOptimizer:
+    """``step()`` is the schedule's ``OPT``: after every ``AR[...]`` of the step."""
+
+    def __init__(self, grads: StageGrads, config: OptimizerConfig, precision: Precision,
+                 scaler: LossScaler | None = None) -> None:
+        self.grads, self.precision, self.scaler = grads, precision, scaler
+        self.spans = owned_spans(grads)
+        if grads.zero1:
+            stage_params(grads)
+        source = "initial" if grads.initial is not None else "param"
+        self.copies = precision.master is not None or any(s.staged for s in self.spans)
+        self.masters: list[torch.nn.Parameter] = []
+        for span in self.spans:
+            weights = span_tensor(grads, span, source).detach()
+            if self.copies:
+                weights = weights.to(precision.optimizer_dtype, copy=True)
+            self.masters.append(torch.nn.Parameter(weights))
+        grads.initial = None  # the masters hold them now
+        self.inner = make_optimizer(config, self.masters)
+
+    def step(self) -> bool:
+        """One optimizer step; False when fp16's loss scaling found an inf or a NaN and every
+        rank skipped it."""
+        grads = self.grads
+        if grads.zero1:
+            stage_params(grads)
+        for span, master in zip(self.spans, self.masters, strict=True):
+            g = span_tensor(grads, span, "grad")
+            master.grad = g if g.dtype == master.dtype else g.to(master.dtype)
+        if self.scaler is not None and not self._unscale_and_check():
+            self._drop_grads()
+            return False
+        self.inner.step()
+        if self.copies:
+            with torch.no_grad():
+                for span, master in zip(self.spans, self.masters, strict=True):
+                    span_tensor(grads, span, "param").copy_(master)
+        if grads.zero1:
+            gather_params(grads)
+        self._drop_grads()
+        return True
+
+    def _unscale_and_check(self) -> bool:
+        assert self.scaler is not None
+        inv = 1.0 / self.scaler.scale
+        bad = torch.zeros((), dtype=torch.float32)
+        for master in self.masters:
+            assert master.grad is not None
+            master.grad.mul_(inv)
+            bad = torch.maximum(bad, (~torch.isfinite(master.grad)).any().float().cpu())
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # every rank skips, or none
+        found = bool(bad.item())
+        self.scaler.update(found)
+        return not found
+
+    def _drop_grads(self) -> None:
+        for master in self.masters:
+            master.grad = None
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """Every tensor the optimizer holds: its masters (views of the weights when they are
+        not copies) and its per-parameter state (AdamW's m, v and step)."""
+        state = [v for s in self.inner.state.values() for v in s.values() if torch.is_tensor(v)]
+        return [*self.masters, *state]
+
+    def state_bytes(self) -> int:
+        """Bytes of the optimizer's own state: the masters when they are copies, and every
+        per-element state tensor (AdamW's m and v, SGD's momentum)."""
+        total = sum(m.numel() * m.element_size() for m in self.masters) if self.copies else 0
+        for master in self.masters:
+            for value in self.inner.state.get(master, {}).values():
+                if torch.is_tensor(value) and value.numel() == master.numel():
+                    total += value.numel() * value.element_size()
+        return total
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.inner.state_dict(),
+                "scaler": None if self.scaler is None else self.scaler.state_dict()}
