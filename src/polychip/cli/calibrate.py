@@ -135,8 +135,9 @@ def run(args: argparse.Namespace) -> int:
     after = compare(plan, records, ProfileSet.for_job(list(profiles.values()), plan.cluster,
                                                       plan.model, plan.job))
     console = Console()
-    console.print(f"[bold]{args.metrics}[/bold] ({len({r.step for r in records})} steady "
-                  f"steps, MEASURED on its machine) against [bold]{args.plan}[/bold] "
+    steps = len({r.step for r in records})
+    console.print(f"[bold]{args.metrics}[/bold] ({steps} steady step{'s' * (steps != 1)}, "
+                  f"MEASURED on its machine) against [bold]{args.plan}[/bold] "
                   f"(estimated: cost model" + (f" + {len(given)} profile(s))" if given else ")"))
     console.print(comparison_table(cmp, after))
     console.print(corrections_table(fitted, {c: profiled.corrections(cmp.cost_model, c)

@@ -125,8 +125,7 @@ def check_matches_plan(records: Sequence[RunRecord], plan: Plan, file: str) -> N
         for key, value in want.items():
             if getattr(got, key) != value:
                 raise SpecError(f"rank {info.rank} ran {key} {_show(getattr(got, key))}, the "
-                                f"plan gives it {_show(value)}; {RETRAIN}", file=file,
-                                key=f"rank {info.rank}")
+                                f"plan gives it {_show(value)}; {RETRAIN}", file=file)
 
 
 def _show(value: object) -> str:
