@@ -18,7 +18,7 @@ from polychip.spec.model import load_model
 ROOT = Path(__file__).resolve().parents[2]
 CPU = str(ROOT / "examples" / "clusters" / "cpu-test.yaml")
 FIELDS = {"step_time_s", "tokens_per_s", "fits", "limit", "phases", "devices", "sources"}
-PHASES = {"compute_s", "pipeline_wait_s", "grad_sync_s", "optimizer_s"}
+PHASES = {"compute_s", "pipeline_wait_s", "grad_sync_s", "optimizer_s", "idle_s"}
 
 
 def _pipeline(model: str = "tiny", seq: int = 128) -> Plan:

@@ -116,12 +116,20 @@ def test_full_recompute_keeps_block_inputs_plus_one_working_block() -> None:
     assert block_activations(M, plain.job, 2, 2).input_bytes == 2 * block.input_bytes
 
 
-def test_last_stage_keeps_the_logits() -> None:
+def test_last_stage_keeps_the_log_probabilities_and_works_on_the_logits() -> None:
     cm = _cm()
-    last, middle = _mem(cm, last=True), _mem(cm)
-    # bf16 logits, fp32 log-probabilities and their fp32 gradient: 10 bytes per logit, on
-    # the rank's V/2 vocabulary rows.
-    assert last.activations - middle.activations == int(10 * 2 * 1024 * 32000 / 2)
+    last, middle = _mem(cm, last=True), _mem(cm)  # 3 micro-batches in flight, TP 2 (SP, VP)
+    logits = 2 * 1024 * 32000 / 2  # 2 x 1024 tokens on the rank's V/2 vocabulary rows
+    # kept per micro-batch: the fp32 log-probabilities, the int64 targets, and the eager
+    # final RMSNorm's saved tensors (4h + 4 + 2ch bytes per token) on its sequence shard
+    held = 4 * logits + 8 * 2048 + (4 * 1024 + 4 + 2 * 2 * 1024) * 1024
+    # transient at the loss: the bf16 logits and the fp32 gradient of the log-probabilities
+    transient = (2 + 4) * logits
+    assert last.transient - middle.transient == transient
+    assert last.activations - middle.activations == int(3 * held + transient)
+    assert last.held_bytes == last.total - last.reserve - last.transient
+    # 10 bytes per logit in all at the loss, as before the split
+    assert loss_bytes(M, cm.job, 2, 2) == 10 * logits
     whole = _cm(vocab_parallel=False)
     assert loss_bytes(M, whole.job, 2, 2) == 2 * loss_bytes(M, cm.job, 2, 2)
     assert loss_bytes(M, _job(precision="fp32"), 1, 1) == 12 * 1024 * 32000

@@ -4,6 +4,7 @@ tokens and in 1/tp), analytic outside, and every figure labelled measured or ana
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.spec.profile_data import tiny_profile, write
@@ -12,7 +13,9 @@ from polychip.costmodel import CostModel, ProfileSet
 from polychip.costmodel.compute import block_times
 from polychip.costmodel.interpolate import at_point, hockney_fit
 from polychip.costmodel.measured import tp_collectives
-from polychip.plan.plan import Replica, Stage
+from polychip.costmodel.memory import RESERVE_FIXED_BYTES, RESERVE_FRACTION
+from polychip.plan.plan import Plan, Replica, Stage
+from polychip.plan.segments import grad_segments
 from polychip.spec.cluster import cluster_from_dict
 from polychip.spec.errors import SpecError
 from polychip.spec.job import TrainingJob
@@ -106,8 +109,9 @@ def test_memory_optimizer_and_p2p_use_their_measurements(tmp_path: Path) -> None
     cm, analytic = _cm(tmp_path), CostModel(CLUSTER, TINY, JOB)
     rep = Replica((Stage(0, 2, 0, (0,), "cpu-fast"), Stage(2, 4, 0, (1,), "cpu-fast")), 8, 1)
     base = analytic.stage_memory_at(rep, 0, 0, 1)
-    mem = cm.stage_memory_at(rep, 0, 2, 1)  # 2 micro-batches x 2 blocks x 100 kB measured
-    assert mem.activations == base.activations + 2 * 2 * 100_000
+    mem = cm.stage_memory_at(rep, 0, 2, 1)  # 2 micro-batches x 2 blocks x 100 kB measured,
+    ids = 128 * 8  # + the int64 token ids the embedding keeps (analytic: not in the profile)
+    assert mem.activations == base.activations + 2 * (2 * 100_000 + ids)
     assert mem.weights == base.weights
     params = 2 * TINY.layer_params + TINY.embedding_params
     assert cm.stage_optimizer_time_s(rep, 0, 1) == pytest.approx(params * 2e-9)
@@ -137,7 +141,7 @@ def test_the_estimate_says_which_figures_were_measured(tmp_path: Path) -> None:
     est = cm.evaluate((fast_pipe,)).to_estimate((fast_pipe,), cm)
     assert est.sources == {"block": "measured", "embedding": "measured", "head": "measured",
                            "activation_memory": "measured", "optimizer": "measured",
-                           "p2p": "measured"}
+                           "p2p": "measured", "host": "analytic", "memory_reserve": "analytic"}
     both = (fast_pipe, slow)
     est = cm.evaluate(both).to_estimate(both, cm)
     assert est.sources["block"] == "mixed" and est.sources["tp_collectives"] == "analytic"
@@ -151,3 +155,69 @@ def test_a_profile_of_a_chip_the_cluster_lacks_is_refused(tmp_path: Path) -> Non
     profile = load_profile(write(tmp_path, tiny_profile(chip="h100")))
     with pytest.raises(SpecError, match=r"chip: 'h100' is no chip type of cluster 'two'"):
         ProfileSet.for_job([profile], CLUSTER, TINY, JOB)
+
+
+def _with(**changes: Any) -> dict:
+    data = tiny_profile()
+    data.update(changes)
+    return data
+
+
+HOST = {"step_s": 1e-4, "micro_batches": [{"micro_batch": 1, "seq_len": 128, "seconds": 2e-4},
+                                           {"micro_batch": 4, "seq_len": 128, "seconds": 5e-4}]}
+
+
+def test_host_work_is_priced_per_micro_batch_and_per_step(tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    cm, plain = _cm(tmp_path, _with(host=HOST)), _cm(tmp_path / "plain", tiny_profile())
+    fast = cm.chip("cpu-fast")
+    assert cm.host_times(fast, 1) == (2e-4, 1e-4)
+    assert cm.host_times(fast, 2)[0] == pytest.approx(2e-4 + (5e-4 - 2e-4) / 3)  # 256 tokens
+    assert cm.host_times(fast, 8) == (0.0, 0.0)  # beyond the points: none (analytic)
+    assert plain.host_times(fast, 1) == (0.0, 0.0)
+    rep = Replica((Stage(0, 2, 0, (0,), "cpu-fast"), Stage(2, 4, 0, (1,), "cpu-fast")), 8, 1)
+    got, base = cm.evaluate((rep,)), plain.evaluate((rep,))
+    # every stage's micro-batch takes its host work longer: fill and drain (S) and the beat
+    # (M - 1) each pass it once; then the per-step part
+    assert got.step_time_s - base.step_time_s == pytest.approx((2 + 8 - 1) * 2e-4 + 1e-4)
+    assert got.compute_s == base.compute_s and got.idle_s == pytest.approx(8 * 2e-4 + 1e-4)
+    est = got.to_estimate((rep,), cm)
+    assert est.phases_s["idle_s"] == got.idle_s and est.sources["host"] == "measured"
+    assert sum(est.phases_s.values()) == pytest.approx(est.step_time_s)
+
+
+def test_a_measured_fixed_memory_replaces_the_reserve_s_fixed_part(tmp_path: Path) -> None:
+    cm = _cm(tmp_path, _with(fixed_memory_bytes=300 * 2**20))
+    analytic = CostModel(CLUSTER, TINY, JOB)
+    fast, slow = cm.chip("cpu-fast"), cm.chip("cpu-slow")
+    fragmentation = int(RESERVE_FRACTION * fast.memory_bytes)
+    assert cm.reserve_bytes(fast) == 300 * 2**20 + fragmentation
+    assert analytic.reserve_bytes(fast) == RESERVE_FIXED_BYTES + fragmentation
+    assert cm.reserve_bytes(slow) == analytic.reserve_bytes(slow)  # not profiled
+    rep = Replica((Stage(0, 4, 0, (0,), "cpu-fast"),), 8, 4)
+    mem = cm.memory_of(rep, 0, "1f1b", 1)
+    assert mem.reserve == cm.reserve_bytes(fast)
+    assert mem.reserve - analytic.memory_of(rep, 0, "1f1b", 1).reserve == (
+        300 * 2**20 - RESERVE_FIXED_BYTES)
+    # what a run measures sees no reserve: the allocator's peak, or on the CPU the tensors
+    assert mem.measured_basis_bytes("device-allocator") == mem.total - mem.reserve
+    assert mem.measured_basis_bytes("cpu-tensors") == mem.total - mem.reserve - mem.transient
+    assert cm.evaluate((rep,)).to_estimate((rep,), cm).sources["memory_reserve"] == "measured"
+
+
+def test_the_grad_sync_correction_scales_the_gradient_sync(tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    data = tiny_profile()
+    data["corrections"]["grad_sync"] = 3.0
+    cm, plain = _cm(tmp_path, data), _cm(tmp_path / "plain", tiny_profile())
+    reps = tuple(Replica((Stage(0, 4, 0, (s,), "cpu-fast"),), 4, 4) for s in (0, 1))
+    assert plain.dp_sync_time_s(reps) > 0
+    assert cm.dp_sync_time_s(reps) == pytest.approx(3 * plain.dp_sync_time_s(reps))
+    plan = Plan(CLUSTER, TINY, JOB, reps)
+    for seg in grad_segments(plan):
+        assert cm.segment_sync_time_s(reps, seg) == pytest.approx(
+            3 * plain.segment_sync_time_s(reps, seg))
+    # a sync with a chip of no correction runs at its slowest member's pace: the larger factor
+    mixed = (reps[0], Replica((Stage(0, 4, 1, (0,), "cpu-slow"),), 4, 4))
+    assert cm.dp_sync_time_s(mixed) == pytest.approx(3 * plain.dp_sync_time_s(mixed))
+    assert cm.evaluate(reps).dp_sync_s == pytest.approx(cm.dp_sync_time_s(reps))

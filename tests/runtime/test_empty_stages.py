@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from polychip.costmodel import CostModel
+from polychip.costmodel.memory import in_flight_micro_batches
 from polychip.plan import Plan
 from polychip.plan.capabilities import RUNTIME, missing_features
-from polychip.plan.schedule import grad_segments
+from polychip.plan.segments import grad_segments
 from polychip.planner.summary import replica_rows
 from polychip.runtime.topology import build_topology
 from polychip.runtime.train import TrainConfig, Trainer
@@ -79,7 +80,9 @@ def test_cost_model_and_simulator_price_empty_stages() -> None:
     emb, head = cm.times_of(rep, 0), cm.times_of(rep, 2)
     alone = cm.stage_times(cm.chip("cpu-slow"), 0, 1, 2, True, False, False)
     assert emb == alone and emb.total_s > 0 and head.total_s > 0
-    assert cm.memory_of(rep, 0, "1f1b", 1).activations == 0  # no block keeps anything
+    held = in_flight_micro_batches("1f1b", 0, 3, rep.num_micro_batches)
+    ids = 8 * rep.micro_batch_size * plan.job.seq_len  # no block: only the int64 token ids
+    assert cm.memory_of(rep, 0, "1f1b", 1).activations == held * ids
     assert [s.name for s in grad_segments(plan)] == ["head", "0:2", "emb"]
     cost = cm.evaluate(plan.replicas)
     result = simulate(plan, dedupe_replicas=False)

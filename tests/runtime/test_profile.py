@@ -11,6 +11,7 @@ import torch
 
 from polychip.cli import main
 from polychip.costmodel import CostModel, ProfileSet
+from polychip.costmodel.memory import block_activations, end_activations
 from polychip.runtime.layers import DecoderLayer, rotary_cos_sin
 from polychip.runtime.profile import NoCollectives
 from polychip.runtime.profile_timing import saved_bytes
@@ -41,6 +42,16 @@ def test_quick_profile_of_this_cpu_is_valid_and_read_back_exactly(tmp_path: Path
         ("all_reduce", 2), ("all_gather", 2), ("reduce_scatter", 2)}
     assert len(p.p2p) == 2 and len(p.d2h) == len(p.h2d) == 2
     job = TrainingJob(global_batch=4, seq_len=64, precision="fp32")
+    # the bytes kept are the cost model's own count of what the runtime's parts save
+    for point, want in ((one, block_activations(TINY, job, 1, 1).saved_bytes),
+                        (p.embedding[0], end_activations(TINY, job, 1, 1).first)):
+        assert point.activation_bytes == want
+    assert p.head[0].activation_bytes == pytest.approx(end_activations(TINY, job, 1, 1).last,
+                                                       abs=16)  # + a loss scalar or two
+    # the runtime's host work, per micro-batch and per step; the process's own memory
+    assert [(h.micro_batch, h.seq_len) for h in p.host] == [(1, 64), (2, 64)]
+    assert p.host_step_s is not None and all(h.seconds >= 0 for h in p.host)
+    assert p.fixed_memory_bytes is not None and p.fixed_memory_bytes > 50 * 2**20
     cluster = load_cluster(ROOT / "examples" / "clusters" / "cpu-test.yaml")
     cm = CostModel(cluster, TINY, job, ProfileSet.for_job([p], cluster, TINY, job))
     t = cm.stage_times(cm.chip("cpu-fast"), 3, 1, 2, False, False, False)

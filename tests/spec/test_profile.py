@@ -132,3 +132,32 @@ def test_the_documented_example_is_a_valid_profile(tmp_path: Path) -> None:
     assert blocks, "docs/profile-format.md shows a JSON example"
     p = load_profile(write(tmp_path, json.loads(blocks[0])))
     assert p.blocks and p.collectives and p.p2p
+
+
+def test_host_work_the_ends_bytes_and_the_fixed_memory_load_and_round_trip(
+        tmp_path: Path) -> None:
+    data = tiny_profile()
+    data["host"] = {"step_s": 1e-4, "micro_batches": [
+        {"micro_batch": 1, "seq_len": 128, "seconds": 2e-4},
+        {"micro_batch": 4, "seq_len": 128, "seconds": 0.0}]}  # a difference: may be 0
+    data["head"][0]["activation_bytes"] = 70_000
+    data["embedding"][1]["activation_bytes"] = 4_096
+    data["fixed_memory_bytes"] = 300 * 2**20
+    p = load_profile(write(tmp_path, data))
+    assert p.host_step_s == 1e-4 and [(h.tokens, h.seconds) for h in p.host] == [
+        (128, 2e-4), (512, 0.0)]
+    assert (p.head[0].activation_bytes, p.head[1].activation_bytes) == (70_000, None)
+    assert p.embedding[1].activation_bytes == 4_096 and p.fixed_memory_bytes == 300 * 2**20
+    assert load_profile(write(tmp_path, profile_to_dict(p), "again.json")) == p
+    dup = copy.deepcopy(data)
+    dup["host"]["micro_batches"][1]["micro_batch"] = 1
+    with pytest.raises(SpecError, match=r"host.micro_batches\[1\]: .*already"):
+        load_profile(write(tmp_path, dup, "dup.json"))
+    bad = copy.deepcopy(data)
+    bad["host"]["step_s"] = -1.0
+    with pytest.raises(SpecError, match=r"host.step_s: "):
+        load_profile(write(tmp_path, bad, "bad.json"))
+    head = copy.deepcopy(data)
+    head["head"][0]["recompute_bwd_s"] = 0.1  # blocks only
+    with pytest.raises(SpecError, match=r"head\[0\].recompute_bwd_s: unknown key"):
+        load_profile(write(tmp_path, head, "head.json"))

@@ -14,7 +14,8 @@ from polychip import __version__
 from polychip.spec.errors import PolychipError
 
 COMMANDS = (
-    "plan", "simulate", "estimate", "profile", "train", "launch", "demo", "validate", "catalog"
+    "plan", "simulate", "estimate", "profile", "train", "calibrate", "launch", "demo",
+    "validate", "catalog",
 )
 
 

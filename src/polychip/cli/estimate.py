@@ -18,7 +18,8 @@ from polychip.planner.evaluate import Evaluation, StepFigures
 GIB = 1024**3
 MAX_DEVICE_ROWS = 16
 PHASES = (("compute_s", "  compute (busiest device)"), ("pipeline_wait_s", "  pipeline wait"),
-          ("grad_sync_s", "  gradient sync (exposed)"), ("optimizer_s", "  optimizer"))
+          ("grad_sync_s", "  gradient sync (exposed)"), ("optimizer_s", "  optimizer"),
+          ("idle_s", "  host work (idle)"))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +49,7 @@ def _step_table(ev: Evaluation, label: str) -> Table:
     row("step time", lambda f: f"{f.step_time_s * 1e3:,.2f} ms")
     row("tokens/s", lambda f: f"{f.tokens_per_s:,.0f}")
     for key, name in PHASES:
-        row(name, lambda f, k=key: f"{f.phases[k] * 1e3:,.2f} ms")
+        row(name, lambda f, k=key: f"{f.phases.get(k, 0.0) * 1e3:,.2f} ms")
     row("fits memory", lambda f: "yes" if f.fits else "[red]NO[/red]")
     return table
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 
 from polychip.costmodel import ProfileSet
 from polychip.spec.cluster import Cluster
@@ -28,8 +29,9 @@ def profile_set(args: argparse.Namespace, cluster: Cluster, model: ModelSpec,
         return None
     profiles = load_profiles(args.profile)
     for p in profiles:
-        if p.corrections.grad_sync != 1.0:
-            print(f"polychip: note: {p.file}: corrections.grad_sync {p.corrections.grad_sync:g} "
-                  f"is not applied yet (the gradient sync takes no per-chip factor)",
-                  file=sys.stderr)
+        factors = {k: v for k, v in asdict(p.corrections).items() if v != 1.0}
+        if factors:
+            print(f"polychip: note: {p.file}: the estimate's phases on {p.chip} are corrected: "
+                  + ", ".join(f"{k} x{v:.3g}" for k, v in factors.items())
+                  + " (corrections, e.g. from `polychip calibrate`)", file=sys.stderr)
     return ProfileSet.for_job(profiles, cluster, model, job)

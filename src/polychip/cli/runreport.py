@@ -25,6 +25,7 @@ def islands_line(plan: Plan, emulate: bool) -> str:
     return f"{len(parts)} island(s): " + " | ".join(parts)
 
 
+FAR_FROM_ESTIMATE = 1.25  # a measured step this many times off the estimate (either way)
 ZERO1_NOTE = ("The plan shards optimizer state (ZeRO-1); this runtime keeps it replicated on "
               "every rank for now: the same mathematics, more memory per device.")
 
@@ -66,7 +67,31 @@ def step_times(plan: Plan) -> tuple[float, float]:
     return analytic, simulate(plan).step_time_s
 
 
-def print_train_summary(console: Console, plan: Plan, summary: RunSummary) -> None:
+def analytic_gap_note(plan: Plan, measured_s: float, estimated_s: float,
+                      plan_path: str = "PLAN.json", metrics_path: str | None = None
+                      ) -> str | None:
+    """One line when a measured step is far from an estimate whose compute figures are the
+    cost model's own (not a profile's): why, and the commands that measure the chips."""
+    sources = plan.estimate.sources if plan.estimate is not None else {}
+    ratio = measured_s / estimated_s if estimated_s > 0 else float("inf")
+    if sources.get("block", "analytic") == "measured" or (
+            1 / FAR_FROM_ESTIMATE <= ratio <= FAR_FROM_ESTIMATE):
+        return None
+    chips = sorted({st.chip for r in plan.replicas for st in r.stages})
+    mbs = ",".join(str(b) for b in sorted({r.micro_batch_size for r in plan.replicas}))
+    metrics = metrics_path or "METRICS.jsonl"
+    return (f"note: the measured step ({measured_s:.3g} s) is {ratio:.2g}x the estimate "
+            f"({estimated_s:.3g} s), whose compute figures are analytic (the catalog's or "
+            f"cluster file's figures for {', '.join(chips)}), not this machine's; measure "
+            f"the chips: `polychip profile --model {plan.model.name} --chip {chips[0]} "
+            f"--precision {plan.job.precision} --seq-lens {plan.job.seq_len} --micro-batches "
+            f"{mbs} --out P.json` (one per chip type), then `polychip estimate {plan_path} "
+            f"--profile P.json` (or `polychip plan ... --profile P.json`), and after a run "
+            f"with --metrics, `polychip calibrate {metrics} {plan_path} --profile P.json`")
+
+
+def print_train_summary(console: Console, plan: Plan, summary: RunSummary, *,
+                        plan_path: str = "PLAN.json", metrics_path: str | None = None) -> None:
     s = summary
     basis = "emulated chip time" if s.emulated else "measured"
     console.print(f"[bold]polychip train[/bold]: {s.world_size} ranks, "
@@ -91,6 +116,10 @@ def print_train_summary(console: Console, plan: Plan, summary: RunSummary) -> No
     console.print(steps)
     console.print(_stage_table(s, basis))
     console.print(emulation_note(s))
+    gap = None if s.emulated else analytic_gap_note(plan, s.step_time_s, analytic, plan_path,
+                                                     metrics_path)
+    if gap:
+        console.print(gap)
     if plan.zero1:
         console.print(ZERO1_NOTE)
 

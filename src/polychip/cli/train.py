@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
                           "that rank's host, one JSON line per step)")
         return 1
     if rank == 0:
-        print_train_summary(console, plan, summary)
+        print_train_summary(console, plan, summary, plan_path=args.plan,
+                            metrics_path=config.metrics_path)
         if config.metrics_path:
             console.print(f"metrics: {config.metrics_path}")
     return 0

@@ -38,7 +38,7 @@ def embedding_passes(sh: Shard) -> tuple[list[Op], list[Op]]:
     if split:
         fwd.append(stream("embed.mask-ids", [ids] * VOCAB_MASK_KERNELS, [ids] * VOCAB_MASK_KERNELS,
                           kernels=VOCAB_MASK_KERNELS, backward=0))  # fmt: skip
-    fwd.append(stream("embed.gather", [ids, out], [out], backward=0))
+    fwd.append(stream("embed.gather", [ids, out], [out], saves=(ids,), backward=0))
     if split:
         fwd.append(stream("embed.zero-masked", [out], [out], backward=0))
         full = sh.tokens * h * c
@@ -67,11 +67,12 @@ def loss_passes(sh: Shard, vocab: int, rows: int) -> tuple[list[Op], list[Op]]:
     logits = rows * vocab
     cast = c != FP32_BYTES
     logp = sh.t("loss.logp", logits, FP32_BYTES)
+    targets = sh.t("loss.targets", rows, ID_BYTES)
     # cast: read c, write 4; log-softmax: read 4 twice (max, sum of exp), write 4
     fwd_bytes = logits * ((c + FP32_BYTES if cast else 0) + 3 * FP32_BYTES)
     # one-hot gradient 4; log-softmax backward: read 4 + 4, write 4; cast back: read 4, write c
     bwd_bytes = logits * (4 * FP32_BYTES + (FP32_BYTES + c if cast else 0))
-    fwd: list[Op] = [Stream("loss", fwd_bytes, 2 + cast, saves=(logp,), backward=0)]
+    fwd: list[Op] = [Stream("loss", fwd_bytes, 2 + cast, saves=(logp, targets), backward=0)]
     bwd: list[Op] = [Stream("loss.bwd", bwd_bytes, 2 + cast)]
     if sh.tp > 1 and sh.job.vocab_parallel:
         fwd += [Collective("all-reduce", None, rows * FP32_BYTES)] * CROSS_ENTROPY_ALL_REDUCES

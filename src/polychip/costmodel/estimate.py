@@ -1,9 +1,11 @@
 """One entry point: the cost of a set of pipeline replicas on a cluster.
 
-step = slowest replica's pipeline (1F1B/GPipe closed form) + gradient sync across the
+step = slowest replica's pipeline (1F1B/GPipe closed form; each stage's micro-batch includes
+the runtime's host work where a profile measured it) + gradient sync across the
 data-parallel holders of every layer (`gradsync.py`: hierarchical across islands, not
-overlapped) + the optimizer step. The planner, the simulator and the runtime's emulated clocks all
-read their per-stage times from here, so they cannot disagree about a chip's speed.
+overlapped) + the optimizer step + the runtime's host work per step. The planner, the
+simulator and the runtime's emulated clocks all read their per-stage times from here, so they
+cannot disagree about a chip's speed. Memory: `stagememory.StageMemory`.
 """
 
 from __future__ import annotations
@@ -18,20 +20,12 @@ from polychip.costmodel.gradsync import dp_sync_time_s, segment_sync_s
 from polychip.costmodel.kernels import stream_s
 from polychip.costmodel.links import chips_in_use, measured_link_bw, nic_share, node_link
 from polychip.costmodel.measured import ComputeProfile
-from polychip.costmodel.memory import (
-    BlockActivations,
-    MemoryBreakdown,
-    block_activations,
-    in_flight_micro_batches,
-    loss_bytes,
-    reserve_bytes,
-    stage_memory,
-    stage_params,
-)
+from polychip.costmodel.memory import BlockActivations, EndActivations, stage_params
 from polychip.costmodel.pipeline import PipelineForm
 from polychip.costmodel.plancost import PlanCost
 from polychip.costmodel.precision import StateBytes, adamw_step_bytes
-from polychip.plan.plan import Replica
+from polychip.costmodel.stagememory import StageMemory
+from polychip.plan.plan import Replica, Stage
 from polychip.plan.segments import Segment
 from polychip.spec.accelerators import Accelerator
 from polychip.spec.cluster import Cluster
@@ -42,7 +36,7 @@ ANALYTIC = {"block": block_times, "embedding": embedding_times, "head": head_tim
 __all__ = ["CostModel", "PlanCost"]
 
 
-class CostModel:
+class CostModel(StageMemory):
     def __init__(
         self,
         cluster: Cluster,
@@ -55,7 +49,7 @@ class CostModel:
         self._chips = {c.name: c for c in cluster.chips()}
         self._stage_cache: dict[tuple, StageTimes] = {}
         self._component_cache: dict[tuple, StageTimes] = {}
-        self._activation_cache: dict[tuple, tuple[BlockActivations, float]] = {}
+        self._activation_cache: dict[tuple, tuple[BlockActivations, EndActivations]] = {}
         self.state_bytes = StateBytes.of(job)
         # Per node, the chips the replicas this model is bound to use there (`under`);
         # None: not bound, every chip of a node shares its NIC.
@@ -135,6 +129,13 @@ class CostModel:
         self._stage_cache[key] = out
         return out
 
+    def host_times(self, chip: Accelerator, micro_batch: int) -> tuple[float, float]:
+        """(seconds per micro-batch, per step) of the runtime's host work outside its
+        phases -- reading the data, Python between actions, zeroing gradients -- where a
+        profile measured it (`profiled.host_s`); 0 otherwise (the analytic model prices
+        kernels, not the host)."""
+        return profiled.host_s(self, chip.name, micro_batch) or (0.0, 0.0)
+
     def times_of(self, replica: Replica, si: int) -> StageTimes:
         st = replica.stages[si]
         return self.stage_times(
@@ -189,11 +190,14 @@ class CostModel:
         """(step seconds of the pipeline, busy device-seconds) under 1F1B or GPipe: fill +
         drain of every stage and boundary, plus (M - 1) x the beat (pipeline.PipelineForm:
         the bottleneck, or under 1F1B a window's round trip)."""
-        m = replica.num_micro_batches
-        totals = [self.times_of(replica, i).total_s for i in range(replica.num_stages)]
+        m, mb = replica.num_micro_batches, replica.micro_batch_size
+        totals = [self.times_of(replica, i).total_s
+                  + self.host_times(self.chip(st.chip), mb)[0]
+                  for i, st in enumerate(replica.stages)]
         comms = [self.boundary_time_s(replica, i) for i in range(replica.num_stages - 1)]
         span = PipelineForm.of(totals, comms, schedule, self.job.overlap_p2p).span_s(m)
-        busy = m * sum(t * replica.stages[i].tp for i, t in enumerate(totals))
+        busy = m * sum(self.times_of(replica, i).total_s * st.tp
+                       for i, st in enumerate(replica.stages))
         return span, busy
 
     # ---- data-parallel gradient sync (gradsync.py) ---------------------------------------
@@ -202,7 +206,9 @@ class CostModel:
     ) -> float:
         """The gradient sync of one segment among its holders, uncontended: what the
         simulator's `AR[...]` takes alone (gradsync.segment_sync_s)."""
-        return segment_sync_s(self, replicas, segment, zero1)
+        stages = [replicas[ri].stages[si] for ri, si in segment.holders]
+        seconds = segment_sync_s(self, replicas, segment, zero1)
+        return seconds * self.grad_sync_correction(stages)
 
     def dp_sync_time_s(
         self,
@@ -215,73 +221,17 @@ class CostModel:
         """Gradient sync left after the slowest pipeline, overlapped with the backward by
         default as the job says (gradsync.dp_sync_time_s)."""
         overlap = self.job.overlap_grad_sync if overlap is None else overlap
-        return dp_sync_time_s(self, replicas, zero1, virtual_stages, schedule, overlap)
+        seconds = dp_sync_time_s(self, replicas, zero1, virtual_stages, schedule, overlap)
+        return seconds * self.grad_sync_correction([s for r in replicas for s in r.stages])
 
-    # ---- memory and optimizer ------------------------------------------------------------
-    def memory_of(
-        self, replica: Replica, si: int, schedule: str, zero_shards: int, virtual_stages: int = 1
-    ) -> MemoryBreakdown:
-        """Peak memory of one device of stage `si`, with the activations the schedule's
-        closed form says it holds at its peak."""
-        in_flight = in_flight_micro_batches(
-            schedule, si, replica.num_stages, replica.num_micro_batches, virtual_stages
-        )
-        return self.stage_memory_at(replica, si, in_flight, zero_shards)
+    def grad_sync_correction(self, stages: Iterable[Stage]) -> float:
+        """The calibrated factor on a gradient sync among `stages`: the largest
+        `corrections.grad_sync` of their chips (a collective runs at its slowest member's
+        pace). The one place it is applied: the two entry points above."""
+        return max((profiled.corrections(self, st.chip).grad_sync for st in stages),
+                   default=1.0)
 
-    def stage_memory_at(
-        self, replica: Replica, si: int, in_flight: int, zero_shards: int
-    ) -> MemoryBreakdown:
-        """Memory of one device of stage `si` holding `in_flight` micro-batches'
-        activations (the simulator counts them as the schedule runs)."""
-        st = replica.stages[si]
-        return self.stage_memory(
-            self.chip(st.chip), st.num_layers, st.tp, replica.micro_batch_size,
-            first=si == 0, last=si == replica.num_stages - 1, in_flight=in_flight,
-            recompute=st.recompute, zero_shards=zero_shards,
-        )  # fmt: skip
-
-    def stage_memory(
-        self,
-        chip: Accelerator,
-        num_layers: int,
-        tp: int,
-        micro_batch: int,
-        *,
-        first: bool,
-        last: bool,
-        in_flight: int,
-        recompute: bool,
-        zero_shards: int,
-    ) -> MemoryBreakdown:
-        """Peak memory of one device of a stage of `num_layers` blocks (memory.py): the one
-        entry the planner and the simulator use."""
-        block, loss = self._activations(chip, tp, micro_batch)
-        return stage_memory(
-            params=stage_params(self.model, num_layers, first, last) / tp,
-            state=self.state_bytes, zero_shards=zero_shards, block=block,
-            num_layers=num_layers, in_flight=in_flight, recompute=recompute,
-            loss_bytes=loss if last else 0.0, capacity_bytes=chip.memory_bytes,
-        )  # fmt: skip
-
-    def _activations(self, chip: Accelerator, tp: int, micro_batch: int
-                     ) -> tuple[BlockActivations, float]:
-        """(one block's activations, the loss's working bytes): a profile's measured bytes
-        kept per block where it has the point, else the analytic kernels' saved tensors."""
-        key = (chip.name, tp, micro_batch)
-        hit = self._activation_cache.get(key)
-        if hit is None:
-            block = block_activations(self.model, self.job, micro_batch, tp)
-            measured = profiled.activation_bytes(self, chip.name, tp, micro_batch)
-            if measured is not None:
-                block = BlockActivations(saved_bytes=measured, input_bytes=block.input_bytes)
-            hit = self._activation_cache[key] = (
-                block, loss_bytes(self.model, self.job, micro_batch, tp))
-        return hit
-
-    def reserve_bytes(self, chip: Accelerator) -> int:
-        """The framework reserve on `chip` (memory.RESERVE_*)."""
-        return reserve_bytes(chip.memory_bytes)
-
+    # ---- optimizer (memory: stagememory.StageMemory) ------------------------------------
     def optimizer_time_s(self, replicas: tuple[Replica, ...], zero_shards: int) -> float:
         """The slowest device's optimizer step."""
         return max(
@@ -319,26 +269,20 @@ class CostModel:
         v = virtual_stages if schedule == "interleaved-1f1b" else 1
         dp_s = self.dp_sync_time_s(replicas, zero1, v, schedule)
         opt_s = self.optimizer_time_s(replicas, zero_shards)
-        step = pipeline_s + dp_s + opt_s
+        # the busiest device: its compute, and its host work per micro-batch and per step
+        busiest = max(((r.num_micro_batches * self.times_of(r, si).total_s,
+                        r.num_micro_batches, self.host_times(self.chip(st.chip),
+                                                             r.micro_batch_size))
+                       for r in replicas for si, st in enumerate(r.stages)),
+                      key=lambda c: c[0])
+        compute_s, m, (host_micro_s, host_step_s) = busiest
+        step = pipeline_s + dp_s + opt_s + host_step_s
         tokens_per_s = self.job.tokens_per_step / step
         flops = self.model.training_flops_per_token(self.job.seq_len) * tokens_per_s
         mfu = flops / self.cluster.peak_flops(self.job.precision)
         devices = sum(r.num_devices for r in replicas)
         busy = sum(b for _, b in spans)
-        compute_s = max(r.num_micro_batches * self.times_of(r, si).total_s
-                        for r in replicas for si in range(r.num_stages))
-        memory: dict[tuple[int, int], MemoryBreakdown] = {}
-        violations: list[str] = []
-        for ri, r in enumerate(replicas):
-            for si, st in enumerate(r.stages):
-                mem = self.memory_of(r, si, schedule, zero_shards, virtual_stages)
-                memory[(ri, si)] = mem
-                cap = self.chip(st.chip).memory_bytes
-                if mem.total > cap:
-                    violations.append(
-                        f"replica {ri} stage {si} on {st.chip}: needs {mem.total / 2**30:.1f} GiB "
-                        f"of {cap / 2**30:.0f} GiB"
-                    )
+        memory, violations = self._memory(replicas, schedule, zero_shards, virtual_stages)
         return PlanCost(
             step_time_s=step,
             tokens_per_s=tokens_per_s,
@@ -348,6 +292,8 @@ class CostModel:
             optimizer_s=opt_s,
             bubble_fraction=max(0.0, 1.0 - busy / (devices * pipeline_s)),
             compute_s=compute_s,
+            idle_s=m * host_micro_s + host_step_s,
+            step_idle_s=host_step_s,
             memory=memory,
-            violations=tuple(violations),
+            violations=violations,
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 from polychip.spec.profile import PassPoint
 
@@ -52,8 +53,21 @@ def _mean(vectors: list[Vector]) -> Vector:
                  for col in zip(*vectors, strict=True))
 
 
-def _at_tokens(points: Sequence[PassPoint], tokens: int, seq_len: int,
-               values: Callable[[PassPoint], Vector]) -> Vector | None:
+class _Point(Protocol):
+    @property
+    def tokens(self) -> int: ...
+
+    @property
+    def seq_len(self) -> int: ...
+
+
+P = TypeVar("P", bound=_Point)
+
+
+def at_tokens(points: Sequence[P], tokens: int, seq_len: int,
+              values: Callable[[P], Vector]) -> Vector | None:
+    """`values` at `tokens` per micro-batch: linear in tokens among the points of `seq_len`
+    when they bracket it, else among all points; None outside them."""
     same = [(float(p.tokens), values(p)) for p in points if p.seq_len == seq_len]
     hit = along(same, tokens)
     if hit is None:
@@ -68,14 +82,14 @@ def at_point(points: Sequence[PassPoint], tp: int, micro_batch: int, seq_len: in
     tokens = micro_batch * seq_len
     degrees = sorted({p.tp for p in points})
     if tp in degrees:
-        return _at_tokens([p for p in points if p.tp == tp], tokens, seq_len, values)
+        return at_tokens([p for p in points if p.tp == tp], tokens, seq_len, values)
     below = [d for d in degrees if d < tp]
     above = [d for d in degrees if d > tp]
     if not below or not above:
         return None
     lo, hi = below[-1], above[0]
-    v_lo = _at_tokens([p for p in points if p.tp == lo], tokens, seq_len, values)
-    v_hi = _at_tokens([p for p in points if p.tp == hi], tokens, seq_len, values)
+    v_lo = at_tokens([p for p in points if p.tp == lo], tokens, seq_len, values)
+    v_hi = at_tokens([p for p in points if p.tp == hi], tokens, seq_len, values)
     if v_lo is None or v_hi is None:
         return None
     return _lerp(1.0 / tp, 1.0 / lo, 1.0 / hi, v_lo, v_hi)

@@ -2,10 +2,11 @@
 their points (`interpolate`), and which of a plan's figures they supplied.
 
 `CostModel` asks a `ComputeProfile` for each component -- a block's forward / backward (with
-recompute) and the bytes it keeps, the embedding, the head + loss, the optimizer's seconds
-per parameter, a TP collective, the intra-node point-to-point link, the chip's corrections --
-and uses its analytic figure wherever the answer is None. `ProfileSet` is the implementation
-over profile files (`polychip.spec.profile`); a test may pass any other.
+recompute) and the bytes it keeps, the embedding, the head + loss (and the bytes they keep),
+the optimizer's seconds per parameter, the runtime's host work, a TP collective, the
+intra-node point-to-point link, the memory in use outside the job's tensors, the chip's
+corrections -- and uses its analytic figure wherever the answer is None. `ProfileSet` is the
+implementation over profile files (`polychip.spec.profile`); a test may pass any other.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Protocol
 
 from polychip.costmodel.blocks import Shard, block_forward
 from polychip.costmodel.compute import StageTimes
-from polychip.costmodel.interpolate import along, at_point, hockney_fit
+from polychip.costmodel.interpolate import along, at_point, at_tokens, hockney_fit
 from polychip.costmodel.ops import Collective
 from polychip.spec.accelerators import normalise
 from polychip.spec.cluster import Cluster
@@ -51,7 +52,18 @@ class ComputeProfile(Protocol):
     def head(self, chip: str, tp: int, micro_batch: int, seq_len: int
              ) -> StageTimes | None: ...
 
+    def end_bytes(self, chip: str, part: str, tp: int, micro_batch: int, seq_len: int
+                  ) -> float | None:
+        """Bytes the `embedding` or the `head` + loss keeps for its backward."""
+        ...
+
     def optimizer_s_per_param(self, chip: str) -> float | None: ...
+
+    def host_s(self, chip: str, micro_batch: int, seq_len: int) -> tuple[float, float] | None:
+        """(host seconds per micro-batch, per step) of the runtime outside its phases."""
+        ...
+
+    def fixed_memory_bytes(self, chip: str) -> int | None: ...
 
     def collective_s(self, chip: str, op: str, group_size: int, message_bytes: float
                      ) -> float | None: ...
@@ -75,7 +87,17 @@ class NoMeasurements:
     def head(self, chip: str, tp: int, micro_batch: int, seq_len: int) -> StageTimes | None:
         return None
 
+    def end_bytes(self, chip: str, part: str, tp: int, micro_batch: int, seq_len: int
+                  ) -> float | None:
+        return None
+
     def optimizer_s_per_param(self, chip: str) -> float | None:
+        return None
+
+    def host_s(self, chip: str, micro_batch: int, seq_len: int) -> tuple[float, float] | None:
+        return None
+
+    def fixed_memory_bytes(self, chip: str) -> int | None:
         return None
 
     def collective_s(self, chip: str, op: str, group_size: int, message_bytes: float
@@ -91,6 +113,10 @@ class NoMeasurements:
 
 def _times(p: PassPoint) -> tuple[float | None, ...]:
     return (p.fwd_s, p.bwd_s)
+
+
+def _bytes(p: PassPoint) -> tuple[float | None, ...]:
+    return (None if p.activation_bytes is None else float(p.activation_bytes),)
 
 
 def _block(p: PassPoint) -> tuple[float | None, ...]:
@@ -145,9 +171,29 @@ class ProfileSet:
         p = self._of(chip)
         return p and self._pass(p.head, tp, micro_batch, seq_len)
 
+    def end_bytes(self, chip: str, part: str, tp: int, micro_batch: int, seq_len: int
+                  ) -> float | None:
+        p = self._of(chip)
+        if p is None:
+            return None
+        points = p.embedding if part == "embedding" else p.head
+        hit = at_point(points, tp, micro_batch, seq_len, _bytes)
+        return None if hit is None else hit[0]
+
     def optimizer_s_per_param(self, chip: str) -> float | None:
         p = self._of(chip)
         return p and p.optimizer_s_per_param
+
+    def host_s(self, chip: str, micro_batch: int, seq_len: int) -> tuple[float, float] | None:
+        p = self._of(chip)
+        if p is None or p.host_step_s is None:
+            return None
+        hit = at_tokens(p.host, micro_batch * seq_len, seq_len, lambda h: (h.seconds,))
+        return None if hit is None or hit[0] is None else (hit[0], p.host_step_s)
+
+    def fixed_memory_bytes(self, chip: str) -> int | None:
+        p = self._of(chip)
+        return p and p.fixed_memory_bytes
 
     def collective_s(self, chip: str, op: str, group_size: int, message_bytes: float
                      ) -> float | None:

@@ -2,9 +2,15 @@
 
 weights + gradient buffer + AdamW state (`precision.StateBytes`: bytes by the job's
 precision, optimizer state sharded over the ZeRO-1 group) + activations of the micro-batches
-in flight under the schedule (what the block's kernels save for backward, `ops.saved_bytes`,
-or only each block's input under full recompute) + the last stage's logits + the framework
-reserve.
+in flight under the schedule (what the kernels of the blocks, the embedding and the head +
+loss save for backward, `ops.saved_bytes`, or only each block's input under full recompute)
++ the transient working memory (a recomputed block re-materialised in its backward, the last
+stage's logits and their gradient) + the framework reserve.
+
+`MemoryBreakdown.activations` includes the transient part, `transient` says how much of it
+that is: the tensors held (`held_bytes`) are what a CPU rank's own count measures
+(`runtime.memory`, `cpu-tensors`); a device allocator's peak also sees the transient part;
+neither sees the reserve (`measured_basis_bytes`).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from polychip.costmodel.blocks import Shard, block_forward
-from polychip.costmodel.ends import vocab_rows
+from polychip.costmodel.ends import embedding_passes, head_passes, vocab_rows
 from polychip.costmodel.ops import saved_bytes
 from polychip.costmodel.precision import FP32_BYTES, StateBytes
 from polychip.spec.job import TrainingJob
@@ -34,16 +40,40 @@ class BlockActivations:
 
 
 @dataclass(frozen=True)
+class EndActivations:
+    """Bytes the embedding (`first`) and the head + loss (`last`) keep for one micro-batch,
+    and the loss's transient working bytes (the logits and their gradient)."""
+
+    first: float
+    last: float
+    loss_transient: float
+
+
+@dataclass(frozen=True)
 class MemoryBreakdown:
     weights: int
     grads: int
     optimizer: int
-    activations: int
+    activations: int  # held for backward + transient working memory
     reserve: int
+    transient: int = 0  # of `activations`: re-materialised blocks, the logits and their grad
 
     @property
     def total(self) -> int:
         return self.weights + self.grads + self.optimizer + self.activations + self.reserve
+
+    @property
+    def held_bytes(self) -> int:
+        """The tensors the rank holds at its peak: model state and saved activations."""
+        return self.weights + self.grads + self.optimizer + self.activations - self.transient
+
+    def measured_basis_bytes(self, memory_kind: str) -> int:
+        """The estimate of what a run measures as its peak (`runtime.memory`): the tensors
+        held on the CPU (`cpu-tensors`), the allocator's peak on a device (held + transient,
+        no reserve: the context and fragmentation lie outside the allocated bytes)."""
+        if memory_kind == "cpu-tensors":
+            return self.held_bytes
+        return self.total - self.reserve
 
 
 def in_flight_micro_batches(
@@ -88,30 +118,35 @@ def stage_memory(
     num_layers: int,
     in_flight: int,
     recompute: bool,
-    loss_bytes: float,
-    capacity_bytes: int,
+    ends: EndActivations,
+    reserve: int,
 ) -> MemoryBreakdown:
     """Peak memory of one device holding `params` parameters (its TP share) and `num_layers`
-    blocks' activations for `in_flight` micro-batches; `loss_bytes`: the last stage's
-    working memory at the loss (0 elsewhere)."""
+    blocks' activations for `in_flight` micro-batches; `ends`: what the embedding and the
+    head + loss of a first / last stage keep (zeros elsewhere); `reserve`: the framework's."""
     if recompute:
         per_micro = num_layers * block.input_bytes
         working = block.saved_bytes if num_layers else 0.0  # one block re-materialised
     else:
         per_micro = num_layers * block.saved_bytes
         working = 0.0
+    per_micro += ends.first + ends.last
+    transient = working + ends.loss_transient
     return MemoryBreakdown(
         weights=int(state.weights * params),
         grads=int(state.grads * params),
         optimizer=int(state.optimizer * params / max(zero_shards, 1)),
-        activations=int(in_flight * per_micro + working + loss_bytes),
-        reserve=reserve_bytes(capacity_bytes),
+        activations=int(in_flight * per_micro + transient),
+        reserve=reserve,
+        transient=int(transient),
     )
 
 
-def reserve_bytes(capacity_bytes: int) -> int:
-    """The framework reserve of a device of `capacity_bytes`."""
-    return RESERVE_FIXED_BYTES + int(RESERVE_FRACTION * capacity_bytes)
+def reserve_bytes(capacity_bytes: int, fixed_bytes: int | None = None) -> int:
+    """The framework reserve of a device of `capacity_bytes`: fixed (`RESERVE_FIXED_BYTES`,
+    or `fixed_bytes` where a profile measured it) + fragmentation (`RESERVE_FRACTION`)."""
+    fixed = RESERVE_FIXED_BYTES if fixed_bytes is None else fixed_bytes
+    return fixed + int(RESERVE_FRACTION * capacity_bytes)
 
 
 def block_activations(model: ModelSpec, job: TrainingJob, micro_batch: int, tp: int
@@ -123,6 +158,18 @@ def block_activations(model: ModelSpec, job: TrainingJob, micro_batch: int, tp: 
         saved_bytes=saved_bytes(block_forward(sh)),
         input_bytes=sh.rows * model.hidden_size * job.compute_bytes,
     )
+
+
+def end_activations(model: ModelSpec, job: TrainingJob, micro_batch: int, tp: int
+                    ) -> EndActivations:
+    """What the embedding and the head + loss keep for one micro-batch on one TP rank (their
+    kernels' saved tensors: the token ids; the final norm's, the head's input, the fp32
+    log-probabilities, the targets), and the rest of the loss's working bytes."""
+    sh = Shard(model, job, micro_batch, tp)
+    head = saved_bytes(head_passes(sh)[0])
+    logp = sh.tokens * vocab_rows(sh) * FP32_BYTES
+    return EndActivations(first=saved_bytes(embedding_passes(sh)[0]), last=head,
+                          loss_transient=loss_bytes(model, job, micro_batch, tp) - logp)
 
 
 def loss_bytes(model: ModelSpec, job: TrainingJob, micro_batch: int, tp: int) -> float:

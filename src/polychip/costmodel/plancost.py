@@ -23,6 +23,8 @@ class PlanCost:
     optimizer_s: float
     bubble_fraction: float
     compute_s: float = 0.0  # the busiest device's forward + backward over the step
+    idle_s: float = 0.0  # its host work outside the phases (profiled; 0 analytic) ...
+    step_idle_s: float = 0.0  # ... of which per step, after the pipeline
     # (replica, stage) -> memory of one device of that stage
     memory: dict[tuple[int, int], MemoryBreakdown] = field(default_factory=dict)
     violations: tuple[str, ...] = ()
@@ -41,6 +43,8 @@ class PlanCost:
             optimizer_s=self.optimizer_s,
             bubble_fraction=self.bubble_fraction,
             compute_s=self.compute_s,
+            idle_s=self.idle_s,
+            step_idle_s=self.step_idle_s,
             sources=profiled.figure_sources(cm, replicas),
             memory_rows=(
                 (

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 # Figures of a plan, in the order the estimate lists their sources.
 FIGURES = ("block", "tp_collectives", "embedding", "head", "activation_memory", "optimizer",
-           "p2p", "grad_sync")
+           "host", "p2p", "grad_sync", "memory_reserve")
 
 
 def _collectives_s(cm: CostModel, chip: Accelerator, tp: int,
@@ -89,8 +89,25 @@ def activation_bytes(cm: CostModel, chip: str, tp: int, micro_batch: int) -> flo
     return None if m is None else m.activation_bytes
 
 
+def end_bytes(cm: CostModel, chip: str, part: str, tp: int, micro_batch: int) -> float | None:
+    """Bytes the `embedding` or the `head` + loss keeps per micro-batch, measured."""
+    if cm.profile is None:
+        return None
+    return cm.profile.end_bytes(chip, part, tp, micro_batch, cm.job.seq_len)
+
+
 def optimizer_s_per_param(cm: CostModel, chip: str) -> float | None:
     return cm.profile.optimizer_s_per_param(chip) if cm.profile else None
+
+
+def host_s(cm: CostModel, chip: str, micro_batch: int) -> tuple[float, float] | None:
+    """The runtime's measured host work (seconds per micro-batch, per step)."""
+    return cm.profile.host_s(chip, micro_batch, cm.job.seq_len) if cm.profile else None
+
+
+def fixed_memory_bytes(cm: CostModel, chip: str) -> int | None:
+    """Memory in use outside the job's tensors, measured (the reserve's fixed part)."""
+    return cm.profile.fixed_memory_bytes(chip) if cm.profile else None
 
 
 def intra_node_link(cm: CostModel, chip: str) -> tuple[float, float] | None:
@@ -141,6 +158,8 @@ def figure_sources(cm: CostModel, replicas: tuple[Replica, ...]) -> dict[str, st
             if si == r.num_stages - 1:
                 mark("head", part_times(cm, "head", chip, st.tp, mb) is not None)
             mark("optimizer", optimizer_s_per_param(cm, st.chip) is not None)
+            mark("host", host_s(cm, st.chip, mb) is not None)
+            mark("memory_reserve", fixed_memory_bytes(cm, st.chip) is not None)
             if si + 1 < r.num_stages:
                 nxt = r.stages[si + 1]
                 same = st.node == nxt.node

@@ -84,7 +84,7 @@ class Estimate:
     breakdown_s: dict[str, float] = field(default_factory=dict)  # pipeline, dp_sync, optimizer
     bubble_fraction: float = 0.0
     source: Literal["analytic", "simulated"] = "analytic"
-    # compute_s, pipeline_wait_s, grad_sync_s, optimizer_s: they sum to the step (PHASES)
+    # compute_s, pipeline_wait_s, grad_sync_s, optimizer_s, idle_s: they sum to the step
     phases_s: dict[str, float] = field(default_factory=dict)
     # figure -> measured | analytic | mixed (costmodel/profiled.py FIGURES); {} in old plans
     sources: dict[str, str] = field(default_factory=dict)
@@ -103,12 +103,15 @@ class Estimate:
         source: Literal["analytic", "simulated"],
         compute_s: float = 0.0,
         sources: dict[str, str] | None = None,
+        idle_s: float = 0.0,
+        step_idle_s: float = 0.0,
     ) -> Estimate:
         """An estimate from a step's parts; `memory_rows`: (chip, peak bytes, capacity bytes)
         of every device kind, reduced to the worst device per chip type; `compute_s`: the
         forward + backward seconds of the busiest device over the step (`phases_s` splits
         the step as that device spends it: its compute, its wait inside the pipeline, then
-        the exposed gradient sync and the optimizer)."""
+        the exposed gradient sync, the optimizer, and its host work outside those, `idle_s`,
+        of which `step_idle_s` is per step, after the pipeline, the rest inside it)."""
         peak: dict[str, int] = {}
         cap: dict[str, int] = {}
         for chip, used, capacity in memory_rows:
@@ -125,9 +128,10 @@ class Estimate:
             source=source,
             phases_s={
                 "compute_s": compute_s,
-                "pipeline_wait_s": max(0.0, pipeline_s - compute_s),
+                "pipeline_wait_s": max(0.0, pipeline_s - compute_s - (idle_s - step_idle_s)),
                 "grad_sync_s": dp_sync_s,
                 "optimizer_s": optimizer_s,
+                "idle_s": idle_s,
             },
             sources=dict(sources or {}),
         )

@@ -5,19 +5,25 @@ the runtime builds it), the embedding and the final norm + head + loss (`runtime
 stages holding no block) are timed forward and backward over a grid of TP degrees,
 micro-batch sizes and sequence lengths. A TP shard shape is timed on one device: the part
 is built at degree t with its collectives replaced by no-ops (:class:`NoCollectives`);
-the collectives are measured apart (:mod:`polychip.runtime.profile_comm`). How a figure is
-timed: :mod:`polychip.runtime.profile_timing`. The whole run, from a request to a
+the collectives are measured apart (:mod:`polychip.runtime.profile_comm`). On the CPU the
+parts run as every CPU rank of `polychip train` runs them: with the runtime's CPU memory
+meter watching the tensors autograd saves (:class:`polychip.runtime.memory.SavedTensors`),
+whose hooks cost time at small micro-batches. How a figure is timed:
+:mod:`polychip.runtime.profile_timing`; the runtime's host work per micro-batch:
+:mod:`polychip.runtime.profile_host`. The whole run, from a request to a
 `Profile`: :mod:`polychip.runtime.profile_run`. docs/profile-format.md describes the file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from polychip.runtime.memory import SavedTensors
 from polychip.runtime.model import build_stage, loss_fn
 from polychip.runtime.profile_timing import (
     Timing,
@@ -55,6 +61,14 @@ class PartProfiler:
         self.device, self.dtype, self.timing, self.tick = device, DTYPES[precision], timing, tick
         self.generator = torch.Generator(device="cpu").manual_seed(0)
 
+    @contextmanager
+    def _as_run(self) -> Iterator[None]:
+        """A part's forward as a rank of `polychip train` runs it: on the CPU under the
+        runtime's memory meter (`runtime.memory.TensorMeter` counts the saved tensors through
+        these hooks on every CPU rank), elsewhere as it is."""
+        with SavedTensors().watch() if self.device.type == "cpu" else nullcontext():
+            yield
+
     def _random(self, *shape: int) -> torch.Tensor:
         x = torch.randn(*shape, generator=self.generator) * 0.1
         return x.to(device=self.device, dtype=self.dtype)
@@ -77,19 +91,22 @@ class PartProfiler:
         where = f"block tp {tp} micro-batch {micro_batch} x {seq_len}"
 
         def fwd() -> torch.Tensor:
-            return layer(x, cos, sin)
+            with self._as_run():
+                return layer(x, cos, sin)
 
         def rec() -> torch.Tensor:
-            return checkpoint(layer, x, cos, sin, use_reentrant=False)
+            with self._as_run():
+                return checkpoint(layer, x, cos, sin, use_reentrant=False)
 
         def bwd(out: torch.Tensor) -> None:
             out.backward(grad)
 
         fwd_s, bwd_s = time_passes(fwd, bwd, self.device, self.timing)
         _, rec_s = time_passes(rec, bwd, self.device, self.timing)
-        params = list(layer.parameters())
+        # a stage computes the rotary cos / sin once for all its blocks: not the block's
+        shared = [*layer.parameters(), cos, sin]
         point = PassPoint(tp, micro_batch, seq_len, fwd_s, bwd_s, recompute_bwd_s=rec_s,
-                          activation_bytes=saved_bytes(fwd, params),
+                          activation_bytes=saved_bytes(lambda: layer(x, cos, sin), shared),
                           peak_bytes=peak_bytes(fwd, bwd, self.device))
         self.tick(where)
         return point
@@ -99,20 +116,32 @@ class PartProfiler:
         tokens = torch.randint(0, self.spec.vocab_size, (micro_batch, seq_len),
                                generator=self.generator).to(self.device)
         grad = self._random(micro_batch, seq_len, self.spec.hidden_size)
-        fwd_s, bwd_s = time_passes(lambda: stage(tokens), lambda out: out.backward(grad),
-                                   self.device, self.timing)
+
+        def fwd() -> torch.Tensor:
+            with self._as_run():
+                return stage(tokens)
+
+        fwd_s, bwd_s = time_passes(fwd, lambda out: out.backward(grad), self.device,
+                                   self.timing)
         self.tick(f"embedding tp {tp} micro-batch {micro_batch} x {seq_len}")
-        return PassPoint(tp, micro_batch, seq_len, fwd_s, bwd_s)
+        return PassPoint(tp, micro_batch, seq_len, fwd_s, bwd_s,
+                         activation_bytes=saved_bytes(lambda: stage(tokens),
+                                                      list(stage.parameters())))
 
     def head(self, tp: int, micro_batch: int, seq_len: int) -> PassPoint:
         stage = self._stage(tp, 0, False, True)
         x = self._random(micro_batch, seq_len, self.spec.hidden_size).requires_grad_()
         targets = torch.randint(0, self.spec.vocab_size, (micro_batch, seq_len),
                                 generator=self.generator).to(self.device)
-        fwd_s, bwd_s = time_passes(lambda: loss_fn(stage(x), targets),
-                                   lambda loss: loss.backward(), self.device, self.timing)
+        def fwd() -> torch.Tensor:
+            with self._as_run():
+                return loss_fn(stage(x), targets)
+
+        fwd_s, bwd_s = time_passes(fwd, lambda loss: loss.backward(), self.device, self.timing)
         self.tick(f"head + loss tp {tp} micro-batch {micro_batch} x {seq_len}")
-        return PassPoint(tp, micro_batch, seq_len, fwd_s, bwd_s)
+        return PassPoint(tp, micro_batch, seq_len, fwd_s, bwd_s,
+                         activation_bytes=saved_bytes(lambda: loss_fn(stage(x), targets),
+                                                      list(stage.parameters())))
 
     def optimizer(self, min_params: int, max_params: int) -> tuple[float, int]:
         """(seconds per parameter, parameters timed) of the runtime's AdamW step over copies

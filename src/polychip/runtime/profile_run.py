@@ -7,6 +7,7 @@ sizes on an accelerator; `quick_request` is a tiny grid for tests and the README
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import socket
 import tempfile
@@ -21,6 +22,7 @@ from polychip.runtime.devices import DEVICE_PACKAGES, device_unavailable
 from polychip.runtime.errors import RuntimeSetupError
 from polychip.runtime.profile import PartProfiler, Tick, measure_parts, parts_grid
 from polychip.runtime.profile_comm import measure_host_copies, measure_links
+from polychip.runtime.profile_host import measurable, measure_host
 from polychip.runtime.profile_timing import Timing, matmul_precision
 from polychip.spec.accelerators import normalise, resolve_name
 from polychip.spec.model import ModelSpec
@@ -30,7 +32,10 @@ OPTIMIZER_MIN_PARAMS = 1 << 20  # time AdamW on at least this many parameters
 OPTIMIZER_MAX_PARAMS = 1 << 28
 DEFAULT_TIMING = Timing(warmup=2, repeats=5)
 MEMORY_METHOD = ("activation_bytes: storages autograd saves for backward (saved_tensors_hooks), "
-                 "parameters excluded; peak_bytes: allocator max_memory_allocated delta")
+                 "parameters and a block's rotary cos/sin (its stage's) excluded; peak_bytes: "
+                 "allocator max_memory_allocated delta; fixed_memory_bytes: device total - "
+                 "free - allocator reserve, on the CPU the process's resident memory before "
+                 "it held any tensor")
 
 
 @dataclass(frozen=True)
@@ -122,16 +127,37 @@ def check_request(req: ProfileRequest) -> None:
                                 "and --seq-lens value")
 
 
+def host_points(req: ProfileRequest) -> list[tuple[int, int]]:
+    """(micro_batch, seq_len) at which the runtime's host work is measured (none where the
+    runtime cannot run the request's precision or read its corpus with the model)."""
+    if not measurable(req.model, req.precision):
+        return []
+    return [(b, s) for s in req.seq_lens for b in req.micro_batches]
+
+
 def num_measurements(req: ProfileRequest) -> int:
-    """Progress steps: 3 parts per grid point, the optimizer, links, host copies."""
+    """Progress steps: 3 parts per grid point, the optimizer, host work, links, copies."""
     grid = len(req.tps) * len(req.micro_batches) * len(req.seq_lens)
-    return 3 * grid + 1 + (1 if req.collective_ranks >= 2 else 0) + 1
+    return 3 * grid + 1 + len(host_points(req)) + (1 if req.collective_ranks >= 2 else 0) + 1
 
 
-def _fixed_memory_bytes(device: torch.device) -> int | None:
-    """Device memory in use outside the allocator (context, libraries), where measurable."""
+def _resident_bytes() -> int | None:
+    """This process's resident memory (Linux), or None."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _fixed_memory_bytes(device: torch.device, cpu_process_bytes: int | None) -> int | None:
+    """Memory in use outside the job's tensors, where measurable: on a device, outside the
+    allocator (context, libraries); on the CPU, the process itself before it holds any
+    tensor of the job (the interpreter, torch, polychip: `cpu_process_bytes`)."""
+    if device.type == "cpu":
+        return cpu_process_bytes
     module = getattr(torch, device.type, None)
-    if device.type == "cpu" or not hasattr(module, "mem_get_info"):
+    if not hasattr(module, "mem_get_info"):
         return None
     free, total = module.mem_get_info(device)
     return max(0, int(total - free - module.memory_reserved(device)))
@@ -141,6 +167,7 @@ def profile_chip(req: ProfileRequest, tick: Tick) -> Profile:
     """Measure everything the request asks for on device 0 of its type."""
     check_request(req)
     device = torch.device(req.device_type, 0) if req.device_type != "cpu" else torch.device("cpu")
+    process_bytes = _resident_bytes()  # before the profile builds any tensor
     threads = torch.get_num_threads()
     if req.device_type == "cpu" and req.cpu_threads:
         torch.set_num_threads(req.cpu_threads)
@@ -149,6 +176,10 @@ def profile_chip(req: ProfileRequest, tick: Tick) -> Profile:
             parts = PartProfiler(req.model, device, req.precision, req.timing, tick)
             measured = measure_parts(parts, parts_grid(req.tps, req.micro_batches, req.seq_lens))
             per_param, num_params = parts.optimizer(OPTIMIZER_MIN_PARAMS, OPTIMIZER_MAX_PARAMS)
+        host, host_step_s = (), None
+        if host_points(req) and not dist_busy():
+            host, host_step_s = measure_host(req.model, req.device_type, req.backend,
+                                             req.precision, host_points(req), tick)
         d2h, h2d = measure_host_copies(device, req.message_bytes, req.timing)
         tick("copies device <-> host")
         collectives, p2p = (), ()
@@ -158,7 +189,7 @@ def profile_chip(req: ProfileRequest, tick: Tick) -> Profile:
                                                  req.collective_ranks, req.message_bytes,
                                                  req.timing, Path(work))
             tick(f"collectives among {req.collective_ranks} {req.backend} ranks")
-        fixed = _fixed_memory_bytes(device)
+        fixed = _fixed_memory_bytes(device, process_bytes)
     finally:
         torch.set_num_threads(threads)
     return Profile(
@@ -166,7 +197,16 @@ def profile_chip(req: ProfileRequest, tick: Tick) -> Profile:
         attention="fused", provenance=_provenance(req), blocks=measured["blocks"],
         embedding=measured["embedding"], head=measured["head"],
         optimizer_s_per_param=per_param, optimizer_num_params=num_params,
-        collectives=collectives, p2p=p2p, d2h=d2h, h2d=h2d, fixed_memory_bytes=fixed)
+        collectives=collectives, p2p=p2p, d2h=d2h, h2d=h2d, host=host, host_step_s=host_step_s,
+        fixed_memory_bytes=fixed)
+
+
+def dist_busy() -> bool:
+    """A process group is already up in this process (a test's): the host work, which
+    needs one of its own, is not measured."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
 
 
 def _provenance(req: ProfileRequest) -> Provenance:

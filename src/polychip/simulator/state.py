@@ -65,7 +65,10 @@ class Prog:
                     self.stage == self.num_stages - 1 and a.chunk == v - 1,
                     st.recompute,
                 )
-            times = self._times[a.chunk] = (t.fwd_s, t.bwd_s)
+            # the runtime's host work per micro-batch (reading it: before its forward)
+            host = cm.host_times(cm.chip(self.rep.stages[self.stage].chip),
+                                 self.rep.micro_batch_size)[0] / v
+            times = self._times[a.chunk] = (t.fwd_s + host, t.bwd_s)
         return times[0] if a.op is Op.FORWARD else times[1]
 
     def mem_step(self, t: float, delta: int) -> None:

@@ -3,9 +3,10 @@
 A profile holds what `polychip profile` measured on one chip type for one model shape, one
 precision and one attention kernel: forward and backward seconds of one transformer block,
 of the embedding and of the head + loss per (TP degree, micro-batch, sequence length), the
-bytes a block keeps for its backward, the optimizer's seconds per parameter, collectives,
-point-to-point transfers and device <-> host copies by message size, and per-phase
-`corrections` (factors a later calibration writes). Everything is in SI units (seconds,
+bytes each part keeps for its backward, the optimizer's seconds per parameter, the runtime's
+host work per micro-batch and per step, collectives, point-to-point transfers and device <->
+host copies by message size, the memory in use outside the job's tensors, and per-phase
+`corrections` (factors `polychip calibrate` writes). Everything is in SI units (seconds,
 bytes). A user can write one by hand; `spec.profile_file` reads and validates the file.
 """
 
@@ -41,7 +42,7 @@ class PassPoint:
     fwd_s: float
     bwd_s: float
     recompute_bwd_s: float | None = None  # block: backward with its forward recomputed
-    activation_bytes: int | None = None  # block: bytes kept for the backward
+    activation_bytes: int | None = None  # bytes kept for the backward (parameters excluded)
     peak_bytes: int | None = None  # block: device allocator peak over fwd + bwd
 
     @property
@@ -78,9 +79,26 @@ class TransferPoint:
 
 
 @dataclass(frozen=True)
+class HostPoint:
+    """The runtime's host work per micro-batch of `micro_batch` sequences of `seq_len` tokens,
+    outside its timed phases (reading the micro-batch, Python between the actions): what a
+    run's metrics count as `idle_s`."""
+
+    micro_batch: int
+    seq_len: int
+    seconds: float
+
+    @property
+    def tokens(self) -> int:
+        return self.micro_batch * self.seq_len
+
+
+@dataclass(frozen=True)
 class Corrections:
-    """Factors on the cost model's phases for this chip (1.0: none), written by calibration:
-    compute (forward + backward), p2p (pipeline transfers), grad_sync, optimizer."""
+    """Factors on the cost model's phases for this chip (1.0: none), written by
+    `polychip calibrate`: each the ratio measured / estimated of the phase it multiplies --
+    compute (forward + backward), p2p (pipeline transfers), grad_sync (the data-parallel
+    gradient sync), optimizer."""
 
     compute: float = 1.0
     p2p: float = 1.0
@@ -143,7 +161,9 @@ class Profile:
     p2p: tuple[TransferPoint, ...] = ()
     d2h: tuple[TransferPoint, ...] = ()
     h2d: tuple[TransferPoint, ...] = ()
-    fixed_memory_bytes: int | None = None  # runtime context outside the allocator
+    host: tuple[HostPoint, ...] = ()  # the runtime's host work per micro-batch
+    host_step_s: float | None = None  # ... and per step (zeroing gradients, completing sends)
+    fixed_memory_bytes: int | None = None  # in use outside the job's tensors (context)
     corrections: Corrections = Corrections()
     file: str | None = field(default=None, compare=False)  # where it was read from
 

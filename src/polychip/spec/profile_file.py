@@ -19,6 +19,7 @@ from polychip.spec.profile import (
     PROFILE_SCHEMA_VERSION,
     CollectivePoint,
     Corrections,
+    HostPoint,
     ModelShape,
     PassPoint,
     Profile,
@@ -48,12 +49,23 @@ class _Pass(_In):
     seq_len: int = _count()
     fwd_s: float = _positive()
     bwd_s: float = _positive()
+    activation_bytes: int | None = Field(default=None, ge=0)
 
 
 class _Block(_Pass):
     recompute_bwd_s: float | None = _positive(None)
-    activation_bytes: int | None = Field(default=None, ge=0)
     peak_bytes: int | None = Field(default=None, ge=0)
+
+
+class _HostPoint(_In):
+    micro_batch: int = _count()
+    seq_len: int = _count()
+    seconds: float = Field(ge=0)
+
+
+class _Host(_In):
+    step_s: float | None = Field(default=None, ge=0)
+    micro_batches: list[_HostPoint] = Field(default_factory=list)
 
 
 class _Collective(_In):
@@ -123,6 +135,7 @@ class _ProfileIn(_In):
     collectives: list[_Collective] = Field(default_factory=list)
     p2p: list[_Transfer] = Field(default_factory=list)
     host_copy: _HostCopy = _HostCopy()
+    host: _Host = _Host()
     fixed_memory_bytes: int | None = Field(default=None, ge=0)
     corrections: _Corrections = _Corrections()
 
@@ -163,6 +176,18 @@ def _points(raw: list[_Pass], section: str, file: str) -> tuple[PassPoint, ...]:
     return tuple(out)
 
 
+def _host_points(raw: list[_HostPoint], file: str) -> tuple[HostPoint, ...]:
+    seen: dict[tuple[int, int], int] = {}
+    for i, p in enumerate(raw):
+        key = (p.micro_batch, p.seq_len)
+        if key in seen:
+            raise SpecError(f"micro_batch {p.micro_batch}, seq_len {p.seq_len} is already "
+                            f"host.micro_batches[{seen[key]}]; keep one figure per point "
+                            f"(remove one; {DOC})", file=file, key=f"host.micro_batches[{i}]")
+        seen[key] = i
+    return tuple(HostPoint(**p.model_dump()) for p in raw)
+
+
 def profile_from_dict(data: Any, file: str) -> Profile:
     if not isinstance(data, dict) or data.get("kind") != PROFILE_KIND:
         raise SpecError(f"not a polychip profile (no `kind: {PROFILE_KIND}`); make one with "
@@ -191,6 +216,8 @@ def profile_from_dict(data: Any, file: str) -> Profile:
         p2p=tuple(TransferPoint(**t.model_dump()) for t in raw.p2p),
         d2h=tuple(TransferPoint(**t.model_dump()) for t in raw.host_copy.d2h),
         h2d=tuple(TransferPoint(**t.model_dump()) for t in raw.host_copy.h2d),
+        host=_host_points(raw.host.micro_batches, file),
+        host_step_s=raw.host.step_s,
         fixed_memory_bytes=raw.fixed_memory_bytes,
         corrections=Corrections(**raw.corrections.model_dump()),
         file=file,
@@ -198,13 +225,13 @@ def profile_from_dict(data: Any, file: str) -> Profile:
 
 
 def profile_to_dict(profile: Profile) -> dict[str, Any]:
-    block_keys = ("recompute_bwd_s", "activation_bytes", "peak_bytes")
+    block_keys = ("recompute_bwd_s", "peak_bytes")
 
     def passes(points: tuple[PassPoint, ...], block: bool) -> list[dict[str, Any]]:
         rows = [asdict(p) for p in points]
         for row in rows:
-            for k in block_keys:
-                if not block or row[k] is None:
+            for k in (*block_keys, "activation_bytes"):
+                if row[k] is None or (not block and k in block_keys):
                     del row[k]
         return rows
 
@@ -223,6 +250,8 @@ def profile_to_dict(profile: Profile) -> dict[str, Any]:
         "p2p": [asdict(t) for t in profile.p2p],
         "host_copy": {"d2h": [asdict(t) for t in profile.d2h],
                       "h2d": [asdict(t) for t in profile.h2d]},
+        "host": {"step_s": profile.host_step_s,
+                 "micro_batches": [asdict(h) for h in profile.host]},
         "fixed_memory_bytes": profile.fixed_memory_bytes,
         "corrections": asdict(profile.corrections),
     }
@@ -233,6 +262,7 @@ def profile_to_dict(profile: Profile) -> dict[str, Any]:
 
 
 def save_profile(profile: Profile, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(profile_to_dict(profile), indent=1) + "\n")
 
 
