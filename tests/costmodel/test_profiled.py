@@ -221,3 +221,27 @@ def test_the_grad_sync_correction_scales_the_gradient_sync(tmp_path: Path) -> No
     mixed = (reps[0], Replica((Stage(0, 4, 1, (0,), "cpu-slow"),), 4, 4))
     assert cm.dp_sync_time_s(mixed) == pytest.approx(3 * plain.dp_sync_time_s(mixed))
     assert cm.evaluate(reps).dp_sync_s == pytest.approx(cm.dp_sync_time_s(reps))
+
+
+def test_a_data_parallel_sync_inside_a_profiled_node_takes_the_measured_collectives(
+        tmp_path: Path) -> None:
+    """Two single-stage replicas on one node of a profiled chip: each segment's all-reduce
+    lasts what the profile measured for that tensor size (interpolated), labelled measured;
+    the same replicas across two nodes keep the analytic figure."""
+    cm = _cm(tmp_path)
+    reps = tuple(Replica((Stage(0, 4, 0, (s,), "cpu-fast"),), 4, 4) for s in (0, 1))
+    plan = Plan(CLUSTER, TINY, JOB, reps)
+
+    def measured_s(n_bytes: float) -> float:  # the profile's two points, linear between
+        return 1e-4 + (n_bytes - 1e3) / (1e6 - 1e3) * (1e-3 - 1e-4)
+
+    segments = [seg for seg in grad_segments(plan)]
+    want = sum(measured_s(JOB.reduce_bytes * seg.num_params(TINY)) for seg in segments)
+    assert all(1e3 <= JOB.reduce_bytes * seg.num_params(TINY) <= 1e6 for seg in segments)
+    assert cm.dp_sync_time_s(reps, overlap=False) == pytest.approx(want, rel=1e-9)
+    for seg in segments:
+        assert cm.segment_sync_time_s(reps, seg) == pytest.approx(
+            measured_s(JOB.reduce_bytes * seg.num_params(TINY)), rel=1e-9)
+    assert cm.evaluate(reps).to_estimate(reps, cm).sources["grad_sync"] == "measured"
+    apart = (reps[0], Replica((Stage(0, 4, 1, (0,), "cpu-slow"),), 4, 4))
+    assert cm.evaluate(apart).to_estimate(apart, cm).sources["grad_sync"] == "analytic"

@@ -70,17 +70,36 @@ def collective_hops(cm: CostModel, coll: Collective, where: Where, n_bytes: floa
             sent = float(step.sent(g)) * n_bytes
             copy = 2 * float(g.size) * n_bytes / host if step.link == BRIDGE else 0.0
             steps = step.latencies(g)
+            measured = _measured_ring_bw(cm, step, g.ranks, where, float(g.size) * n_bytes)
             for a, b in zip(ring, ring[1:] + ring[:1], strict=True):
                 na, nb = where[a][0], where[b][0]
                 link = links.get((na, nb))
                 if link is None:
                     link = links[(na, nb)] = (*cm.link(na, nb), cm.nic_bw(na), cm.nic_bw(nb))
                 kind, bw, lat, nic_a, nic_b = link
+                if measured is not None:  # the node's collective as a profile measured it
+                    bw, lat = measured, 0.0
                 sides = ((("out", a), bw), (("in", b), bw)) if na == nb else (
                     (("tx", na), nic_a), (("rx", nb), nic_b))
                 hops.append(Hop(a, b, na, nb, kind, sent, bw, steps * lat, copy, sides))
         out.append(hops)
     return out
+
+
+def _measured_ring_bw(cm: CostModel, step: Step, ranks: Sequence[int], where: Where,
+                      n_bytes: float) -> float | None:
+    """A ring inside one node of one chip type whose collective (`step.op` over these ranks,
+    on a tensor of `n_bytes`) a profile measured: each hop's bandwidth that makes the ring
+    last the measured time (its latency included), else None (the link's figures)."""
+    places = {where[r] for r in ranks}
+    if cm.profile is None or len(places) != 1 or len(ranks) < 2:
+        return None
+    (_, chip), = places
+    seconds = cm.profile.collective_s(chip, step.op, len(ranks), n_bytes)
+    if seconds is None or seconds <= 0:
+        return None
+    factor = 2 if step.op == "all_reduce" else 1
+    return factor * (len(ranks) - 1) / len(ranks) * n_bytes / seconds
 
 
 def step_rates(hops: Sequence[Hop]) -> list[float]:

@@ -23,6 +23,7 @@ from polychip.costmodel.measured import (
 )
 from polychip.costmodel.tpcomm import tp_collective_s
 from polychip.plan.plan import Replica
+from polychip.plan.segments import segments_of
 from polychip.spec.accelerators import Accelerator
 from polychip.spec.profile import Corrections
 
@@ -165,5 +166,18 @@ def figure_sources(cm: CostModel, replicas: tuple[Replica, ...]) -> dict[str, st
                 same = st.node == nxt.node
                 mark("p2p", same and intra_node_link(cm, st.chip) is not None)
     if len(replicas) > 1:
-        mark("grad_sync", False)
+        mark("grad_sync", _sync_measured(cm, replicas))
     return {f: label(uses[f]) for f in FIGURES if uses.get(f)}
+
+
+def _sync_measured(cm: CostModel, replicas: tuple[Replica, ...]) -> bool:
+    """Whether the gradient sync is priced from measured collectives: every rank on one node
+    of one chip type whose profile has the all-reduce (gradsync prices such a ring from it)."""
+    places = {(st.node, st.chip) for r in replicas for st in r.stages}
+    if cm.profile is None or len(places) != 1:
+        return False
+    (_, chip), = places
+    sizes = [cm.job.reduce_bytes * seg.num_params(cm.model)
+             for seg in segments_of(replicas, cm.model) if len(seg.holders) > 1]
+    return all(cm.profile.collective_s(chip, "all_reduce", len(replicas), n) is not None
+               for n in sizes)
