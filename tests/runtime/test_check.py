@@ -18,7 +18,6 @@ from polychip.plan.capabilities import Capabilities
 from polychip.runtime.errors import RuntimeSetupError
 from polychip.runtime.executable import (
     check_executable,
-    enforced_capabilities,
     executable_problems,
 )
 from polychip.runtime.topology import rank_roles
@@ -73,21 +72,16 @@ def test_roles_are_refused_before_any_group_by_the_table_given() -> None:
     assert len(rank_roles(plan, emulate=True, caps=WIDE)) == 4
 
 
-def test_the_switch_enforces_the_job_features_only_when_turned_on(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_runtime_refuses_by_its_own_table(monkeypatch: pytest.MonkeyPatch) -> None:
     plan = hybrid_plan()
-    monkeypatch.setattr(capabilities, "RUNTIME", NARROW)
+    rank_roles(plan, emulate=True)  # the job's defaults are what the runtime executes
     monkeypatch.setattr(executable, "RUNTIME", NARROW)
-    monkeypatch.setattr(executable, "ENFORCE_JOB_CAPABILITIES", False)
-    rank_roles(plan, emulate=True)  # the job's features are let through ...
+    with pytest.raises(RuntimeSetupError, match=r"job\.precision = bf16"):
+        rank_roles(plan, emulate=True)
     gelu_model = dataclasses.replace(TINY4, mlp="gelu", activation="gelu")
     gelu = dataclasses.replace(plan, model=gelu_model)
     with pytest.raises(RuntimeSetupError, match=r"model\.mlp = gelu"):
-        rank_roles(gelu, emulate=True)  # ... what the runtime cannot run at all is not
-    monkeypatch.setattr(executable, "ENFORCE_JOB_CAPABILITIES", True)
-    assert enforced_capabilities() is NARROW
-    with pytest.raises(RuntimeSetupError, match=r"job\.precision = bf16"):
-        rank_roles(plan, emulate=True)
+        rank_roles(gelu, emulate=True)
 
 
 @pytest.fixture
