@@ -24,17 +24,18 @@ import torch
 import torch.distributed as dist
 
 from polychip.plan.collectives import Collective, Group, Op
+from polychip.runtime import distcalls
 from polychip.runtime.errors import RuntimeSetupError
 
 AllReduce = Callable[[torch.Tensor], None]
 """An in-place SUM all-reduce of one tensor over the data-parallel ranks."""
 
-# The calls a description's steps make (`reduce_scatter_single` / `all_gather_single` are the
-# names from torch 2.13 on); `polychip.runtime.commcount` wraps them to count their bytes.
+# The calls a description's steps make (`distcalls`: either torch's names);
+# `polychip.runtime.commcount` wraps them to count their bytes.
 CALLS: dict[str, Callable[..., dist.Work | None]] = {
     "all_reduce": dist.all_reduce,
-    "reduce_scatter": getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor,
-    "all_gather": getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor,
+    "reduce_scatter": distcalls.reduce_scatter_single,
+    "all_gather": distcalls.all_gather_single,
 }
 
 

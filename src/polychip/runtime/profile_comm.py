@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from polychip.runtime import distcalls
 from polychip.runtime.profile_timing import Timing, synchronize, time_call
 from polychip.spec.profile import CollectivePoint, TransferPoint
 
@@ -101,9 +102,7 @@ def _time_collective(op: str, size: int, g: int, group, device: torch.device,
     numel = _rounded(size, g) // ELEMENT_BYTES
     full = torch.ones(numel, device=device)
     part = torch.ones(numel // g, device=device)
-    # torch 2.13 renamed the tensor forms (`*_single`); older versions have the old names
-    all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+    all_gather, reduce_scatter = distcalls.all_gather_single, distcalls.reduce_scatter_single
 
     samples = []
     for i in range(timing.warmup + timing.repeats):

@@ -29,9 +29,9 @@ with a plain split backward (each rank computes the whole head, so its gradient 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
+from polychip.runtime import distcalls
 from polychip.runtime.tensor_parallel import TensorParallel
 
 
@@ -39,7 +39,7 @@ def _all_gather_seq(x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
     """[b, s/t, h] on each rank -> [b, s, h], the ranks' parts in rank order."""
     x = x.contiguous()
     out = torch.empty((tp.size * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
-    dist.all_gather_single(out, x, group=tp.group)  # type: ignore[arg-type]
+    distcalls.all_gather_single(out, x, group=tp.group)  # type: ignore[arg-type]
     parts = out.view(tp.size, *x.shape)  # [t, b, s/t, h]
     return parts.transpose(0, 1).reshape(x.shape[0], -1, *x.shape[2:])
 
@@ -49,7 +49,7 @@ def _reduce_scatter_seq(x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
     local = tp.local_seq_len(x.shape[1])
     parts = x.reshape(x.shape[0], tp.size, local, *x.shape[2:]).transpose(0, 1).contiguous()
     out = torch.empty_like(parts[0])
-    dist.reduce_scatter_single(out, parts.flatten(0, 1), group=tp.group)  # type: ignore[arg-type]
+    distcalls.reduce_scatter_single(out, parts.flatten(0, 1), group=tp.group)  # type: ignore[arg-type]
     return out
 
 
