@@ -41,7 +41,7 @@ def _cuda_cpu_worker(rank: int, world_size: int, plan: Plan) -> None:
     assert records[0].memory_kind == ("device-allocator" if rank == 0 else "cpu-tensors")
     held = sum(t.numel() * t.element_size() for t in (
         *trainer.model.parameters(), trainer.grads.buffer,
-        *(v for st in trainer.optimizer.state.values() for v in st.values()
+        *(v for st in trainer.optimizer.inner.state.values() for v in st.values()
           if isinstance(v, torch.Tensor))))
     assert records[-1].peak_memory_bytes >= held  # the allocator's peak: at least these
 
