@@ -52,8 +52,9 @@ def test_per_token_time_falls_as_the_micro_batch_grows() -> None:
     # GPT-2 medium, 1024 tokens per sequence, fp16. At micro-batch 1 the largest GEMM
     # (tokens x 4096 x 1024) is 8 x 32 = 256 tiles: 4 waves of 80 V100 SMs (0.80 full), 3 of
     # 108 A100 SMs (0.79); at 8 it is 2048 tiles (0.98, 0.998); and most elementwise kernels
-    # of micro-batch 1 last less than their launch. Measured runs got up to 2x faster per
-    # token: the model must gain at least the waves' share and, launches amortised, < 3x.
+    # of micro-batch 1 last less than their launch. The model must gain at least the waves'
+    # share and at most 8x (all of micro-batch 1 issue-bound, micro-batch 8 paying the same
+    # issue once); measured on an H200 (tests below), TinyLlama's block gained 3.3x.
     for chip, units in (("v100", 80), ("a100", 108)):
         t = [_per_token(chip, GPT2M, mb, precision="fp16") for mb in (1, 2, 4, 8)]
         assert t[0] > t[1] > t[2] > t[3], chip
@@ -61,7 +62,7 @@ def test_per_token_time_falls_as_the_micro_batch_grows() -> None:
         def fill(tiles: int, units: int = units) -> float:
             return tiles / (-(-tiles // units) * units)
 
-        assert fill(2048) / fill(256) < t[0] / t[3] < 3.0, (chip, t[0] / t[3])
+        assert fill(2048) / fill(256) < t[0] / t[3] < 8.0, (chip, t[0] / t[3])
 
 
 def test_fp32_is_slower_than_tf32_slower_than_bf16_on_a100() -> None:
@@ -81,14 +82,15 @@ def test_eager_attention_is_slower_than_fused() -> None:
 def test_tp_without_peer_to_peer_does_not_pay_off_for_a_small_model() -> None:
     # GPT-2 medium, micro-batch 8: each of the block's four (two each way) all-reduces moves
     # 8 x 1024 x 1024 x 2 bytes. Through host memory (RTX 4090, 15 GB/s) they cost more than
-    # TP saves; over A100 NVLink (210 GB/s) they cost a sixth of the compute TP halves.
+    # TP saves; over A100 NVLink (210 GB/s) they cost a sixth of the compute TP halves (not
+    # 2x either way: the kernels whose issue outlasts their work do not shrink with TP).
     def speedup(chip: str, tp: int) -> float:
         return _per_token(chip, GPT2M, 8, 1, precision="fp16") / _per_token(
             chip, GPT2M, 8, tp, precision="fp16"
         )
 
     assert speedup("rtx4090", 2) < 1.0
-    assert speedup("a100", 2) > 1.4
+    assert speedup("a100", 2) > 1.25
     assert speedup("a100", 4) > speedup("a100", 2)
 
 

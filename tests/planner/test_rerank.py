@@ -69,19 +69,19 @@ def test_analytic_favourite_is_what_plan_job_picks(case, found) -> None:
 
 
 def test_reranking_changes_the_pick_where_a_middle_stage_shares_its_nic() -> None:
-    """Four H20 on one node and two H800 on two nodes behind 15 Gbit/s NICs. The cost
+    """Four H20 on one node and two H800 on two nodes behind 12 Gbit/s NICs. The cost
     model's favourite is one pipeline h800 -> h800 -> h20 -> h20 (2 + 4 + 1 + 1 layers, the
     H20 stages TP 2): its closed form gives each boundary a whole NIC, but the second H800's
     NIC carries both of its boundaries (activations in from the first H800, gradients in
-    from the H20 node), and with stages of 14, 27, 16 and 32 ms there is no slack to hide two
-    18 ms transfers per micro-batch. Replayed, it is >10 % slower; a candidate that leaves
+    from the H20 node), and with stages of 17, 33, 18 and 35 ms there is no slack to hide two
+    22 ms transfers per micro-batch. Replayed, it is >10 % slower; a candidate that leaves
     slack wins."""
     cluster = cluster_from_dict(
         {
             "name": "shared-nic",
             "nodes": [
                 {"chip": "h20", "count": 1, "chips_per_node": 4, "nic_gbps": 100},
-                {"chip": "h800", "count": 2, "chips_per_node": 1, "nic_gbps": 15},
+                {"chip": "h800", "count": 2, "chips_per_node": 1, "nic_gbps": 12},
             ],
             "network": {"kind": "roce", "latency_us": 10},
         }

@@ -31,14 +31,18 @@ MEMORY_EFFICIENCY = 0.83
 900 GB/s on V100 (Jia et al., *Dissecting the NVIDIA Volta GPU Architecture via
 Microbenchmarking*, 2018)."""
 
-LAUNCH_S = {"cpu": 7.0e-6, "cuda": 10.0e-6}
-"""Seconds eager PyTorch spends issuing one kernel. cpu: measured on the project's 2-core CI
-machine with benchmarks/dispatch.py -- the runtime's block, forward + backward with gradients
-accumulating, at negligible size: 107 compute kernels in 0.735 ms, 6.9 µs each (torch 2.13,
-one thread). cuda: that framework time plus ~3 µs for cudaLaunchKernel itself (NVIDIA,
-*Getting Started with CUDA Graphs*, 2019: launch overheads of a few µs). Other accelerator
-types take the cuda figure (an assumption: their eager stacks are no lighter). A profile
-replaces it."""
+LAUNCH_S = {"cpu": 7.0e-6, "cuda": 38.0e-6}
+"""Seconds eager PyTorch spends issuing one kernel (Python, autograd, dispatch, the launch).
+cpu: measured on the project's 2-core CI machine with benchmarks/dispatch.py -- the runtime's
+block, forward + backward with gradients accumulating, at negligible size: 107 compute kernels
+in 0.735 ms, 6.9 µs each (torch 2.13, one thread). cuda: measured on a lent H200 host (a
+Firecracker VM, torch 2.11+cu130) with `polychip profile` (benchmarks/RESULTS-gpu.md): the
+runtime's TinyLlama-1.1B block at micro-batch 2 x 2048 tokens is issue-bound -- forward
+1.93 ms, backward 2.61 ms (micro-batch 1 takes as long) for the 38 + 80 kernels `blocks.py`
+lists: 38 µs each (a bare-metal host issues faster; a profile of the node replaces it). Other
+accelerator types take the cuda figure (an assumption: their eager stacks are no lighter)."""
+
+FP32_PRECISIONS = ("fp32", "tf32")
 
 SYNCHRONOUS_DEVICES = frozenset({"cpu"})
 """Devices whose kernels run in the issuing thread: launch and work add. An accelerator runs
@@ -119,7 +123,10 @@ def flash_attention_s(
     (sequence, head) -- 2 forward (QK^T, PV), 5 backward (QK^T again, dV, dP, dQ, dK) --
     only the lower triangle when causal. Thread blocks own a tile of query rows
     (`GEMM_TILE[0]`) and sweep the keys, so waves are of (sequence, head, row-tile) blocks."""
-    rate = chip.peak_flops(precision) * chip.compute_efficiency
+    # flash kernels take 16-bit operands; in fp32 (and tf32) SDPA runs its memory-efficient
+    # kernel on the CUDA cores: the fp32 rate, not the TF32 matrix units'
+    prec = "fp32" if precision in FP32_PRECISIONS else precision
+    rate = chip.peak_flops(prec) * chip.compute_efficiency
     tiled = chip.compute_units is not None
     rows = GEMM_TILE[0] if tiled else seq_len  # query rows per thread block
     # keys a row sweeps on average: all of them, or under the causal mask the triangle
