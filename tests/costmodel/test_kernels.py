@@ -3,6 +3,7 @@ streams and launch costs (costmodel/kernels.py), and TP collectives (costmodel/t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -105,8 +106,10 @@ def test_launches_bound_small_kernels() -> None:
     assert with_launches(A100, 1e-3, 1) == 1e-3
     assert with_launches(A100, 3 * issue, 4) == 4 * issue  # split evenly, each launch-bound
     # On the CPU the kernel runs in the issuing thread: they add.
-    cpu = lookup("cpu-slow")
+    fictional = lookup("cpu-slow")  # the emulation's test chip issues for free (its figure)
+    cpu = dataclasses.replace(fictional, kernel_launch_s=None)  # the device type's figure
     assert with_launches(cpu, 1e-3, 2) == pytest.approx(1e-3 + 2 * LAUNCH_S["cpu"])
+    assert with_launches(fictional, 1e-3, 2) == 1e-3
 
 
 @pytest.mark.parametrize("tp", [2, 4, 8])

@@ -51,6 +51,10 @@ longer of the two."""
 
 
 def launch_s(chip: Accelerator) -> float:
+    """The chip's own figure (catalog or cluster file `kernel_launch_us`), else its device
+    type's."""
+    if chip.kernel_launch_s is not None:
+        return chip.kernel_launch_s
     return LAUNCH_S.get(chip.device_type, LAUNCH_S["cuda"])
 
 

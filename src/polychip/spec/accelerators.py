@@ -32,6 +32,7 @@ FIGURE_KEYS = (
     "compute_units",
     "peer_to_peer",
     "link_efficiency",
+    "kernel_launch_us",
 )
 # Stated defaults for a chip (inline, or a catalog entry) without the figure: each a planning
 # assumption, confidence low, listed in docs/accelerators.md with its reason.
@@ -89,6 +90,9 @@ class Accelerator:
     compute_units: int | None = None  # SMs / CUs the GEMM tiles are spread over
     peer_to_peer: bool = True  # chips of a node exchange directly, not through host memory
     link_efficiency: float = 0.7  # ring-collective bus bandwidth / one-way link figure
+    # seconds eager PyTorch spends issuing one kernel on this chip's host (None: the device
+    # type's default, costmodel/kernels.LAUNCH_S)
+    kernel_launch_s: float | None = None
     figures: Mapping[str, Figure] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -214,7 +218,7 @@ def build_accelerator(
     for k, (value, source) in DEFAULT_FIGURES.items():
         if opt(k) is None:
             figs[k] = Figure(value, source, "low")
-    units = opt("compute_units")
+    units, launch = opt("compute_units"), opt("kernel_launch_us")
     return Accelerator(
         name=name,
         display_name=str(entry.get("display_name", name)),
@@ -234,6 +238,7 @@ def build_accelerator(
         compute_units=None if units is None else int(units),
         peer_to_peer=bool(figs["peer_to_peer"].value),
         link_efficiency=need("link_efficiency"),
+        kernel_launch_s=None if launch is None else launch * 1e-6,
         figures=figs,
     )
 

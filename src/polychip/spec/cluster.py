@@ -50,6 +50,7 @@ class ChipDecl(_Strict):
     compute_units: PositiveInt | None = None
     peer_to_peer: bool | None = None
     link_efficiency: float | None = Field(default=None, gt=0, le=1)
+    kernel_launch_us: float | None = Field(default=None, ge=0)
 
 
 class NodeDecl(_Strict):
@@ -261,6 +262,7 @@ def _chip_to_dict(chip: Accelerator) -> dict[str, Any]:
         "compute_units": chip.compute_units,
         "peer_to_peer": chip.peer_to_peer,
         "link_efficiency": chip.link_efficiency,
+        "kernel_launch_us": None if chip.kernel_launch_s is None else chip.kernel_launch_s * 1e6,
     }
 
 
