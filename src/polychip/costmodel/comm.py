@@ -25,7 +25,7 @@ def p2p_time_s(n_bytes: float, bw_bytes_per_s: float, latency_s: float) -> float
 
 
 def ring_allreduce_time_s(n_bytes: float, p: int, bw_bytes_per_s: float, latency_s: float) -> float:
-    """2(p-1)/p x n / bw + 2(p-1) x latency (REFERENCES.md)."""
+    """2(p-1)/p x n / bw + 2(p-1) x latency (Patarasuk & Yuan 2009; docs/references.md)."""
     if p <= 1 or n_bytes <= 0:
         return 0.0
     return 2 * (p - 1) / p * n_bytes / bw_bytes_per_s + 2 * (p - 1) * latency_s
