@@ -245,3 +245,16 @@ def test_a_data_parallel_sync_inside_a_profiled_node_takes_the_measured_collecti
     assert cm.evaluate(reps).to_estimate(reps, cm).sources["grad_sync"] == "measured"
     apart = (reps[0], Replica((Stage(0, 4, 1, (0,), "cpu-slow"),), 4, 4))
     assert cm.evaluate(apart).to_estimate(apart, cm).sources["grad_sync"] == "analytic"
+
+
+def test_a_measured_optimizer_step_has_a_fixed_part_and_a_part_per_parameter(
+        tmp_path: Path) -> None:
+    data = tiny_profile()
+    data["optimizer"] = {"seconds_per_param": 2e-9, "num_params": 200_000, "fixed_s": 3e-4}
+    cm = _cm(tmp_path, data)
+    rep = Replica((Stage(0, 4, 0, (0,), "cpu-fast"),), 4, 4)
+    params = 4 * TINY.layer_params + TINY.embedding_params + TINY.head_params
+    assert cm.stage_optimizer_time_s(rep, 0, 1) == pytest.approx(3e-4 + params * 2e-9)
+    assert cm.stage_optimizer_time_s(rep, 0, 2) == pytest.approx(3e-4 + params / 2 * 2e-9)
+    profile = load_profile(write(tmp_path, data))  # round trip through the file format
+    assert profile.optimizer_fixed_s == 3e-4

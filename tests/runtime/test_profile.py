@@ -91,3 +91,23 @@ def test_a_model_the_runtime_cannot_build_is_not_profiled(capsys) -> None:
     assert main(["profile", "--model", "gpt3-175b", "--quick"]) == 2
     err = capsys.readouterr().err
     assert "gelu MLP" in err and "write a profile by hand" in err
+
+
+def test_busy_neighbours_run_while_the_body_does_and_stop_after() -> None:
+    import multiprocessing
+
+    from polychip.runtime.profile_load import busy_neighbours
+
+    with busy_neighbours(1, TINY, torch.float32, micro_batch=1, seq_len=16):
+        children = multiprocessing.active_children()
+        assert len(children) == 1 and children[0].is_alive()
+    assert not any(c.is_alive() for c in children)
+
+
+def test_the_optimizer_is_timed_as_the_runtime_steps_it() -> None:
+    from polychip.runtime.profile import PartProfiler
+    from polychip.runtime.profile_timing import Timing
+
+    parts = PartProfiler(TINY, torch.device("cpu"), "bf16", Timing(1, 3), lambda what: None)
+    per_param, fixed_s, params = parts.optimizer(4 * TINY.layer_params, 1 << 20)
+    assert per_param > 0 and fixed_s >= 0 and params >= 4 * TINY.layer_params

@@ -42,6 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs; the median (default 5)")
     p.add_argument("--quick", action="store_true", help="a tiny grid (seconds on a CPU)")
+    p.add_argument("--busy-neighbours", type=int, default=0, metavar="N",
+                   help="CPU only: keep N other cores running the same block while timing, as "
+                        "the other ranks of a run on this host do (a CPU chip computes slower "
+                        "beside them; default 0)")
     p.add_argument("--out", help="profile file to write (default profile-CHIP.json)")
     p.set_defaults(func=run)
 
@@ -88,7 +92,9 @@ def _request(args: argparse.Namespace):
         seq_lens=_ints(args.seq_lens or grid["seq_lens"], "--seq-lens"),
         message_bytes=_ints(args.sizes or grid["sizes"], "--sizes"), collective_ranks=ranks,
         backend=args.backend or DEFAULT_BACKENDS.get(args.device, "gloo"),
-        timing=Timing(args.warmup, args.repeats))
+        timing=Timing(args.warmup, args.repeats), busy_neighbours=args.busy_neighbours)
+    if args.busy_neighbours < 0:
+        raise PolychipError(f"--busy-neighbours {args.busy_neighbours}: give 0 or more cores")
     return quick_request(req) if args.quick else req
 
 

@@ -35,8 +35,9 @@ def render_profile(console: Console, p: Profile, path: str) -> None:
                       f"{(h.fwd_s + h.bwd_s) * 1e3:.3f}")
     console.print(parts)
     if p.optimizer_s_per_param is not None:
-        console.print(f"optimizer (AdamW): {p.optimizer_s_per_param * 1e9:.3f} ns per parameter "
-                      f"(timed on {p.optimizer_num_params:,})")
+        console.print(f"optimizer (AdamW): {(p.optimizer_fixed_s or 0) * 1e3:.3f} ms per step + "
+                      f"{p.optimizer_s_per_param * 1e9:.3f} ns per parameter "
+                      f"(timed up to {p.optimizer_num_params:,})")
     links = Table(title="links: bus bandwidth GB/s by message size")
     for col in ("what", "ranks", *(_size(n) for n in sorted({c.message_bytes for c in
                                                                (*p.collectives, *p.p2p)}))):

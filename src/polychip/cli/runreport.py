@@ -26,10 +26,6 @@ def islands_line(plan: Plan, emulate: bool) -> str:
 
 
 FAR_FROM_ESTIMATE = 1.25  # a measured step this many times off the estimate (either way)
-ZERO1_NOTE = ("The plan shards optimizer state (ZeRO-1); this runtime keeps it replicated on "
-              "every rank for now: the same mathematics, more memory per device.")
-
-
 def emulation_note(summary: RunSummary) -> str:
     """Which figures are measured and which emulated, and how far to trust the emulation."""
     if not summary.emulated:
@@ -120,8 +116,6 @@ def print_train_summary(console: Console, plan: Plan, summary: RunSummary, *,
                                                      metrics_path)
     if gap:
         console.print(gap)
-    if plan.zero1:
-        console.print(ZERO1_NOTE)
 
 
 _MEMORY_KIND = {"cpu-tensors": "tensors counted", "device-allocator": "device allocator"}

@@ -55,6 +55,7 @@ class CostModel(StageMemory):
         # None: not bound, every chip of a node shares its NIC.
         self.chips_used: Mapping[int, int] | None = None
         self.sync_cache: dict[tuple, float] = {}  # gradsync.segment_sync_s
+        self._link_cache: dict[tuple[int, int], tuple[LinkKind, float, float]] = {}
 
     def under(self, replicas: Iterable[Replica]) -> CostModel:
         """This cost model for `replicas`: a chip's NIC share counts only the chips they use
@@ -163,8 +164,11 @@ class CostModel(StageMemory):
         """(kind, bandwidth bytes/s, latency s) between a stage on node_a and one on node_b:
         the cluster's measured link between their groups if declared, else the slower NIC;
         a profile's measured intra-node link where it has the figure (`profiled.link`)."""
-        return profiled.link(self, node_a, node_b,
-                             node_link(self.cluster, self.nodes, node_a, node_b))
+        hit = self._link_cache.get((node_a, node_b))
+        if hit is None:
+            hit = self._link_cache[(node_a, node_b)] = profiled.link(
+                self, node_a, node_b, node_link(self.cluster, self.nodes, node_a, node_b))
+        return hit
 
     def measured_link_bw(self, node_a: int, node_b: int) -> float | None:
         """The cluster's measured bandwidth between two nodes (None: the NICs decide)."""
@@ -241,16 +245,15 @@ class CostModel(StageMemory):
         )
 
     def stage_optimizer_time_s(self, replica: Replica, si: int, zero_shards: int) -> float:
-        """AdamW step of one device of stage `si` (memory bound, precision.adamw_step_bytes
-        per owned parameter)."""
+        """AdamW step of one device of stage `si`: a profile's measured step (a fixed part and
+        a part per owned parameter) where it has one, else memory bound
+        (precision.adamw_step_bytes per owned parameter)."""
         st = replica.stages[si]
         owned = stage_params(self.model, st.num_layers, si == 0, si == replica.num_stages - 1)
         owned /= st.tp * max(zero_shards, 1)
-        per_param = profiled.optimizer_s_per_param(self, st.chip)
-        if per_param is None:
+        seconds = profiled.optimizer_s(self, st.chip, owned)
+        if seconds is None:
             seconds = stream_s(self.chip(st.chip), owned * adamw_step_bytes(self.job))
-        else:
-            seconds = owned * per_param
         return seconds * profiled.corrections(self, st.chip).optimizer
 
     # ---- everything ----------------------------------------------------------------------

@@ -65,12 +65,11 @@ def collective_hops(cm: CostModel, coll: Collective, where: Where, n_bytes: floa
     out = []
     for step in coll.steps:
         hops = []
-        for g in step.groups:
+        for g, (sent_part, size, steps) in zip(step.groups, step.figures, strict=True):
             ring = sorted(g.ranks, key=lambda r: (where[r][0], r))
-            sent = float(step.sent(g)) * n_bytes
-            copy = 2 * float(g.size) * n_bytes / host if step.link == BRIDGE else 0.0
-            steps = step.latencies(g)
-            measured = _measured_ring_bw(cm, step, g.ranks, where, float(g.size) * n_bytes)
+            sent = sent_part * n_bytes
+            copy = 2 * size * n_bytes / host if step.link == BRIDGE else 0.0
+            measured = _measured_ring_bw(cm, step, g.ranks, where, size * n_bytes)
             for a, b in zip(ring, ring[1:] + ring[:1], strict=True):
                 na, nb = where[a][0], where[b][0]
                 link = links.get((na, nb))
@@ -143,9 +142,12 @@ def segment_sync_s(cm: CostModel, replicas: Sequence[Replica], seg: Segment,
     (ZeRO-1) its reduce-scatter plus the all-gather of the parameters in the compute dtype."""
     if len(seg.holders) <= 1:
         return 0.0
-    # the time depends only on where the holders are: plans under search repeat them
+    # the time depends only on how the holders sit: their nodes' order and groups (NICs,
+    # links), chips and TP degrees -- plans under search repeat that with other nodes
     stages = [replicas[ri].stages[si] for ri, si in seg.holders]
-    key = (seg.num_params(cm.model), zero1, tuple((st.node, st.chip, st.tp) for st in stages))
+    order = {n: i for i, n in enumerate(sorted({st.node for st in stages}))}
+    key = (seg.num_params(cm.model), zero1, tuple(
+        (order[st.node], cm.nodes[st.node].group.index, st.chip, st.tp) for st in stages))
     hit = cm.sync_cache.get(key)
     if hit is not None:
         return hit

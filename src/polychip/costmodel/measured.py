@@ -57,7 +57,10 @@ class ComputeProfile(Protocol):
         """Bytes the `embedding` or the `head` + loss keeps for its backward."""
         ...
 
-    def optimizer_s_per_param(self, chip: str) -> float | None: ...
+    def optimizer_s(self, chip: str, num_params: float) -> float | None:
+        """Seconds of one optimizer step over `num_params` parameters (a fixed part and a
+        part per parameter)."""
+        ...
 
     def host_s(self, chip: str, micro_batch: int, seq_len: int) -> tuple[float, float] | None:
         """(host seconds per micro-batch, per step) of the runtime outside its phases."""
@@ -91,7 +94,7 @@ class NoMeasurements:
                   ) -> float | None:
         return None
 
-    def optimizer_s_per_param(self, chip: str) -> float | None:
+    def optimizer_s(self, chip: str, num_params: float) -> float | None:
         return None
 
     def host_s(self, chip: str, micro_batch: int, seq_len: int) -> tuple[float, float] | None:
@@ -180,9 +183,11 @@ class ProfileSet:
         hit = at_point(points, tp, micro_batch, seq_len, _bytes)
         return None if hit is None else hit[0]
 
-    def optimizer_s_per_param(self, chip: str) -> float | None:
+    def optimizer_s(self, chip: str, num_params: float) -> float | None:
         p = self._of(chip)
-        return p and p.optimizer_s_per_param
+        if p is None or p.optimizer_s_per_param is None:
+            return None
+        return (p.optimizer_fixed_s or 0.0) + p.optimizer_s_per_param * num_params
 
     def host_s(self, chip: str, micro_batch: int, seq_len: int) -> tuple[float, float] | None:
         p = self._of(chip)

@@ -97,8 +97,9 @@ def end_bytes(cm: CostModel, chip: str, part: str, tp: int, micro_batch: int) ->
     return cm.profile.end_bytes(chip, part, tp, micro_batch, cm.job.seq_len)
 
 
-def optimizer_s_per_param(cm: CostModel, chip: str) -> float | None:
-    return cm.profile.optimizer_s_per_param(chip) if cm.profile else None
+def optimizer_s(cm: CostModel, chip: str, num_params: float) -> float | None:
+    """A measured optimizer step over `num_params` of the chip's parameters."""
+    return cm.profile.optimizer_s(chip, num_params) if cm.profile else None
 
 
 def host_s(cm: CostModel, chip: str, micro_batch: int) -> tuple[float, float] | None:
@@ -158,7 +159,7 @@ def figure_sources(cm: CostModel, replicas: tuple[Replica, ...]) -> dict[str, st
                 mark("embedding", part_times(cm, "embedding", chip, st.tp, mb) is not None)
             if si == r.num_stages - 1:
                 mark("head", part_times(cm, "head", chip, st.tp, mb) is not None)
-            mark("optimizer", optimizer_s_per_param(cm, st.chip) is not None)
+            mark("optimizer", optimizer_s(cm, st.chip, 1.0) is not None)
             mark("host", host_s(cm, st.chip, mb) is not None)
             mark("memory_reserve", fixed_memory_bytes(cm, st.chip) is not None)
             if si + 1 < r.num_stages:

@@ -89,6 +89,14 @@ class Step:
         p = len(group.ranks)
         return (2 if self.op == "all_reduce" else 1) * (p - 1)
 
+    @functools.cached_property
+    def figures(self) -> tuple[tuple[float, float, int], ...]:
+        """Per group, in floats for pricing: (what each rank sends, the group's part of the
+        buffer, ring latencies) -- `sent`, `size`, `latencies` (descriptions are cached, so
+        a cost model pricing thousands of plans computes these once)."""
+        return tuple((float(self.sent(g)), float(g.size), self.latencies(g))
+                     for g in self.groups)
+
 
 @dataclass(frozen=True)
 class Collective:

@@ -33,6 +33,7 @@ from polychip.runtime.profile_timing import (
     time_passes,
 )
 from polychip.runtime.tensor_parallel import TensorParallel
+from polychip.spec.job import TrainingJob
 from polychip.spec.model import ModelSpec
 from polychip.spec.profile import PassPoint
 
@@ -59,6 +60,7 @@ class PartProfiler:
                  timing: Timing, tick: Tick) -> None:
         self.spec = model
         self.device, self.dtype, self.timing, self.tick = device, DTYPES[precision], timing, tick
+        self.precision = precision
         self.generator = torch.Generator(device="cpu").manual_seed(0)
 
     @contextmanager
@@ -143,22 +145,39 @@ class PartProfiler:
                          activation_bytes=saved_bytes(lambda: loss_fn(stage(x), targets),
                                                       list(stage.parameters())))
 
-    def optimizer(self, min_params: int, max_params: int) -> tuple[float, int]:
-        """(seconds per parameter, parameters timed) of the runtime's AdamW step over copies
-        of one block's fp32 parameters (the master weights), at least `min_params`."""
-        from polychip.runtime.train import TrainConfig, make_optimizer
+    def optimizer(self, min_params: int, max_params: int) -> tuple[float, float, int]:
+        """(seconds per parameter, fixed seconds per step, parameters timed): the runtime's
+        own optimizer step (:class:`~polychip.runtime.optim.StageOptimizer` over a stage's
+        flat buffers, in the job's dtypes: master copies, casts, AdamW) over one block and
+        over enough blocks for at least `min_params`; the line through the two."""
+        per_block = self.spec.layer_params
+        wanted = max(2, min(-(-min_params // per_block), max_params // per_block))
+        big = min(wanted, self.spec.num_layers)  # a stage holds at most the model's blocks
+        p2, t2 = self._optimizer_step(big)
+        if big < 2:  # one size only: no fixed part to tell apart
+            self.tick(f"optimizer step over {p2:,} parameters")
+            return t2 / p2, 0.0, p2
+        p1, t1 = self._optimizer_step(1)
+        per_param = max((t2 - t1) / (p2 - p1), 0.0) or t2 / p2
+        self.tick(f"optimizer steps over {p1:,} and {p2:,} parameters")
+        return per_param, max(t1 - per_param * p1, 0.0), p2
 
-        shapes = [p.shape for p in self._stage(1, 1, False, False).parameters()]
-        per_block = sum(s.numel() for s in shapes)
-        copies = max(1, min(-(-min_params // per_block), max_params // per_block))
-        params = [torch.nn.Parameter(torch.zeros(s, device=self.device))
-                  for _ in range(copies) for s in shapes]
-        for p in params:
-            p.grad = torch.full_like(p, 1e-3)
-        opt = make_optimizer(TrainConfig(), params)
-        step_s = time_call(opt.step, self.device, self.timing)
-        self.tick(f"optimizer step over {copies * per_block:,} parameters")
-        return step_s / (copies * per_block), copies * per_block
+    def _optimizer_step(self, blocks: int) -> tuple[int, float]:
+        from polychip.runtime.data_parallel import StageGrads
+        from polychip.runtime.optim import StageOptimizer
+        from polychip.runtime.precision import precision_of
+        from polychip.runtime.train import TrainConfig
+
+        precision = precision_of(TrainingJob(1, 1, precision=self.precision))
+        stage = build_stage(self.spec, 0, blocks, device=self.device,
+                            dtype=precision.optimizer_dtype, has_embedding=False,
+                            has_head=False)
+        grads = StageGrads(stage, [], [], {}, has_loss=False, tp_size=1,
+                           param_dtype=precision.compute, grad_dtype=precision.grad)
+        grads.buffer.fill_(1e-3)
+        opt = StageOptimizer(grads, TrainConfig(), precision)
+        params = sum(p.numel() for p in stage.parameters())
+        return params, time_call(opt.step, self.device, self.timing)
 
 
 def parts_grid(tps: tuple[int, ...], micro_batches: tuple[int, ...],

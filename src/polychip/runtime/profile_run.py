@@ -20,9 +20,10 @@ from polychip import __version__
 from polychip.plan.capabilities import RUNTIME
 from polychip.runtime.devices import DEVICE_PACKAGES, device_unavailable
 from polychip.runtime.errors import RuntimeSetupError
-from polychip.runtime.profile import PartProfiler, Tick, measure_parts, parts_grid
+from polychip.runtime.profile import DTYPES, PartProfiler, Tick, measure_parts, parts_grid
 from polychip.runtime.profile_comm import measure_host_copies, measure_links
 from polychip.runtime.profile_host import measurable, measure_host
+from polychip.runtime.profile_load import busy_neighbours
 from polychip.runtime.profile_timing import Timing, matmul_precision
 from polychip.spec.accelerators import normalise, resolve_name
 from polychip.spec.model import ModelSpec
@@ -52,6 +53,7 @@ class ProfileRequest:
     backend: str  # collective backend (gloo on the CPU)
     timing: Timing = DEFAULT_TIMING
     cpu_threads: int | None = 1  # torch threads on the CPU (1: as each rank of a run)
+    busy_neighbours: int = 0  # CPU: other cores running the same block while it times
 
 
 def check_device(device_type: str) -> None:
@@ -172,14 +174,18 @@ def profile_chip(req: ProfileRequest, tick: Tick) -> Profile:
     if req.device_type == "cpu" and req.cpu_threads:
         torch.set_num_threads(req.cpu_threads)
     try:
-        with matmul_precision(req.precision):
+        neighbours = req.busy_neighbours if req.device_type == "cpu" else 0
+        load = busy_neighbours(neighbours, req.model, DTYPES[req.precision],
+                               max(req.micro_batches), max(req.seq_lens))
+        with load, matmul_precision(req.precision):
             parts = PartProfiler(req.model, device, req.precision, req.timing, tick)
             measured = measure_parts(parts, parts_grid(req.tps, req.micro_batches, req.seq_lens))
-            per_param, num_params = parts.optimizer(OPTIMIZER_MIN_PARAMS, OPTIMIZER_MAX_PARAMS)
-        host, host_step_s = (), None
-        if host_points(req) and not dist_busy():
-            host, host_step_s = measure_host(req.model, req.device_type, req.backend,
-                                             req.precision, host_points(req), tick)
+            per_param, fixed_s, num_params = parts.optimizer(OPTIMIZER_MIN_PARAMS,
+                                                             OPTIMIZER_MAX_PARAMS)
+            host, host_step_s = (), None
+            if host_points(req) and not dist_busy():
+                host, host_step_s = measure_host(req.model, req.device_type, req.backend,
+                                                 req.precision, host_points(req), tick)
         d2h, h2d = measure_host_copies(device, req.message_bytes, req.timing)
         tick("copies device <-> host")
         collectives, p2p = (), ()
@@ -197,6 +203,7 @@ def profile_chip(req: ProfileRequest, tick: Tick) -> Profile:
         attention="fused", provenance=_provenance(req), blocks=measured["blocks"],
         embedding=measured["embedding"], head=measured["head"],
         optimizer_s_per_param=per_param, optimizer_num_params=num_params,
+        optimizer_fixed_s=fixed_s,
         collectives=collectives, p2p=p2p, d2h=d2h, h2d=h2d, host=host, host_step_s=host_step_s,
         fixed_memory_bytes=fixed)
 
@@ -210,7 +217,8 @@ def dist_busy() -> bool:
 
 
 def _provenance(req: ProfileRequest) -> Provenance:
-    threads = (f"{req.cpu_threads} CPU thread(s) per chip, as each rank of `polychip train`; "
+    threads = (f"{req.cpu_threads} CPU thread(s) per chip, as each rank of `polychip train`, "
+               f"{req.busy_neighbours} other core(s) busy with the same block; "
                if req.device_type == "cpu" else "")
     return Provenance(
         device=device_name(req.device_type), device_type=req.device_type,

@@ -157,6 +157,7 @@ class Profile:
     head: tuple[PassPoint, ...] = ()
     optimizer_s_per_param: float | None = None
     optimizer_num_params: int | None = None  # how many parameters the step was timed on
+    optimizer_fixed_s: float | None = None  # seconds of a step whatever its size (None: 0)
     collectives: tuple[CollectivePoint, ...] = ()
     p2p: tuple[TransferPoint, ...] = ()
     d2h: tuple[TransferPoint, ...] = ()

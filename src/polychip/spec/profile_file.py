@@ -88,6 +88,7 @@ class _HostCopy(_In):
 class _Optimizer(_In):
     seconds_per_param: float = _positive()
     num_params: int | None = Field(default=None, ge=1)
+    fixed_s: float | None = Field(default=None, ge=0)
 
 
 class _Model(_In):
@@ -212,6 +213,7 @@ def profile_from_dict(data: Any, file: str) -> Profile:
         head=_points(raw.head, "head", file),
         optimizer_s_per_param=raw.optimizer.seconds_per_param if raw.optimizer else None,
         optimizer_num_params=raw.optimizer.num_params if raw.optimizer else None,
+        optimizer_fixed_s=raw.optimizer.fixed_s if raw.optimizer else None,
         collectives=tuple(CollectivePoint(**c.model_dump()) for c in raw.collectives),
         p2p=tuple(TransferPoint(**t.model_dump()) for t in raw.p2p),
         d2h=tuple(TransferPoint(**t.model_dump()) for t in raw.host_copy.d2h),
@@ -257,7 +259,8 @@ def profile_to_dict(profile: Profile) -> dict[str, Any]:
     }
     if profile.optimizer_s_per_param is not None:
         out["optimizer"] = {"seconds_per_param": profile.optimizer_s_per_param,
-                            "num_params": profile.optimizer_num_params}
+                            "num_params": profile.optimizer_num_params,
+                            "fixed_s": profile.optimizer_fixed_s}
     return out
 
 
