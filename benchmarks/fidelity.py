@@ -86,7 +86,7 @@ def plans(s: Setting) -> dict[str, Plan]:
 
 def profile_this_cpu(s: Setting) -> Profile:
     """`polychip profile --model M --chip this-cpu --tp 1 --seq-lens S --micro-batches B
-    --busy-neighbours 1` (the plans run two ranks on this host's two cores)."""
+    --repeats 15`."""
     from polychip.runtime.profile_comm import DEFAULT_BACKENDS
     from polychip.runtime.profile_run import ProfileRequest, profile_chip
     from polychip.runtime.profile_timing import Timing
@@ -96,7 +96,7 @@ def profile_this_cpu(s: Setting) -> Profile:
         model=load_model(s.model), device_type="cpu", chip=CHIP, precision="fp32", tps=(1,),
         micro_batches=(s.micro_batch,), seq_lens=(s.seq_len,), message_bytes=sizes,
         collective_ranks=2, backend=DEFAULT_BACKENDS["cpu"],
-        timing=Timing(1, 3) if s.quick else Timing(2, 5), busy_neighbours=1)
+        timing=Timing(1, 3) if s.quick else Timing(3, 15))
     return profile_chip(req, lambda what: None)
 
 

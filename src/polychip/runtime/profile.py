@@ -27,6 +27,7 @@ from polychip.runtime.memory import SavedTensors
 from polychip.runtime.model import build_stage, loss_fn
 from polychip.runtime.profile_timing import (
     Timing,
+    cache_flusher,
     peak_bytes,
     saved_bytes,
     time_call,
@@ -177,7 +178,9 @@ class PartProfiler:
         grads.buffer.fill_(1e-3)
         opt = StageOptimizer(grads, TrainConfig(), precision)
         params = sum(p.numel() for p in stage.parameters())
-        return params, time_call(opt.step, self.device, self.timing)
+        # in a step the optimizer follows the backward, which evicted its state: time it cold
+        flush = cache_flusher(self.device)
+        return params, time_call(opt.step, self.device, self.timing, before=flush)
 
 
 def parts_grid(tps: tuple[int, ...], micro_batches: tuple[int, ...],

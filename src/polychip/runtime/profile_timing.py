@@ -31,10 +31,13 @@ def _allocator(device: torch.device):
     return module if has else None
 
 
-def time_call(fn: Callable[[], object], device: torch.device, timing: Timing) -> float:
-    """Median seconds of `fn()`."""
+def time_call(fn: Callable[[], object], device: torch.device, timing: Timing,
+              before: Callable[[], object] | None = None) -> float:
+    """Median seconds of `fn()`; `before()`, untimed, ahead of each call."""
     samples = []
     for i in range(timing.warmup + timing.repeats):
+        if before is not None:
+            before()
         synchronize(device)
         start = time.perf_counter()
         fn()
@@ -102,3 +105,19 @@ def matmul_precision(precision: str) -> Iterator[None]:
         yield
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+CACHE_FLUSH_BYTES = 64 * 2**20
+"""More than the last-level cache of the CPUs and GPUs we run on (a 2-core VM's share of a
+Xeon's L3; an H100/H200's 50-60 MB L2): writing it leaves nothing of a step's state cached."""
+
+
+def cache_flusher(device: torch.device) -> Callable[[], None]:
+    """Evicts the caches, as a backward pass does before the optimizer step: writes a buffer
+    larger than the last-level cache."""
+    buffer = torch.empty(CACHE_FLUSH_BYTES // 4, dtype=torch.float32, device=device)
+
+    def flush() -> None:
+        buffer.fill_(1.0)
+
+    return flush
