@@ -37,13 +37,8 @@ __all__ = ["CostModel", "PlanCost"]
 
 
 class CostModel(StageMemory):
-    def __init__(
-        self,
-        cluster: Cluster,
-        model: ModelSpec,
-        job: TrainingJob,
-        profile: ComputeProfile | None = None,
-    ):
+    def __init__(self, cluster: Cluster, model: ModelSpec, job: TrainingJob,
+                 profile: ComputeProfile | None = None):
         self.cluster, self.model, self.job, self.profile = cluster, model, job, profile
         self.nodes = cluster.nodes
         self._chips = {c.name: c for c in cluster.chips()}

@@ -90,14 +90,7 @@ def search_plans(
     by the analytic cost model (plus each chip type's best alone) are replayed in the
     simulator and the plan with the most simulated tokens/s is chosen. The chosen plan's
     `estimate` stays analytic, like its baselines; a note gives the simulated figure."""
-    if simulate_top < 0:
-        raise PolychipError(f"simulate_top {simulate_top} must be >= 0 (0: no re-ranking)")
-    if schedule not in SCHEDULES:
-        raise PolychipError(
-            f"schedule {schedule!r} is not supported by the planner: use 1f1b or gpipe"
-        )
-    if max_stages is not None and max_stages < 1:
-        raise PolychipError(f"--max-stages {max_stages} must be >= 1")
+    _check_arguments(simulate_top, schedule, max_stages)
     model.check_seq_len(job.seq_len)
     job, limits = planner_job(job, capabilities)
     report = progress or (lambda f, m: None)
@@ -132,35 +125,7 @@ def search_plans(
     if best is None:
         raise infeasible_error(cm, scorer.builder, stages)
     report(done / steps, "baselines")
-    naive = naive_mixed(cm, schedule)
-    fitting = [(c, r) for c, r in alone.items() if r is not None]
-    single_chip, single = max(fitting, key=lambda cr: cr[1].tokens_per_s, default=(None, None))
-    per_type = {c: (r.tokens_per_s if r is not None else 0.0) for c, r in alone.items()}
-    baselines = {
-        "best_single_type": baseline_of(
-            "best_single_type",
-            "no chip type can train the model alone (only mixed plans fit memory)"
-            if single is None
-            else f"{single_chip} only: {describe_replicas(single.replicas)}",
-            None if single is None else single.cost,
-            per_chip_tokens_per_s=per_type,
-        ),
-        "naive_mixed": baseline_of(
-            "naive_mixed",
-            "all chips, even layers and batch: " + naive.layout
-            if naive is not None
-            else "no all-chip homogeneous layout (one TP x PP x DP, even split) fits memory",
-            None if naive is None else naive.cost,
-        ),
-    }
-    ideal = Baseline(
-        "ideal",
-        "sum over chip types of each type alone ("
-        + ", ".join(f"{c} {t:,.0f}" for c, t in per_type.items())
-        + " tokens/s)",
-        sum(per_type.values()),
-        per_chip_tokens_per_s=dict(per_type),
-    )
+    baselines, ideal = _baselines(cm, schedule, alone)
 
     def to_plan(scored: Scored) -> Plan:
         plan = Plan(
@@ -196,3 +161,50 @@ def search_plans(
     plan = replace(plan, notes=tuple(notes))
     report(1.0, "done")
     return PlanSearch(plan, tuple(ranking))
+
+
+def _check_arguments(simulate_top: int, schedule: str, max_stages: int | None) -> None:
+    if simulate_top < 0:
+        raise PolychipError(f"simulate_top {simulate_top} must be >= 0 (0: no re-ranking)")
+    if schedule not in SCHEDULES:
+        raise PolychipError(
+            f"schedule {schedule!r} is not supported by the planner: use 1f1b or gpipe"
+        )
+    if max_stages is not None and max_stages < 1:
+        raise PolychipError(f"--max-stages {max_stages} must be >= 1")
+
+
+def _baselines(cm: CostModel, schedule: str, alone: dict[str, Scored | None]
+               ) -> tuple[dict[str, Baseline], Baseline]:
+    """The best single-type plan, the naive mixed plan and the ideal (the sum over chip types
+    of each type's best plan alone), all priced by `cm`."""
+    naive = naive_mixed(cm, schedule)
+    fitting = [(c, r) for c, r in alone.items() if r is not None]
+    single_chip, single = max(fitting, key=lambda cr: cr[1].tokens_per_s, default=(None, None))
+    per_type = {c: (r.tokens_per_s if r is not None else 0.0) for c, r in alone.items()}
+    baselines = {
+        "best_single_type": baseline_of(
+            "best_single_type",
+            "no chip type can train the model alone (only mixed plans fit memory)"
+            if single is None
+            else f"{single_chip} only: {describe_replicas(single.replicas)}",
+            None if single is None else single.cost,
+            per_chip_tokens_per_s=per_type,
+        ),
+        "naive_mixed": baseline_of(
+            "naive_mixed",
+            "all chips, even layers and batch: " + naive.layout
+            if naive is not None
+            else "no all-chip homogeneous layout (one TP x PP x DP, even split) fits memory",
+            None if naive is None else naive.cost,
+        ),
+    }
+    ideal = Baseline(
+        "ideal",
+        "sum over chip types of each type alone ("
+        + ", ".join(f"{c} {t:,.0f}" for c, t in per_type.items())
+        + " tokens/s)",
+        sum(per_type.values()),
+        per_chip_tokens_per_s=dict(per_type),
+    )
+    return baselines, ideal
