@@ -17,6 +17,7 @@ from rich.console import Console
 from polychip.cli.runreport import print_train_summary
 
 if TYPE_CHECKING:
+    from polychip.plan import Plan
     from polychip.runtime.train import TrainConfig
 
 
@@ -52,6 +53,17 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                         "mixed precision with fp32 master weights for bf16/fp16)")
     p.add_argument("--timeout", type=float, default=120.0, metavar="S",
                    help="process-group timeout: a rank silent this long fails the run")
+    c = p.add_argument_group("checkpoints (layout-free: resume under any plan of the model)")
+    c.add_argument("--checkpoint-dir", metavar="DIR",
+                   help="save parameters and optimizer state here, at the end, every "
+                        "--save-every steps, and when stopped by Ctrl-C / SIGTERM")
+    c.add_argument("--save-every", type=int, default=0, metavar="K",
+                   help="save every K steps (default 0: only at the end or when stopped)")
+    c.add_argument("--keep", type=int, default=0, metavar="N",
+                   help="keep the N newest complete saves (default 0: all)")
+    c.add_argument("--resume", action="store_true",
+                   help="continue from the newest complete save in --checkpoint-dir (any "
+                        "plan of the same model); --steps is the total, counted from step 0")
 
 
 def train_config(args: argparse.Namespace, *, progress: bool) -> TrainConfig:
@@ -59,7 +71,9 @@ def train_config(args: argparse.Namespace, *, progress: bool) -> TrainConfig:
 
     return TrainConfig(steps=args.steps, emulate=args.emulate, dilation=args.dilation,
                        data=args.data, seed=args.seed, lr=args.lr, dtype=args.dtype,
-                       timeout_s=args.timeout, metrics_path=args.metrics, progress=progress)
+                       timeout_s=args.timeout, metrics_path=args.metrics, progress=progress,
+                       checkpoint_dir=args.checkpoint_dir, save_every=args.save_every,
+                       keep=args.keep, resume=args.resume)
 
 
 def check(plan_path: str, *, emulate: bool) -> int:
@@ -94,16 +108,18 @@ def run(args: argparse.Namespace) -> int:
     from polychip.runtime.data import SampleStream, open_source
     from polychip.runtime.errors import DistributedRunError
     from polychip.runtime.hostfit import check_host_fit
-    from polychip.runtime.launch import launch_local, torchrun_worker
+    from polychip.runtime.launch import TrainingStopped, launch_local, torchrun_worker
     from polychip.runtime.session import TrainTask
     from polychip.runtime.topology import check_devices, rank_roles
 
     plan = load_plan(args.plan)
     config = train_config(args, progress=True)
     roles = rank_roles(plan, emulate=config.emulate)  # refuses what cannot run yet
-    # Bad data fails here, once, before any process starts.
+    # Bad data, or a checkpoint that cannot be resumed, fails here, before any process starts.
     SampleStream(open_source(config.data, plan.model.vocab_size), plan.job.seq_len)
     console = Console()
+    if config.resume:
+        say_resume(console, plan, config)
     try:
         if args.plan_node is not None:
             rank, summary = torchrun_worker(plan, args.plan_node, TrainTask(config))
@@ -111,6 +127,10 @@ def run(args: argparse.Namespace) -> int:
             check_devices(roles)
             check_host_fit(plan, roles, config)
             rank, summary = 0, launch_local(plan, TrainTask(config))[0]
+    except TrainingStopped as exc:
+        console.print(f"polychip train: {exc.signal_name} stopped the run; "
+                      f"{saved_line(config)}")
+        return 128 + exc.signum
     except DistributedRunError as exc:
         console.print(f"[red]polychip train: the run failed[/red]: {exc}")
         if config.metrics_path:
@@ -123,3 +143,39 @@ def run(args: argparse.Namespace) -> int:
         if config.metrics_path:
             console.print(f"metrics: {config.metrics_path}")
     return 0
+
+
+def say_resume(console: Console, plan: Plan, config: TrainConfig) -> None:
+    """Before any process starts: what ``--resume`` will continue from; a save of another
+    model, only incomplete saves, or one already at ``--steps``: exit 2."""
+    from polychip.runtime.checkpoint_manifest import resumable
+    from polychip.runtime.errors import RuntimeSetupError
+
+    assert config.checkpoint_dir is not None
+    manifest = resumable(config.checkpoint_dir, plan.model)
+    if manifest is None:
+        console.print(f"--resume: no save in {config.checkpoint_dir} yet; starting at step 0")
+        return
+    if manifest.step >= config.steps:
+        raise RuntimeSetupError(
+            f"{config.checkpoint_dir}: the newest save is at step {manifest.step}, --steps is "
+            f"{config.steps} (the run's total); raise --steps to train on")
+    console.print(f"--resume: continuing from step {manifest.step} (of {config.steps}), "
+                  f"saved in {config.checkpoint_dir}")
+
+
+def saved_line(config: TrainConfig) -> str:
+    """What a stopped run leaves behind, in one line."""
+    if not config.checkpoint_dir:
+        return "nothing saved (no --checkpoint-dir): its progress is lost"
+    from polychip.runtime.checkpoint_manifest import latest_complete, read_manifest
+    from polychip.runtime.errors import RuntimeSetupError
+
+    try:
+        folder = latest_complete(config.checkpoint_dir)
+    except RuntimeSetupError:
+        folder = None
+    if folder is None:
+        return f"no complete save in {config.checkpoint_dir}"
+    return (f"saved step {read_manifest(folder).step} in {folder}; continue with the same "
+            f"command and --resume")

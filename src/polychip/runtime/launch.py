@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +30,21 @@ from polychip.runtime.topology import check_devices, rank_roles, world_backend
 from polychip.spec.errors import PolychipError
 
 DEFAULT_PORT = 29500
+STOP_GRACE_S = 120
+"""After SIGINT/SIGTERM, the ranks have this long to finish their step and save before
+torchrun's agent kills them (runtime.stopping)."""
+
+
+class TrainingStopped(Exception):
+    """SIGINT or SIGTERM stopped a local run (its ranks stopped at a step boundary)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(self.signal_name)
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
 
 
 class Task(Protocol):
@@ -96,6 +112,7 @@ def _preimport() -> None:
 def launch_local(plan: Plan, task: Task, *, start_method: str | None = None) -> list[Any]:
     """Run every rank of ``plan`` on this machine (torchrun's ``elastic_launch``, standalone
     rendezvous on a free port); the results in plan rank order."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -111,7 +128,7 @@ def launch_local(plan: Plan, task: Task, *, start_method: str | None = None) -> 
         min_nodes=1, max_nodes=1, nproc_per_node=len(roles),
         run_id=f"polychip-{uuid.uuid4().hex[:12]}", rdzv_backend="c10d",
         rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1,
-        start_method=start_method)
+        start_method=start_method, shutdown_timeout=STOP_GRACE_S)
     # Failures are reported below, once and clearly, not as the agent's log lines.
     loggers = [logging.getLogger(n) for n in ("torch.distributed.elastic", "torch.multiprocessing")]
     levels = [log.level for log in loggers]
@@ -119,6 +136,8 @@ def launch_local(plan: Plan, task: Task, *, start_method: str | None = None) -> 
         log.setLevel(logging.CRITICAL)
     try:
         outcomes: dict[int, WorkerOutcome] = elastic_launch(config, _local_entry)(plan, task)
+    except SignalException as exc:  # the ranks finished their step and saved (stopping)
+        raise TrainingStopped(int(exc.sigval)) from None
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         raise DistributedRunError(

@@ -73,11 +73,18 @@ class StepRecord:
         return json.dumps(asdict(self), separators=(",", ":"))
 
 
-def write_metrics(path: str | Path, records: Iterable[StepRecord]) -> None:
-    """Write records as JSON lines, ordered by (step, rank)."""
+def write_metrics(path: str | Path, records: Iterable[StepRecord], keep_before: int = 0
+                  ) -> None:
+    """Write records as JSON lines, ordered by (step, rank); ``keep_before`` > 0 (a resumed
+    run): the file's earlier lines of the steps before it stay in front."""
+    path = Path(path)
     ordered = sorted(records, key=lambda r: (r.step, r.rank))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text("".join(r.to_json() + "\n" for r in ordered))
+    earlier = []
+    if keep_before and path.is_file():
+        earlier = [line for line in path.read_text().splitlines(keepends=True)
+                   if line.strip() and json.loads(line).get("step", keep_before) < keep_before]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(earlier) + "".join(r.to_json() + "\n" for r in ordered))
 
 
 def rank_log_path(path: str | Path, rank: int) -> Path:

@@ -21,7 +21,14 @@ import torch.distributed as dist
 
 from polychip.runtime.data_parallel import StageGrads
 from polychip.runtime.precision import LossScaler, Precision
-from polychip.runtime.shards import gather_params, owned_spans, span_tensor, stage_params
+from polychip.runtime.shards import (
+    gather_flat,
+    gather_params,
+    owned_spans,
+    span_of,
+    span_tensor,
+    stage_params,
+)
 
 
 class OptimizerConfig(Protocol):
@@ -114,6 +121,43 @@ class StageOptimizer:
                     total += value.numel() * value.element_size()
         return total
 
-    def state_dict(self) -> dict:
-        return {"optimizer": self.inner.state_dict(),
-                "scaler": None if self.scaler is None else self.scaler.state_dict()}
+    # ---- checkpoints (runtime.checkpoint) ---------------------------------------------------
+    def state_keys(self) -> tuple[str, ...]:
+        """The optimizer's per-element state, by name."""
+        return ("momentum_buffer",) if isinstance(self.inner, torch.optim.SGD) else (
+            "exp_avg", "exp_avg_sq")
+
+    def step_count(self) -> int:
+        """Optimizer steps taken (AdamW's bias correction counts them; SGD: 0)."""
+        state = self.inner.state.get(self.masters[0], {}) if self.masters else {}
+        return int(state["step"]) if "step" in state else 0
+
+    def full_state(self) -> dict[str, torch.Tensor]:
+        """Collective under ZeRO-1: the master weights (``param``) and every per-element
+        state, each laid out like the buffers and whole on every holder, whatever its shard."""
+        dtype = self.precision.optimizer_dtype
+        out = {"param": gather_flat(self.grads, [m.detach() for m in self.masters], dtype)}
+        for key in self.state_keys():
+            parts = [self.inner.state.get(m, {}).get(key, torch.zeros_like(m))
+                     for m in self.masters]
+            out[key] = gather_flat(self.grads, parts, dtype)
+        return out
+
+    @torch.no_grad()
+    def load_full_state(self, flats: dict[str, torch.Tensor], step_count: int) -> None:
+        """The reverse of :meth:`full_state`: weights, masters and state from tensors laid out
+        like the buffers, ``step_count`` steps taken."""
+        self.grads.param_buffer.copy_(flats["param"])
+        if self.copies:
+            for span, master in zip(self.spans, self.masters, strict=True):
+                master.copy_(span_of(self.grads, span, flats["param"]))
+        keys = self.state_keys()
+        if step_count == 0 and keys != ("momentum_buffer",):
+            return  # AdamW before its first step holds no state
+        state = {}
+        for i, span in enumerate(self.spans):
+            values = {k: span_of(self.grads, span, flats[k]).clone() for k in keys}
+            state[i] = values | ({} if "momentum_buffer" in keys
+                                 else {"step": torch.tensor(float(step_count))})
+        self.inner.load_state_dict({"state": state,
+                                    "param_groups": self.inner.state_dict()["param_groups"]})

@@ -12,7 +12,10 @@ import torch.distributed as dist
 
 from polychip.costmodel.estimate import CostModel
 from polychip.plan.plan import Plan
+from polychip.runtime.checkpoint import Checkpointer
+from polychip.runtime.checkpoint_manifest import latest_complete
 from polychip.runtime.dilation import WarmupTiming, dilation_from
+from polychip.runtime.errors import RuntimeSetupError
 from polychip.runtime.metrics import (
     RunSummary,
     StepLog,
@@ -21,6 +24,7 @@ from polychip.runtime.metrics import (
     summarise,
     write_metrics,
 )
+from polychip.runtime.stopping import stop_on_signals
 from polychip.runtime.topology import build_topology
 from polychip.runtime.train import WARMUP_MIN_S, TrainConfig, Trainer
 
@@ -58,8 +62,9 @@ def estimate_tokens_per_s(plan: Plan) -> float:
 
 
 def gather_summary(trainer: Trainer, records: list[StepRecord],
-                   metrics_path: str | None = None) -> RunSummary | None:
-    """Collective: rank 0 gets every rank's records, writes the metrics file and returns the
+                   metrics_path: str | None = None, resumed_at: int = 0) -> RunSummary | None:
+    """Collective: rank 0 gets every rank's records, writes the metrics file (a resumed run:
+    after the earlier run's records of the steps before ``resumed_at``) and returns the
     run's summary; the other ranks return None."""
     gathered: list[list[StepRecord]] | None = (
         [[] for _ in range(dist.get_world_size())] if dist.get_rank() == 0 else None)
@@ -71,7 +76,7 @@ def gather_summary(trainer: Trainer, records: list[StepRecord],
         return None
     everything = [r for rank_records in gathered for r in rank_records]
     if metrics_path:
-        write_metrics(metrics_path, everything)
+        write_metrics(metrics_path, everything, keep_before=resumed_at)
     phases = [2 * role.num_micro_batches * len(role.chunks) + 1
               for role in trainer.topology.roles]
     return summarise(everything, num_phases_per_step=phases,
@@ -83,28 +88,65 @@ def train(plan: Plan, rank: int, config: TrainConfig) -> RunSummary | None:
     summary."""
     topology = build_topology(plan, rank, emulate=config.emulate, timeout=config.timeout)
     trainer = Trainer(plan, config, topology)
+    checkpoints = (Checkpointer(trainer, config.checkpoint_dir, config.keep)
+                   if config.checkpoint_dir else None)
+    start = resume(checkpoints) if checkpoints is not None and config.resume else 0
     if config.emulate:
         trainer.use_dilation(config.dilation or agree_dilation([trainer]),
                              adaptive=config.dilation is None)
-    records = run_logged(trainer)
-    summary = gather_summary(trainer, records, config.metrics_path)
+    records = run_logged(trainer, start, checkpoints)
+    summary = gather_summary(trainer, records, config.metrics_path, resumed_at=start)
     if config.metrics_path:
         rank_log_path(config.metrics_path, trainer.role.rank).unlink(missing_ok=True)
     return summary
 
 
-def run_logged(trainer: Trainer) -> list[StepRecord]:
-    """``trainer.run`` for the configured steps; with a metrics path, each step's record is
-    also appended to this rank's :class:`StepLog` as it ends, so a run that fails keeps the
-    steps it finished (:func:`train` removes the log once rank 0 has written them all)."""
+def resume(checkpoints: Checkpointer) -> int:
+    """Collective: load the newest complete save (rank 0 chooses it for all); the step to
+    continue from (0 when there is none)."""
+    chosen = [None]
+    if dist.get_rank() == 0:
+        folder = latest_complete(checkpoints.root)
+        chosen = [None if folder is None else str(folder)]
+    dist.broadcast_object_list(chosen, src=0)
+    if chosen[0] is None:
+        return 0
+    step = checkpoints.load(chosen[0]).step
+    steps = checkpoints.trainer.config.steps
+    if step >= steps:
+        raise RuntimeSetupError(f"{chosen[0]}: the run already took {step} steps, --steps is "
+                                f"{steps} (the total); raise --steps to train on")
+    return step
+
+
+def run_logged(trainer: Trainer, start: int = 0,
+               checkpoints: Checkpointer | None = None) -> list[StepRecord]:
+    """``trainer.run`` from step ``start`` to the configured total; with a metrics path, each
+    step's record is also appended to this rank's :class:`StepLog` as it ends, so a run that
+    fails keeps the steps it finished (:func:`train` removes the log once rank 0 has written
+    them all). After each step the ranks agree whether SIGINT/SIGTERM asked them to stop
+    (:mod:`polychip.runtime.stopping`); with ``checkpoints``, they save every
+    ``save_every`` steps, at the end, and when stopping."""
     config = trainer.config
     log = StepLog(config.metrics_path, trainer.role.rank) if config.metrics_path else None
-    try:
-        return trainer.run(config.steps, progress=config.progress and trainer.reports,
-                           on_step=log)
-    finally:
-        if log is not None:
-            log.close()
+
+    with stop_on_signals() as stop:
+        def after(record: StepRecord) -> bool:
+            if log is not None:
+                log(record)
+            done, stopping = record.step + 1, stop.agreed()
+            every = config.save_every and done % config.save_every == 0
+            if checkpoints is not None and (stopping or every or done == config.steps):
+                checkpoints.save(done)
+            return stopping
+        try:
+            return trainer.run(config.steps - start, start=start,
+                               progress=config.progress and trainer.reports, on_step=after)
+        finally:
+            if log is not None:
+                log.close()
+            if checkpoints is not None:
+                checkpoints.wait()
 
 
 @dataclass(frozen=True)

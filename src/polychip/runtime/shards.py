@@ -11,7 +11,7 @@ loss slot are nobody's.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -89,12 +89,39 @@ def span_tensor(grads: StageGrads, span: OwnedSpan, which: Which) -> torch.Tenso
     if which == "param":
         return b.param_staged[pi][span.start:span.end]
     assert grads.initial is not None
-    initial = grads.initial
+    return span_of(grads, span, grads.initial)
+
+
+def span_of(grads: StageGrads, span: OwnedSpan, flat: torch.Tensor) -> torch.Tensor:
+    """The span's part of ``flat``, any tensor laid out like the buffers (the weights as
+    built, an optimizer state gathered by :func:`gather_flat`)."""
+    if span.staged is None:
+        return flat[span.start:span.end]
+    b, pi = grads.buckets[span.staged[0]], span.staged[1]
 
     def view(e: Entry) -> torch.Tensor:
-        return initial[e.offset:e.end].view(e.shape)
+        return flat[e.offset:e.end].view(e.shape)
     piece = next(p for p in b.pieces if p.piece.index == pi)
     return b.stage(view, piece, "all-gather")[span.start:span.end]
+
+
+def gather_flat(grads: StageGrads, parts: Sequence[torch.Tensor], dtype: torch.dtype
+                ) -> torch.Tensor:
+    """Collective under ZeRO-1: a tensor laid out like the buffers holding, on every holder,
+    what each rank has for its owned spans (``parts``, one per span of :func:`owned_spans`,
+    e.g. an optimizer state), gathered as the parameters are after a step."""
+    flat = torch.zeros_like(grads.param_buffer, dtype=dtype)
+
+    def view(e: Entry) -> torch.Tensor:
+        return flat[e.offset:e.end].view(e.shape)
+    staged = {(b.index, p.piece.index): b.stage(view, p, "all-gather")
+              for b in (_staged(grads) if grads.zero1 else []) for p in b.pieces}
+    for span, part in zip(owned_spans(grads), parts, strict=True):
+        target = flat if span.staged is None else staged[span.staged]
+        target[span.start:span.end].copy_(part)
+    if grads.zero1:
+        _all_gather(grads, flat, staged)
+    return flat
 
 
 def _staged(grads: StageGrads) -> list[Bucket]:
@@ -110,12 +137,25 @@ def stage_params(grads: StageGrads) -> None:
 
 def gather_params(grads: StageGrads) -> None:
     """ZeRO-1: every rank's updated parts to every holder, bucket by bucket."""
+    staged = {(b.index, i): t for b in _staged(grads) for i, t in b.param_staged.items()}
+    _all_gather(grads, grads.param_buffer, staged)
+    for b in grads.buckets:
+        b.staged, b.param_staged = {}, {}
+
+
+def _all_gather(grads: StageGrads, flat: torch.Tensor,
+                staged: dict[tuple[int, int], torch.Tensor]) -> None:
+    """Every bucket of ``flat`` (laid out like the buffers) all-gathered among its holders;
+    a bucket combined in TP pieces through its staged tensors (``staged``: (bucket, piece)
+    -> the piece's flat tensor), written back after."""
+
+    def view(e: Entry) -> torch.Tensor:
+        return flat[e.offset:e.end].view(e.shape)
     for b in grads.buckets:
         if b.in_place:
-            b.pieces[0].collectives["all-gather"].run(grads.param_buffer[b.start:b.end])
-        else:
-            for p in b.pieces:
-                flat = b.param_staged[p.piece.index]
-                p.collectives["all-gather"].run(flat)
-                b.unstage(grads.param_view, p, flat)
-        b.staged, b.param_staged = {}, {}
+            b.pieces[0].collectives["all-gather"].run(flat[b.start:b.end])
+            continue
+        for p in b.pieces:
+            piece_flat = staged[(b.index, p.piece.index)]
+            p.collectives["all-gather"].run(piece_flat)
+            b.unstage(view, p, piece_flat)

@@ -75,6 +75,10 @@ class TrainConfig:
     metrics_path: str | None = None
     progress: bool = False  # a progress bar on rank 0
     bucket_bytes: int = DEFAULT_BUCKET_BYTES  # gradient buckets (the plan's job says overlap)
+    checkpoint_dir: str | None = None  # runtime.checkpoint: saves under global names
+    save_every: int = 0  # steps between saves (0: only at the end, or when stopped)
+    keep: int = 0  # newest complete saves kept (0: all)
+    resume: bool = False  # from the newest complete save in checkpoint_dir (steps: the total)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -83,6 +87,11 @@ class TrainConfig:
             raise RuntimeSetupError(f"dtype={self.dtype!r}: choose one of {', '.join(DTYPES)}")
         if self.bucket_bytes < 1:
             raise RuntimeSetupError(f"bucket_bytes={self.bucket_bytes}: give at least 1 byte")
+        if self.save_every < 0 or self.keep < 0:
+            raise RuntimeSetupError(f"save_every={self.save_every}, keep={self.keep}: both "
+                                    f"must be >= 0 (0: only at the end / keep every save)")
+        if (self.resume or self.save_every) and not self.checkpoint_dir:
+            raise RuntimeSetupError("--resume and --save-every need --checkpoint-dir DIR")
         if self.optimizer not in ("adamw", "sgd"):
             raise RuntimeSetupError(f"optimizer={self.optimizer!r}: choose adamw or sgd")
         if self.dilation is not None and not (self.emulate and self.dilation > 0):
@@ -253,16 +262,16 @@ class Trainer:
 
     def run(self, steps: int, *, start: int = 0, progress: bool = False,
             label: str = "training",
-            on_step: Callable[[StepRecord], None] | None = None) -> list[StepRecord]:
+            on_step: Callable[[StepRecord], bool | None] | None = None) -> list[StepRecord]:
         """Steps ``start .. start + steps - 1``; a progress bar (loss, tokens/s) if asked;
-        ``on_step(record)`` as each step ends."""
+        ``on_step(record)`` as each step ends (True: stop after this step)."""
         indices = range(start, start + steps)
         if not progress:
             records = []
             for step in indices:
                 records.append(self.step(step))
-                if on_step is not None:
-                    on_step(records[-1])
+                if on_step is not None and on_step(records[-1]):
+                    break
             return records
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -272,11 +281,12 @@ class Trainer:
                    TextColumn("loss {task.fields[loss]:.3f}"),
                    TextColumn("{task.fields[tps]:,.0f} tok/s wall"))
         with Progress(*columns, transient=False) as bar:
-            task = bar.add_task(label, total=steps, loss=float("nan"), tps=0.0)
+            task = bar.add_task(label, total=start + steps, completed=start,
+                                loss=float("nan"), tps=0.0)
             for step in indices:
                 rec = self.step(step)
                 records.append(rec)
-                if on_step is not None:
-                    on_step(rec)
                 bar.update(task, advance=1, loss=rec.global_loss, tps=tokens / rec.seconds)
+                if on_step is not None and on_step(rec):
+                    break
         return records
