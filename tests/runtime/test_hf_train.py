@@ -6,6 +6,7 @@ export directory that holds a model, is refused before any process starts (exit 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import subprocess
@@ -17,6 +18,8 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
+from polychip.cli.launch import train_args
+from polychip.cli.train import add_train_options
 from polychip.plan import Plan, save_plan
 from polychip.runtime.hf_weights import hf_name
 from polychip.runtime.train import TrainConfig
@@ -72,6 +75,8 @@ def test_train_from_hf_weights_and_export_equals_one_process(tmp_path: Path) -> 
     done = _train(tmp_path, _plan(), "--steps", "2", "--dtype", "float64", "--lr", "0.05",
                   "--data", str(text), "--init-from", str(source), "--export-hf", str(out))
     assert done.returncode == 0, done.stderr + done.stdout
+    flat = "".join(done.stdout.split())  # rich folds long lines
+    assert "".join(f"in Hugging Face form: {out}".split()) in flat
     exported = load_file(out / "model.safetensors")
     initial = load_file(source / "model.safetensors")
     _, want = single_process(_plan(), config)
@@ -96,3 +101,12 @@ def test_an_export_never_overwrites_a_model(tmp_path: Path) -> None:
     done = _train(tmp_path, _plan(), "--export-hf", str(source))
     assert done.returncode == 2, done.stderr + done.stdout
     assert "model.safetensors exists" in done.stderr + done.stdout
+
+
+def test_launch_forwards_the_hugging_face_options() -> None:
+    """`polychip launch` gives every node's worker the same --init-from and --export-hf."""
+    parser = argparse.ArgumentParser()
+    add_train_options(parser)
+    args = parser.parse_args(["--init-from", "/models/qwen2", "--export-hf", "out/hf"])
+    assert train_args(args, vars(parser.parse_args([]))) == [
+        "--init-from", "/models/qwen2", "--export-hf", "out/hf"]

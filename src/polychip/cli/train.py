@@ -145,4 +145,6 @@ def run(args: argparse.Namespace) -> int:
                             metrics_path=config.metrics_path)
         if config.metrics_path:
             console.print(f"metrics: {config.metrics_path}")
+        if config.export_hf:
+            console.print(f"the trained model, in Hugging Face form: {config.export_hf}")
     return 0
