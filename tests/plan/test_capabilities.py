@@ -101,16 +101,38 @@ def _with_model(plan, name: str):
 
 @pytest.mark.parametrize(("name", "fields"), [
     ("llama2-7b", []),
-    ("mistral-7b", ["model.family"]),
-    ("qwen2-7b", ["model.family", "model.qkv_bias"]),
-    ("gpt2", ["model.family", "model.mlp", "model.norm", "model.position", "model.qkv_bias",
+    ("llama3-8b", []),
+    ("mistral-7b", []),
+    ("qwen2-7b", []),
+    ("gpt2", ["model.family", "model.mlp", "model.norm", "model.position",
               "model.attn_out_bias", "model.mlp_bias"]),
 ])
-def test_the_runtime_trains_the_llama_family_only(name, fields):
+def test_the_runtime_trains_the_llama_families_only(name, fields):
     plan = _with_model(_tp_pipeline(), name)
-    model_caps = ("model_families", "mlp", "norms", "positions", "linear_biases")
+    model_caps = ("model_families", "mlp", "norms", "positions", "qkv_bias", "linear_biases",
+                  "rope_scaling", "windowed_attention")
     caps = dataclasses.replace(EVERYTHING, **{k: getattr(RUNTIME, k) for k in model_caps})
     missing = missing_features(plan, caps)
     assert [m.field for m in missing] == fields
     if fields:
         assert str(missing[0]).startswith(f"model.family = {plan.model.family}: not executed")
+    without_biases = dataclasses.replace(caps, qkv_bias=False)
+    assert ("model.qkv_bias" in {m.field for m in missing_features(plan, without_biases)}
+            ) == plan.model.qkv_bias
+
+
+def _with(plan, **model):
+    return dataclasses.replace(plan, model=dataclasses.replace(plan.model, **model))
+
+
+def test_a_sliding_window_shorter_than_the_sequence_is_refused():
+    plan = _with_model(_tp_pipeline(), "mistral-7b")  # seq_len 8
+    assert missing_features(_with(plan, sliding_window=8)) == []  # never binds
+    (missing,) = missing_features(_with(plan, sliding_window=4))
+    assert missing.field == "model.sliding_window" and "job.seq_len <= 4" in str(missing)
+
+
+def test_rescaled_rotary_frequencies_are_refused():
+    plan = _with_model(_tp_pipeline(), "llama3-8b")
+    (missing,) = missing_features(_with(plan, rope_scaling="llama3"))
+    assert (missing.field, missing.value) == ("model.rope_scaling", "llama3")

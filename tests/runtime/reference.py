@@ -7,6 +7,7 @@ import torch
 
 from polychip.plan import Plan
 from polychip.runtime.data import SampleStream, open_source
+from polychip.runtime.hf_weights import load_hf_into_stage
 from polychip.runtime.model import build_full_model, loss_fn
 from polychip.runtime.train import TrainConfig, make_optimizer
 
@@ -15,8 +16,11 @@ CORPUS_BYTES = 32 * 1024
 
 def single_process(plan: Plan, config: TrainConfig) -> tuple[list[float], dict[str, torch.Tensor]]:
     """`config.steps` steps of single-process training on every sample of each global batch
-    (float64): the losses and the final parameters by name."""
+    (float64; from `config.init_from`'s Hugging Face weights when set): the losses and the
+    final parameters by name."""
     model = build_full_model(plan.model, seed=config.seed, dtype=torch.float64)
+    if config.init_from:
+        load_hf_into_stage(model, config.init_from)
     optimizer = make_optimizer(config, list(model.parameters()))
     source = open_source(config.data, plan.model.vocab_size, config.max_corpus_bytes)
     stream = SampleStream(source, plan.job.seq_len, config.seed)

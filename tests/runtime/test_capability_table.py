@@ -37,6 +37,16 @@ def _recompute(plan: Plan) -> Plan:
                                                *plan.replicas[1:]))
 
 
+def _family(**model: object) -> Plan:
+    """hybrid_plan's layout with another family's block (its constants, its biases)."""
+    plan = hybrid_plan()
+    return dataclasses.replace(plan, model=dataclasses.replace(plan.model, **model))
+
+
+# Mistral with a window that does not bind (seq_len 8); Qwen2's q/k/v biases, split by
+# output rows on the TP pair, and its rotary base and norm epsilon.
+MISTRAL = {"family": "mistral", "sliding_window": 8, "norm_eps": 1e-6}
+QWEN2 = {"family": "qwen2", "qkv_bias": True, "rope_theta": 1e6, "norm_eps": 1e-6}
 Make = Callable[[], Plan]
 # (field of Capabilities, value) -> the plan that asks for it; hybrid_plan has a TP-2 stage
 # holding the head beside a TP-1 replica, across two islands (docs: tests/runtime/plans.py).
@@ -57,6 +67,9 @@ EXACT: dict[tuple[str, object], Make] = {
     ("recompute", False): hybrid_plan,
     ("recompute", True): lambda: _recompute(hybrid_plan()),
     ("model_families", "llama"): hybrid_plan,
+    ("model_families", "mistral"): lambda: _family(**MISTRAL),
+    ("model_families", "qwen2"): lambda: _family(**QWEN2),
+    ("qkv_bias", True): lambda: _family(**QWEN2),
     ("mlp", "swiglu"): hybrid_plan,
     ("norms", "rmsnorm"): hybrid_plan,
     ("positions", "rope"): hybrid_plan,

@@ -4,6 +4,7 @@ parameter counts against the checkpoints', and every unknown read as an error.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -95,9 +96,9 @@ def test_mistral_keeps_its_sliding_window() -> None:
     m = _load("Mistral-7B-v0.1")
     assert (m.family, m.num_kv_heads, m.sliding_window) == ("mistral", 8, 4096)
     assert not (m.qkv_bias or m.attn_out_bias or m.mlp_bias)
-    assert m.to_dict() | {"sliding_window": 0, "name": "mistral-7b", "max_positions": 0} == (
-        PRESETS["mistral-7b"].to_dict()
-    )
+    # v0.2 dropped the window and raised the rotary base to 1e6
+    assert m.to_dict() | {"sliding_window": 0, "name": "mistral-7b", "max_positions": 0,
+                          "rope_theta": 1e6} == PRESETS["mistral-7b"].to_dict()
 
 
 def _write(tmp_path: Path, data: object, folder: str = "model") -> Path:
@@ -135,6 +136,33 @@ def test_qwen2_ignores_its_window_unless_enabled(tmp_path: Path) -> None:
     assert info.value.key == "use_sliding_window"
 
 
+def test_llama_families_give_the_runtime_their_rotary_base_and_norm_epsilon(
+        tmp_path: Path) -> None:
+    """transformers 4's rope_theta / rope_scaling and transformers 5's rope_parameters
+    (and layer_types) are read; absent, Hugging Face's defaults (10000, 1e-6)."""
+    qwen = _load("Qwen2-7B")
+    assert (qwen.rope_theta, qwen.rope_scaling, qwen.norm_eps) == (1e6, "", 1e-6)
+    llama = _load("Llama-2-7b-hf")
+    assert (llama.rope_theta, llama.rope_scaling, llama.norm_eps) == (10000.0, "", 1e-5)
+    v5 = {k: v for k, v in _fixture("Qwen2-7B").items() if k != "rope_theta"} | {
+        "rope_parameters": {"rope_theta": 5e5, "rope_type": "default"},
+        "layer_types": ["full_attention"] * 28}
+    assert load_model(str(_write(tmp_path, v5, "v5"))).rope_theta == 5e5
+    llama31 = _fixture("Llama-2-7b-hf") | {"rope_theta": 5e5, "rope_scaling": {
+        "rope_type": "llama3", "factor": 8.0}}
+    m = load_model(str(_write(tmp_path, llama31, "l31")))
+    assert (m.rope_theta, m.rope_scaling) == (5e5, "llama3")
+    bare = {k: v for k, v in _fixture("Llama-2-7b-hf").items() if k != "rms_norm_eps"}
+    assert load_model(str(_write(tmp_path, bare, "bare"))).norm_eps == 1e-6
+
+
+def test_model_constants_must_be_positive() -> None:
+    with pytest.raises(SpecError, match="norm_eps=0"):
+        dataclasses.replace(PRESETS["tiny"], norm_eps=0.0)
+    with pytest.raises(SpecError, match="rope_theta=-1"):
+        dataclasses.replace(PRESETS["tiny"], rope_theta=-1.0)
+
+
 BAD = [
     # (fixture, change, key, a word of the message)
     ("gpt2", {"activation_function": "swiglu_v7"}, "activation_function", "not one polychip"),
@@ -149,6 +177,10 @@ BAD = [
     ("opt-125m", {"layer_norm_elementwise_affine": False}, "layer_norm_elementwise_affine",
      "not modelled"),
     ("pythia-160m", {"rotary_pct": 0}, "rotary_pct", "not in (0, 1]"),
+    ("Qwen2-7B", {"layer_types": ["sliding_attention"] * 28}, "layer_types", "full attention"),
+    ("Llama-2-7b-hf", {"rope_parameters": {"rope_theta": "big"}}, "rope_parameters",
+     "positive number"),
+    ("Llama-2-7b-hf", {"rms_norm_eps": 0}, "rms_norm_eps", "greater than 0"),
     ("Llama-2-7b-hf", {"hidden_size": 4100}, "hidden_size", "divisible"),
     ("Llama-2-7b-hf", {"num_key_value_heads": 5}, "num_key_value_heads", "divide"),
     ("Llama-2-7b-hf", {"vocab_size": 0}, "vocab_size", "greater than 0"),

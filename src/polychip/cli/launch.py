@@ -11,7 +11,7 @@ from polychip.cli.train import add_train_options
 
 # Options of `polychip train` forwarded to every worker, with their defaults.
 _FORWARDED = ("steps", "emulate", "dilation", "data", "metrics", "seed", "lr", "dtype",
-              "timeout")
+              "timeout", "init_from", "export_hf")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +34,7 @@ def train_args(args: argparse.Namespace, parser_defaults: dict[str, object]) -> 
         value = getattr(args, name)
         if value == parser_defaults.get(name):
             continue
-        flag = "--" + name
+        flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             out += [flag] if value else []
         else:

@@ -53,6 +53,14 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                         "mixed precision with fp32 master weights for bf16/fp16)")
     p.add_argument("--timeout", type=float, default=120.0, metavar="S",
                    help="process-group timeout: a rank silent this long fails the run")
+    p.add_argument("--init-from", metavar="HF_DIR",
+                   help="initial weights from a Hugging Face model directory (config.json + "
+                        "safetensors; Llama, Mistral, Qwen2) instead of the seeded init; its "
+                        "config.json must describe the plan's model (the same path on every "
+                        "node)")
+    p.add_argument("--export-hf", metavar="DIR",
+                   help="at the end, write the trained model as a Hugging Face directory "
+                        "(config.json + model.safetensors; on rank 0's host)")
     c = p.add_argument_group("checkpoints (layout-free: resume under any plan of the model)")
     c.add_argument("--checkpoint-dir", metavar="DIR",
                    help="save parameters and optimizer state here, at the end, every "
@@ -72,6 +80,7 @@ def train_config(args: argparse.Namespace, *, progress: bool) -> TrainConfig:
     return TrainConfig(steps=args.steps, emulate=args.emulate, dilation=args.dilation,
                        data=args.data, seed=args.seed, lr=args.lr, dtype=args.dtype,
                        timeout_s=args.timeout, metrics_path=args.metrics, progress=progress,
+                       init_from=args.init_from, export_hf=args.export_hf,
                        checkpoint_dir=args.checkpoint_dir, save_every=args.save_every,
                        keep=args.keep, resume=args.resume)
 
@@ -101,6 +110,18 @@ def check(plan_path: str, *, emulate: bool) -> int:
     return 0
 
 
+def check_hf_paths(plan: Plan, config: TrainConfig) -> None:
+    """--init-from: a directory of the plan's model (config.json, tensor names and shapes);
+    --export-hf: a directory that holds no model yet. Headers only; before any process."""
+    from polychip.runtime.hf_export import check_export_dir
+    from polychip.runtime.hf_weights import check_hf_weights
+
+    if config.init_from:
+        check_hf_weights(plan.model, config.init_from)
+    if config.export_hf:
+        check_export_dir(config.export_hf)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.check:
         return check(args.plan, emulate=args.emulate)
@@ -117,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     roles = rank_roles(plan, emulate=config.emulate)  # refuses what cannot run yet
     # Bad data, or a checkpoint that cannot be resumed, fails here, before any process starts.
     SampleStream(open_source(config.data, plan.model.vocab_size), plan.job.seq_len)
+    check_hf_paths(plan, config)  # and Hugging Face weights of another model
     console = Console()
     if config.resume:
         say_resume(console, plan, config)
@@ -142,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
                             metrics_path=config.metrics_path)
         if config.metrics_path:
             console.print(f"metrics: {config.metrics_path}")
+        if config.export_hf:
+            console.print(f"the trained model, in Hugging Face form: {config.export_hf}")
     return 0
 
 

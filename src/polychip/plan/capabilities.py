@@ -36,7 +36,10 @@ class Capabilities:
     empty_stages: bool  # a stage with no transformer block (only the embedding or the head)
     norms: frozenset[str] = frozenset({"rmsnorm"})
     positions: frozenset[str] = frozenset({"rope"})
-    linear_biases: bool = False  # biases on the q/k/v, attention-out or MLP matrices
+    qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2)
+    linear_biases: bool = False  # biases on the attention-out or MLP matrices
+    rope_scaling: bool = False  # rescaled rotary frequencies (Llama 3.1's, YaRN, ...)
+    windowed_attention: bool = False  # a sliding window shorter than the sequence (Mistral)
 
 
 RUNTIME = Capabilities(
@@ -50,10 +53,10 @@ RUNTIME = Capabilities(
     zero_stages=frozenset({0, 1}),
     schedules=frozenset({"1f1b", "gpipe", "interleaved-1f1b"}),
     recompute=frozenset({False, True}),
-    # Llama only. Mistral's block is Llama's while its sliding window does not bind, but
-    # the runtime has no windowed attention and no test trains a Mistral plan; Qwen2's
-    # block has q/k/v biases. Both are estimated, not trained.
-    model_families=frozenset({"llama"}),
+    # Mistral's block is Llama's while its sliding window does not bind (no windowed
+    # attention: a window shorter than the sequence is refused); Qwen2's adds q/k/v biases.
+    model_families=frozenset({"llama", "mistral", "qwen2"}),
+    qkv_bias=True,
     mlp=frozenset({"swiglu"}),
     tied_embeddings_across_stages=False,
     empty_stages=True,
@@ -117,9 +120,20 @@ def _model_features(plan: Plan, caps: Capabilities) -> list[MissingFeature]:
     for field, value, allowed, fix in checks:
         if value not in allowed:
             out.append(MissingFeature(field, value, fix.format(_choices(allowed))))
-    if biases and not caps.linear_biases:
-        out.extend(MissingFeature(f"model.{b}", "true", "train a model without linear-layer "
-                                  "biases (the runtime's blocks have none)") for b in biases)
+    has = "the q/k/v projections only" if caps.qkv_bias else "no matrix"
+    out += [MissingFeature(f"model.{b}", "true", f"train a model without this bias (the "
+                           f"runtime's blocks have biases on {has})")
+            for b in biases if not (caps.qkv_bias if b == "qkv_bias" else caps.linear_biases)]
+    if model.rope_scaling and not caps.rope_scaling:
+        out.append(MissingFeature("model.rope_scaling", model.rope_scaling,
+                                  "train a model with plain rotary frequencies (rope_type "
+                                  "default); rescaled ones are estimated, not trained"))
+    window, seq_len = model.sliding_window, plan.job.seq_len
+    if window and window < seq_len and not caps.windowed_attention:
+        out.append(MissingFeature(
+            "model.sliding_window", str(window),
+            f"train with job.seq_len <= {window} (the window then never binds; now "
+            f"{seq_len}), or a model without a window: the runtime has no windowed attention"))
     pipelined = any(r.num_stages > 1 for r in plan.replicas)
     if model.tie_embeddings and pipelined and not caps.tied_embeddings_across_stages:
         out.append(MissingFeature(

@@ -64,6 +64,9 @@ class _ModelIn(_In):
     final_norm: bool = True
     parallel_residual: bool = False
     sliding_window: int = Field(default=0, ge=0)
+    rope_theta: float = Field(default=10000.0, gt=0)
+    rope_scaling: str = ""
+    norm_eps: float = Field(default=1e-5, gt=0)
     num_params: int | None = Field(default=None, ge=1)  # checked against the shape
 
 

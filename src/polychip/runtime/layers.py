@@ -21,9 +21,11 @@ from polychip.spec.model import ModelSpec
 INIT_STD = 0.02
 """Standard deviation of the normal init of weight matrices (residual outputs are scaled down)."""
 ROPE_THETA = 10000.0
-"""Base of the rotary embedding's frequencies (Su et al. 2021; Llama 1 and 2)."""
+"""Default base of the rotary embedding's frequencies (Su et al. 2021; Llama 1 and 2); a
+model's own is its spec's ``rope_theta``."""
 NORM_EPS = 1e-5
-"""RMSNorm's epsilon (Llama 2's rms_norm_eps)."""
+"""Default RMSNorm epsilon (Llama 2's rms_norm_eps); a model's own is its spec's
+``norm_eps``."""
 
 
 class RMSNorm(nn.Module):
@@ -59,7 +61,8 @@ class Attention(nn.Module):
     """Causal grouped-query attention. Separate wq/wk/wv (column-parallel under TP) and wo
     (row-parallel): each TP rank holds a contiguous 1/t of the query and key/value heads.
     Query heads share their key/value head inside the attention kernel (SDPA's
-    ``enable_gqa``), without copies of the keys and values."""
+    ``enable_gqa``), without copies of the keys and values. With the model's ``qkv_bias``
+    (Qwen2), wq/wk/wv carry biases, split like their output rows."""
 
     def __init__(self, model: ModelSpec, tp: TensorParallel) -> None:
         super().__init__()
@@ -68,13 +71,16 @@ class Attention(nn.Module):
         self.num_local_heads = model.num_heads // tp.size
         self.num_local_kv_heads = model.num_kv_heads // tp.size
         h, d = model.hidden_size, self.head_dim
-        self.wq = nn.Linear(h, self.num_local_heads * d, bias=False)
-        self.wk = nn.Linear(h, self.num_local_kv_heads * d, bias=False)
-        self.wv = nn.Linear(h, self.num_local_kv_heads * d, bias=False)
+        bias = model.qkv_bias
+        self.wq = nn.Linear(h, self.num_local_heads * d, bias=bias)
+        self.wk = nn.Linear(h, self.num_local_kv_heads * d, bias=bias)
+        self.wv = nn.Linear(h, self.num_local_kv_heads * d, bias=bias)
         self.wo = nn.Linear(self.num_local_heads * d, h, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         q, k, v = column_parallel(x, self.tp, self.wq.weight, self.wk.weight, self.wv.weight)
+        if self.wq.bias is not None:
+            q, k, v = q + self.wq.bias, k + self.wk.bias, v + self.wv.bias
         b, s, _ = q.shape  # the whole sequence
         q = q.view(b, s, self.num_local_heads, self.head_dim).transpose(1, 2)
         k = k.view(b, s, self.num_local_kv_heads, self.head_dim).transpose(1, 2)
@@ -106,9 +112,9 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, model: ModelSpec, tp: TensorParallel) -> None:
         super().__init__()
-        self.attn_norm = RMSNorm(model.hidden_size)
+        self.attn_norm = RMSNorm(model.hidden_size, model.norm_eps)
         self.attn = Attention(model, tp)
-        self.mlp_norm = RMSNorm(model.hidden_size)
+        self.mlp_norm = RMSNorm(model.hidden_size, model.norm_eps)
         self.mlp = MLP(model, tp)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -81,7 +81,7 @@ class StageModule(nn.Module):
         h, v = spec.hidden_size, spec.vocab_size
         self.embed = VocabEmbedding(v, h, tp) if has_embedding else None
         self.layers = nn.ModuleDict({str(i): DecoderLayer(spec, tp) for i in held})
-        self.final_norm = RMSNorm(h) if has_head else None
+        self.final_norm = RMSNorm(h, spec.norm_eps) if has_head else None
         self.head = VocabHead(v, h, tp) if has_head else None
         self._tie()
 
@@ -111,7 +111,7 @@ class StageModule(nn.Module):
             x = self.embed(x)
         else:
             seq_len = x.shape[1] * (self.tp.size if self.tp.sp else 1)
-        cos, sin = rotary_cos_sin(seq_len, self.spec.head_dim, x)
+        cos, sin = rotary_cos_sin(seq_len, self.spec.head_dim, x, self.spec.rope_theta)
         layers = (self.layers.values() if chunk is None
                   else [self.layers[str(i)] for i in range(*self.chunks[chunk])])
         for layer in layers:
@@ -223,6 +223,8 @@ def _initial_value(spec: ModelSpec, name: str, shape: tuple[int, ...], seed: int
                    ) -> torch.Tensor:
     if name.endswith("norm.weight"):
         return torch.ones(shape)
+    if name.endswith(".bias"):
+        return torch.zeros(shape)  # q/k/v biases (as Hugging Face initialises them)
     std = INIT_STD
     if name.endswith(("attn.wo.weight", "mlp.w_down.weight")):
         std /= math.sqrt(2 * spec.num_layers)  # residual outputs (GPT-2 scaling)

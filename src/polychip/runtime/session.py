@@ -95,6 +95,10 @@ def train(plan: Plan, rank: int, config: TrainConfig) -> RunSummary | None:
         trainer.use_dilation(config.dilation or agree_dilation([trainer]),
                              adaptive=config.dilation is None)
     records = run_logged(trainer, start, checkpoints)
+    if config.export_hf:
+        from polychip.runtime.hf_export import export_trained
+
+        export_trained(trainer, config.export_hf)
     summary = gather_summary(trainer, records, config.metrics_path, resumed_at=start)
     if config.metrics_path:
         rank_log_path(config.metrics_path, trainer.role.rank).unlink(missing_ok=True)

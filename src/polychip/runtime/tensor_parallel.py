@@ -25,7 +25,8 @@ import torch.distributed as dist
 from polychip.runtime.errors import RuntimeSetupError
 
 COLUMN_PARALLEL = ("attn.wq.weight", "attn.wk.weight", "attn.wv.weight",
-                   "mlp.w_gate.weight", "mlp.w_up.weight")
+                   "mlp.w_gate.weight", "mlp.w_up.weight",
+                   "attn.wq.bias", "attn.wk.bias", "attn.wv.bias")  # biases: by output rows
 ROW_PARALLEL = ("attn.wo.weight", "mlp.w_down.weight")
 VOCAB_PARALLEL = ("embed.weight", "head.weight")  # [vocab, hidden]: split by vocabulary rows
 

@@ -75,6 +75,8 @@ class TrainConfig:
     metrics_path: str | None = None
     progress: bool = False  # a progress bar on rank 0
     bucket_bytes: int = DEFAULT_BUCKET_BYTES  # gradient buckets (the plan's job says overlap)
+    init_from: str | None = None  # a Hugging Face model directory: the initial weights
+    export_hf: str | None = None  # write the trained model there in Hugging Face form
     checkpoint_dir: str | None = None  # runtime.checkpoint: saves under global names
     save_every: int = 0  # steps between saves (0: only at the end, or when stopped)
     keep: int = 0  # newest complete saves kept (0: all)
@@ -133,6 +135,10 @@ class Trainer:
                                  dtype=self.precision.optimizer_dtype,  # then the weights' own
                                  has_embedding=role.first_stage, has_head=role.last_stage,
                                  tp=tp, recompute=role.recompute, chunks=role.chunks)
+        if config.init_from:  # before the buffers and master weights copy the weights
+            from polychip.runtime.hf_weights import load_hf_into_stage
+
+            load_hf_into_stage(self.model, config.init_from)
         schedule = build_schedule(plan, replicas=[role.replica])
         self.program = schedule.program_of(role.rank)
         segments = [a.segment for a in self.program.actions if a.op is Op.ALLREDUCE]

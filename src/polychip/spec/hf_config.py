@@ -3,7 +3,9 @@
 `model_type` picks the reader: gpt2, opt, gpt_neox, llama, mistral, qwen2. Each reader
 takes the keys that decide the shape (sizes, activation, norm, positions, biases, tied
 embeddings, OPT's projected embedding) and knows which other keys do not change it (token
-ids, dropout, initialisation, norm epsilons, rotary base and scaling, dtype, ...). Any
+ids, dropout, initialisation, dtype, ...); the Llama-like families' rotary base and scaling
+and norm epsilon are read too (the runtime computes with them; transformers 4's
+`rope_theta` / `rope_scaling` or transformers 5's `rope_parameters`). Any
 other key, an activation polychip does not know, or a value it does not model (an explicit
 head_dim that is not hidden_size / heads, a per-layer window) is an error naming the file,
 the key and the fix: polychip never guesses a shape. An absent optional key takes the
@@ -132,20 +134,43 @@ def _neox(c: NeoXKeys, name: str, file: str) -> ModelSpec:
     )  # fmt: skip
 
 
+def _rope(c: LlamaKeys, file: str) -> tuple[float, str]:
+    """(rotary base, rope_type of rescaled frequencies or ""), from `rope_theta` and
+    `rope_scaling` (transformers 4) or `rope_parameters` (transformers 5)."""
+    params = {**(c.rope_scaling or {}), **(c.rope_parameters or {})}
+    theta = params.get("rope_theta", c.rope_theta or 10000.0)
+    if isinstance(theta, bool) or not isinstance(theta, int | float) or theta <= 0:
+        raise _unsupported("rope_parameters", f"rope_theta {theta!r} is not a positive "
+                           f"number", "give the rotary base (10000.0 for Llama 2)", file)
+    kind = str(params.get("rope_type", params.get("type", "default")))
+    if params.get("partial_rotary_factor", 1.0) != 1.0:
+        kind = "partial"
+    return float(theta), "" if kind == "default" else kind
+
+
+def _qwen2_window(c: LlamaKeys, file: str) -> None:
+    """Qwen2's sliding window: refused on any layer (Hugging Face ignores `sliding_window`
+    unless `use_sliding_window`; transformers 5 says each layer's kind in `layer_types`)."""
+    if c.use_sliding_window:
+        raise _unsupported("use_sliding_window",
+                           "Qwen2's window on some layers (max_window_layers) is not modelled",
+                           "set it to false to estimate with full attention", file)
+    if c.layer_types is not None and (len(c.layer_types) != c.num_hidden_layers
+                                      or set(c.layer_types) != {"full_attention"}):
+        raise _unsupported("layer_types", "only full attention on every layer is modelled "
+                           f"(one 'full_attention' per layer, {c.num_hidden_layers})",
+                           "set use_sliding_window to false and drop other layer kinds", file)
+
+
 def _llama_like(family: str) -> Callable[[LlamaKeys, str, str], ModelSpec]:
     def read(c: LlamaKeys, name: str, file: str) -> ModelSpec:
         window = c.sliding_window or 0
         if family == "qwen2":
-            if c.use_sliding_window:
-                raise _unsupported(
-                    "use_sliding_window",
-                    "Qwen2's window on some layers (max_window_layers) is not modelled",
-                    "set it to false to estimate with full attention",
-                    file,
-                )
+            _qwen2_window(c, file)
             window = 0  # Hugging Face Qwen2 ignores sliding_window unless it is enabled
         mlp, act = _act(c, "hidden_act", True, file)
         kv = _heads(c.hidden_size, c.num_attention_heads, c.num_key_value_heads, file, c.head_dim)
+        theta, scaling = _rope(c, file)
         return ModelSpec(
             name, c.num_hidden_layers, c.hidden_size, c.num_attention_heads, kv,
             c.intermediate_size, c.vocab_size, mlp, c.tie_word_embeddings, family=family,  # type: ignore[arg-type]
@@ -154,6 +179,7 @@ def _llama_like(family: str) -> Callable[[LlamaKeys, str, str], ModelSpec]:
             qkv_bias=family == "qwen2" or (family == "llama" and c.attention_bias),
             attn_out_bias=family == "llama" and c.attention_bias,
             mlp_bias=family == "llama" and c.mlp_bias, sliding_window=window,
+            rope_theta=theta, rope_scaling=scaling, norm_eps=c.rms_norm_eps,
         )  # fmt: skip
 
     return read
@@ -175,9 +201,9 @@ _READERS: dict[str, tuple[type[Keys], Callable[[Any, str, str], ModelSpec], froz
     "qwen2": (LlamaKeys, _llama_like("qwen2"), LLAMA_IGNORED | {"max_window_layers"}),
 }  # fmt: skip
 _OWN_KEYS = {
-    "mistral": {"attention_bias", "mlp_bias", "use_sliding_window"},  # not Mistral's keys
+    "mistral": {"attention_bias", "mlp_bias", "use_sliding_window", "layer_types"},
     "qwen2": {"attention_bias", "mlp_bias"},
-    "llama": {"sliding_window", "use_sliding_window"},
+    "llama": {"sliding_window", "use_sliding_window", "layer_types"},
 }
 
 

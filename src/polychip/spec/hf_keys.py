@@ -4,7 +4,9 @@ it (read by nothing). `hf_config.py` turns them into a ModelSpec."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveFloat, PositiveInt
 
 
 def words(text: str) -> frozenset[str]:
@@ -93,6 +95,12 @@ class LlamaKeys(Keys):
     mlp_bias: bool = False  # llama only
     sliding_window: NonNegativeInt | None = None  # mistral, qwen2
     use_sliding_window: bool = False  # qwen2
+    layer_types: list[str] | None = None  # qwen2 (transformers 5): each layer's attention
+    # arithmetic the runtime computes with (no change to the shape); Hugging Face defaults
+    rms_norm_eps: PositiveFloat = 1e-6
+    rope_theta: PositiveFloat | None = None  # transformers 4; None: 10000 or rope_parameters'
+    rope_scaling: dict[str, Any] | None = None  # transformers 4: rescaled frequencies
+    rope_parameters: dict[str, Any] | None = None  # transformers 5: rope_theta, rope_type
 
 
-LLAMA_IGNORED = words("rms_norm_eps pretraining_tp attention_dropout") | ROTARY
+LLAMA_IGNORED = words("pretraining_tp attention_dropout rotary_emb_base partial_rotary_factor")

@@ -29,6 +29,8 @@ _GPT2 = {"mlp": "gelu", "activation": "gelu_new", "tie_embeddings": True, "famil
 # OPT (Zhang et al. 2022; facebook/opt-*): the same with ReLU, 2048 positions (+2 rows).
 _OPT = _GPT2 | {"mlp": "relu", "activation": "relu", "family": "opt", "max_positions": 2048}
 
+_QWEN2 = {"family": "qwen2", "qkv_bias": True, "rope_theta": 1e6, "norm_eps": 1e-6}
+
 PRESETS: dict[str, ModelSpec] = {
     m.name: m
     for m in (
@@ -37,14 +39,17 @@ PRESETS: dict[str, ModelSpec] = {
         _preset("llama2-7b", 32, 4096, 32, 32, 11008, 32000),
         _preset("llama2-13b", 40, 5120, 40, 40, 13824, 32000),
         _preset("llama2-70b", 80, 8192, 64, 8, 28672, 32000),
-        _preset("llama3-8b", 32, 4096, 32, 8, 14336, 128256),
-        _preset("llama3-70b", 80, 8192, 64, 8, 28672, 128256),
+        # Llama 3 (meta-llama/Meta-Llama-3-*): rotary base 500000 (Llama 2: 10000)
+        _preset("llama3-8b", 32, 4096, 32, 8, 14336, 128256, rope_theta=500000.0),
+        _preset("llama3-70b", 80, 8192, 64, 8, 28672, 128256, rope_theta=500000.0),
         # Mistral-7B v0.2 / v0.3: full attention (v0.1's 4096-token window: read its
         # config.json, which says so)
-        _preset("mistral-7b", 32, 4096, 32, 8, 14336, 32000, family="mistral"),
-        # Qwen2 always has biases on q, k and v (Hugging Face Qwen2Attention).
-        _preset("qwen2-7b", 28, 3584, 28, 4, 18944, 152064, family="qwen2", qkv_bias=True),
-        _preset("qwen2-72b", 80, 8192, 64, 8, 29568, 152064, family="qwen2", qkv_bias=True),
+        _preset("mistral-7b", 32, 4096, 32, 8, 14336, 32000, family="mistral",
+                rope_theta=1e6),
+        # Qwen2 always has biases on q, k and v (Hugging Face Qwen2Attention); its configs
+        # say rope_theta 1e6, rms_norm_eps 1e-6.
+        _preset("qwen2-7b", 28, 3584, 28, 4, 18944, 152064, **_QWEN2),
+        _preset("qwen2-72b", 80, 8192, 64, 8, 29568, 152064, **_QWEN2),
         _preset("gpt2", 12, 768, 12, 12, 3072, 50257, **_GPT2),
         _preset("gpt2-medium", 24, 1024, 16, 16, 4096, 50257, **_GPT2),
         _preset("gpt2-large", 36, 1280, 20, 20, 5120, 50257, **_GPT2),

@@ -6,7 +6,8 @@ families polychip reads (spec/hf_config.py): the MLP (gated SwiGLU / GeGLU, or a
 GELU / ReLU one), the norm (RMSNorm: a weight; LayerNorm: a weight and a bias), the
 positions (rotary: no parameters; learned: a table), which linear layers carry a bias,
 tied embeddings, OPT's token embedding narrower than the blocks (`embed_proj_dim`, with
-project_in / project_out matrices), a final norm or none, a sliding attention window.
+project_in / project_out matrices), a final norm or none, a sliding attention window, and
+the arithmetic constants the runtime computes with (rotary base and scaling, norm epsilon).
 Defaults are Llama's block, so an old plan file without the newer fields reads as Llama.
 
 Counts are exact: every tensor of the checkpoint (tests/spec check real checkpoints' counts).
@@ -63,6 +64,10 @@ class ModelSpec:
     final_norm: bool = True  # a norm before the head (OPT with post-norm blocks has none)
     parallel_residual: bool = False  # GPT-NeoX: attention and MLP read the same input
     sliding_window: int = 0  # Mistral: each token attends to the last `w`; 0 = all before it
+    # Arithmetic only (no parameters, no FLOPs): the runtime computes with them.
+    rope_theta: float = 10000.0  # base of the rotary frequencies (Llama 2; Llama 3: 500000)
+    rope_scaling: str = ""  # Hugging Face rope_type of rescaled rotary frequencies; "" = none
+    norm_eps: float = 1e-5  # the norms' epsilon (Hugging Face rms_norm_eps)
 
     def __post_init__(self) -> None:
         """The one check of a model's shape (cost model, planner and runtime read it here)."""
@@ -79,6 +84,10 @@ class ModelSpec:
                 f"model {self.name!r}: activation {self.activation!r} does not fit a "
                 f"{self.mlp} MLP (it uses {', '.join(allowed)})"
             )
+        for key in ("rope_theta", "norm_eps"):
+            if not getattr(self, key) > 0:
+                raise SpecError(f"model {self.name!r} has {key}={getattr(self, key)}: it must "
+                                f"be > 0; give a positive value", key=key)
         if self.position == "learned" and self.max_positions < 1:
             raise PolychipError(
                 f"model {self.name!r}: learned positions need max_positions ≥ 1 (the rows "
