@@ -11,7 +11,8 @@ from polychip.cli.train import add_train_options
 
 # Options of `polychip train` forwarded to every worker, with their defaults.
 _FORWARDED = ("steps", "emulate", "dilation", "data", "metrics", "seed", "lr", "dtype",
-              "timeout")
+              "timeout", "weight_decay", "lr_schedule", "warmup_steps", "min_lr",
+              "lr_decay_steps", "clip_grad_norm", "tokenizer")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +35,7 @@ def train_args(args: argparse.Namespace, parser_defaults: dict[str, object]) -> 
         value = getattr(args, name)
         if value == parser_defaults.get(name):
             continue
-        flag = "--" + name
+        flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             out += [flag] if value else []
         else:
