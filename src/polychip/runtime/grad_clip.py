@@ -88,7 +88,7 @@ class GradClipper:
                  for g, ranges in zip(grads, self.ranges, strict=True) for a, b in ranges]
         if not parts:
             return torch.zeros((), dtype=torch.float64)
-        return torch.stack(parts).sum().to("cpu", torch.float64)
+        return torch.stack(parts).sum().cpu().double()  # some devices have no float64
 
     def clip_(self, grads: Sequence[torch.Tensor]) -> float:
         """Collective (every rank, once per step): scale ``grads`` in place so the global
