@@ -34,8 +34,12 @@ def _plan_b() -> Plan:
 
 
 def _config(root: Path, steps: int, **kw: object) -> TrainConfig:
+    # decay on matrices only (two parameter groups), warm-up + cosine over the whole run,
+    # clipping that binds: all of it must go on across the resume exactly
     return TrainConfig(steps=steps, dtype="float64", lr=0.05, bucket_bytes=4096,
-                       max_corpus_bytes=CORPUS_BYTES, checkpoint_dir=str(root), **kw)
+                       max_corpus_bytes=CORPUS_BYTES, checkpoint_dir=str(root),
+                       lr_schedule="cosine", warmup_steps=2, lr_decay_steps=TOTAL,
+                       clip_grad_norm=0.05, **kw)
 
 
 def _trainer(plan: Plan, rank: int, config: TrainConfig) -> Trainer:

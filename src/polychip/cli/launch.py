@@ -11,7 +11,9 @@ from polychip.cli.train import add_train_options
 
 # Options of `polychip train` forwarded to every worker, with their defaults.
 _FORWARDED = ("steps", "emulate", "dilation", "data", "metrics", "seed", "lr", "dtype",
-              "timeout", "init_from", "export_hf")
+              "timeout", "init_from", "export_hf", "weight_decay", "lr_schedule",
+              "warmup_steps", "min_lr", "lr_decay_steps", "clip_grad_norm", "tokenizer",
+              "checkpoint_dir", "save_every", "keep", "resume")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -43,11 +43,13 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dilation", type=float, metavar="X",
                    help="with --emulate: the dilation factor (default: from a timed warm-up)")
     p.add_argument("--data", metavar="PATH",
-                   help="text file (bytes) or uint16 token file (.bin); default: the Python "
-                        "standard library's sources")
+                   help="text file (bytes, or --tokenizer's tokens) or uint16 token file "
+                        "(.bin); default: the Python standard library's sources")
     p.add_argument("--metrics", metavar="OUT.jsonl", help="one JSON record per step per rank")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate")
+    p.add_argument("--lr", type=float, default=3e-3,
+                   help="peak learning rate, reached after the warm-up (default 3e-3)")
+    add_optimizer_options(p)
     p.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default=None,
                    help="run everything in this dtype (default: the plan's job.precision, "
                         "mixed precision with fp32 master weights for bf16/fp16)")
@@ -74,6 +76,27 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                         "plan of the same model); --steps is the total, counted from step 0")
 
 
+def add_optimizer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weight-decay", type=float, default=0.1, metavar="WD",
+                   help="AdamW weight decay, on matrices only: not on norms (default 0.1)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"),
+                   default="constant",
+                   help="after the warm-up: keep --lr, or decay it to --min-lr by "
+                        "--lr-decay-steps (default constant)")
+    p.add_argument("--warmup-steps", type=int, default=0, metavar="N",
+                   help="linear warm-up from lr/N to --lr over the first N steps (default 0)")
+    p.add_argument("--min-lr", type=float, metavar="X",
+                   help="the decay's floor (default: --lr / 10)")
+    p.add_argument("--lr-decay-steps", type=int, metavar="N",
+                   help="the step at which the decay reaches --min-lr (default: --steps)")
+    p.add_argument("--clip-grad-norm", type=float, metavar="X",
+                   help="clip the gradients to this global norm over all ranks (default: no "
+                        "clipping; large-model recipes use 1.0)")
+    p.add_argument("--tokenizer", metavar="TOKENIZER.json",
+                   help="tokenize the --data text with this Hugging Face tokenizers file "
+                        "(once, cached); its vocabulary must fit the model's vocab_size")
+
+
 def train_config(args: argparse.Namespace, *, progress: bool) -> TrainConfig:
     from polychip.runtime.train import TrainConfig
 
@@ -82,7 +105,11 @@ def train_config(args: argparse.Namespace, *, progress: bool) -> TrainConfig:
                        timeout_s=args.timeout, metrics_path=args.metrics, progress=progress,
                        init_from=args.init_from, export_hf=args.export_hf,
                        checkpoint_dir=args.checkpoint_dir, save_every=args.save_every,
-                       keep=args.keep, resume=args.resume)
+                       keep=args.keep, resume=args.resume,
+                       weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
+                       warmup_steps=args.warmup_steps, min_lr=args.min_lr,
+                       lr_decay_steps=args.lr_decay_steps, clip_grad_norm=args.clip_grad_norm,
+                       tokenizer=args.tokenizer)
 
 
 def check(plan_path: str, *, emulate: bool) -> int:
@@ -136,8 +163,10 @@ def run(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan)
     config = train_config(args, progress=True)
     roles = rank_roles(plan, emulate=config.emulate)  # refuses what cannot run yet
-    # Bad data, or a checkpoint that cannot be resumed, fails here, before any process starts.
-    SampleStream(open_source(config.data, plan.model.vocab_size), plan.job.seq_len)
+    # Bad data, or a checkpoint that cannot be resumed, fails here, before any process starts
+    # (text is tokenized here, cached).
+    SampleStream(open_source(config.data, plan.model.vocab_size, tokenizer=config.tokenizer),
+                 plan.job.seq_len)
     check_hf_paths(plan, config)  # and Hugging Face weights of another model
     console = Console()
     if config.resume:

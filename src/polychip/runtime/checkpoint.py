@@ -129,7 +129,8 @@ class Checkpointer:
             state_keys=tuple(keys),
             tensors={n: TensorEntry(shape=shapes[n], shards=tuple(s)) for n, s in merged.items()},
             state={"optimizer_step": t.optimizer.step_count(), "seed": t.config.seed,
-                   "scaler": None if t.scaler is None else t.scaler.state_dict(), **extra})
+                   "scaler": None if t.scaler is None else t.scaler.state_dict(),
+                   "lr_schedule": t.lr_schedule.state_dict(), **extra})
         if self.keep:
             prune(self.root, self.keep)
         write_manifest(folder, manifest)
@@ -180,6 +181,8 @@ class Checkpointer:
         t.optimizer.load_full_state(flats, int(manifest.state.get("optimizer_step", 0)))
         if t.scaler is not None and manifest.state.get("scaler"):
             t.scaler.load_state_dict(manifest.state["scaler"])
+        if manifest.state.get("lr_schedule"):  # the run's schedule goes on where it was
+            t.lr_schedule.load_state_dict(manifest.state["lr_schedule"])
         return manifest
 
 

@@ -8,8 +8,8 @@ step reads the same samples, and a resumed run continues exactly. A replica read
 contiguous index range :func:`share_range` gives it.
 
 Sources: the running interpreter's standard-library ``.py`` files as bytes (the default corpus,
-present on every machine with Python), a user's text file (bytes), a pre-tokenized ``uint16``
-file (``.bin``).
+present on every machine with Python), a user's text file (bytes, or tokenized by a Hugging
+Face tokenizer: :mod:`polychip.runtime.tokenized`), a pre-tokenized ``uint16`` file (``.bin``).
 """
 
 from __future__ import annotations
@@ -160,9 +160,19 @@ def _existing_nonempty_file(path: str | os.PathLike[str], kind: str) -> Path:
 
 
 def open_source(path: str | os.PathLike[str] | None = None, vocab_size: int | None = None,
-                max_corpus_bytes: int = DEFAULT_CORPUS_MAX_BYTES) -> TokenSource:
+                max_corpus_bytes: int = DEFAULT_CORPUS_MAX_BYTES, *,
+                tokenizer: str | os.PathLike[str] | None = None) -> TokenSource:
     """No path: the standard-library corpus. ``*.bin``: a uint16 token file (needs the model's
-    ``vocab_size``). Anything else: a text file read as bytes."""
+    ``vocab_size``). With a ``tokenizer`` (a tokenizer.json): a text file it tokenizes
+    (:mod:`polychip.runtime.tokenized`). Anything else: a text file read as bytes."""
+    if tokenizer is not None:
+        if path is None or vocab_size is None:
+            raise RuntimeSetupError(
+                f"tokenizer {tokenizer} given without a text file (and the model's "
+                f"vocab_size): pass --data TEXT with --tokenizer")
+        from polychip.runtime.tokenized import TokenizedText
+
+        return TokenizedText(path, tokenizer, vocab_size)
     if path is None:
         return StdlibCorpus(max_corpus_bytes)
     if Path(path).suffix == ".bin":

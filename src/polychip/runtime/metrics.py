@@ -56,6 +56,8 @@ class StepRecord:
     padding_s: float  # emulation: seconds slept in slots and links, inside the phases
     overruns: int  # phases of this step whose real work ran past the emulated slot
     lost_s: float  # how much later than the emulated chip this rank's step work finished
+    lr: float | None = None  # the step's learning rate
+    grad_norm: float | None = None  # the global gradient norm before clipping (when clipping)
     version: int = METRICS_VERSION
 
     @property

@@ -9,6 +9,12 @@ parameters one by one. A step: the spans' gradients (the reduce dtype's buffer, 
 master's dtype differs; under fp16 unscaled and checked for inf/NaN on every rank, the step
 skipped everywhere if one has any), the torch optimizer's step, the masters written back to
 the 16-bit weights, and under ZeRO-1 the updated parameters all-gathered.
+
+Weight decay applies to matrices only: the spans are cut where the parameter kind changes and
+go to two parameter groups (:mod:`polychip.runtime.param_groups`). With a ``clip_grad_norm``
+the gradients are clipped to the global norm over all ranks before the step, after fp16's
+unscaling (:mod:`polychip.runtime.grad_clip`); the learning rate of each step is set by the
+trainer (:meth:`StageOptimizer.set_lr`, from :mod:`polychip.runtime.lr_schedule`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import torch
 import torch.distributed as dist
 
 from polychip.runtime.data_parallel import StageGrads
+from polychip.runtime.grad_clip import GradClipper, norm_ranges
+from polychip.runtime.param_groups import groups_of, split_by_decay
 from polychip.runtime.precision import LossScaler, Precision
 from polychip.runtime.shards import (
     gather_flat,
@@ -35,13 +43,17 @@ class OptimizerConfig(Protocol):
     optimizer: Literal["adamw", "sgd"]
     lr: float
     weight_decay: float
+    clip_grad_norm: float | None
 
 
-def make_optimizer(config: OptimizerConfig, params: Sequence[torch.Tensor]
+def make_optimizer(config: OptimizerConfig, params: Sequence[torch.Tensor] | Sequence[dict]
                    ) -> torch.optim.Optimizer:
+    """``params``: tensors (all decayed) or parameter groups (:func:`groups_of`); SGD has no
+    weight decay."""
+    tensors = [p for g in params for p in g["params"]] if isinstance(params[0], dict) else params
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=0.9)
-    fused = params[0].device.type in ("cpu", "cuda")  # one fused kernel (fast on the CPU too)
+        return torch.optim.SGD(tensors, lr=config.lr, momentum=0.9)
+    fused = tensors[0].device.type in ("cpu", "cuda")  # one fused kernel (fast on the CPU too)
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
                              fused=fused or None)
 
@@ -50,9 +62,13 @@ class StageOptimizer:
     """``step()`` is the schedule's ``OPT``: after every ``AR[...]`` of the step."""
 
     def __init__(self, grads: StageGrads, config: OptimizerConfig, precision: Precision,
-                 scaler: LossScaler | None = None) -> None:
+                 scaler: LossScaler | None = None, *, replica: int = 0,
+                 norm_skip: frozenset[str] = frozenset()) -> None:
+        """``replica``: this rank's (the global norm's ownership); ``norm_skip``: parameters
+        whose gradient is another's copy (a tied embedding's head on a later stage)."""
         self.grads, self.precision, self.scaler = grads, precision, scaler
-        self.spans = owned_spans(grads)
+        kinds = split_by_decay(grads, owned_spans(grads))
+        self.spans = [span for span, _ in kinds]
         if grads.zero1:
             stage_params(grads)
         source = "initial" if grads.initial is not None else "param"
@@ -64,7 +80,18 @@ class StageOptimizer:
                 weights = weights.to(precision.optimizer_dtype, copy=True)
             self.masters.append(torch.nn.Parameter(weights))
         grads.initial = None  # the masters hold them now
-        self.inner = make_optimizer(config, self.masters)
+        decay = [d for _, d in kinds]
+        self.inner = make_optimizer(config, groups_of(zip(self.masters, decay, strict=True),
+                                                      config.weight_decay))
+        self.clipper = None if not config.clip_grad_norm else GradClipper(
+            config.clip_grad_norm, norm_ranges(grads, self.spans, replica=replica,
+                                               tp_rank=grads.tp.rank, skip=norm_skip))
+        self.grad_norm: float | None = None  # the last step's, before clipping
+
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of the next step (every rank sets the same)."""
+        for group in self.inner.param_groups:
+            group["lr"] = lr
 
     def step(self) -> bool:
         """One optimizer step; False when fp16's loss scaling found an inf or a NaN and every
@@ -75,9 +102,12 @@ class StageOptimizer:
         for span, master in zip(self.spans, self.masters, strict=True):
             g = span_tensor(grads, span, "grad")
             master.grad = g if g.dtype == master.dtype else g.to(master.dtype)
+        self.grad_norm = None
         if self.scaler is not None and not self._unscale_and_check():
             self._drop_grads()
             return False
+        if self.clipper is not None:
+            self.grad_norm = self.clipper.clip_([m.grad for m in self.masters])
         self.inner.step()
         if self.copies:
             with torch.no_grad():
@@ -136,11 +166,11 @@ class StageOptimizer:
         """Collective under ZeRO-1: the master weights (``param``) and every per-element
         state, each laid out like the buffers and whole on every holder, whatever its shard."""
         dtype = self.precision.optimizer_dtype
-        out = {"param": gather_flat(self.grads, [m.detach() for m in self.masters], dtype)}
+        spans, masters = self.spans, self.masters
+        out = {"param": gather_flat(self.grads, spans, [m.detach() for m in masters], dtype)}
         for key in self.state_keys():
-            parts = [self.inner.state.get(m, {}).get(key, torch.zeros_like(m))
-                     for m in self.masters]
-            out[key] = gather_flat(self.grads, parts, dtype)
+            parts = [self.inner.state.get(m, {}).get(key, torch.zeros_like(m)) for m in masters]
+            out[key] = gather_flat(self.grads, spans, parts, dtype)
         return out
 
     @torch.no_grad()
@@ -154,10 +184,12 @@ class StageOptimizer:
         keys = self.state_keys()
         if step_count == 0 and keys != ("momentum_buffer",):
             return  # AdamW before its first step holds no state
+        index = {id(p): i for i, p in enumerate(  # state_dict's numbering: group by group
+            p for group in self.inner.param_groups for p in group["params"])}
         state = {}
-        for i, span in enumerate(self.spans):
+        for span, master in zip(self.spans, self.masters, strict=True):
             values = {k: span_of(self.grads, span, flats[k]).clone() for k in keys}
-            state[i] = values | ({} if "momentum_buffer" in keys
-                                 else {"step": torch.tensor(float(step_count))})
+            state[index[id(master)]] = values | (
+                {} if "momentum_buffer" in keys else {"step": torch.tensor(float(step_count))})
         self.inner.load_state_dict({"state": state,
                                     "param_groups": self.inner.state_dict()["param_groups"]})

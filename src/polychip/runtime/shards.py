@@ -105,18 +105,19 @@ def span_of(grads: StageGrads, span: OwnedSpan, flat: torch.Tensor) -> torch.Ten
     return b.stage(view, piece, "all-gather")[span.start:span.end]
 
 
-def gather_flat(grads: StageGrads, parts: Sequence[torch.Tensor], dtype: torch.dtype
-                ) -> torch.Tensor:
+def gather_flat(grads: StageGrads, spans: Sequence[OwnedSpan], parts: Sequence[torch.Tensor],
+                dtype: torch.dtype) -> torch.Tensor:
     """Collective under ZeRO-1: a tensor laid out like the buffers holding, on every holder,
-    what each rank has for its owned spans (``parts``, one per span of :func:`owned_spans`,
-    e.g. an optimizer state), gathered as the parameters are after a step."""
+    what each rank has for its owned spans (``parts``, one per span of ``spans``, which cover
+    :func:`owned_spans`; e.g. an optimizer state), gathered as the parameters are after a
+    step."""
     flat = torch.zeros_like(grads.param_buffer, dtype=dtype)
 
     def view(e: Entry) -> torch.Tensor:
         return flat[e.offset:e.end].view(e.shape)
     staged = {(b.index, p.piece.index): b.stage(view, p, "all-gather")
               for b in (_staged(grads) if grads.zero1 else []) for p in b.pieces}
-    for span, part in zip(owned_spans(grads), parts, strict=True):
+    for span, part in zip(spans, parts, strict=True):
         target = flat if span.staged is None else staged[span.staged]
         target[span.start:span.end].copy_(part)
     if grads.zero1:

@@ -43,7 +43,9 @@ from polychip.runtime.data_parallel import DEFAULT_BUCKET_BYTES, StageGrads, los
 from polychip.runtime.dilation import DilationGovernor, WarmupTiming, plan_step_target_s
 from polychip.runtime.emulate import EmulatedClock, PhaseTargets, phase_targets
 from polychip.runtime.errors import DistributedRunError, RuntimeSetupError
+from polychip.runtime.grad_clip import tied_copies
 from polychip.runtime.grad_layout import fused_runs
+from polychip.runtime.lr_schedule import LRKind, LRSchedule
 from polychip.runtime.memory import memory_meter
 from polychip.runtime.metrics import StepRecord
 from polychip.runtime.model import build_stage
@@ -69,7 +71,13 @@ class TrainConfig:
     dtype: Literal["float32", "float64", "bfloat16"] | None = None
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 3e-3
-    weight_decay: float = 0.1
+    weight_decay: float = 0.1  # matrices only (runtime.param_groups)
+    lr_schedule: LRKind = "constant"  # warm-up, then constant / cosine / linear decay
+    warmup_steps: int = 0
+    min_lr: float | None = None  # the decay's floor; None: lr / 10
+    lr_decay_steps: int | None = None  # the decay ends here; None: at `steps`
+    clip_grad_norm: float | None = None  # the global gradient norm's cap; None: no clipping
+    tokenizer: str | None = None  # a tokenizers' tokenizer.json for a text `data` file
     timeout_s: float = 120.0  # process-group timeout: a silent rank fails the run after this
     max_corpus_bytes: int = DEFAULT_CORPUS_MAX_BYTES
     metrics_path: str | None = None
@@ -100,6 +108,15 @@ class TrainConfig:
             raise RuntimeSetupError(
                 f"dilation={self.dilation}: a dilation needs emulated chips (--emulate) and "
                 f"must be > 0; leave it out to choose it from a warm-up")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise RuntimeSetupError(f"clip_grad_norm={self.clip_grad_norm}: give a norm > 0, "
+                                    f"or leave it out for no clipping")
+        self.lr_schedule_of()  # its own checks
+
+    def lr_schedule_of(self) -> LRSchedule:
+        return LRSchedule.of(self.lr_schedule, self.lr, min_lr=self.min_lr,
+                             warmup_steps=self.warmup_steps,
+                             decay_steps=self.lr_decay_steps or self.steps)
 
     @property
     def timeout(self) -> timedelta:
@@ -119,7 +136,8 @@ class Trainer:
         self.plan, self.config, self.topology = plan, config, topology
         role = self.role = topology.role
         self.device = topology.device
-        source = open_source(config.data, plan.model.vocab_size, config.max_corpus_bytes)
+        source = open_source(config.data, plan.model.vocab_size, config.max_corpus_bytes,
+                             tokenizer=config.tokenizer)
         if source.vocab_size > plan.model.vocab_size:
             raise RuntimeSetupError(
                 f"the data has {source.vocab_size} token ids, the model's vocab_size is "
@@ -149,7 +167,9 @@ class Trainer:
                                 overlap=plan.job.overlap_grad_sync,
                                 bucket_bytes=config.bucket_bytes, zero1=plan.zero1)
         self.scaler = LossScaler() if self.precision.loss_scaling else None
-        self.optimizer = StageOptimizer(self.grads, config, self.precision, self.scaler)
+        self.optimizer = StageOptimizer(self.grads, config, self.precision, self.scaler,
+                                        replica=role.replica, norm_skip=tied_copies(plan, role))
+        self.lr_schedule = config.lr_schedule_of()  # state_dict(): the checkpoint's
         self.targets: PhaseTargets | None = (
             phase_targets(plan, role.replica, role.stage) if config.emulate else None)
         self.runner = StageRunner(
@@ -241,6 +261,7 @@ class Trainer:
         clock = self.clock
         with self.memory.step():
             clock.start_step()
+            self.optimizer.set_lr(self.lr_schedule.lr_at(step))
             self.grads.zero_()
             stats = self.runner.run(step)
             timing = clock.finish_step()
@@ -264,7 +285,8 @@ class Trainer:
             memory_kind=self.memory.kind, memory=counted,
             emulated=timing.emulated is not None, dilation=timing.dilation,
             emulated_time=timing.emulated, padding_s=timing.padding_s,
-            overruns=timing.overruns, lost_s=timing.lost_s)
+            overruns=timing.overruns, lost_s=timing.lost_s,
+            lr=self.lr_schedule.lr_at(step), grad_norm=self.optimizer.grad_norm)
 
     def run(self, steps: int, *, start: int = 0, progress: bool = False,
             label: str = "training",
