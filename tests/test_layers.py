@@ -12,7 +12,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "polychip"
 # Lowest first. A module may import from its own layer and the layers before it.
-LAYERS = ["spec", "plan", "costmodel", "simulator", "planner", "runtime", "cli"]
+LAYERS = ["spec", "plan", "costmodel", "simulator", "planner", "runtime", "elastic", "cli"]
 # The runtime reads plans; it never reaches into the planner or the simulator.
 FORBIDDEN = {"runtime": {"planner", "simulator"}}
 

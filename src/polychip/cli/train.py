@@ -18,6 +18,7 @@ from polychip.cli.runreport import print_train_summary
 
 if TYPE_CHECKING:
     from polychip.plan import Plan
+    from polychip.runtime.metrics import RunSummary
     from polychip.runtime.train import TrainConfig
 
 
@@ -30,6 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the runtime can execute every feature it asks for, else 2 with the "
                         "reasons")
     add_train_options(p)
+    p.add_argument("--elastic", action="store_true",
+                   help="when a rank dies, plan again on the surviving chips (same global "
+                        "batch), resume from the newest save in --checkpoint-dir, go on "
+                        "(this host's ranks; needs --checkpoint-dir)")
+    p.add_argument("--max-restarts", type=int, default=3, metavar="N",
+                   help="with --elastic: re-plans allowed before the run fails (default 3)")
     p.add_argument("--plan-node", type=int, metavar="N",
                    help="run as a torchrun worker of plan node N (set by `polychip launch`)")
     p.set_defaults(func=run)
@@ -154,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         return check(args.plan, emulate=args.emulate)
     from polychip.plan import load_plan
     from polychip.runtime.data import SampleStream, open_source
-    from polychip.runtime.errors import DistributedRunError
+    from polychip.runtime.errors import DistributedRunError, RuntimeSetupError
     from polychip.runtime.hostfit import check_host_fit
     from polychip.runtime.launch import TrainingStopped, launch_local, torchrun_worker
     from polychip.runtime.session import TrainTask
@@ -162,6 +169,10 @@ def run(args: argparse.Namespace) -> int:
 
     plan = load_plan(args.plan)
     config = train_config(args, progress=True)
+    if args.elastic and (args.plan_node is not None or not config.checkpoint_dir):
+        raise RuntimeSetupError(
+            "--elastic runs this host's ranks under a supervisor and needs --checkpoint-dir "
+            "DIR; multi-node elastic jobs (--plan-node) are not supported yet")
     roles = rank_roles(plan, emulate=config.emulate)  # refuses what cannot run yet
     # Bad data, or a checkpoint that cannot be resumed, fails here, before any process starts
     # (text is tokenized here, cached).
@@ -177,9 +188,14 @@ def run(args: argparse.Namespace) -> int:
         else:
             check_devices(roles)
             check_host_fit(plan, roles, config)
-            rank, summary = 0, launch_local(plan, TrainTask(config))[0]
+            if args.elastic:
+                plan, summary = run_elastic_cli(plan, config, args.max_restarts, console)
+                rank = 0
+            else:
+                rank, summary = 0, launch_local(plan, TrainTask(config))[0]
     except TrainingStopped as exc:
-        console.print(f"polychip train: {exc.signal_name} stopped the run; "
+        how = "at once (a second signal)" if exc.at_once else "at a step boundary"
+        console.print(f"polychip train: {exc.signal_name} stopped the run {how}; "
                       f"{saved_line(config)}")
         return 128 + exc.signum
     except DistributedRunError as exc:
@@ -232,3 +248,16 @@ def saved_line(config: TrainConfig) -> str:
         return f"no complete save in {config.checkpoint_dir}"
     return (f"saved step {read_manifest(folder).step} in {folder}; continue with the same "
             f"command and --resume")
+
+
+def run_elastic_cli(plan: Plan, config: TrainConfig, max_restarts: int, console: Console
+                    ) -> tuple[Plan, RunSummary | None]:
+    """--elastic: the supervisor's run; the plan that finished and its summary."""
+    from polychip.elastic.supervisor import run_elastic
+
+    done = run_elastic(plan, config, max_restarts=max_restarts, say=console.print)
+    if done.replans:
+        console.print(f"elastic: finished on {done.plan.world_size} chips after "
+                      f"{len(done.replans)} re-plan(s) (log: "
+                      f"{config.checkpoint_dir}/elastic.jsonl)")
+    return done.plan, done.summary

@@ -12,3 +12,12 @@ class RuntimeSetupError(PolychipError):
 class DistributedRunError(RuntimeError):
     """A collective failed mid-run: another rank died, or stopped answering for longer than the
     process-group timeout. The message names this rank, its step and the likely cause."""
+
+
+class RankDied(DistributedRunError):
+    """A rank's process died without a Python error (killed, out of memory, a crash in native
+    code): ``rank`` (the plan's) and its ``exitcode``."""
+
+    def __init__(self, message: str, rank: int, exitcode: int) -> None:
+        super().__init__(message)
+        self.rank, self.exitcode = rank, exitcode

@@ -18,28 +18,29 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 from polychip.plan.plan import Plan
-from polychip.runtime.errors import DistributedRunError, RuntimeSetupError
+from polychip.runtime.errors import DistributedRunError, RankDied, RuntimeSetupError
+from polychip.runtime.stopping import STOP_FILE_ENV, stop_file_on_signals, worker_signals
 from polychip.runtime.topology import check_devices, rank_roles, world_backend
 from polychip.spec.errors import PolychipError
 
 DEFAULT_PORT = 29500
-STOP_GRACE_S = 120
-"""After SIGINT/SIGTERM, the ranks have this long to finish their step and save before
-torchrun's agent kills them (runtime.stopping)."""
 
 
 class TrainingStopped(Exception):
-    """SIGINT or SIGTERM stopped a local run (its ranks stopped at a step boundary)."""
+    """SIGINT or SIGTERM stopped a local run: its ranks at a step boundary, after saving
+    (runtime.stopping), or ``at_once`` (a second Ctrl-C) without."""
 
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
+    def __init__(self, signum: int, *, at_once: bool = False) -> None:
+        self.signum, self.at_once = signum, at_once
         super().__init__(self.signal_name)
 
     @property
@@ -65,6 +66,7 @@ def run_worker(plan: Plan, rank: int, task: Task) -> Any:
     import torch
     import torch.distributed as dist
 
+    worker_signals()  # Ctrl-C: stop at the next step boundary (runtime.stopping)
     torch.set_num_threads(1)
     roles = rank_roles(plan, emulate=task.emulate)
     dist.init_process_group(world_backend(roles), init_method="env://", rank=rank,
@@ -128,23 +130,31 @@ def launch_local(plan: Plan, task: Task, *, start_method: str | None = None) -> 
         min_nodes=1, max_nodes=1, nproc_per_node=len(roles),
         run_id=f"polychip-{uuid.uuid4().hex[:12]}", rdzv_backend="c10d",
         rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1,
-        start_method=start_method, shutdown_timeout=STOP_GRACE_S)
+        start_method=start_method, signals_to_handle="SIGHUP,SIGQUIT")  # INT, TERM: ours
     # Failures are reported below, once and clearly, not as the agent's log lines.
     loggers = [logging.getLogger(n) for n in ("torch.distributed.elastic", "torch.multiprocessing")]
     levels = [log.level for log in loggers]
     for log in loggers:
         log.setLevel(logging.CRITICAL)
+    stop_dir = tempfile.TemporaryDirectory(prefix="polychip-stop-")
+    stop_file = Path(stop_dir.name) / "stop"
+    os.environ[STOP_FILE_ENV] = str(stop_file)  # the ranks inherit it
     try:
-        outcomes: dict[int, WorkerOutcome] = elastic_launch(config, _local_entry)(plan, task)
-    except SignalException as exc:  # the ranks finished their step and saved (stopping)
-        raise TrainingStopped(int(exc.sigval)) from None
+        with stop_file_on_signals(stop_file) as taken:
+            outcomes: dict[int, WorkerOutcome] = elastic_launch(config, _local_entry)(plan, task)
+        if taken:  # the ranks stopped at a step boundary and saved
+            raise TrainingStopped(taken[0])
+    except (KeyboardInterrupt, SignalException):  # a second Ctrl-C, SIGHUP, SIGQUIT: at once
+        raise TrainingStopped(int(signal.SIGINT), at_once=True) from None
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
-        raise DistributedRunError(
+        raise RankDied(
             f"rank {rank} ({roles[rank].chip}) died with exit code {failure.exitcode} "
             f"without a Python error (killed, out of memory or a crash in native code); "
-            f"the other ranks were stopped") from None
+            f"the other ranks were stopped", rank, failure.exitcode) from None
     finally:
+        os.environ.pop(STOP_FILE_ENV, None)
+        stop_dir.cleanup()
         for log, level in zip(loggers, levels, strict=True):
             log.setLevel(level)
     failed = [o for _, o in sorted(outcomes.items()) if o.error is not None]

@@ -58,6 +58,7 @@ class StepRecord:
     lost_s: float  # how much later than the emulated chip this rank's step work finished
     lr: float | None = None  # the step's learning rate
     grad_norm: float | None = None  # the global gradient norm before clipping (when clipping)
+    finished_at: float | None = None  # Unix time (this host's clock) when the step ended
     version: int = METRICS_VERSION
 
     @property
@@ -109,6 +110,21 @@ class StepLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+def absorb_rank_logs(path: str | Path) -> int:
+    """After a run that failed: the steps its ranks logged (``OUT.jsonl.rank<N>``) join the
+    metrics file's records, ordered by (step, rank), and the rank logs go; how many were
+    added. A run resumed from a save then keeps those before its step (:func:`write_metrics`)."""
+    path = Path(path)
+    logs = sorted(path.parent.glob(path.name + ".rank*"))
+    records = read_metrics(path) if path.is_file() else []
+    added = [r for log in logs for r in read_metrics(log)]
+    ordered = sorted(records + added, key=lambda r: (r["step"], r["rank"]))
+    path.write_text("".join(json.dumps(r) + "\n" for r in ordered))
+    for log in logs:
+        log.unlink()
+    return len(added)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -4,6 +4,8 @@ the summary; and the picklable task the launcher runs on every rank."""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,7 +26,7 @@ from polychip.runtime.metrics import (
     summarise,
     write_metrics,
 )
-from polychip.runtime.stopping import stop_on_signals
+from polychip.runtime.stopping import StopRequest
 from polychip.runtime.topology import build_topology
 from polychip.runtime.train import WARMUP_MIN_S, TrainConfig, Trainer
 
@@ -133,24 +135,46 @@ def run_logged(trainer: Trainer, start: int = 0,
     ``save_every`` steps, at the end, and when stopping."""
     config = trainer.config
     log = StepLog(config.metrics_path, trainer.role.rank) if config.metrics_path else None
+    kill_at = injected_death(trainer.role.rank)
 
-    with stop_on_signals() as stop:
-        def after(record: StepRecord) -> bool:
-            if log is not None:
-                log(record)
-            done, stopping = record.step + 1, stop.agreed()
-            every = config.save_every and done % config.save_every == 0
-            if checkpoints is not None and (stopping or every or done == config.steps):
-                checkpoints.save(done)
-            return stopping
-        try:
-            return trainer.run(config.steps - start, start=start,
-                               progress=config.progress and trainer.reports, on_step=after)
-        finally:
-            if log is not None:
-                log.close()
-            if checkpoints is not None:
-                checkpoints.wait()
+    stop = StopRequest()
+
+    def after(record: StepRecord) -> bool:
+        if log is not None:
+            log(record)
+        if record.step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        done, stopping = record.step + 1, stop.agreed()
+        every = config.save_every and done % config.save_every == 0
+        if checkpoints is not None and (stopping or every or done == config.steps):
+            checkpoints.save(done)
+        return stopping
+    try:
+        return trainer.run(config.steps - start, start=start,
+                           progress=config.progress and trainer.reports, on_step=after)
+    finally:
+        if log is not None:
+            log.close()
+        if checkpoints is not None:
+            checkpoints.wait()
+
+
+FAULT_ENV = "POLYCHIP_KILL_RANK_AT"
+"""Fault injection for tests and benchmarks (benchmarks/elastic.py): ``RANK:STEP`` makes plan
+rank RANK kill its own process (SIGKILL, as the kernel's out-of-memory killer would) right
+after step STEP."""
+
+
+def injected_death(rank: int) -> int | None:
+    """The step after which this rank is to die (``FAULT_ENV``), or None."""
+    value = os.environ.get(FAULT_ENV, "")
+    if not value:
+        return None
+    try:
+        who, step = (int(x) for x in value.split(":"))
+    except ValueError:
+        raise RuntimeSetupError(f"{FAULT_ENV}={value!r}: write RANK:STEP, e.g. 1:5") from None
+    return step if who == rank else None
 
 
 @dataclass(frozen=True)
