@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,13 +16,14 @@ from tests.runtime.plans import cpu_test_plan, dp_plan
 from tests.runtime.reference import CORPUS_BYTES, single_process
 
 from polychip.elastic.supervisor import EVENTS, run_elastic
-from polychip.plan import Plan
+from polychip.plan import Plan, save_plan
 from polychip.runtime.checkpoint import _ShardReader
 from polychip.runtime.checkpoint_manifest import latest_complete, read_manifest
 from polychip.runtime.metrics import read_metrics
 from polychip.runtime.session import FAULT_ENV
 from polychip.runtime.train_config import TrainConfig
 
+SRC = Path(__file__).resolve().parents[2] / "src"
 STEPS, EVERY, DIES_AFTER = 6, 2, 2  # saves at 2, 4, 6; rank 1 dies after step 2 (3 done)
 
 
@@ -51,7 +54,8 @@ def test_a_dead_rank_is_replanned_around_and_the_run_ends_exact(tmp_path: Path,
         1, "cpu-slow", 4, 3)
     assert event.resumed_step == EVERY  # steps 2 (the one after the save) recomputed only
     assert event.old_tokens_per_s and event.new_tokens_per_s
-    assert len(said) == 1 and "re-planned on 3 of 4 chips" in said[0] and "tokens/s" in said[0]
+    assert len(said) == 1 and "tokens/s" in said[0]
+    assert "re-planned on the 3 surviving chips" in said[0] and "plan uses 3" in said[0]
     logged = [json.loads(x) for x in (tmp_path / "ckpt" / EVENTS).read_text().splitlines()]
     assert [e["died_rank"] for e in logged] == [1]
     assert done.plan.world_size == 3 and done.summary is not None
@@ -71,3 +75,23 @@ def test_a_dead_rank_is_replanned_around_and_the_run_ends_exact(tmp_path: Path,
     for name, want in ref.items():
         torch.testing.assert_close(reader.full(name, "param"), want, rtol=0, atol=1e-12,
                                    msg=name)
+
+
+@pytest.mark.dist
+def test_train_elastic_from_the_command_line(tmp_path: Path) -> None:
+    """`polychip train --elastic` as a user runs it: the planner chooses the new plan, the
+    run finishes, and the console says what happened; without a checkpoint dir: exit 2."""
+    plan_path, text = tmp_path / "plan.json", tmp_path / "text.txt"
+    save_plan(cpu_test_plan(shares=(4, 4, 16, 8)), plan_path)
+    text.write_bytes(Path(os.__file__).read_bytes()[:20_000])
+    base = [sys.executable, "-m", "polychip", "train", str(plan_path), "--steps", "4",
+            "--emulate", "--dilation", "3", "--data", str(text), "--elastic"]
+    env = {**os.environ, "PYTHONPATH": str(SRC), FAULT_ENV: "2:1"}
+    refused = subprocess.run(base, capture_output=True, text=True, env=env, timeout=120)
+    assert refused.returncode == 2 and "--checkpoint-dir" in refused.stderr + refused.stdout
+    done = subprocess.run([*base, "--checkpoint-dir", str(tmp_path / "ckpt"), "--save-every",
+                           "1"], capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == 0, done.stderr + done.stdout
+    out = " ".join(done.stdout.split())
+    assert "rank 2 (cpu-fast, node 1) died" in out and "resuming from step 1" in out
+    assert "elastic: finished on" in out and "after 1 re-plan(s)" in out

@@ -257,7 +257,7 @@ def run_elastic_cli(plan: Plan, config: TrainConfig, max_restarts: int, console:
 
     done = run_elastic(plan, config, max_restarts=max_restarts, say=console.print)
     if done.replans:
-        console.print(f"elastic: finished on {done.plan.world_size} chips after "
+        console.print(f"elastic: finished on a plan of {done.plan.world_size} rank(s) after "
                       f"{len(done.replans)} re-plan(s) (log: "
                       f"{config.checkpoint_dir}/elastic.jsonl)")
     return done.plan, done.summary

@@ -49,8 +49,9 @@ class Replan:
     exitcode: int
     detected_at: float  # Unix time the supervisor learned of the death
     resumed_step: int  # the checkpoint's step the new plan starts from
-    old_world: int
-    new_world: int
+    old_world: int  # ranks of the plan that lost one
+    survivors: int  # chips left in the cluster
+    new_world: int  # ranks of the new plan (the planner may leave some chips out)
     old_tokens_per_s: float  # the cost model's estimates
     new_tokens_per_s: float
     replan_s: float  # seconds the planner took
@@ -62,8 +63,9 @@ class Replan:
                       f"{self.new_tokens_per_s:,.0f} tokens/s "
                       f"({self.new_tokens_per_s / self.old_tokens_per_s - 1:+.0%})")
         return (f"elastic: rank {self.died_rank} ({self.died_chip}, node {self.died_node}) died "
-                f"(exit {self.exitcode}); re-planned on {self.new_world} of {self.old_world} "
-                f"chips in {self.replan_s:.1f} s{change}; resuming from step {self.resumed_step}")
+                f"(exit {self.exitcode}); re-planned on the {self.survivors} surviving chips "
+                f"in {self.replan_s:.1f} s (the new plan uses {self.new_world}){change}; "
+                f"resuming from step {self.resumed_step}")
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,9 @@ def run_elastic(plan: Plan, config: TrainConfig, *, max_restarts: int = 3,
             _forget_fault()
             if cfg.metrics_path:
                 absorb_rank_logs(cfg.metrics_path)
-            nxt, seconds = _replan(current, died.rank, replanner)
-            event = _event(len(replans) + 1, current, nxt, died, detected, seconds, cfg)
+            nxt, seconds, survivors = _replan(current, died.rank, replanner)
+            event = _event(len(replans) + 1, current, nxt, died, detected, seconds, cfg,
+                           survivors)
             replans.append(event)
             _log(cfg.checkpoint_dir, event)
             say(event.line())
@@ -104,7 +107,7 @@ def run_elastic(plan: Plan, config: TrainConfig, *, max_restarts: int = 3,
 
 
 def _replan(plan: Plan, rank: int, replanner: Callable[[Plan, Plan], Plan] | None
-            ) -> tuple[Plan, float]:
+            ) -> tuple[Plan, float, int]:
     role = rank_roles(plan, emulate=True)[rank]
     cluster, _ = without_chips(plan.cluster, {role.node: 1})
     start = time.monotonic()
@@ -113,11 +116,11 @@ def _replan(plan: Plan, rank: int, replanner: Callable[[Plan, Plan], Plan] | Non
         new = replanner(plan, survivors)
     else:
         new = plan_job(cluster, plan.model, plan.job, schedule=plan.schedule)
-    return new, time.monotonic() - start
+    return new, time.monotonic() - start, cluster.num_devices
 
 
 def _event(attempt: int, old: Plan, new: Plan, died: RankDied, detected: float,
-           seconds: float, cfg: TrainConfig) -> Replan:
+           seconds: float, cfg: TrainConfig, survivors: int) -> Replan:
     role = rank_roles(old, emulate=True)[died.rank]
     assert cfg.checkpoint_dir is not None
     folder = latest_complete(cfg.checkpoint_dir)
@@ -125,7 +128,7 @@ def _event(attempt: int, old: Plan, new: Plan, died: RankDied, detected: float,
     return Replan(
         attempt=attempt, died_rank=died.rank, died_chip=role.chip, died_node=role.node,
         exitcode=died.exitcode, detected_at=detected, resumed_step=step,
-        old_world=old.world_size, new_world=new.world_size,
+        old_world=old.world_size, survivors=survivors, new_world=new.world_size,
         old_tokens_per_s=estimate_tokens_per_s(old), new_tokens_per_s=estimate_tokens_per_s(new),
         replan_s=seconds)
 
