@@ -159,13 +159,13 @@ def prune(root: str | Path, keep: int) -> list[Path]:
     """Remove all but the ``keep`` newest complete saves, and incomplete saves older than the
     newest complete one; the removed folders."""
     found = saves(root)
-    complete = [p for _, p in found if is_complete(p)]
-    kept = set(complete[-keep:]) if keep > 0 else set(complete)
-    newest = complete[-1] if complete else None
+    complete = [(step, p) for step, p in found if is_complete(p)]
+    kept = {p for _, p in (complete[-keep:] if keep > 0 else complete)}
+    newest = complete[-1][0] if complete else None
     removed = []
-    for _, folder in found:
-        stale = folder not in kept and (folder in complete or
-                                        (newest is not None and folder.name < newest.name))
+    for step, folder in found:  # by step number: step-1000000 is newer than step-999999
+        stale = folder not in kept and ((step, folder) in complete or
+                                        (newest is not None and step < newest))
         if stale:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
