@@ -136,7 +136,11 @@ def test_a_manifest_of_another_schema_version_is_refused_naming_it(tmp_path: Pat
                        match=rf"schema version {SCHEMA_VERSION + 1}, this polychip reads "
                              rf"version {SCHEMA_VERSION}"):
         read_manifest(folder)
-    assert not is_complete(folder)  # so it is never resumed from
+    assert not is_complete(folder)  # never resumed from, and refused by name:
+    with pytest.raises(RuntimeSetupError, match=rf"schema version {SCHEMA_VERSION + 1}"):
+        latest_complete(tmp_path)
+    _save(tmp_path, 2)  # a newer save of this version is the one resumed from
+    assert latest_complete(tmp_path) == step_dir(tmp_path, 2)
     (folder / MANIFEST).write_text("{truncated")
     with pytest.raises(RuntimeSetupError, match="cannot read the checkpoint's manifest"):
         read_manifest(folder)

@@ -125,12 +125,24 @@ def latest_complete(root: str | Path) -> Path | None:
     for _, folder in reversed(found):
         if is_complete(folder):
             return folder
+        _refuse_other_schema(folder)
     if found:
         raise RuntimeSetupError(
             f"{root}: {len(found)} checkpoint save(s) ({', '.join(p.name for _, p in found)}), "
             f"none complete (a run stopped while saving); remove them to start afresh, or "
             f"point --checkpoint-dir at another directory")
     return None
+
+
+def _refuse_other_schema(folder: Path) -> None:
+    """A save written by another schema version is not an incomplete save: say so, by name
+    (an unreadable or missing manifest is a save that died while being written)."""
+    try:
+        raw = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(raw, dict) and raw.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        read_manifest(folder)  # raises, naming both versions
 
 
 def check_model(manifest: Manifest, model: ModelSpec, where: str | Path) -> None:
