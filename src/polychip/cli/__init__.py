@@ -1,7 +1,8 @@
 """Command line: wires files to the public functions of the layers below; no logic.
 
-One module per command, each with `register(subparsers)` adding its parser and setting
-`func`. A user's mistake (PolychipError) prints one line and exits 2, never a traceback.
+One module per command (`prepare_data` registers `prepare-data`), each with
+`register(subparsers)` adding its parser and setting `func`. A user's mistake (PolychipError)
+prints one line and exits 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from polychip.spec.errors import PolychipError
 
 COMMANDS = (
     "plan", "simulate", "estimate", "profile", "train", "calibrate", "launch", "demo",
-    "validate", "catalog",
+    "validate", "catalog", "prepare_data",
 )
 
 

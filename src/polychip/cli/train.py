@@ -50,8 +50,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dilation", type=float, metavar="X",
                    help="with --emulate: the dilation factor (default: from a timed warm-up)")
     p.add_argument("--data", metavar="PATH",
-                   help="text file (bytes, or --tokenizer's tokens) or uint16 token file "
-                        "(.bin); default: the Python standard library's sources")
+                   help="token file (.npy from `polychip prepare-data`, or a uint16 .bin) or "
+                        "text file (bytes, or --tokenizer's tokens); default: the Python "
+                        "standard library's sources")
     p.add_argument("--metrics", metavar="OUT.jsonl", help="one JSON record per step per rank")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=3e-3,

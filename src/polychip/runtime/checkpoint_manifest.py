@@ -125,12 +125,24 @@ def latest_complete(root: str | Path) -> Path | None:
     for _, folder in reversed(found):
         if is_complete(folder):
             return folder
+        _refuse_other_schema(folder)
     if found:
         raise RuntimeSetupError(
             f"{root}: {len(found)} checkpoint save(s) ({', '.join(p.name for _, p in found)}), "
             f"none complete (a run stopped while saving); remove them to start afresh, or "
             f"point --checkpoint-dir at another directory")
     return None
+
+
+def _refuse_other_schema(folder: Path) -> None:
+    """A save written by another schema version is not an incomplete save: say so, by name
+    (an unreadable or missing manifest is a save that died while being written)."""
+    try:
+        raw = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(raw, dict) and raw.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        read_manifest(folder)  # raises, naming both versions
 
 
 def check_model(manifest: Manifest, model: ModelSpec, where: str | Path) -> None:
@@ -159,13 +171,13 @@ def prune(root: str | Path, keep: int) -> list[Path]:
     """Remove all but the ``keep`` newest complete saves, and incomplete saves older than the
     newest complete one; the removed folders."""
     found = saves(root)
-    complete = [p for _, p in found if is_complete(p)]
-    kept = set(complete[-keep:]) if keep > 0 else set(complete)
-    newest = complete[-1] if complete else None
+    complete = [(step, p) for step, p in found if is_complete(p)]
+    kept = {p for _, p in (complete[-keep:] if keep > 0 else complete)}
+    newest = complete[-1][0] if complete else None
     removed = []
-    for _, folder in found:
-        stale = folder not in kept and (folder in complete or
-                                        (newest is not None and folder.name < newest.name))
+    for step, folder in found:  # by step number: step-1000000 is newer than step-999999
+        stale = folder not in kept and ((step, folder) in complete or
+                                        (newest is not None and step < newest))
         if stale:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)

@@ -9,7 +9,9 @@ contiguous index range :func:`share_range` gives it.
 
 Sources: the running interpreter's standard-library ``.py`` files as bytes (the default corpus,
 present on every machine with Python), a user's text file (bytes, or tokenized by a Hugging
-Face tokenizer: :mod:`polychip.runtime.tokenized`), a pre-tokenized ``uint16`` file (``.bin``).
+Face tokenizer: :mod:`polychip.runtime.tokenized`), a token file (``.npy`` of uint16 or uint32
+ids, written by ``polychip prepare-data``, or a headerless uint16 ``.bin``:
+:mod:`polychip.runtime.token_file`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 from polychip.runtime.errors import RuntimeSetupError
+from polychip.runtime.token_file import is_token_file, read_tokens
 
 BYTE_VOCAB_SIZE = 256
 DEFAULT_CORPUS_MAX_BYTES = 8 * 1024 * 1024
@@ -115,22 +118,19 @@ class TextFileSource:
 
 
 class TokenFileSource:
-    """A pre-tokenized file of little-endian ``uint16`` token ids, memory-mapped. Every id must
-    be below the model's ``vocab_size`` (checked once, when opened)."""
+    """A token file (:mod:`polychip.runtime.token_file`: a ``.npy`` of uint16 or uint32 ids, or
+    a headerless uint16 ``.bin``), memory-mapped. Every id must be below the model's
+    ``vocab_size`` (checked once, when opened)."""
 
     _CHECK_CHUNK_TOKENS = 1 << 24
 
     def __init__(self, path: str | os.PathLike[str], vocab_size: int) -> None:
-        self.path = _existing_nonempty_file(path, "uint16 token")
-        size = self.path.stat().st_size
-        if size % 2:
-            raise RuntimeSetupError(
-                f"{self.path} has {size} bytes, an odd number: a uint16 token file holds 2 "
-                f"bytes per token; check that it was written as np.uint16")
-        self._data = np.memmap(self.path, dtype="<u2", mode="r")
+        self.path = _existing_nonempty_file(path, "token")
+        self._data = read_tokens(self.path)
         self._vocab_size = vocab_size
-        max_token = max(int(self._data[i:i + self._CHECK_CHUNK_TOKENS].max())
-                        for i in range(0, len(self._data), self._CHECK_CHUNK_TOKENS))
+        max_token = max((int(self._data[i:i + self._CHECK_CHUNK_TOKENS].max())
+                         for i in range(0, len(self._data), self._CHECK_CHUNK_TOKENS)),
+                        default=-1)
         if max_token >= vocab_size:
             raise RuntimeSetupError(
                 f"{self.path} holds token id {max_token}, but the model's vocab_size is "
@@ -162,9 +162,20 @@ def _existing_nonempty_file(path: str | os.PathLike[str], kind: str) -> Path:
 def open_source(path: str | os.PathLike[str] | None = None, vocab_size: int | None = None,
                 max_corpus_bytes: int = DEFAULT_CORPUS_MAX_BYTES, *,
                 tokenizer: str | os.PathLike[str] | None = None) -> TokenSource:
-    """No path: the standard-library corpus. ``*.bin``: a uint16 token file (needs the model's
-    ``vocab_size``). With a ``tokenizer`` (a tokenizer.json): a text file it tokenizes
-    (:mod:`polychip.runtime.tokenized`). Anything else: a text file read as bytes."""
+    """No path: the standard-library corpus. ``*.npy`` (``polychip prepare-data``) or ``*.bin``
+    (uint16): a token file (needs the model's ``vocab_size``). With a ``tokenizer`` (a
+    tokenizer.json): a text file it tokenizes (:mod:`polychip.runtime.tokenized`). Anything
+    else: a text file read as bytes."""
+    if path is not None and is_token_file(path):
+        if tokenizer is not None:
+            raise RuntimeSetupError(
+                f"{path} is a token file, already tokenized, and --tokenizer {tokenizer} was "
+                f"given too: drop --tokenizer (it tokenizes text files)")
+        if vocab_size is None:
+            raise RuntimeSetupError(
+                f"{path} is a token file but no vocab_size was given; pass the model's "
+                f"vocab_size so that token ids can be checked")
+        return TokenFileSource(path, vocab_size)
     if tokenizer is not None:
         if path is None or vocab_size is None:
             raise RuntimeSetupError(
@@ -175,12 +186,6 @@ def open_source(path: str | os.PathLike[str] | None = None, vocab_size: int | No
         return TokenizedText(path, tokenizer, vocab_size)
     if path is None:
         return StdlibCorpus(max_corpus_bytes)
-    if Path(path).suffix == ".bin":
-        if vocab_size is None:
-            raise RuntimeSetupError(
-                f"{path} is a uint16 token file (.bin) but no vocab_size was given; pass the "
-                f"model's vocab_size so that token ids can be checked")
-        return TokenFileSource(path, vocab_size)
     return TextFileSource(path)
 
 

@@ -1,12 +1,15 @@
-"""Text tokenized by a Hugging Face ``tokenizers`` tokenizer (a ``tokenizer.json``), once,
-into a cached token file every rank memory-maps.
+"""Tokenizing with a Hugging Face ``tokenizers`` tokenizer (a ``tokenizer.json``): the one home
+of it (:func:`load_tokenizer`, :func:`text_batches`, :func:`encode`, :func:`separator`), used by
+``polychip train --tokenizer`` (here) and ``polychip prepare-data``
+(:mod:`polychip.runtime.prepare_data`).
 
-:func:`tokenized_source` tokenizes the text the first time (line by line, in batches, without
-special tokens: the text is one stream), writes the ids to ``<cache>/<key>.npy`` -- ``uint16``
-when the vocabulary fits, else ``uint32`` (Llama 3's 128,256) -- through a temporary file and a
-rename, so a reader never sees half a file; later calls (the ranks, a rerun) map the cached
-file. The key hashes the tokenizer file's bytes and the text file's path, size and modification
-time: editing either re-tokenizes. ``polychip train`` calls it before any process starts, so
+:func:`tokenize_cached` tokenizes a text file the first time (line by line, in batches, without
+special tokens: the text is one stream, streamed from the disk), into the token file
+``<cache>/<key>.npy`` (:mod:`polychip.runtime.token_file`: ``uint16`` when the vocabulary fits,
+else ``uint32`` -- Llama 3's 128,256 -- written under a temporary name and renamed, so a reader
+never sees half a file); later calls (the ranks, a rerun) map the cached file. The key hashes
+the tokenizer file's bytes and the text file's path, size and modification time: editing
+either re-tokenizes. ``polychip train`` calls it before any process starts, so
 the ranks only read the cache. The cache folder is ``$POLYCHIP_CACHE/tokens`` (default
 ``~/.cache/polychip/tokens``).
 """
@@ -14,18 +17,26 @@ the ranks only read the cache. The cache folder is ``$POLYCHIP_CACHE/tokens`` (d
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from polychip.runtime.errors import RuntimeSetupError
+from polychip.runtime.token_file import TokenFileWriter, read_tokens, token_dtype
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 LINES_PER_BATCH = 4096
+BATCH_BYTES = 4 << 20  # a batch of lines ends after this many bytes, or LINES_PER_BATCH lines
+# Document separators, by name, in the order looked for: GPT-2 / Qwen2, Llama 3, Llama 2 /
+# Mistral (SentencePiece's end of sequence), Gemma.
+EOS_NAMES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
+_CACHE_FORMAT = "v2"  # bump when the cached tokens of the same inputs would change
 
 
 def cache_dir() -> Path:
@@ -60,20 +71,60 @@ def tokenizer_vocab_size(tokenizer: Tokenizer) -> int:
     return int(tokenizer.get_vocab_size(with_added_tokens=True))
 
 
+def separator(tokenizer: Tokenizer, name: str | None = None) -> tuple[str, int] | None:
+    """The end-of-document token put after each document: ``name`` (which the vocabulary must
+    hold), else the first of :data:`EOS_NAMES` it holds; None when it holds none."""
+    if name is not None:
+        token_id = tokenizer.token_to_id(name)
+        if token_id is None:
+            raise RuntimeSetupError(f"--eos {name!r}: the tokenizer has no such token; give "
+                                    f"one of its special tokens, or --no-eos")
+        return name, int(token_id)
+    for candidate in EOS_NAMES:
+        token_id = tokenizer.token_to_id(candidate)
+        if token_id is not None:
+            return candidate, int(token_id)
+    return None
+
+
+def text_batches(path: Path) -> Iterator[tuple[list[str], int]]:
+    """A text file's lines (line ends kept, undecodable bytes replaced), in batches of at most
+    :data:`LINES_PER_BATCH` lines or about :data:`BATCH_BYTES`, each with the bytes it took;
+    streamed, never the whole file in memory."""
+    try:
+        with open(path, "rb") as f:
+            lines: list[str] = []
+            size = 0
+            for raw in f:
+                lines.append(raw.decode("utf-8", errors="replace"))
+                size += len(raw)
+                if len(lines) >= LINES_PER_BATCH or size >= BATCH_BYTES:
+                    yield lines, size
+                    lines, size = [], 0
+            if lines:
+                yield lines, size
+    except OSError as exc:
+        raise RuntimeSetupError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def encode(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Each text's ids, without special tokens (the tokenizer's own threads, one batch)."""
+    return [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+
+def joined(pieces: Sequence[Sequence[int]], after_each: int | None = None) -> np.ndarray:
+    """The pieces' ids one after the other (``after_each`` after every piece, when given)."""
+    tail = () if after_each is None else (after_each,)
+    return np.fromiter(itertools.chain.from_iterable(itertools.chain(p, tail) for p in pieces),
+                       dtype=np.int64)
+
+
 def _cache_key(text: Path, tokenizer_path: Path) -> str:
     stat = text.stat()
     digest = hashlib.sha256(tokenizer_path.read_bytes())
     digest.update(f"\0{text.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    digest.update(f"\0{_CACHE_FORMAT}".encode())
     return digest.hexdigest()[:20]
-
-
-def _tokenize(text: Path, tokenizer: Tokenizer, dtype: type[np.unsignedinteger]) -> np.ndarray:
-    lines = text.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
-    chunks = []
-    for i in range(0, len(lines), LINES_PER_BATCH):
-        batch = tokenizer.encode_batch(lines[i:i + LINES_PER_BATCH], add_special_tokens=False)
-        chunks += [np.asarray(e.ids, dtype=dtype) for e in batch]
-    return np.concatenate(chunks) if chunks else np.empty(0, dtype=dtype)
 
 
 def tokenize_cached(text: str | os.PathLike[str], tokenizer_path: str | os.PathLike[str],
@@ -95,11 +146,9 @@ def tokenize_cached(text: str | os.PathLike[str], tokenizer_path: str | os.PathL
     path = cache_dir() / f"{_cache_key(source, Path(tokenizer_path))}.npy"
     if path.is_file():
         return path, vocab
-    ids = _tokenize(source, tokenizer, np.uint16 if vocab <= 1 << 16 else np.uint32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npy")
-    np.save(partial, ids)
-    partial.replace(path)
+    with TokenFileWriter(path, token_dtype(vocab)) as out:
+        for lines, _ in text_batches(source):
+            out.write(joined(encode(tokenizer, lines)))
     return path, vocab
 
 
@@ -110,7 +159,7 @@ class TokenizedText:
     def __init__(self, text: str | os.PathLike[str], tokenizer: str | os.PathLike[str],
                  model_vocab_size: int) -> None:
         self.path, self._vocab_size = tokenize_cached(text, tokenizer, model_vocab_size)
-        self._data = np.load(self.path, mmap_mode="r")
+        self._data = read_tokens(self.path)
 
     @property
     def vocab_size(self) -> int:
