@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from polychip.runtime.errors import RuntimeSetupError
-from polychip.runtime.token_file import is_token_file, read_tokens
+from polychip.runtime.token_file import TokenArray, is_token_file, read_tokens
 
 BYTE_VOCAB_SIZE = 256
 DEFAULT_CORPUS_MAX_BYTES = 8 * 1024 * 1024
@@ -98,26 +98,16 @@ def _read_stdlib(root: str, max_bytes: int) -> np.ndarray:
     return data
 
 
-class TextFileSource:
+class TextFileSource(TokenArray):
     """A user's text file, read as bytes (vocab 256), memory-mapped."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = _existing_nonempty_file(path, "text")
         self._data = np.memmap(self.path, dtype=np.uint8, mode="r")
-
-    @property
-    def vocab_size(self) -> int:
-        return BYTE_VOCAB_SIZE
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self._data)
-
-    def slice(self, start: int, length: int) -> np.ndarray:
-        return np.asarray(self._data[start:start + length], dtype=np.int64)
+        self._vocab_size = BYTE_VOCAB_SIZE
 
 
-class TokenFileSource:
+class TokenFileSource(TokenArray):
     """A token file (:mod:`polychip.runtime.token_file`: a ``.npy`` of uint16 or uint32 ids, or
     a headerless uint16 ``.bin``), memory-mapped. Every id must be below the model's
     ``vocab_size`` (checked once, when opened)."""
@@ -136,17 +126,6 @@ class TokenFileSource:
                 f"{self.path} holds token id {max_token}, but the model's vocab_size is "
                 f"{vocab_size}: every id must be < vocab_size; use the model the data was "
                 f"tokenized for, or raise its vocab_size")
-
-    @property
-    def vocab_size(self) -> int:
-        return self._vocab_size
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self._data)
-
-    def slice(self, start: int, length: int) -> np.ndarray:
-        return np.asarray(self._data[start:start + length], dtype=np.int64)
 
 
 def _existing_nonempty_file(path: str | os.PathLike[str], kind: str) -> Path:

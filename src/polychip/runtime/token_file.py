@@ -118,3 +118,22 @@ def read_tokens(path: str | os.PathLike[str]) -> np.ndarray:
             f"{p} holds a {data.dtype} array of shape {data.shape}: a token file holds one "
             f"flat uint16 or uint32 array; write one with `polychip prepare-data`")
     return data
+
+
+class TokenArray:
+    """A token source over an array of ids (:class:`~polychip.runtime.data.TokenSource`):
+    subclasses set ``_data`` (the ids, usually memory-mapped) and ``_vocab_size``."""
+
+    _data: np.ndarray
+    _vocab_size: int
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self._data)
+
+    def slice(self, start: int, length: int) -> np.ndarray:
+        return np.asarray(self._data[start:start + length], dtype=np.int64)

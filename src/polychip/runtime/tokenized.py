@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from polychip.runtime.errors import RuntimeSetupError
-from polychip.runtime.token_file import TokenFileWriter, read_tokens, token_dtype
+from polychip.runtime.token_file import TokenArray, TokenFileWriter, read_tokens, token_dtype
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -152,7 +152,7 @@ def tokenize_cached(text: str | os.PathLike[str], tokenizer_path: str | os.PathL
     return path, vocab
 
 
-class TokenizedText:
+class TokenizedText(TokenArray):
     """A text file's tokens (a :class:`~polychip.runtime.data.TokenSource`), tokenized once
     and cached (:func:`tokenize_cached`), memory-mapped."""
 
@@ -160,14 +160,3 @@ class TokenizedText:
                  model_vocab_size: int) -> None:
         self.path, self._vocab_size = tokenize_cached(text, tokenizer, model_vocab_size)
         self._data = read_tokens(self.path)
-
-    @property
-    def vocab_size(self) -> int:
-        return self._vocab_size
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self._data)
-
-    def slice(self, start: int, length: int) -> np.ndarray:
-        return np.asarray(self._data[start:start + length], dtype=np.int64)
