@@ -111,9 +111,13 @@ def _preimport() -> None:
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
 
 
-def launch_local(plan: Plan, task: Task, *, start_method: str | None = None) -> list[Any]:
+def launch_local(plan: Plan, task: Task, *, start_method: str | None = None,
+                 stop_file: Path | None = None) -> list[Any]:
     """Run every rank of ``plan`` on this machine (torchrun's ``elastic_launch``, standalone
-    rendezvous on a free port); the results in plan rank order."""
+    rendezvous on a free port); the results in plan rank order. ``stop_file``: where the
+    ranks look for a stop request after each step (runtime.stopping; default: a temporary
+    file only this call's signal handler writes) -- a supervisor that writes it stops the
+    run at a step boundary, after a save, and gets the results as usual."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -137,7 +141,8 @@ def launch_local(plan: Plan, task: Task, *, start_method: str | None = None) -> 
     for log in loggers:
         log.setLevel(logging.CRITICAL)
     stop_dir = tempfile.TemporaryDirectory(prefix="polychip-stop-")
-    stop_file = Path(stop_dir.name) / "stop"
+    stop_file = stop_file or Path(stop_dir.name) / "stop"
+    stop_file.unlink(missing_ok=True)
     os.environ[STOP_FILE_ENV] = str(stop_file)  # the ranks inherit it
     try:
         with stop_file_on_signals(stop_file) as taken:
