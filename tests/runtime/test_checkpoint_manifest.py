@@ -66,7 +66,7 @@ def test_latest_complete_with_no_saves_is_none(tmp_path: Path) -> None:
     (tmp_path / "ckpt" / "notes.txt").write_text("not a save")
     (tmp_path / "ckpt" / "step-12").mkdir()  # too few digits: not a save folder
     assert latest_complete(tmp_path / "ckpt") is None
-    assert resumable(tmp_path / "ckpt", MICRO) is None
+    assert resumable(tmp_path / "ckpt", MICRO, 0) is None
 
 
 def test_only_incomplete_saves_are_an_error_that_says_so(tmp_path: Path) -> None:
@@ -86,7 +86,7 @@ def test_the_newest_complete_save_wins_over_newer_incomplete_ones(tmp_path: Path
     _save(tmp_path, 7, manifest=False)
     (step_dir(tmp_path, 5) / "rank-00000.pt.tmp").write_bytes(b"half")
     assert latest_complete(tmp_path) == step_dir(tmp_path, 3)
-    assert resumable(tmp_path, MICRO).step == 3  # type: ignore[union-attr]
+    assert resumable(tmp_path, MICRO, 0).step == 3  # type: ignore[union-attr]
     _save(tmp_path, 10)
     assert latest_complete(tmp_path) == step_dir(tmp_path, 10)  # numeric order, not text
 
@@ -124,7 +124,7 @@ def test_check_model_names_each_differing_field(tmp_path: Path) -> None:
     assert "vocab_size 256 (checkpoint) vs 512 (plan)" in message
     assert "num_layers" not in message
     with pytest.raises(RuntimeSetupError, match=r"hidden_size 16 \(checkpoint\) vs 32"):
-        resumable(tmp_path, wider)
+        resumable(tmp_path, wider, 0)
 
 
 def test_a_manifest_of_another_schema_version_is_refused_naming_it(tmp_path: Path) -> None:
@@ -144,3 +144,10 @@ def test_a_manifest_of_another_schema_version_is_refused_naming_it(tmp_path: Pat
     (folder / MANIFEST).write_text("{truncated")
     with pytest.raises(RuntimeSetupError, match="cannot read the checkpoint's manifest"):
         read_manifest(folder)
+
+
+def test_resuming_with_another_seed_is_refused_naming_both(tmp_path: Path) -> None:
+    _save(tmp_path, 2)  # saved by a run with seed 0
+    assert resumable(tmp_path, MICRO, 0).step == 2  # type: ignore[union-attr]
+    with pytest.raises(RuntimeSetupError, match="--seed 0, this one has --seed 7"):
+        resumable(tmp_path, MICRO, 7)

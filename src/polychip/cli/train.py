@@ -36,7 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "batch), resume from the newest save in --checkpoint-dir, go on "
                         "(this host's ranks; needs --checkpoint-dir)")
     p.add_argument("--max-restarts", type=int, default=3, metavar="N",
-                   help="with --elastic: re-plans allowed before the run fails (default 3)")
+                   help="with --elastic: re-plans after rank deaths allowed before the run "
+                        "fails (default 3)")
+    p.add_argument("--cluster-file", metavar="CLUSTER.yaml",
+                   help="with --elastic: watch this cluster file; when it lists more chips, "
+                        "the ranks save after their current step and the job is re-planned "
+                        "on it")
     p.add_argument("--plan-node", type=int, metavar="N",
                    help="run as a torchrun worker of plan node N (set by `polychip launch`)")
     p.set_defaults(func=run)
@@ -170,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
 
     plan = load_plan(args.plan)
     config = train_config(args, progress=True)
+    if args.cluster_file and not args.elastic:
+        raise RuntimeSetupError("--cluster-file is watched by --elastic; add --elastic")
     if args.elastic and (args.plan_node is not None or not config.checkpoint_dir):
         raise RuntimeSetupError(
             "--elastic runs this host's ranks under a supervisor and needs --checkpoint-dir "
@@ -190,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
             check_devices(roles)
             check_host_fit(plan, roles, config)
             if args.elastic:
-                plan, summary = run_elastic_cli(plan, config, args.max_restarts, console)
+                plan, summary = run_elastic_cli(plan, config, args, console)
                 rank = 0
             else:
                 rank, summary = 0, launch_local(plan, TrainTask(config))[0]
@@ -222,7 +229,7 @@ def say_resume(console: Console, plan: Plan, config: TrainConfig) -> None:
     from polychip.runtime.errors import RuntimeSetupError
 
     assert config.checkpoint_dir is not None
-    manifest = resumable(config.checkpoint_dir, plan.model)
+    manifest = resumable(config.checkpoint_dir, plan.model, config.seed)
     if manifest is None:
         console.print(f"--resume: no save in {config.checkpoint_dir} yet; starting at step 0")
         return
@@ -251,12 +258,13 @@ def saved_line(config: TrainConfig) -> str:
             f"command and --resume")
 
 
-def run_elastic_cli(plan: Plan, config: TrainConfig, max_restarts: int, console: Console
-                    ) -> tuple[Plan, RunSummary | None]:
+def run_elastic_cli(plan: Plan, config: TrainConfig, args: argparse.Namespace,
+                    console: Console) -> tuple[Plan, RunSummary | None]:
     """--elastic: the supervisor's run; the plan that finished and its summary."""
     from polychip.elastic.supervisor import run_elastic
 
-    done = run_elastic(plan, config, max_restarts=max_restarts, say=console.print)
+    done = run_elastic(plan, config, max_restarts=args.max_restarts, say=console.print,
+                       cluster_file=args.cluster_file)
     if done.replans:
         console.print(f"elastic: finished on a plan of {done.plan.world_size} rank(s) after "
                       f"{len(done.replans)} re-plan(s) (log: "

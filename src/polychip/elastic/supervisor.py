@@ -1,29 +1,34 @@
 """``polychip train PLAN --elastic``: run a plan through torchrun; when a rank dies, plan
-again on the chips that survive (same model, same job, the same global batch), resume from
-the newest complete checkpoint, and go on -- as many times as ``max_restarts`` allows.
+again on the chips that survive, or when chips join, on the larger cluster (same model, same
+job, the same global batch); resume from the newest complete checkpoint and go on.
 
 A rank's death is the launcher's :class:`~polychip.runtime.errors.RankDied` (its process
 ended without a Python error: killed, out of memory, a crash in native code). Its chip is
-taken out of the cluster (:func:`polychip.spec.shrink.without_chips`), the planner searches
-the smaller cluster, and every re-plan is logged -- old and new estimates, the chip lost,
-the step resumed from -- on the console and in ``elastic.jsonl`` beside the checkpoints. A
-rank that fails with a Python error (bad input, a bug) is not retried.
+taken out of the cluster (:func:`polychip.spec.shrink.without_chips`) and the planner
+searches the smaller cluster; at most ``max_restarts`` times. A rank that fails with a
+Python error (bad input, a bug) is not retried.
 
-Not yet: chips that join (a new cluster file taken in at the next checkpoint), re-planning
-when a chip is persistently slower than planned, and multi-node elastic jobs (this
-supervisor launches on one host).
+Chips that join: with ``cluster_file``, the supervisor watches that cluster file while the
+plan runs (:class:`~polychip.elastic.watch.ClusterWatch`); when it changes to a valid
+cluster of more chips, the ranks are asked to stop after their current step (the launcher's
+stop file), they save, and the planner searches the new cluster.
+
+Every re-plan is logged (:mod:`polychip.elastic.events`). Not yet: re-planning when a chip is
+persistently slower than planned, multi-node elastic jobs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from polychip.elastic.events import Replan, log_event
+from polychip.elastic.watch import ClusterWatch
 from polychip.plan.plan import Plan
 from polychip.planner.api import plan_job
 from polychip.runtime.checkpoint_manifest import latest_complete, read_manifest
@@ -33,39 +38,10 @@ from polychip.runtime.metrics import RunSummary, absorb_rank_logs
 from polychip.runtime.session import FAULT_ENV, TrainTask, estimate_tokens_per_s
 from polychip.runtime.topology import rank_roles
 from polychip.runtime.train_config import TrainConfig
+from polychip.spec.cluster import Cluster
 from polychip.spec.shrink import without_chips
 
-EVENTS = "elastic.jsonl"
-
-
-@dataclass(frozen=True)
-class Replan:
-    """One recovery: the chip that died, when, and the plans before and after."""
-
-    attempt: int
-    died_rank: int
-    died_chip: str
-    died_node: int
-    exitcode: int
-    detected_at: float  # Unix time the supervisor learned of the death
-    resumed_step: int  # the checkpoint's step the new plan starts from
-    old_world: int  # ranks of the plan that lost one
-    survivors: int  # chips left in the cluster
-    new_world: int  # ranks of the new plan (the planner may leave some chips out)
-    old_tokens_per_s: float  # the cost model's estimates
-    new_tokens_per_s: float
-    replan_s: float  # seconds the planner took
-
-    def line(self) -> str:
-        change = ""
-        if self.old_tokens_per_s and self.new_tokens_per_s:
-            change = (f"; estimate {self.old_tokens_per_s:,.0f} -> "
-                      f"{self.new_tokens_per_s:,.0f} tokens/s "
-                      f"({self.new_tokens_per_s / self.old_tokens_per_s - 1:+.0%})")
-        return (f"elastic: rank {self.died_rank} ({self.died_chip}, node {self.died_node}) died "
-                f"(exit {self.exitcode}); re-planned on the {self.survivors} surviving chips "
-                f"in {self.replan_s:.1f} s (the new plan uses {self.new_world}){change}; "
-                f"resuming from step {self.resumed_step}")
+Replanner = Callable[[Plan, Plan], Plan]  # (the plan that ran, it on the new cluster) -> next
 
 
 @dataclass(frozen=True)
@@ -76,73 +52,78 @@ class ElasticRun:
 
 
 def run_elastic(plan: Plan, config: TrainConfig, *, max_restarts: int = 3,
-                say: Callable[[str], None] = print,
-                replanner: Callable[[Plan, Plan], Plan] | None = None) -> ElasticRun:
+                say: Callable[[str], None] = print, replanner: Replanner | None = None,
+                cluster_file: str | Path | None = None, poll_s: float = 1.0) -> ElasticRun:
     """Train ``plan`` to ``config.steps``, re-planning after each rank death (at most
-    ``max_restarts`` times). ``replanner(old_plan, survivors_plan)`` chooses the next plan
-    (default: the planner on the surviving chips)."""
+    ``max_restarts``) and whenever ``cluster_file`` grows. ``replanner`` chooses the next
+    plan (default: the planner on the new cluster)."""
     if not config.checkpoint_dir:
         raise RuntimeSetupError("--elastic needs --checkpoint-dir DIR (a restart resumes from "
                                 "the newest complete save there)")
     replans: list[Replan] = []
-    current, cfg = plan, config
-    while True:
-        try:
-            summary = launch_local(current, TrainTask(cfg))[0]
-            return ElasticRun(summary, current, tuple(replans))
-        except RankDied as died:
-            if len(replans) >= max_restarts:
-                raise
-            detected = time.time()
-            _forget_fault()
-            if cfg.metrics_path:
-                absorb_rank_logs(cfg.metrics_path)
-            nxt, seconds, survivors = _replan(current, died.rank, replanner)
-            event = _event(len(replans) + 1, current, nxt, died, detected, seconds, cfg,
-                           survivors)
-            replans.append(event)
-            _log(cfg.checkpoint_dir, event)
-            say(event.line())
-            current, cfg = nxt, dataclasses.replace(cfg, resume=True)
+    current, cfg, deaths = plan, config, 0
+    with tempfile.TemporaryDirectory(prefix="polychip-elastic-") as tmp:
+        stop_file = Path(tmp) / "stop"
+        watch = ClusterWatch(cluster_file, stop_file, poll_s, say)
+        while True:
+            try:
+                with watch.during(current.cluster):
+                    summary = launch_local(current, TrainTask(cfg), stop_file=stop_file)[0]
+            except RankDied as died:
+                if deaths >= max_restarts:
+                    raise
+                deaths += 1
+                cluster, reason = _without_dead(current, died)
+                current, cfg = _next(current, cfg, cluster, reason, replans, replanner, say,
+                                     died=died)
+                continue
+            if watch.grown is None or _finished(cfg):
+                return ElasticRun(summary, current, tuple(replans))
+            reason = (f"{watch.grown.num_devices - current.cluster.num_devices:+d} chips "
+                      f"in {cluster_file}")
+            current, cfg = _next(current, cfg, watch.grown, reason, replans, replanner, say)
 
 
-def _replan(plan: Plan, rank: int, replanner: Callable[[Plan, Plan], Plan] | None
-            ) -> tuple[Plan, float, int]:
-    role = rank_roles(plan, emulate=True)[rank]
+def _without_dead(plan: Plan, died: RankDied) -> tuple[Cluster, str]:
+    role = rank_roles(plan, emulate=True)[died.rank]
     cluster, _ = without_chips(plan.cluster, {role.node: 1})
-    start = time.monotonic()
-    survivors = dataclasses.replace(plan, cluster=cluster)
-    if replanner is not None:
-        new = replanner(plan, survivors)
-    else:
-        new = plan_job(cluster, plan.model, plan.job, schedule=plan.schedule)
-    return new, time.monotonic() - start, cluster.num_devices
+    return cluster, (f"rank {died.rank} ({role.chip}, node {role.node}) died "
+                     f"(exit {died.exitcode})")
 
 
-def _event(attempt: int, old: Plan, new: Plan, died: RankDied, detected: float,
-           seconds: float, cfg: TrainConfig, survivors: int) -> Replan:
-    role = rank_roles(old, emulate=True)[died.rank]
+def _finished(cfg: TrainConfig) -> bool:
     assert cfg.checkpoint_dir is not None
     folder = latest_complete(cfg.checkpoint_dir)
-    step = 0 if folder is None else read_manifest(folder).step
-    return Replan(
-        attempt=attempt, died_rank=died.rank, died_chip=role.chip, died_node=role.node,
-        exitcode=died.exitcode, detected_at=detected, resumed_step=step,
-        old_world=old.world_size, survivors=survivors, new_world=new.world_size,
-        old_tokens_per_s=estimate_tokens_per_s(old), new_tokens_per_s=estimate_tokens_per_s(new),
-        replan_s=seconds)
+    return folder is not None and read_manifest(folder).step >= cfg.steps
 
 
-def _forget_fault() -> None:
-    """An injected death (``FAULT_ENV``) happens once: the restarted ranks must not die."""
-    import os
-
-    os.environ.pop(FAULT_ENV, None)
-
-
-def _log(root: str, event: Replan) -> None:
-    path = Path(root) / EVENTS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record: dict[str, Any] = dataclasses.asdict(event)
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+def _next(current: Plan, cfg: TrainConfig, cluster: Cluster, reason: str,
+          replans: list[Replan], replanner: Replanner | None, say: Callable[[str], None],
+          died: RankDied | None = None) -> tuple[Plan, TrainConfig]:
+    """Plan again on ``cluster``, log it, and the config that resumes."""
+    detected = time.time()
+    os.environ.pop(FAULT_ENV, None)  # an injected death happens once
+    if cfg.metrics_path:
+        absorb_rank_logs(cfg.metrics_path)
+    start = time.monotonic()
+    on_new = dataclasses.replace(current, cluster=cluster)
+    nxt = (replanner(current, on_new) if replanner is not None
+           else plan_job(cluster, current.model, current.job, schedule=current.schedule))
+    seconds = time.monotonic() - start
+    assert cfg.checkpoint_dir is not None
+    folder = latest_complete(cfg.checkpoint_dir)
+    role = None if died is None else rank_roles(current, emulate=True)[died.rank]
+    event = Replan(
+        attempt=len(replans) + 1, reason=reason, detected_at=detected,
+        resumed_step=0 if folder is None else read_manifest(folder).step,
+        old_world=current.world_size, chips=cluster.num_devices, new_world=nxt.world_size,
+        old_tokens_per_s=estimate_tokens_per_s(current),
+        new_tokens_per_s=estimate_tokens_per_s(nxt), replan_s=seconds,
+        died_rank=None if died is None else died.rank,
+        died_chip=None if role is None else role.chip,
+        died_node=None if role is None else role.node,
+        exitcode=None if died is None else died.exitcode)
+    replans.append(event)
+    log_event(cfg.checkpoint_dir, event)
+    say(event.line())
+    return nxt, dataclasses.replace(cfg, resume=True)

@@ -37,6 +37,7 @@ from polychip.runtime.checkpoint_manifest import (
     Shard,
     TensorEntry,
     check_model,
+    check_seed,
     prune,
     read_manifest,
     step_dir,
@@ -159,6 +160,7 @@ class Checkpointer:
         manifest = read_manifest(folder)
         t = self.trainer
         check_model(manifest, t.plan.model, folder)
+        check_seed(manifest, t.config.seed, folder)
         if manifest.optimizer != t.config.optimizer:
             raise RuntimeSetupError(
                 f"{folder}: saved with the {manifest.optimizer} optimizer, this run uses "

@@ -156,14 +156,25 @@ def check_model(manifest: Manifest, model: ModelSpec, where: str | Path) -> None
             f"resume with a plan of the same model, or start without --resume")
 
 
-def resumable(root: str | Path, model: ModelSpec) -> Manifest | None:
+def check_seed(manifest: Manifest, seed: int, where: str | Path) -> None:
+    """The data order is a function of (seed, step, sample index): a resumed run must keep
+    the seed, or it would train on other samples than the run it continues."""
+    saved = manifest.state.get("seed")
+    if saved is not None and saved != seed:
+        raise RuntimeSetupError(
+            f"{where}: saved by a run with --seed {saved}, this one has --seed {seed}; the "
+            f"data order follows the seed: resume with --seed {saved}")
+
+
+def resumable(root: str | Path, model: ModelSpec, seed: int) -> Manifest | None:
     """Before any process starts: the newest complete save under ``root`` checked against
-    ``model`` (None: nothing saved yet, start from step 0)."""
+    ``model`` and ``seed`` (None: nothing saved yet, start from step 0)."""
     folder = latest_complete(root)
     if folder is None:
         return None
     manifest = read_manifest(folder)
     check_model(manifest, model, folder)
+    check_seed(manifest, seed, folder)
     return manifest
 
 
