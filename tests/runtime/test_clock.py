@@ -120,3 +120,47 @@ def test_the_governor_raises_every_clock_of_a_run_alike() -> None:
     wall = WallClock()
     wall.raise_dilation_to(3.0)
     assert wall.dilation is None
+
+
+def test_an_injected_slow_chip_stretches_compute_only() -> None:
+    """``compute_factor`` (runtime.session.SLOW_ENV): an emulated chip's forward and backward
+    slots, in emulated chip time too, and a plain run's measured compute; not the optimizer."""
+    d, factor = 2.0, 3.0
+    clock = EmulatedClock(TARGETS, d)
+    clock.compute_factor = factor
+    clock.start_step()
+    with clock.phase(Phase.COMPUTE, F):
+        pass
+    with clock.phase(Phase.COMPUTE, B):
+        pass
+    with clock.phase(Phase.OPTIMIZER, OPT):
+        pass
+    e = clock.finish_step().emulated
+    assert e is not None
+    assert e.compute_s == pytest.approx(factor * 0.03, abs=TOLERANCE_S / d)
+    assert e.optimizer_s == pytest.approx(0.005, abs=TOLERANCE_S / d)
+
+    wall = WallClock()
+    wall.compute_factor = factor
+    wall.start_step()
+    with wall.phase(Phase.COMPUTE, F):
+        time.sleep(0.01)
+    with wall.phase(Phase.OPTIMIZER, OPT):
+        time.sleep(0.01)
+    m = wall.finish_step().measured
+    assert factor * 0.01 <= m.compute_s < factor * 0.01 + TOLERANCE_S
+    assert 0.01 <= m.optimizer_s < 0.01 + TOLERANCE_S
+
+
+def test_the_slow_chip_variable_is_parsed_for_its_rank_only(monkeypatch) -> None:
+    from polychip.runtime.errors import RuntimeSetupError
+    from polychip.runtime.session import SLOW_ENV, injected_slowdown
+
+    monkeypatch.setenv(SLOW_ENV, "2:3:5")
+    assert injected_slowdown(2) == (3.0, 5) and injected_slowdown(1) is None
+    for bad in ("2:3", "x:3:5", "2:0.5:5", "2:3:-1", "2:nan:1"):
+        monkeypatch.setenv(SLOW_ENV, bad)
+        with pytest.raises(RuntimeSetupError, match="RANK:FACTOR:STEP|FACTOR must"):
+            injected_slowdown(2)
+    monkeypatch.delenv(SLOW_ENV)
+    assert injected_slowdown(2) is None

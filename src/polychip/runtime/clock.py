@@ -97,6 +97,8 @@ class WallClock:
     """The real clock: each phase lasts what it lasts; it is measured, nothing more."""
 
     stamps_messages = False  # whether sends must carry their send time (emulated links)
+    # fault injection (runtime.session.SLOW_ENV): compute phases last this many times as long
+    compute_factor = 1.0
 
     def __init__(self, sync: Callable[[], None] | None = None) -> None:
         self.sync = sync or _nothing
@@ -119,6 +121,8 @@ class WallClock:
         begin = time.perf_counter()
         yield
         self.sync()
+        if phase is Phase.COMPUTE and self.compute_factor != 1.0:  # an injected slow chip
+            time.sleep((self.compute_factor - 1.0) * (time.perf_counter() - begin))
         self.record(phase, begin, time.perf_counter())
 
     def record(self, phase: Phase, begin: float, end: float,

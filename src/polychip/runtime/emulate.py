@@ -160,7 +160,8 @@ class EmulatedClock(WallClock):
         chained = phase is Phase.COMPUTE and self.last_phase is Phase.COMPUTE
         if phase in (Phase.COMPUTE, Phase.OPTIMIZER):
             assert action is not None, "a compute phase names its action"
-            with self.slots.phase(_SLOT_NAMES[action.op], self.targets.of(action),
+            factor = self.compute_factor if phase is Phase.COMPUTE else 1.0  # a slow chip
+            with self.slots.phase(_SLOT_NAMES[action.op], factor * self.targets.of(action),
                                   chain=chained):
                 yield
                 self.sync()

@@ -136,14 +136,21 @@ def run_logged(trainer: Trainer, start: int = 0,
     config = trainer.config
     log = StepLog(config.metrics_path, trainer.role.rank) if config.metrics_path else None
     kill_at = injected_death(trainer.role.rank)
+    slow = injected_slowdown(trainer.role.rank)
+
+    def slow_from(step: int) -> None:  # the injected slow chip, from its step on
+        if slow is not None and step >= slow[1]:
+            trainer.clock.compute_factor = slow[0]
 
     stop = StopRequest()
+    slow_from(start)
 
     def after(record: StepRecord) -> bool:
         if log is not None:
             log(record)
         if record.step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
+        slow_from(record.step + 1)
         done, stopping = record.step + 1, stop.agreed()
         every = config.save_every and done % config.save_every == 0
         if checkpoints is not None and (stopping or every or done == config.steps):
@@ -175,6 +182,29 @@ def injected_death(rank: int) -> int | None:
     except ValueError:
         raise RuntimeSetupError(f"{FAULT_ENV}={value!r}: write RANK:STEP, e.g. 1:5") from None
     return step if who == rank else None
+
+
+SLOW_ENV = "POLYCHIP_SLOW_RANK"
+"""Fault injection for tests and benchmarks (a chip slower than planned,
+:mod:`polychip.elastic.slowdown`): ``RANK:FACTOR:STEP`` makes plan rank RANK's compute phases
+(forward, backward) last FACTOR times as long from step STEP on -- emulated chips: their
+slots; otherwise it sleeps (FACTOR - 1) x each phase's measured time."""
+
+
+def injected_slowdown(rank: int) -> tuple[float, int] | None:
+    """(factor, first step) of this rank's injected slowdown (``SLOW_ENV``), or None."""
+    value = os.environ.get(SLOW_ENV, "")
+    if not value:
+        return None
+    try:
+        who, factor, step = value.split(":")
+        parsed = int(who), float(factor), int(step)
+    except ValueError:
+        raise RuntimeSetupError(f"{SLOW_ENV}={value!r}: write RANK:FACTOR:STEP, e.g. "
+                                f"2:3:2 (rank 2, 3x slower from step 2)") from None
+    if not 1.0 <= parsed[1] < float("inf") or parsed[2] < 0:
+        raise RuntimeSetupError(f"{SLOW_ENV}={value!r}: FACTOR must be >= 1 and STEP >= 0")
+    return (parsed[1], parsed[2]) if parsed[0] == rank else None
 
 
 @dataclass(frozen=True)
