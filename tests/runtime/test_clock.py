@@ -160,7 +160,7 @@ def test_the_slow_chip_variable_is_parsed_for_its_rank_only(monkeypatch) -> None
     assert injected_slowdown(2) == (3.0, 5) and injected_slowdown(1) is None
     for bad in ("2:3", "x:3:5", "2:0.5:5", "2:3:-1", "2:nan:1"):
         monkeypatch.setenv(SLOW_ENV, bad)
-        with pytest.raises(RuntimeSetupError, match="RANK:FACTOR:STEP|FACTOR must"):
+        with pytest.raises(RuntimeSetupError, match=r"RANK:FACTOR:STEP|FACTOR must"):
             injected_slowdown(2)
     monkeypatch.delenv(SLOW_ENV)
     assert injected_slowdown(2) is None
