@@ -81,6 +81,11 @@ def test_warm_up_a_short_slowdown_and_a_ratio_under_the_threshold_are_not_slow()
     # slow at 1-3, on time at 4, slow again from 5: a window of 4 fills at step 8 only
     mixed = [normal[s] if s == 4 else slow[s] for s in range(12)]
     assert _watch(mixed, SlowChipWatch(plan, "x", window=4))[0] == (0, 8)
+    # an emulated step whose compute overran its slots is the host's time: passed over
+    overran = [dict(r, compute_overruns=1) if s in (2, 3) else r for s, r in enumerate(slow)]
+    assert _watch(overran, SlowChipWatch(plan, "x", window=3))[0] == (0, 5)
+    hosts = [dict(r, compute_overruns=2) for r in slow]
+    assert _watch(hosts, SlowChipWatch(plan, "x", window=3)) == []
     # 1.2 x the estimate stays under the default threshold (1.25)
     assert _watch(_records(plan, range(12), {0: 1.2}), SlowChipWatch(plan, "x")) == []
 

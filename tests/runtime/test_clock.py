@@ -164,3 +164,14 @@ def test_the_slow_chip_variable_is_parsed_for_its_rank_only(monkeypatch) -> None
             injected_slowdown(2)
     monkeypatch.delenv(SLOW_ENV)
     assert injected_slowdown(2) is None
+
+
+def test_compute_overruns_count_forward_and_backward_only() -> None:
+    clock = EmulatedClock(TARGETS, 1.0)
+    clock.start_step()
+    with clock.phase(Phase.COMPUTE, F):  # a 10 ms slot, 30 ms of work
+        time.sleep(0.03)
+    with clock.phase(Phase.OPTIMIZER, OPT):  # a 5 ms slot, 20 ms of work
+        time.sleep(0.02)
+    timing = clock.finish_step()
+    assert (timing.overruns, timing.compute_overruns) == (2, 1)

@@ -9,6 +9,9 @@ against the estimate of its stage -- the same figure ``polychip calibrate`` comp
 (:func:`polychip.planner.calibrate.estimated_stages`), with the profiles the plan was made
 with. A rank whose compute is at least ``threshold`` x its estimate for ``window``
 consecutive steps (its first ``skip`` steps of this run left out: warm-up) is a slow chip.
+An emulated step whose real compute overran its slots (``compute_overruns``: the host was
+too slow for the dilation) says nothing about the chip: it is passed over, neither counted
+nor breaking a run of slow steps.
 
 Only compute is watched: it is the phase a chip owns. Waits and gradient sync measure the
 others (a fast chip waits for a slow one), and the host's idle time is not the chip's.
@@ -75,6 +78,12 @@ def record_compute_s(record: dict[str, Any]) -> tuple[float, str]:
     if emulated is not None:
         return float(emulated["compute_s"]), "emulated"
     return float(record["compute_s"]), "measured"
+
+
+def _overran(record: dict[str, Any]) -> bool:
+    """An emulated step whose real compute overran its slots: its emulated compute is this
+    host's speed, not the emulated chip's (nothing to learn about the chip from it)."""
+    return record.get("emulated_time") is not None and record.get("compute_overruns", 0) > 0
 
 
 @dataclass
@@ -145,7 +154,7 @@ class SlowChipWatch:
             raise PolychipError(f"{self.metrics_path}: a record of rank {rank}, the plan has "
                                 f"{len(self.ranks)} rank(s); watch the plan the run trains")
         streak.seen += 1
-        if streak.seen <= self.skip:
+        if streak.seen <= self.skip or _overran(record):
             return None
         estimate = self.estimates[(info.replica, info.stage)]
         compute, basis = record_compute_s(record)

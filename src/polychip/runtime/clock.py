@@ -79,6 +79,7 @@ class StepTiming:
     dilation: float | None = None
     padding_s: float = 0.0  # emulation: slept in slots and emulated links (inside phases)
     overruns: int = 0  # compute/optimizer phases whose real work ran past their slot
+    compute_overruns: int = 0  # of them, forward and backward (compute) phases
     lost_s: float = 0.0  # how much later than its emulated chip the rank finished its work
 
 

@@ -43,7 +43,7 @@ from polychip.plan.plan import Plan
 from polychip.plan.schedule import Action, Op
 from polychip.plan.segments import grad_segments
 from polychip.runtime.clock import Phase, PhaseSeconds, StepTiming, WallClock
-from polychip.runtime.slots import PhaseClock, sleep_until
+from polychip.runtime.slots import ClockSummary, PhaseClock, sleep_until
 
 if TYPE_CHECKING:
     from polychip.runtime.dilation import DilationGovernor
@@ -119,6 +119,11 @@ def phase_targets(plan: Plan, replica: int, stage: int) -> PhaseTargets:
                                                 len(plan.replicas) if plan.zero1 else 1),
         recv_act_s=from_stage(stage - 1), recv_grad_s=from_stage(stage + 1),
         allreduce_s=allreduce)
+
+
+def _compute_overruns(summary: ClockSummary) -> int:
+    return sum(p.num_overruns for p in summary.phases
+               if p.name in (_SLOT_NAMES[Op.FORWARD], _SLOT_NAMES[Op.BACKWARD]))
 
 
 class EmulatedClock(WallClock):
@@ -199,6 +204,7 @@ class EmulatedClock(WallClock):
             emulated=PhaseSeconds.of(sum(chip.values()) + idle, chip),
             dilation=d, padding_s=after.padded_s - before.padded_s + self._delivery_s,
             overruns=after.num_overruns - before.num_overruns,
+            compute_overruns=_compute_overruns(after) - _compute_overruns(before),
             lost_s=after.lost_s - before.lost_s)
 
     def after_step(self, step: int) -> None:

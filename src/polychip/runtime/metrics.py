@@ -59,6 +59,7 @@ class StepRecord:
     lr: float | None = None  # the step's learning rate
     grad_norm: float | None = None  # the global gradient norm before clipping (when clipping)
     finished_at: float | None = None  # Unix time (this host's clock) when the step ended
+    compute_overruns: int = 0  # of ``overruns``, forward and backward phases
     version: int = METRICS_VERSION
 
     @property

@@ -220,7 +220,8 @@ class Trainer:
             memory_kind=self.memory.kind, memory=counted,
             emulated=timing.emulated is not None, dilation=timing.dilation,
             emulated_time=timing.emulated, padding_s=timing.padding_s,
-            overruns=timing.overruns, lost_s=timing.lost_s,
+            overruns=timing.overruns, compute_overruns=timing.compute_overruns,
+            lost_s=timing.lost_s,
             lr=self.lr_schedule.lr_at(step), grad_norm=self.optimizer.grad_norm,
             finished_at=time.time())
 
