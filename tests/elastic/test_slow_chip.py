@@ -6,7 +6,7 @@ reference's (float64)."""
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -15,16 +15,13 @@ import torch
 from tests.runtime.plans import cpu_test_cluster, dp_plan
 from tests.runtime.reference import CORPUS_BYTES, single_process
 
-from polychip.elastic.slowchip import (
-    SlowChipMonitor,
-    follow_injected_slowdown,
-    replan_for_slow_chip,
-)
+from polychip.elastic.events import EVENTS
+from polychip.elastic.slowchip import SlowReplan
+from polychip.elastic.supervisor import METRICS, run_elastic
 from polychip.runtime.checkpoint import _ShardReader
 from polychip.runtime.checkpoint_manifest import latest_complete, read_manifest
-from polychip.runtime.launch import launch_local
 from polychip.runtime.metrics import read_metrics
-from polychip.runtime.session import SLOW_ENV, TrainTask
+from polychip.runtime.session import SLOW_ENV
 from polychip.runtime.train_config import TrainConfig
 
 STEPS, SLOW_FROM, WINDOW = 10, 2, 3
@@ -36,50 +33,41 @@ def test_a_slow_chip_is_found_replanned_around_and_the_run_ends_exact(tmp_path: 
     # what the planner chooses for this job on cpu-test: cpu-fast (rank 0) and cpu-mid
     plan = dp_plan(cpu_test_cluster(), [(1, 0, "cpu-fast", 22, 2), (2, 0, "cpu-mid", 10, 2)],
                    seq_len=64)
-    ckpt, metrics, stop = tmp_path / "ckpt", tmp_path / "metrics.jsonl", tmp_path / "stop"
+    ckpt = tmp_path / "ckpt"
     config = TrainConfig(steps=STEPS, emulate=True, dtype="float64", lr=0.05,
-                         max_corpus_bytes=CORPUS_BYTES, checkpoint_dir=str(ckpt),
-                         metrics_path=str(metrics))
+                         max_corpus_bytes=CORPUS_BYTES, checkpoint_dir=str(ckpt))
     monkeypatch.setenv(SLOW_ENV, f"0:3:{SLOW_FROM}")
     said: list[str] = []
-    monitor = SlowChipMonitor(stop, metrics, window=WINDOW, poll_s=0.05, say=said.append)
-    with monitor.during(plan):
-        launch_local(plan, TrainTask(config), stop_file=stop)
+    done = run_elastic(plan, config, say=said.append, poll_s=0.05, slow_window=WINDOW)
 
-    found = monitor.found
-    assert found is not None and monitor.found_at is not None
-    assert (found.rank, found.chip, found.basis) == (0, "cpu-fast", "emulated")
-    assert found.first_step == SLOW_FROM and found.step == SLOW_FROM + WINDOW - 1
-    assert found.ratio == pytest.approx(3.0, rel=0.1)
-    assert len(said) == 1 and "slow chip: rank 0 (cpu-fast" in said[0]
-    folder = latest_complete(ckpt)
-    assert folder is not None
-    saved = read_manifest(folder).step  # the ranks stopped at a step boundary and saved
-    assert found.step < saved < STEPS
-
-    new, pset, event = replan_for_slow_chip(plan, metrics, found, detected_at=monitor.found_at,
-                                            since_step=0, resumed_step=saved)
-    share = {r.stages[0].chip: r.batch_size for r in new.replicas}
-    assert share["cpu-fast"] < 22  # the slow chip gets less of the batch
+    (event,) = done.replans  # found once: the new plan expects the chip as slow as it is
+    assert isinstance(event, SlowReplan)
+    assert (event.slow_rank, event.slow_chip, event.basis) == (0, "cpu-fast", "emulated")
+    assert event.window_steps == (SLOW_FROM, SLOW_FROM + WINDOW - 1)  # found at once
+    assert event.ratio == pytest.approx(3.0, rel=0.1)
     assert event.compute_corrections["cpu-fast"] == pytest.approx(3.0, rel=0.1)
+    assert event.compute_corrections["cpu-mid"] == pytest.approx(1.0, rel=0.1)
+    # the ranks stopped at a step boundary after it was found, and saved
+    assert SLOW_FROM + WINDOW - 1 < event.resumed_step < STEPS
     assert event.new_tokens_per_s > event.old_recalibrated_tokens_per_s
-    assert "slow chip (rank 0, cpu-fast" in event.line()
+    assert event.old_recalibrated_tokens_per_s < event.old_tokens_per_s
+    assert [x for x in said if "slow chip" in x] == [said[0], said[1]]
+    assert "slow chip: rank 0 (cpu-fast" in said[0] and event.line() == said[1]
+    logged = [json.loads(x) for x in (ckpt / EVENTS).read_text().splitlines()]
+    assert [e["reason"] for e in logged] == ["slow chip"]
 
-    follow_injected_slowdown(plan, new)  # the chip stays slow under the new plan
+    new = done.plan  # the slow chip gets less of the batch
+    assert {r.stages[0].chip: r.batch_size for r in new.replicas}["cpu-fast"] < 22
     fast = next(r.rank for r in new.ranks() if r.chip == "cpu-fast")
-    assert os.environ[SLOW_ENV] == f"{fast}:3:0"
-    again = SlowChipMonitor(stop, metrics, window=WINDOW, poll_s=0.05, say=said.append)
-    with again.during(new, pset):
-        summary = launch_local(new, TrainTask(dataclasses.replace(config, resume=True)),
-                               stop_file=stop)[0]
-    assert again.found is None  # as slow as the re-calibrated plan expects
-    assert summary is not None and summary.steps == STEPS - saved
+    assert os.environ[SLOW_ENV] == f"{fast}:3:0"  # and stayed slow under the new plan
+    assert done.summary is not None and done.summary.steps == STEPS - event.resumed_step
 
-    # every step once, under the plan that computed it
-    records = read_metrics(metrics)
+    # every step once, under the plan that computed it (metrics kept in the checkpoint dir)
+    records = read_metrics(ckpt / METRICS)
     ranks = {s: sorted(r["rank"] for r in records if r["step"] == s) for s in range(STEPS)}
-    assert all(ranks[s] == [0, 1] for s in range(saved))
-    assert all(ranks[s] == list(range(new.world_size)) for s in range(saved, STEPS))
+    assert all(ranks[s] == [0, 1] for s in range(event.resumed_step))
+    assert all(ranks[s] == list(range(new.world_size))
+               for s in range(event.resumed_step, STEPS))
     folder = latest_complete(ckpt)
     assert folder is not None and read_manifest(folder).step == STEPS
     reader = _ShardReader(folder, read_manifest(folder))

@@ -42,6 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --elastic: watch this cluster file; when it lists more chips, "
                         "the ranks save after their current step and the job is re-planned "
                         "on it")
+    p.add_argument("--slow-threshold", type=float, default=1.25, metavar="X",
+                   help="with --elastic: a chip whose compute stays at least X times its "
+                        "estimate for --slow-window steps makes the job re-calibrate and "
+                        "re-plan (default 1.25; 0: do not watch)")
+    p.add_argument("--slow-window", type=int, default=5, metavar="N",
+                   help="with --elastic: consecutive slow steps that make a chip slow "
+                        "(default 5)")
     p.add_argument("--plan-node", type=int, metavar="N",
                    help="run as a torchrun worker of plan node N (set by `polychip launch`)")
     p.set_defaults(func=run)
@@ -264,7 +271,8 @@ def run_elastic_cli(plan: Plan, config: TrainConfig, args: argparse.Namespace,
     from polychip.elastic.supervisor import run_elastic
 
     done = run_elastic(plan, config, max_restarts=args.max_restarts, say=console.print,
-                       cluster_file=args.cluster_file)
+                       cluster_file=args.cluster_file,
+                       slow_threshold=args.slow_threshold or None, slow_window=args.slow_window)
     if done.replans:
         console.print(f"elastic: finished on a plan of {done.plan.world_size} rank(s) after "
                       f"{len(done.replans)} re-plan(s) (log: "

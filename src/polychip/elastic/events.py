@@ -8,6 +8,10 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from polychip.elastic.slowchip import SlowReplan
 
 EVENTS = "elastic.jsonl"
 
@@ -39,7 +43,7 @@ class Replan:
                 f"({change:+.0%}); resuming from step {self.resumed_step}")
 
 
-def log_event(root: str | Path, event: Replan) -> None:
+def log_event(root: str | Path, event: Replan | SlowReplan) -> None:
     path = Path(root) / EVENTS
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:

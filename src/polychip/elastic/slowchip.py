@@ -15,7 +15,6 @@ How the supervisor uses it, around each launch of a plan::
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 import time
@@ -77,6 +76,7 @@ class SlowChipMonitor:
 class SlowReplan:
     """A re-plan for a chip slower than planned (``elastic.jsonl``, like a Replan)."""
 
+    attempt: int
     reason: str  # "slow chip"
     detected_at: float  # Unix time the watch found it
     resumed_step: int  # the checkpoint's step the new plan starts from
@@ -116,7 +116,7 @@ def tokens_per_s(plan: Plan, profile: ComputeProfile | None) -> float:
 
 
 def replan_for_slow_chip(plan: Plan, metrics_path: str | Path, found: SlowChip, *,
-                         detected_at: float, since_step: int, resumed_step: int,
+                         detected_at: float, attempt: int = 1, since_step: int, resumed_step: int,
                          profiles: Sequence[Profile] = (), before: ComputeProfile | None = None
                          ) -> tuple[Plan, ProfileSet, SlowReplan]:
     """Re-calibrate ``plan`` from its records (steps ``since_step`` on) and plan again;
@@ -127,7 +127,7 @@ def replan_for_slow_chip(plan: Plan, metrics_path: str | Path, found: SlowChip, 
                                   since_step=since_step)
     seconds = time.monotonic() - start
     event = SlowReplan(
-        reason="slow chip", detected_at=detected_at, resumed_step=resumed_step,
+        attempt=attempt, reason="slow chip", detected_at=detected_at, resumed_step=resumed_step,
         slow_rank=found.rank, slow_chip=found.chip, slow_node=found.node, ratio=found.ratio,
         window_steps=(found.first_step, found.step), basis=found.basis,
         compute_corrections={c: p.corrections.compute for c, p in pset.profiles.items()},
@@ -160,7 +160,3 @@ def follow_injected_slowdown(old: Plan, new: Plan) -> None:
         os.environ[SLOW_ENV] = f"{there[0]}:{factor}:0"
     else:
         os.environ.pop(SLOW_ENV)
-
-
-def as_record(event: SlowReplan) -> dict[str, object]:
-    return dataclasses.asdict(event)
