@@ -23,6 +23,7 @@ from polychip.runtime.checkpoint_manifest import latest_complete, read_manifest
 from polychip.runtime.metrics import read_metrics
 from polychip.runtime.session import SLOW_ENV
 from polychip.runtime.train_config import TrainConfig
+from polychip.spec.errors import PolychipError
 
 STEPS, SLOW_FROM, WINDOW = 10, 2, 3
 
@@ -75,3 +76,11 @@ def test_a_slow_chip_is_found_replanned_around_and_the_run_ends_exact(tmp_path: 
     for name, want in ref.items():
         torch.testing.assert_close(reader.full(name, "param"), want, rtol=0, atol=1e-12,
                                    msg=name)
+
+
+def test_bad_slow_chip_settings_fail_before_any_rank_starts(tmp_path: Path) -> None:
+    plan = dp_plan(cpu_test_cluster(), [(1, 0, "cpu-fast", 4, 2)])
+    config = TrainConfig(steps=2, emulate=True, checkpoint_dir=str(tmp_path / "ckpt"))
+    with pytest.raises(PolychipError, match=r"threshold 0\.9"):
+        run_elastic(plan, config, slow_threshold=0.9, say=lambda _: None)
+    assert not (tmp_path / "ckpt").exists()  # nothing ran
