@@ -28,8 +28,8 @@ from pathlib import Path
 from polychip.cli.demo import DEMO_JOB, demo_cluster
 from polychip.elastic.supervisor import run_elastic
 from polychip.planner.api import plan_job
+from polychip.runtime.faults import FAULT_ENV
 from polychip.runtime.metrics import read_metrics
-from polychip.runtime.session import FAULT_ENV
 from polychip.runtime.train_config import TrainConfig
 from polychip.spec.model import PRESETS
 

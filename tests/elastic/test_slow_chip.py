@@ -20,8 +20,8 @@ from polychip.elastic.slowchip import SlowReplan
 from polychip.elastic.supervisor import METRICS, run_elastic
 from polychip.runtime.checkpoint import _ShardReader
 from polychip.runtime.checkpoint_manifest import latest_complete, read_manifest
+from polychip.runtime.faults import SLOW_ENV
 from polychip.runtime.metrics import read_metrics
-from polychip.runtime.session import SLOW_ENV
 from polychip.runtime.train_config import TrainConfig
 from polychip.spec.errors import PolychipError
 

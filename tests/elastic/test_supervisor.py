@@ -24,8 +24,8 @@ from polychip.elastic.supervisor import run_elastic
 from polychip.plan import Plan, save_plan
 from polychip.runtime.checkpoint import _ShardReader
 from polychip.runtime.checkpoint_manifest import latest_complete, read_manifest
+from polychip.runtime.faults import FAULT_ENV
 from polychip.runtime.metrics import read_metrics
-from polychip.runtime.session import FAULT_ENV
 from polychip.runtime.train_config import TrainConfig
 from polychip.spec.cluster import cluster_to_dict
 from polychip.spec.shrink import without_chips

@@ -123,7 +123,7 @@ def test_the_governor_raises_every_clock_of_a_run_alike() -> None:
 
 
 def test_an_injected_slow_chip_stretches_compute_only() -> None:
-    """``compute_factor`` (runtime.session.SLOW_ENV): an emulated chip's forward and backward
+    """``compute_factor`` (runtime.faults.SLOW_ENV): an emulated chip's forward and backward
     slots, in emulated chip time too, and a plain run's measured compute; not the optimizer."""
     d, factor = 2.0, 3.0
     clock = EmulatedClock(TARGETS, d)
@@ -154,7 +154,7 @@ def test_an_injected_slow_chip_stretches_compute_only() -> None:
 
 def test_the_slow_chip_variable_is_parsed_for_its_rank_only(monkeypatch) -> None:
     from polychip.runtime.errors import RuntimeSetupError
-    from polychip.runtime.session import SLOW_ENV, injected_slowdown
+    from polychip.runtime.faults import SLOW_ENV, injected_slowdown
 
     monkeypatch.setenv(SLOW_ENV, "2:3:5")
     assert injected_slowdown(2) == (3.0, 5) and injected_slowdown(1) is None

@@ -27,9 +27,8 @@ from polychip.costmodel import ComputeProfile, CostModel, ProfileSet
 from polychip.elastic.recalibrate import recalibrated_plan
 from polychip.elastic.slowdown import DEFAULT_THRESHOLD, DEFAULT_WINDOW, SlowChip, SlowChipWatch
 from polychip.plan.plan import Plan
+from polychip.runtime.faults import SLOW_ENV
 from polychip.spec.profile import Profile
-
-SLOW_ENV = "POLYCHIP_SLOW_RANK"  # runtime.session.SLOW_ENV (that module needs torch)
 
 
 class SlowChipMonitor:

@@ -48,9 +48,10 @@ from polychip.plan.plan import Plan
 from polychip.planner.api import plan_job
 from polychip.runtime.checkpoint_manifest import latest_complete, read_manifest
 from polychip.runtime.errors import RankDied, RuntimeSetupError
+from polychip.runtime.faults import FAULT_ENV
 from polychip.runtime.launch import launch_local
 from polychip.runtime.metrics import RunSummary, absorb_rank_logs
-from polychip.runtime.session import FAULT_ENV, TrainTask, estimate_tokens_per_s
+from polychip.runtime.session import TrainTask, estimate_tokens_per_s
 from polychip.runtime.topology import rank_roles
 from polychip.runtime.train_config import TrainConfig
 from polychip.spec.cluster import Cluster

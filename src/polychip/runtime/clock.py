@@ -98,7 +98,7 @@ class WallClock:
     """The real clock: each phase lasts what it lasts; it is measured, nothing more."""
 
     stamps_messages = False  # whether sends must carry their send time (emulated links)
-    # fault injection (runtime.session.SLOW_ENV): compute phases last this many times as long
+    # fault injection (runtime.faults.SLOW_ENV): compute phases last this many times as long
     compute_factor = 1.0
 
     def __init__(self, sync: Callable[[], None] | None = None) -> None:
