@@ -40,7 +40,7 @@ def _chip_to_dict(chip: Accelerator) -> dict[str, Any]:
         "peer_to_peer": chip.peer_to_peer,
         "link_efficiency": chip.link_efficiency,
         "kernel_launch_us": None if chip.kernel_launch_s is None else chip.kernel_launch_s * 1e6,
-    }
+    } | economics_to_dict(chip.economics)
 
 
 def cluster_to_dict(cluster: Cluster) -> dict[str, Any]:
@@ -57,7 +57,7 @@ def cluster_to_dict(cluster: Cluster) -> dict[str, Any]:
                 "nic_gbps": g.nic_bw_bytes_per_s * 8 / 1e9,
                 "label": g.label,
             }
-            | economics_to_dict(g.economics)
+            | ({} if g.node_economics is None else economics_to_dict(g.node_economics))
             for g in cluster.groups
         ],
         "network": {
