@@ -16,7 +16,7 @@ from polychip.spec.errors import PolychipError
 
 COMMANDS = (
     "plan", "simulate", "estimate", "profile", "train", "calibrate", "launch", "demo",
-    "validate", "catalog", "prepare_data",
+    "validate", "catalog", "prepare_data", "whatif",
 )
 
 

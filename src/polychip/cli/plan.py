@@ -72,6 +72,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"candidates re-ranked by --simulate (default {DEFAULT_SIMULATE_TOP}; implies "
         "--simulate)",
     )
+    p.add_argument(
+        "--objective",
+        choices=("throughput", "cost"),
+        default="throughput",
+        help="throughput: most tokens/s (default); cost: least US$ per million tokens at the "
+        "chips' rent (every chip needs rent_usd_per_hour: catalog or cluster file)",
+    )
     add_profile_option(p)
     add_run_options(p)
     p.set_defaults(func=run)
@@ -108,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
             simulate_top=top,
             profile=profile,
+            objective=args.objective,
         )
     elapsed = time.perf_counter() - started
     plan = found.plan

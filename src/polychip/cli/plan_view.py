@@ -9,6 +9,31 @@ from polychip.plan.plan import Plan
 from polychip.planner.summary import comparison, memory_rows, replica_rows
 
 
+def money_line(plan: Plan) -> str:
+    """Cost and energy per million tokens, or which figure is unknown and how to give it."""
+    est = plan.estimate
+    assert est is not None
+    cost = (
+        f"[bold]${est.cost_per_mtok:,.2f}[/bold] per million tokens (rent)"
+        if est.cost_per_mtok is not None
+        else "cost per million tokens unknown (set rent_usd_per_hour for "
+        + _lacking(plan, "rent_per_hour")
+        + ")"
+    )
+    energy = (
+        f"[bold]{est.energy_kwh_per_mtok:,.2f} kWh[/bold] per million tokens (board power)"
+        if est.energy_kwh_per_mtok is not None
+        else f"energy unknown (set board_power_w for {_lacking(plan, 'board_power_w')})"
+    )
+    return f"{cost}; {energy}"
+
+
+def _lacking(plan: Plan, figure: str) -> str:
+    """The chips whose `figure` is unknown, as the cluster file names them."""
+    names = {g.chip.name for g in plan.cluster.groups if getattr(g.economics, figure) is None}
+    return ", ".join(sorted(names)) + " in the cluster file"
+
+
 def render_plan(console: Console, plan: Plan, source: str, elapsed_s: float) -> None:
     est = plan.estimate
     assert est is not None
@@ -39,6 +64,7 @@ def render_plan(console: Console, plan: Plan, source: str, elapsed_s: float) -> 
         f"{est.bubble_fraction:.0%}; gradient sync {est.breakdown_s.get('dp_sync', 0):.3f} s; "
         f"optimizer {est.breakdown_s.get('optimizer', 0):.3f} s)"
     )
+    console.print(money_line(plan))
     if any(v != "analytic" for v in est.sources.values()):
         console.print("figures: " + ", ".join(f"{k} {v}" for k, v in est.sources.items()))
     mem = Table(title="peak memory per chip type (worst device)")

@@ -88,6 +88,10 @@ class Estimate:
     phases_s: dict[str, float] = field(default_factory=dict)
     # figure -> measured | analytic | mixed (costmodel/profiled.py FIGURES); {} in old plans
     sources: dict[str, str] = field(default_factory=dict)
+    # US$ and kWh per million tokens over the chips the plan uses (costmodel/economics.py);
+    # None: a used chip's rent or board power is unknown (or an older plan)
+    cost_per_mtok: float | None = None
+    energy_kwh_per_mtok: float | None = None
 
     @staticmethod
     def of_step(
@@ -177,6 +181,8 @@ class Plan:
     baselines: dict[str, Baseline] = field(default_factory=dict)
     ideal: Baseline | None = None
     notes: tuple[str, ...] = ()
+    # the compute ceiling: every chip at its achievable FLOP/s on model FLOPs alone
+    limit: Baseline | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property

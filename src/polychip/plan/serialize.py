@@ -98,6 +98,7 @@ class _PlanIn(_In):
     estimate: dict[str, Any] | None = None
     baselines: dict[str, dict[str, Any]] = Field(default_factory=dict)
     ideal: dict[str, Any] | None = None
+    limit: dict[str, Any] | None = None  # absent in plans written before it existed
     notes: list[str] = Field(default_factory=list)
 
 
@@ -133,6 +134,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "estimate": None if plan.estimate is None else asdict(plan.estimate),
         "baselines": {k: asdict(v) for k, v in plan.baselines.items()},
         "ideal": None if plan.ideal is None else asdict(plan.ideal),
+        "limit": None if plan.limit is None else asdict(plan.limit),
         "notes": list(plan.notes),
     }
 
@@ -227,6 +229,7 @@ def plan_from_dict(data: Any, file: str | None = None) -> Plan:
             if (b := _baseline(v, f"{where}baselines.{k}")) is not None
         },
         ideal=_baseline(raw.ideal, f"{where}ideal"),
+        limit=_baseline(raw.limit, f"{where}limit"),
         notes=tuple(raw.notes),
     )
     validate_plan(plan, file=file)

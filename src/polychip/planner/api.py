@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from polychip.costmodel import ComputeProfile, CostModel
+from polychip.costmodel.economics import priced
 from polychip.plan.capabilities import RUNTIME, Capabilities, missing_features, planner_job
 from polychip.plan.plan import Baseline, Plan
 from polychip.plan.validate import validate_plan
@@ -15,6 +16,7 @@ from polychip.planner.baselines import baseline_of, describe_replicas, naive_mix
 from polychip.planner.diagnose import infeasible_error
 from polychip.planner.exhaustive import Exhaustive
 from polychip.planner.notes import plan_notes
+from polychip.planner.objective import cheapest, check_objective, cost_note
 from polychip.planner.rerank import Candidate, rerank, rerank_note, shortlist
 from polychip.planner.scoring import Scored, Scorer, better
 from polychip.planner.search import FastSearch
@@ -49,6 +51,7 @@ def plan_job(
     progress: Progress | None = None,
     profile: ComputeProfile | None = None,
     capabilities: Capabilities = RUNTIME,
+    objective: str = "throughput",
 ) -> Plan:
     """The fastest plan found for `job` on `cluster` (docs/planner.md).
 
@@ -56,7 +59,9 @@ def plan_job(
     stages per replica (default min(layers, 16)). `progress(fraction, message)` is called as
     the search advances. `profile`: measured figures the cost model uses where it has them.
     `capabilities`: what the runtime executes; the planner chooses nothing beyond it (ZeRO-1,
-    recompute, TP degrees) and notes what the job asks for that it lacks.
+    recompute, TP degrees) and notes what the job asks for that it lacks. `objective`:
+    `throughput` (most tokens/s) or `cost` (least US$ per million tokens; every chip needs a
+    rent).
     Raises InfeasibleError naming the limit when nothing fits, and PolychipError for a bad
     argument.
     """
@@ -70,6 +75,7 @@ def plan_job(
         progress=progress,
         profile=profile,
         capabilities=capabilities,
+        objective=objective,
     ).plan
 
 
@@ -85,12 +91,14 @@ def search_plans(
     simulate_top: int = 0,
     profile: ComputeProfile | None = None,
     capabilities: Capabilities = RUNTIME,
+    objective: str = "throughput",
 ) -> PlanSearch:
     """`plan_job`, and with `simulate_top` > 0 the `simulate_top` best distinct candidates
     by the analytic cost model (plus each chip type's best alone) are replayed in the
     simulator and the plan with the most simulated tokens/s is chosen. The chosen plan's
     `estimate` stays analytic, like its baselines; a note gives the simulated figure."""
     _check_arguments(simulate_top, schedule, max_stages)
+    check_objective(objective, cluster, simulate_top)
     model.check_seq_len(job.seq_len)
     job, limits = planner_job(job, capabilities)
     report = progress or (lambda f, m: None)
@@ -124,6 +132,10 @@ def search_plans(
         best = better(best, search(list(range(len(cluster.groups))), "all chips"))
     if best is None:
         raise infeasible_error(cm, scorer.builder, stages)
+    fastest = best
+    if objective == "cost":
+        pool = [*scorer.scored(), *(r for r in alone.values() if r is not None), best]
+        best = cheapest(cluster, pool) or best
     report(done / steps, "baselines")
     baselines, ideal = _baselines(cm, schedule, alone)
 
@@ -140,7 +152,7 @@ def search_plans(
             ideal=ideal,
         )
         validate_plan(plan)
-        return plan
+        return priced(plan)
 
     ranking: list[Candidate] = []
     if simulate_top:
@@ -158,6 +170,8 @@ def search_plans(
                                                                                    capabilities)]
     if ranking:
         notes.append(rerank_note(ranking))
+    if objective == "cost":
+        notes.append(cost_note(cluster, best, fastest))
     plan = replace(plan, notes=tuple(notes))
     report(1.0, "done")
     return PlanSearch(plan, tuple(ranking))

@@ -72,10 +72,11 @@ def replica_rows(plan: Plan) -> list[ReplicaRow]:
 
 
 def comparison(plan: Plan) -> list[tuple[str, float, float | None, str]]:
-    """(name, tokens/s, plan / it, description) for the baselines and the ideal."""
+    """(name, tokens/s, plan / it, description) for the baselines, the ideal and the compute
+    ceiling."""
     assert plan.estimate is not None
     out = []
-    items = [*plan.baselines.values(), *([plan.ideal] if plan.ideal else [])]
+    items = [*plan.baselines.values(), *(b for b in (plan.ideal, plan.limit) if b)]
     for b in items:
         ratio = plan.estimate.tokens_per_s / b.tokens_per_s if b.tokens_per_s > 0 else None
         out.append((b.name, b.tokens_per_s, ratio, b.description))
@@ -96,6 +97,10 @@ def _g(x: float) -> str:
     return f"{x:.4g}"
 
 
+def _unknown(x: float | None) -> str:
+    return "unknown" if x is None else _g(x)
+
+
 def summary_text(plan: Plan) -> str:
     """A deterministic plain-text summary (the golden-plan test compares it)."""
     est = plan.estimate
@@ -113,6 +118,8 @@ def summary_text(plan: Plan) -> str:
     lines.append(
         f"step {_g(est.step_time_s)} s, {_g(est.tokens_per_s)} tokens/s, MFU {_g(est.mfu)}"
     )
+    lines.append(f"cost {_unknown(est.cost_per_mtok)} $/Mtok, energy "
+                 f"{_unknown(est.energy_kwh_per_mtok)} kWh/Mtok")
     for chip, peak, cap in memory_rows(plan):
         lines.append(f"memory {chip}: {_g(peak)} of {_g(cap)} GiB")
     for name, tokens, ratio, _ in comparison(plan):

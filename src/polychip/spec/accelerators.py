@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from polychip.spec.economics import Economics, economics_from_entry
 from polychip.spec.errors import PolychipError, SpecError
 
 GIB = 1024**3
@@ -94,6 +95,8 @@ class Accelerator:
     # type's default, costmodel/kernels.LAUNCH_S)
     kernel_launch_s: float | None = None
     figures: Mapping[str, Figure] = field(default_factory=dict, compare=False, hash=False)
+    # board power and prices (spec/economics.py); None figures: unknown
+    economics: Economics = field(default_factory=Economics, compare=False, hash=False)
 
     @property
     def island(self) -> str:
@@ -240,6 +243,7 @@ def build_accelerator(
         link_efficiency=need("link_efficiency"),
         kernel_launch_s=None if launch is None else launch * 1e-6,
         figures=figs,
+        economics=economics_from_entry(entry),
     )
 
 

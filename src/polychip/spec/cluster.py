@@ -22,17 +22,16 @@ from polychip.spec.accelerators import (
     resolve_name,
     unknown_chip_error,
 )
-from polychip.spec.cluster_links import GroupLink, LinkDecl, links_to_dict, resolve_links
+from polychip.spec.cluster_links import GroupLink, LinkDecl, resolve_links
+from polychip.spec.economics import MONEY_KEYS, Economics, MoneyDecl
 from polychip.spec.errors import SpecError, pydantic_message
-
-CLUSTER_SCHEMA_VERSION = 1
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class ChipDecl(_Strict):
+class ChipDecl(MoneyDecl):
     vendor: str | None = None
     display_name: str | None = None
     device_type: Literal["cuda", "npu", "mlu", "xpu", "hpu", "cpu"] | None = None
@@ -53,7 +52,9 @@ class ChipDecl(_Strict):
     kernel_launch_us: float | None = Field(default=None, ge=0)
 
 
-class NodeDecl(_Strict):
+class NodeDecl(MoneyDecl):
+    """A node group; `board_power_w`, `price_usd`, `rent_usd_per_hour` override the chip's."""
+
     chip: str
     count: PositiveInt = Field(description="number of nodes of this kind")
     chips_per_node: PositiveInt = 8
@@ -87,6 +88,12 @@ class NodeGroup:
     chips_per_node: int
     nic_bw_bytes_per_s: float
     label: str
+    node_economics: Economics | None = None  # the node group's own power/prices, if declared
+
+    @property
+    def economics(self) -> Economics:
+        """Board power and prices of this group's chips: the group's, else the chip's."""
+        return self.node_economics or self.chip.economics
 
     @property
     def num_devices(self) -> int:
@@ -184,6 +191,11 @@ def _resolve_chip(
     return build_accelerator(canonical or inline[0], entry, file=file, key=key)
 
 
+def _node_economics(chip: Accelerator, node: NodeDecl, index: int) -> Economics | None:
+    declared = {k: getattr(node, k) for k in MONEY_KEYS if getattr(node, k) is not None}
+    return chip.economics.override(declared, f"nodes[{index}]") if declared else None
+
+
 def cluster_from_dict(data: Any, file: str | None = None) -> Cluster:
     if not isinstance(data, dict):
         raise SpecError("a cluster file is a YAML mapping with a `nodes:` list", file=file)
@@ -203,6 +215,7 @@ def cluster_from_dict(data: Any, file: str | None = None) -> Cluster:
                 chips_per_node=node.chips_per_node,
                 nic_bw_bytes_per_s=node.nic_gbps * 1e9 / 8,
                 label=node.label or f"{chip.name}x{node.chips_per_node}",
+                node_economics=_node_economics(chip, node, i),
             )
         )
     net = decl.network
@@ -238,55 +251,9 @@ def load_cluster(path: str | Path) -> Cluster:
     return cluster_from_dict(data, file=str(path))
 
 
-def _tflops(flops: float | None) -> float | None:
-    return None if flops is None else flops / 1e12
+from polychip.spec.cluster_dict import CLUSTER_SCHEMA_VERSION, cluster_to_dict  # noqa: E402
 
-
-def _chip_to_dict(chip: Accelerator) -> dict[str, Any]:
-    """Every figure of a resolved chip, in the cluster file's units (None: not known)."""
-    return {
-        "vendor": chip.vendor,
-        "display_name": chip.display_name,
-        "device_type": chip.device_type,
-        "torch_backend": chip.torch_backend,
-        "collective_library": chip.collective_library,
-        "intra_node_link": chip.intra_node_link,
-        "peak_tflops_fp32": _tflops(chip.peak_flops_fp32),
-        "peak_tflops_tf32": _tflops(chip.peak_flops_tf32),
-        "peak_tflops_bf16": _tflops(chip.peak_flops_bf16),
-        "peak_tflops_fp16": _tflops(chip.peak_flops_fp16),
-        "memory_gib": chip.memory_bytes / 1024**3,
-        "memory_gbps": chip.memory_bw_bytes_per_s / 1e9,
-        "intra_node_gbps": chip.link_bw_bytes_per_s * 2 / 1e9,
-        "compute_efficiency": chip.compute_efficiency,
-        "compute_units": chip.compute_units,
-        "peer_to_peer": chip.peer_to_peer,
-        "link_efficiency": chip.link_efficiency,
-        "kernel_launch_us": None if chip.kernel_launch_s is None else chip.kernel_launch_s * 1e6,
-    }
-
-
-def cluster_to_dict(cluster: Cluster) -> dict[str, Any]:
-    """The resolved cluster (every chip figure inline) -- embedded in plan files."""
-    chips = {chip.name: _chip_to_dict(chip) for chip in cluster.chips()}
-    return {
-        "schema_version": CLUSTER_SCHEMA_VERSION,
-        "name": cluster.name,
-        "nodes": [
-            {
-                "chip": g.chip.name,
-                "count": g.num_nodes,
-                "chips_per_node": g.chips_per_node,
-                "nic_gbps": g.nic_bw_bytes_per_s * 8 / 1e9,
-                "label": g.label,
-            }
-            for g in cluster.groups
-        ],
-        "network": {
-            "kind": cluster.network.kind,
-            "latency_us": cluster.network.latency_s * 1e6,
-            "host_copy_gbps": cluster.network.host_copy_bw_bytes_per_s / 1e9,
-        },
-        "links": links_to_dict(cluster.links),
-        "chips": {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in chips.items()},
-    }
+__all__ = [
+    "CLUSTER_SCHEMA_VERSION", "Cluster", "NodeGroup", "cluster_from_dict", "cluster_to_dict",
+    "load_cluster",
+]
