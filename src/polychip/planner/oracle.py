@@ -26,8 +26,10 @@ from polychip.spec.errors import PolychipError
 DEFAULT_TIME_LIMIT_S = 600.0
 SAMPLE_SHAPES = 24
 # Measured on the project's 2-core box (benchmarks/RESULTS.md, fast vs exhaustive): the
-# whole search took at most this many times its first pass on every accepted case.
-FOLLOW_UP_FACTOR = 3.0
+# whole search built at most 7.2 times the first pass's layer splits. Its multiset walk is
+# NOT covered: wall time reached 19x (and > 44x, stopped) the first pass's; the deadline
+# bounds that part.
+FOLLOW_UP_FACTOR = 8.0
 
 
 @dataclass(frozen=True)
