@@ -17,10 +17,12 @@ from rich.table import Table
 from polychip.costmodel import CostModel
 from polychip.planner import plan_job
 from polychip.planner.exhaustive import Exhaustive
+from polychip.planner.oracle import size_of
 from polychip.planner.samples import random_case
 from polychip.planner.scoring import Scorer
 from polychip.planner.search import FastSearch
 from polychip.planner.shapes import ShapeBuilder
+from polychip.planner.space import max_stages_for
 from polychip.spec.cluster import load_cluster
 from polychip.spec.job import TrainingJob
 from polychip.spec.model import load_model
@@ -69,39 +71,57 @@ def examples() -> list[dict]:
     return rows
 
 
-def small(seeds: int, max_chips: int, max_stages: int, first: int = 0) -> list[dict]:
+def small(seeds: int, max_chips: int, max_stages: int | None, time_limit_s: float,
+          first: int = 0) -> list[dict]:
+    """Fast vs exhaustive; the oracle sizes itself first and refuses (as `plan --exhaustive`
+    would) a space estimated above `time_limit_s`, and stops at it (not proven)."""
     rows = []
     for seed in range(first, first + seeds):
         cluster, model, job = random_case(seed, max_chips)
         cm = CostModel(cluster, model, job)
         groups = list(range(len(cluster.groups)))
+        stages = max_stages_for(model, max_stages)
         start = time.perf_counter()
-        fast = FastSearch(Scorer(ShapeBuilder(cm, "1f1b")), max_stages).run(groups)
+        fast = FastSearch(Scorer(ShapeBuilder(cm, "1f1b")), stages).run(groups)
         fast_s = time.perf_counter() - start
         start = time.perf_counter()
-        oracle = Exhaustive(Scorer(ShapeBuilder(cm, "1f1b")), max_stages)
-        exact = oracle.run(groups, incumbent=fast)
-        exact_s = time.perf_counter() - start
-        f = fast.tokens_per_s if fast else 0.0
-        e = exact.tokens_per_s if exact else 0.0
-        rows.append(
-            {
-                "seed": seed,
-                "cluster": " + ".join(
-                    f"{g.num_nodes}x{g.chips_per_node} {g.chip.name}" for g in cluster.groups
-                ),
-                "chips": cluster.num_devices,
-                "model": model.name,
-                "global_batch": job.global_batch,
-                "seq_len": job.seq_len,
-                "fast_tokens_per_s": f,
-                "exhaustive_tokens_per_s": e,
-                "ratio": f / e if e else None,
-                "fast_wall_s": fast_s,
-                "exhaustive_wall_s": exact_s,
-                "exhaustive_candidates": oracle.candidates,
-            }
-        )
+        size = size_of(Scorer(ShapeBuilder(cm, "1f1b")).builder, stages, groups)
+        size_s = time.perf_counter() - start
+        row = {
+            "seed": seed,
+            "cluster": " + ".join(
+                f"{g.num_nodes}x{g.chips_per_node} {g.chip.name}" for g in cluster.groups
+            ),
+            "chips": cluster.num_devices,
+            "model": model.name,
+            "max_stages": stages,
+            "global_batch": job.global_batch,
+            "seq_len": job.seq_len,
+            "fast_tokens_per_s": fast.tokens_per_s if fast else 0.0,
+            "fast_wall_s": fast_s,
+            "estimate_wall_s": size_s,
+            "first_pass_shapes": size.first_pass_shapes,
+            "first_pass_s": size.first_pass_s,
+            "estimated_s": size.estimated_s,
+            "accepted": size.estimated_s <= time_limit_s,
+            "exhaustive_tokens_per_s": None,
+            "ratio": None,
+        }
+        if row["accepted"]:
+            start = time.perf_counter()
+            oracle = Exhaustive(Scorer(ShapeBuilder(cm, "1f1b")), stages,
+                                deadline=time.monotonic() + time_limit_s)
+            exact = oracle.run(groups, incumbent=fast)
+            e = exact.tokens_per_s if exact else 0.0
+            row.update(
+                exhaustive_tokens_per_s=e,
+                ratio=row["fast_tokens_per_s"] / e if e else None,
+                exhaustive_wall_s=time.perf_counter() - start,
+                exhaustive_candidates=oracle.candidates,
+                shapes_built=oracle.shapes_built,
+                proven=oracle.proven,
+            )
+        rows.append(row)
     return rows
 
 
@@ -110,8 +130,11 @@ def main() -> None:
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--seeds", type=int, default=12, help="random small clusters")
     parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--max-chips", type=int, default=32)
-    parser.add_argument("--max-stages", type=int, default=2, help="for the small clusters")
+    parser.add_argument("--max-chips", type=int, default=16)
+    parser.add_argument("--max-stages", type=int, default=None,
+                        help="for the small clusters (default: the planner's, min(layers, 16))")
+    parser.add_argument("--time-limit", type=float, default=600.0,
+                        help="the oracle's budget per cluster (refuse above, stop at it)")
     parser.add_argument("--skip-examples", action="store_true")
     args = parser.parse_args()
     console = Console()
@@ -151,21 +174,26 @@ def main() -> None:
             )
         console.print(t)
     if args.seeds:
-        out["small"] = small(args.seeds, args.max_chips, args.max_stages, args.first_seed)
+        out["small"] = small(args.seeds, args.max_chips, args.max_stages, args.time_limit,
+                             args.first_seed)
         t = Table(
             title=f"fast vs exhaustive, random clusters <= {args.max_chips} chips, "
-            f"<= 3 types, max {args.max_stages} stages"
+            f"<= 3 types, stages <= {args.max_stages or 'min(layers, 16)'}, oracle budget "
+            f"{args.time_limit:g} s"
         )
         for col in (
             "seed",
             "cluster",
             "model",
             "batch",
+            "stages",
             "fast",
+            "est. s",
             "exhaustive",
             "ratio",
             "fast s",
             "exh. s",
+            "built / 1st pass",
         ):
             t.add_column(col, justify="left" if col in ("cluster", "model") else "right")
         for r in out["small"]:
@@ -174,16 +202,26 @@ def main() -> None:
                 r["cluster"],
                 r["model"],
                 str(r["global_batch"]),
+                str(r["max_stages"]),
                 f"{r['fast_tokens_per_s']:,.0f}",
-                f"{r['exhaustive_tokens_per_s']:,.0f}",
+                f"{r['estimated_s']:.3g}",
+                "refused" if not r["accepted"] else f"{r['exhaustive_tokens_per_s']:,.0f}"
+                + ("" if r["proven"] else " (not proven)"),
                 "-" if r["ratio"] is None else f"{r['ratio']:.4f}",
                 f"{r['fast_wall_s']:.2f}",
-                f"{r['exhaustive_wall_s']:.1f}",
+                "-" if not r["accepted"] else f"{r['exhaustive_wall_s']:.1f}",
+                "-" if not r["accepted"] else f"{r['shapes_built'] / r['first_pass_shapes']:.2f}",
             )
         console.print(t)
         ratios = [r["ratio"] for r in out["small"] if r["ratio"] is not None]
         out["small_min_ratio"] = min(ratios) if ratios else None
-        console.print(f"fast / exhaustive: min {min(ratios):.4f} over {len(ratios)} clusters")
+        refused = sum(not r["accepted"] for r in out["small"])
+        unproven = sum(r["accepted"] and not r["proven"] for r in out["small"])
+        console.print(
+            f"fast / exhaustive: min {min(ratios, default=float('nan')):.4f} over "
+            f"{len(ratios)} accepted clusters ({unproven} stopped at the limit, not proven); "
+            f"{refused} refused"
+        )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")

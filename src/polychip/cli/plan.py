@@ -48,6 +48,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write the plan JSON here")
     p.add_argument("--exhaustive", action="store_true", help="slow exact search (small clusters)")
     p.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="S",
+        default=None,
+        help="with --exhaustive: refuse (exit 2, before searching) a space estimated to need "
+        "more than S seconds, and stop after S seconds with the best plan so far, labelled "
+        "NOT PROVEN OPTIMAL (default 600)",
+    )
+    p.add_argument(
         "--schedule", choices=("1f1b", "gpipe"), default="1f1b", help="pipeline schedule (1f1b)"
     )
     p.add_argument(
@@ -99,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
     job = job_from_args(args)
     if args.simulate_top is not None and args.simulate_top < 1:
         raise PolychipError(f"--simulate-top {args.simulate_top} must be >= 1")
+    if args.time_limit is not None and not args.exhaustive:
+        raise PolychipError(f"--time-limit {args.time_limit:g}: it bounds --exhaustive only; "
+                            "add --exhaustive or drop --time-limit")
     top = args.simulate_top or (DEFAULT_SIMULATE_TOP if args.simulate else 0)
     for chip in cluster.chips():  # a missing peak for this precision: one clear error
         chip.peak_flops(job.precision)
@@ -116,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
             simulate_top=top,
             profile=profile,
             objective=args.objective,
+            **({} if args.time_limit is None else {"time_limit_s": args.time_limit}),
         )
     elapsed = time.perf_counter() - started
     plan = found.plan

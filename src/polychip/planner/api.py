@@ -4,6 +4,7 @@ the same search that also returns the simulated re-ranking (`simulate_top`)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -17,6 +18,7 @@ from polychip.planner.diagnose import infeasible_error
 from polychip.planner.exhaustive import Exhaustive
 from polychip.planner.notes import plan_notes
 from polychip.planner.objective import cheapest, check_objective, cost_note
+from polychip.planner.oracle import DEFAULT_TIME_LIMIT_S, OracleSize, check_budget, size_of
 from polychip.planner.rerank import Candidate, rerank, rerank_note, shortlist
 from polychip.planner.scoring import Scored, Scorer, better
 from polychip.planner.search import FastSearch
@@ -52,6 +54,7 @@ def plan_job(
     profile: ComputeProfile | None = None,
     capabilities: Capabilities = RUNTIME,
     objective: str = "throughput",
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S,
 ) -> Plan:
     """The fastest plan found for `job` on `cluster` (docs/planner.md).
 
@@ -61,7 +64,9 @@ def plan_job(
     `capabilities`: what the runtime executes; the planner chooses nothing beyond it (ZeRO-1,
     recompute, TP degrees) and notes what the job asks for that it lacks. `objective`:
     `throughput` (most tokens/s) or `cost` (least US$ per million tokens; every chip needs a
-    rent).
+    rent). `time_limit_s` (exhaustive only): the oracle refuses a space it estimates to need
+    more (PolychipError, before searching) and stops at it with the best plan so far, noted
+    as not proven optimal (docs/planner.md, "The oracle's limits").
     Raises InfeasibleError naming the limit when nothing fits, and PolychipError for a bad
     argument.
     """
@@ -76,6 +81,7 @@ def plan_job(
         profile=profile,
         capabilities=capabilities,
         objective=objective,
+        time_limit_s=time_limit_s,
     ).plan
 
 
@@ -92,12 +98,13 @@ def search_plans(
     profile: ComputeProfile | None = None,
     capabilities: Capabilities = RUNTIME,
     objective: str = "throughput",
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S,
 ) -> PlanSearch:
     """`plan_job`, and with `simulate_top` > 0 the `simulate_top` best distinct candidates
     by the analytic cost model (plus each chip type's best alone) are replayed in the
     simulator and the plan with the most simulated tokens/s is chosen. The chosen plan's
     `estimate` stays analytic, like its baselines; a note gives the simulated figure."""
-    _check_arguments(simulate_top, schedule, max_stages)
+    _check_arguments(simulate_top, schedule, max_stages, time_limit_s)
     check_objective(objective, cluster, simulate_top)
     model.check_seq_len(job.seq_len)
     job, limits = planner_job(job, capabilities)
@@ -108,9 +115,13 @@ def search_plans(
     types = type_groups(cluster)
     steps = len(types) + (1 if len(types) > 1 else 0) + 1 + (1 if simulate_top else 0)
     done = 0
+    proven = True
+    if exhaustive:  # refuse a space too big for the oracle before searching anything
+        check_budget(oracle_size(scorer, stages, types), time_limit_s, stages)
+    deadline = time.monotonic() + time_limit_s
 
     def search(groups: list[int], label: str) -> Scored | None:
-        nonlocal done
+        nonlocal done, proven
         base, span = done / steps, 1 / steps
 
         def sub(f: float, msg: str) -> None:
@@ -118,12 +129,12 @@ def search_plans(
 
         result = FastSearch(scorer, stages, sub).run(groups)
         if exhaustive:
-            result = Exhaustive(scorer, stages, progress=sub).run(groups, incumbent=result)
+            oracle = Exhaustive(scorer, stages, progress=sub, deadline=deadline)
+            result = oracle.run(groups, incumbent=result)
+            proven = proven and oracle.proven
         done += 1
         return result
 
-    if exhaustive:  # refuse a space too big for the oracle before searching anything
-        Exhaustive(scorer, stages).kinds(list(range(len(cluster.groups))))
     alone = {chip: search(groups, f"{chip} only") for chip, groups in types.items()}
     best = None
     for result in alone.values():
@@ -166,6 +177,9 @@ def search_plans(
         best = ranking[0].scored
     plan = to_plan(best)
     notes = plan_notes(plan, best, cm, exhaustive) + limits
+    if not proven:
+        notes.insert(0, f"NOT PROVEN OPTIMAL: the exhaustive search stopped at --time-limit "
+                     f"{time_limit_s:g} s; this is the best plan found so far")
     notes += [f"the runtime cannot train this plan: {m}" for m in missing_features(plan,
                                                                                    capabilities)]
     if ranking:
@@ -177,7 +191,25 @@ def search_plans(
     return PlanSearch(plan, tuple(ranking))
 
 
-def _check_arguments(simulate_top: int, schedule: str, max_stages: int | None) -> None:
+def oracle_size(scorer: Scorer, stages: int, types: dict[str, list[int]]) -> OracleSize:
+    """The oracle's first pass over every search `search_plans` runs: each chip type
+    alone, then (with two or more types) all chips."""
+    calls = list(types.values())
+    if len(types) > 1:
+        calls.append(sorted(i for groups in calls for i in groups))
+    sizes = [size_of(scorer.builder, stages, groups) for groups in calls]
+    return OracleSize(
+        sum(s.templates for s in sizes),
+        sum(s.kinds for s in sizes),
+        sum(s.first_pass_shapes for s in sizes),
+        max(s.seconds_per_shape for s in sizes),
+    )
+
+
+def _check_arguments(simulate_top: int, schedule: str, max_stages: int | None,
+                     time_limit_s: float) -> None:
+    if not time_limit_s > 0:
+        raise PolychipError(f"--time-limit {time_limit_s} must be > 0 seconds")
     if simulate_top < 0:
         raise PolychipError(f"simulate_top {simulate_top} must be >= 0 (0: no re-ranking)")
     if schedule not in SCHEDULES:

@@ -10,32 +10,51 @@ replica count it gets (memory checked for both); the batch split is exact
 (`assign.py`) and scored by `CostModel.evaluate`. The only shortcut is exact: a candidate
 whose pipeline time alone already allows no more tokens/s than the best plan found is not
 placed and scored (gradient sync and the optimizer only add time).
+
+Memory stays bounded: compositions are streamed (`shapes.build(..., keep=False)`) and, per
+memory context, only the fastest shape for each micro-batch count is kept; candidates are
+never listed, only the best plan. `deadline` (time.monotonic) ends the search with the best
+plan so far and `proven = False`. Its size is estimated before it starts (`oracle.py`).
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 from polychip.costmodel.compute import INTRA_NODE_LATENCY_S
 from polychip.planner.batchsplit import BatchClass, split_batch
 from polychip.planner.scoring import Scored, Scorer, better
 from polychip.planner.shapes import Shape
 from polychip.planner.space import Template, all_templates, micro_batch_sizes, template_devices
-from polychip.spec.errors import PolychipError
 
 Kind = tuple[Template, int]  # template, micro-batch size
-MAX_KINDS = 5000
 
 
-def compositions(total: int, parts: int) -> list[tuple[int, ...]]:
+def compositions(total: int, parts: int) -> Iterator[tuple[int, ...]]:
     """Every way to write `total` as an ordered sum of `parts` positive integers."""
-    out = []
     for cuts in itertools.combinations(range(1, total), parts - 1):
         bounds = (0, *cuts, total)
-        out.append(tuple(b - a for a, b in itertools.pairwise(bounds)))
-    return out
+        yield tuple(b - a for a, b in itertools.pairwise(bounds))
+
+
+class TimeUp(Exception):
+    """The deadline passed: the search stops with the best plan so far."""
+
+
+@dataclass
+class Table:
+    """One memory context of one kind, streamed: the fastest shape per micro-batch count in
+    [lo, hi], the least fill and the best steady rate of all its fitting shapes."""
+
+    lo: int
+    hi: int
+    best: dict[int, tuple[float, Shape | None]] = field(default_factory=dict)
+    fill_s: float = float("inf")
+    rate: float = 0.0
 
 
 def upper_envelope(lines: list[tuple[float, float]]) -> Callable[[float], float]:
@@ -63,6 +82,7 @@ def upper_envelope(lines: list[tuple[float, float]]) -> Callable[[float], float]
     return value
 
 
+
 class Exhaustive:
     def __init__(
         self,
@@ -70,55 +90,65 @@ class Exhaustive:
         max_stages: int,
         max_classes: int = 3,
         progress: Callable[[float, str], None] | None = None,
+        deadline: float | None = None,
     ):
         self.scorer, self.builder = scorer, scorer.builder
         self.cluster, self.model, self.job = scorer.cm.cluster, scorer.cm.model, scorer.job
         self.max_stages, self.max_classes = max_stages, max_classes
         self.progress = progress or (lambda f, m: None)
-        self._comps: dict[int, list[tuple[int, ...]]] = {}
-        self._lines: dict[tuple, list[Shape]] = {}
-        self._times: dict[tuple, dict[int, tuple[float, Shape | None]]] = {}
+        self.deadline = deadline
+        self.proven = True  # False when the deadline stopped the search
+        self._tables: dict[tuple, Table] = {}
         self.candidates = 0
+        self.shapes_built = 0
         self.sync_floor_s = 0.0
+        self.best: Scored | None = None
 
-    # ---- layer splits by brute force -------------------------------------------------------
+    def _tick(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise TimeUp
+
+    # ---- layer splits by brute force, streamed ---------------------------------------------
     def _m_key(self, kind: Kind, m: int) -> int:
         if self.builder.schedule == "gpipe":
             return m
         return min(m, sum(seg.num_stages for seg in kind[0]))  # 1F1B holds <= S in flight
 
-    def lines(self, kind: Kind, shards: int, m_key: int) -> list[Shape]:
-        """One shape per composition that fits memory at this context."""
-        key = (id(kind), shards, m_key)
-        if key not in self._lines:
-            tpl, mb = kind
-            stages = sum(seg.num_stages for seg in tpl)
-            comps = self._comps.setdefault(stages, compositions(self.model.num_layers, stages))
-            shapes = [self.builder.build(tpl, mb, shards, m_key, layers=c) for c in comps]
-            self._lines[key] = [s for s in shapes if s is not None]
-        return self._lines[key]
+    def table(self, kind: Kind, shards: int, m_key: int) -> Table:
+        """Every composition of `kind` that fits memory at this context, streamed: only the
+        fastest per micro-batch count that maps to `m_key` is kept."""
+        key = (kind, shards, m_key)
+        hit = self._tables.get(key)
+        if hit is not None:
+            return hit
+        tpl, mb = kind
+        stages = sum(seg.num_stages for seg in tpl)
+        many = self.builder.schedule != "gpipe" and m_key == stages
+        out = Table(m_key, self.job.global_batch if many else m_key)
+        for comp in compositions(self.model.num_layers, stages):
+            self._tick()
+            s = self.builder.build(tpl, mb, shards, m_key, layers=comp, keep=False)
+            self.shapes_built += 1
+            if s is None:
+                continue
+            out.fill_s = min(out.fill_s, s.fill_s)
+            out.rate = max(out.rate, s.micro_batch_size / s.form.bottleneck_s)
+            top = out.hi if s.max_micro_batches is None else min(out.hi, s.max_micro_batches)
+            for m in range(out.lo, top + 1):
+                t = s.time_s(m)
+                if t < out.best.get(m, (float("inf"), None))[0]:
+                    out.best[m] = (t, s)
+        self._tables[key] = out
+        return out
 
     def best_at(self, kind: Kind, shards: int, m: int) -> tuple[float, Shape | None]:
         """The fastest composition of `kind` for m micro-batches (time, shape)."""
-        table = self._times.get((id(kind), shards))
-        if table is None:
-            table = self._times[(id(kind), shards)] = {}
-        hit = table.get(m)
-        if hit is None:
-            hit = (float("inf"), None)
-            for s in self.lines(kind, shards, self._m_key(kind, m)):
-                if s.max_micro_batches is not None and m > s.max_micro_batches:
-                    continue
-                t = s.time_s(m)
-                if t < hit[0]:
-                    hit = (t, s)
-            table[m] = hit
-        return hit
+        return self.table(kind, shards, self._m_key(kind, m)).best.get(m, (float("inf"), None))
 
     # ---- one multiset ---------------------------------------------------------------------
-    def evaluate(self, classes: Sequence[tuple[Kind, int]], best: Scored | None) -> Scored | None:
+    def evaluate(self, classes: Sequence[tuple[Kind, int]]) -> None:
+        """Score the multiset `classes` (ZeRO-1 on and off) into `self.best`."""
         replicas = sum(n for _, n in classes)
-        g = self.job.global_batch
         zero1_options = [False, True] if self.job.allow_zero1 and replicas > 1 else [False]
         for zero1 in zero1_options:
             shards = replicas if zero1 else 1
@@ -128,13 +158,15 @@ class Exhaustive:
             ]
             if any(b.time_s(1) == float("inf") for b in batch):
                 continue
-            micro = split_batch(batch, g)
+            micro = split_batch(batch, self.job.global_batch)
             if micro is None:
                 continue
             self.candidates += 1
             worst = max(b.time_s(m) for b, ms in zip(batch, micro, strict=True) for m in ms)
             worst += self.sync_floor_s if replicas > 1 else 0.0
-            if best is not None and self.job.tokens_per_step / worst <= best.tokens_per_s:
+            if self.best is not None and self.job.tokens_per_step / worst <= (
+                self.best.tokens_per_s
+            ):
                 continue  # exact: sync and optimizer can only add time
             with_micro: dict[int, tuple[Shape, list[int]]] = {}
             for (kind, _), ms in zip(classes, micro, strict=True):
@@ -142,9 +174,8 @@ class Exhaustive:
                     shape = self.best_at(kind, shards, m)[1]
                     assert shape is not None
                     with_micro.setdefault(id(shape), (shape, []))[1].append(m)
-            scored = self.scorer.score_placed(list(with_micro.values()), zero1)
-            best = better(best, scored)
-        return best
+            self.best = better(self.best, self.scorer.score_placed(list(with_micro.values()),
+                                                                   zero1))
 
     def _sync_floor_s(self, kinds: list[Kind], groups: Sequence[int]) -> float:
         """A lower bound on gradient sync for any plan of two or more replicas: a first-stage
@@ -160,113 +191,103 @@ class Exhaustive:
         return 2.0 * params / tp / bw + 4 * lat
 
     # ---- the enumeration ------------------------------------------------------------------
-    def kinds(self, groups: Sequence[int]) -> list[Kind]:
-        """Every (template, micro-batch size); refuses spaces too big for an oracle."""
-        out: list[Kind] = []
+    def kinds(self, groups: Sequence[int]) -> Iterator[Kind]:
+        """Every (template, micro-batch size) over `groups`."""
         sizes = micro_batch_sizes(self.job.global_batch)
         for tpl in all_templates(self.cluster, self.model, self.job, self.max_stages, groups):
-            out.extend((tpl, mb) for mb in sizes)
-            if len(out) > MAX_KINDS:
-                raise PolychipError(
-                    f"--exhaustive would enumerate more than {MAX_KINDS} pipeline shapes: it "
-                    f"is an oracle for small clusters; lower --max-stages (now "
-                    f"{self.max_stages}) or drop --exhaustive"
-                )
-        return out
+            yield from ((tpl, mb) for mb in sizes)
 
     def run(self, groups: Sequence[int], incumbent: Scored | None = None) -> Scored | None:
         """The best plan over `groups`. `incumbent` (optional, e.g. the fast planner's plan)
-        only prunes: a branch is cut when it provably cannot beat it."""
-        g = self.job.global_batch
-        kinds = self.kinds(groups)
-        most = min(g, sum(self.cluster.groups[i].num_devices for i in groups))
+        only prunes: a branch is cut when it provably cannot beat it. Past the deadline it
+        returns the best so far and sets `proven = False`."""
+        self.best = incumbent
+        try:
+            self._search(groups)
+        except TimeUp:
+            self.proven = False
+        return self.best
+
+    def _search(self, groups: Sequence[int]) -> None:
+        most = min(self.job.global_batch,
+                   sum(self.cluster.groups[i].num_devices for i in groups))
         loose = most if self.job.allow_zero1 else 1  # the most memory any plan can leave
         # Bounds valid for every memory context (they use the loosest one): a replica takes
         # at least `fill` (one micro-batch) and processes at most mb / bottleneck sequences
         # per second.
-        fill: dict[Kind, float] = {}
-        rate: dict[Kind, float] = {}
-        for k in kinds:
-            lines = self.lines(k, loose, 1)
-            if lines:
-                fill[k] = min(x.fill_s for x in lines)
-                rate[k] = max(x.micro_batch_size / x.form.bottleneck_s for x in lines)
-        kinds = sorted(fill, key=lambda k: -rate[k] / sum(template_devices(k[0]).values()))
+        self._fill: dict[Kind, float] = {}
+        self._rate: dict[Kind, float] = {}
+        for k in self.kinds(groups):
+            t = self.table(k, loose, 1)
+            if t.rate > 0:
+                self._fill[k], self._rate[k] = t.fill_s, t.rate
+        rate = self._rate
+        chips = {k: sum(template_devices(k[0]).values()) for k in rate}
+        self._kinds = sorted(self._fill, key=lambda k: -rate[k] / chips[k])
         # A replica of kind k finishes mb * (1 + (T - fill) / bottleneck) sequences by time T
         # at most (continuous relaxation; its beat is never below the bottleneck): a line in
         # T. Per chip, the best of all kinds is the upper envelope of those lines divided by
         # the kind's chips.
-        lines = []
-        for k in kinds:
-            d = sum(template_devices(k[0]).values())
-            lines.append((rate[k] / d, k[1] * (1 - fill[k] * rate[k] / k[1]) / d))
-        envelope = upper_envelope(lines)
+        self._envelope = upper_envelope([self._line(k, 1, per_chip=True) for k in self._kinds])
+        self.sync_floor_s = self._sync_floor_s(self._kinds, groups)
         capacity = {i: self.cluster.groups[i].num_devices for i in groups}
-        best: Scored | None = incumbent
-        self.sync_floor_s = self._sync_floor_s(kinds, groups)
+        self._dfs(0, [], capacity, 0, 0.0, [])
 
-        def bound(
-            slowest_fill: float,
-            chosen_lines: list[tuple[float, float]],
-            chips_left: int,
-            floor: float,
-        ) -> float:
-            """Tokens/s no completion can beat: the least T by which the chosen replicas plus
-            the best possible use of the chips left could process the global batch."""
+    def _line(self, k: Kind, count: int, per_chip: bool = False) -> tuple[float, float]:
+        """Sequences done by time T by `count` replicas of k, at most: (slope, intercept)."""
+        a, mb = self._rate[k], k[1]
+        d = sum(template_devices(k[0]).values()) if per_chip else 1
+        return (count * a / d, count * mb * (1 - self._fill[k] * a / mb) / d)
 
-            def done(t: float) -> float:
-                own = sum(max(0.0, a * t + b) for a, b in chosen_lines)
-                return own + chips_left * max(0.0, envelope(t))
+    def _bound(self, slowest_fill: float, chosen: list[tuple[float, float]], chips_left: int,
+               floor: float) -> float:
+        """Tokens/s no completion can beat: the least T by which the chosen replicas plus
+        the best possible use of the chips left could process the global batch."""
+        g = self.job.global_batch
 
-            lo = slowest_fill
-            if done(lo) >= g:
-                return self.job.tokens_per_step / (lo + floor)
-            hi = max(lo, 1e-12) * 2
-            while done(hi) < g:
-                hi *= 2
-            for _ in range(40):
-                mid = (lo + hi) / 2
-                if done(mid) >= g:
-                    hi = mid
-                else:
-                    lo = mid
+        def done(t: float) -> float:
+            own = sum(max(0.0, a * t + b) for a, b in chosen)
+            return own + chips_left * max(0.0, self._envelope(t))
+
+        lo = slowest_fill
+        if done(lo) >= g:
             return self.job.tokens_per_step / (lo + floor)
+        hi = max(lo, 1e-12) * 2
+        while done(hi) < g:
+            hi *= 2
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if done(mid) >= g:
+                hi = mid
+            else:
+                lo = mid
+        return self.job.tokens_per_step / (lo + floor)
 
-        def dfs(
-            start: int,
-            chosen: list[tuple[Kind, int]],
-            left: dict[int, int],
-            seqs: int,
-            slowest: float,
-            own: list[tuple[float, float]],
-        ):
-            nonlocal best
-            for j in range(start, len(kinds)):
-                if not chosen:
-                    self.progress(j / len(kinds), "exhaustive search")
-                kind = kinds[j]
-                need = template_devices(kind[0])
-                count = 0
-                while True:
-                    count += 1
-                    if any(left[grp] < need[grp] * count for grp in need):
-                        break
-                    if seqs + kind[1] * count > g:
-                        break
-                    rest = {grp: left[grp] - need.get(grp, 0) * count for grp in left}
-                    slow2 = max(slowest, fill[kind])
-                    a = rate[kind]
-                    own2 = [*own, (count * a, count * kind[1] * (1 - fill[kind] * a / kind[1]))]
-                    many = sum(n for _, n in chosen) + count > 1
-                    floor = self.sync_floor_s if many else 0.0
-                    if best is not None and bound(slow2, own2, sum(rest.values()), floor) <= (
-                        best.tokens_per_s
-                    ):
-                        break  # exact: more replicas only lower this bound
-                    classes = [*chosen, (kind, count)]
-                    best = self.evaluate(classes, best)
-                    if len(classes) < self.max_classes:
-                        dfs(j + 1, classes, rest, seqs + kind[1] * count, slow2, own2)
-
-        dfs(0, [], capacity, 0, 0.0, [])
-        return best
+    def _dfs(self, start: int, chosen: list[tuple[Kind, int]], left: dict[int, int], seqs: int,
+             slowest: float, own: list[tuple[float, float]]) -> None:
+        kinds, g = self._kinds, self.job.global_batch
+        for j in range(start, len(kinds)):
+            if not chosen:
+                self.progress(j / len(kinds), "exhaustive search")
+            kind = kinds[j]
+            need = template_devices(kind[0])
+            count = 0
+            while True:
+                self._tick()
+                count += 1
+                if any(left[grp] < need[grp] * count for grp in need):
+                    break
+                if seqs + kind[1] * count > g:
+                    break
+                rest = {grp: left[grp] - need.get(grp, 0) * count for grp in left}
+                slow2 = max(slowest, self._fill[kind])
+                own2 = [*own, self._line(kind, count)]
+                floor = self.sync_floor_s if sum(n for _, n in chosen) + count > 1 else 0.0
+                if self.best is not None and self._bound(
+                    slow2, own2, sum(rest.values()), floor
+                ) <= self.best.tokens_per_s:
+                    break  # exact: more replicas only lower this bound
+                classes = [*chosen, (kind, count)]
+                self.evaluate(classes)
+                if len(classes) < self.max_classes:
+                    self._dfs(j + 1, classes, rest, seqs + kind[1] * count, slow2, own2)

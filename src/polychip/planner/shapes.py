@@ -159,9 +159,11 @@ class ShapeBuilder:
         micro_batches: int | None = None,
         weight: float = INF,
         layers: tuple[int, ...] | None = None,
+        keep: bool = True,
     ) -> Shape | None:
         """The best split of `template` (or the given `layers`) for `micro_batches` per step
-        (None: many) with optimizer state over `shards`; None if it cannot fit memory."""
+        (None: many) with optimizer state over `shards`; None if it cannot fit memory.
+        `keep=False`: not cached (the oracle streams every composition)."""
         key = (template, mb, shards, micro_batches, weight, layers)
         if key in self._shapes:
             return self._shapes[key]
@@ -221,7 +223,8 @@ class ShapeBuilder:
                     max_micro_batches=limit,
                 )
             )
-        self._shapes[key] = shape
+        if keep:
+            self._shapes[key] = shape
         return shape
 
     def _split(
