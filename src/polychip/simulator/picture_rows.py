@@ -40,7 +40,7 @@ class Row:
     spans: tuple[tuple[float, float, str], ...]  # (start, end, kind), by start
 
 
-def _wait_spans(since: float, end: float, token: str, began: float) -> list[tuple]:
+def wait_spans(since: float, end: float, token: str, began: float) -> list[tuple]:
     if token.startswith("AR"):
         first, second = "wait_sync", "AR"
     else:
@@ -58,7 +58,7 @@ def prog_spans(p: Prog) -> list[tuple[float, float, str]]:
     out = [(s, e, "OPT" if tok == "OPT" else tok[0]) for s, e, tok in p.spans]
     began = p.wait_began if len(p.wait_began) == len(p.waits) else [w[0] for w in p.waits]
     for (since, end, token), b in zip(p.waits, began, strict=True):
-        out.extend(_wait_spans(since, end, token, b))
+        out.extend(wait_spans(since, end, token, b))
     out.sort()
     return out
 
