@@ -3,13 +3,14 @@ simulator, the fastest simulated chosen -- with the analytic figures kept analyt
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
 
 from polychip.costmodel import CostModel
 from polychip.planner import plan_job, search_plans
-from polychip.planner.rerank import shortlist
+from polychip.planner.rerank import differences, runs, shortlist
 from polychip.planner.samples import SMALL8
 from polychip.simulator import simulate
 from polychip.spec.cluster import cluster_from_dict, load_cluster
@@ -114,3 +115,34 @@ def test_shortlist_dedupes_keeps_always_and_refuses_zero(found) -> None:
 def test_negative_simulate_top_is_a_clear_error(case) -> None:
     with pytest.raises(PolychipError, match="simulate_top -1 must be >= 0"):
         search_plans(*case, simulate_top=-1)
+
+
+def test_rows_of_different_candidates_read_differently(found) -> None:
+    ranking = list(found.ranking)
+    labels = [c.label for c in ranking]
+    differs = differences(ranking)
+    rows = [f"{a} {b}" for a, b in zip(labels, differs, strict=True)]
+    keys = {c.plan.replicas for c in ranking}
+    assert len(keys) == len(ranking) and len(set(rows)) == len(ranking)
+    assert any(a == b for a, b in itertools.combinations(labels, 2))  # the label alone did not
+    shown = [dict(part.split(" ", 1) for part in text.split("; ")) for text in differs]
+    for key in shown[0]:  # only what differs among the candidates is shown
+        assert len({row[key] for row in shown}) > 1
+
+
+def test_differences_name_layer_split_micro_batches_and_replicas() -> None:
+    from types import SimpleNamespace
+
+    from tests.simulator.plans import MIXED, make_plan
+
+    one = make_plan(MIXED, [[(12, 0, 4), (20, 2, 8)]], model="llama2-7b", micro_batches=8)
+    two = make_plan(MIXED, [[(14, 0, 4), (18, 2, 8)]], model="llama2-7b", micro_batches=8)
+    three = make_plan(MIXED, [[(12, 0, 4), (20, 2, 8)]], model="llama2-7b", micro_batches=8,
+                      micro_batch_size=2)
+    four = make_plan(MIXED, [[(32, 1, 8)], [(32, 4, 8)]], model="llama2-7b", micro_batches=4)
+    got = differences([SimpleNamespace(plan=p) for p in (one, two, three, four)])
+    assert got[0].startswith("replicas 1; layers 12/20; micro-batches 8x1; batch 8")
+    assert "layers 14/18" in got[1] and "micro-batches 8x2" in got[2]
+    assert "replicas 2" in got[3] and "layers 32" in got[3]
+    assert len(set(got)) == 4
+    assert runs([5, 5, 5, 6, 5]) == "5×3/6/5"

@@ -144,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
 def _print_ranking(console: Console, ranking: tuple[Candidate, ...]) -> None:
     from rich.table import Table
 
+    from polychip.planner.rerank import differences
+
     table = Table(
         title="candidates re-ranked by simulated step (analytic: cost model; simulated: "
         "discrete-event replay)"
@@ -151,6 +153,8 @@ def _print_ranking(console: Console, ranking: tuple[Candidate, ...]) -> None:
     for col in ("", "rank", "analytic tok/s", "simulated tok/s", "sim/an"):
         table.add_column(col, justify="right", no_wrap=True)
     table.add_column("replicas (rank: by the cost model)")
+    table.add_column("what differs (per distinct pipeline; stages in order)")
+    differs = differences(list(ranking))
     for i, c in enumerate(ranking):
         table.add_row(
             "[bold]chosen[/bold]" if i == 0 else "",
@@ -159,6 +163,7 @@ def _print_ranking(console: Console, ranking: tuple[Candidate, ...]) -> None:
             f"{c.simulated_tokens_per_s:,.0f}",
             f"{c.simulated_tokens_per_s / c.analytic_tokens_per_s:.3f}",
             c.label,
+            differs[i],
         )
     console.print(table)
     chosen = ranking[0]

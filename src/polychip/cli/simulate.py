@@ -123,11 +123,11 @@ def run(args: argparse.Namespace) -> int:
     if args.trace:
         from polychip.simulator.trace import write_trace
 
-        write_trace(result, args.trace)
-        console.print(f"wrote {args.trace} (open it in https://ui.perfetto.dev)")
+        count = write_trace(result, args.trace)
+        console.print(f"wrote {args.trace} ({count:,} events; open it in https://ui.perfetto.dev)")
     if args.png:
         from polychip.simulator.picture import write_png
 
-        write_png(result, args.png)
-        console.print(f"wrote {args.png}")
+        note = write_png(result, args.png)
+        console.print(f"wrote {args.png}" + (f" ({note})" if note else ""))
     return 0

@@ -88,3 +88,48 @@ def rerank_note(ranking: list[Candidate]) -> str:
         f"{first.simulated_tokens_per_s:,.0f} tokens/s -- the cost model's figures, baselines "
         "included, stay analytic"
     )
+
+
+def runs(values: list) -> str:
+    """`5/5/5/6` -> `5×3/6`: repeated neighbours as value × count."""
+    out: list[list] = []
+    for v in values:
+        if out and out[-1][0] == v:
+            out[-1][1] += 1
+        else:
+            out.append([v, 1])
+    return "/".join(f"{v}×{n}" if n > 1 else str(v) for v, n in out)
+
+
+def _features(plan: Plan) -> dict[str, str]:
+    """What tells one candidate from another, each as short text (chips and TP per stage
+    are in the row's replica label already)."""
+    reps = plan.replicas
+    one = list({r.shape_key(): r for r in reversed(reps)}.values())[::-1]
+
+    def each(fn) -> str:
+        return " | ".join(fn(r) for r in one)
+
+    def recompute(r) -> str:
+        on = [str(i) for i, st in enumerate(r.stages) if st.recompute]
+        return ",".join(on) or "none"
+
+    v = plan.virtual_stages
+    return {
+        "replicas": str(len(reps)),
+        "layers": each(lambda r: runs([st.num_layers for st in r.stages])),
+        "micro-batches": each(lambda r: f"{r.num_micro_batches}x{r.micro_batch_size}"),
+        "batch": each(lambda r: str(r.batch_size)),
+        "recompute stages": each(recompute),
+        "schedule": plan.schedule + ("" if v <= 1 else f" v{v}"),
+        "ZeRO-1": "yes" if plan.zero1 else "no",
+    }
+
+
+def differences(ranking: list[Candidate]) -> list[str]:
+    """Per candidate, the features whose values differ among the candidates (`layers
+    2/4/5×6 | 40; micro-batches 512x1`, one part per distinct pipeline shape), so no two
+    rows of different plans read alike."""
+    feats = [_features(c.plan) for c in ranking]
+    keys = [k for k in feats[0] if len({f[k] for f in feats}) > 1] if feats else []
+    return ["; ".join(f"{k} {f[k]}" for k in keys) for f in feats]

@@ -152,6 +152,7 @@ class Engine:
     def _wake(self, t: float, prog: Prog, cause: Activity) -> None:
         since, token = prog.waiting
         prog.waits.append((since, t, token))
+        prog.wait_began.append(max(since, cause.start))
         prog.waiting = None
         prog.last = cause
         prog.pc += 1

@@ -41,6 +41,9 @@ class Prog:
         self.last: Activity | None = None
         self.waiting: tuple[float, str] | None = None
         self.waits: list[tuple[float, float, str]] = []  # receive / all-reduce waits
+        # per wait: when what it waited for began (the transfer, or the all-reduce itself);
+        # before that the wait is for another stage (its compute, or its arrival at the sync)
+        self.wait_began: list[float] = []
         self.spans: list[tuple[float, float, str]] = []  # F, B, OPT
         self.mem: list[tuple[float, int]] = [(0.0, 0)]  # (time, chunk-micro-batches held)
         self.peak_in_flight = 0
