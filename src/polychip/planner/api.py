@@ -108,87 +108,105 @@ def search_plans(
     check_objective(objective, cluster, simulate_top)
     model.check_seq_len(job.seq_len)
     job, limits = planner_job(job, capabilities)
-    report = progress or (lambda f, m: None)
     cm = CostModel(cluster, model, job, profile)
     scorer = Scorer(ShapeBuilder(cm, schedule))
     stages = max_stages_for(model, max_stages)
     types = type_groups(cluster)
-    steps = len(types) + (1 if len(types) > 1 else 0) + 1 + (1 if simulate_top else 0)
-    done = 0
-    proven = True
     if exhaustive:  # refuse a space too big for the oracle before searching anything
         check_budget(oracle_size(scorer, stages, types), time_limit_s, stages)
-    deadline = time.monotonic() + time_limit_s
-
-    def search(groups: list[int], label: str) -> Scored | None:
-        nonlocal done, proven
-        base, span = done / steps, 1 / steps
-
-        def sub(f: float, msg: str) -> None:
-            report(min(base + f * span, 1.0), f"{label}: {msg}")
-
-        result = FastSearch(scorer, stages, sub).run(groups)
-        if exhaustive:
-            oracle = Exhaustive(scorer, stages, progress=sub, deadline=deadline)
-            result = oracle.run(groups, incumbent=result)
-            proven = proven and oracle.proven
-        done += 1
-        return result
-
-    alone = {chip: search(groups, f"{chip} only") for chip, groups in types.items()}
-    best = None
-    for result in alone.values():
-        best = better(best, result)  # single-type plans are part of the space
-    if len(types) > 1:
-        best = better(best, search(list(range(len(cluster.groups))), "all chips"))
-    if best is None:
+    run = _Run(scorer, stages, progress or (lambda f, m: None),
+               steps=len(types) + (1 if len(types) > 1 else 0) + 1 + (1 if simulate_top else 0),
+               exhaustive=exhaustive, deadline=time.monotonic() + time_limit_s)
+    alone, fastest = run.every_type(types, len(cluster.groups))
+    if fastest is None:
         raise infeasible_error(cm, scorer.builder, stages)
-    fastest = best
+    best = fastest
     if objective == "cost":
         pool = [*scorer.scored(), *(r for r in alone.values() if r is not None), best]
         best = cheapest(cluster, pool) or best
-    report(done / steps, "baselines")
+    run.report(run.done / run.steps, "baselines")
     baselines, ideal = _baselines(cm, schedule, alone)
 
     def to_plan(scored: Scored) -> Plan:
-        plan = Plan(
-            cluster=cluster,
-            model=model,
-            job=job,
-            replicas=scored.replicas,
-            schedule=schedule,  # type: ignore[arg-type]
-            zero1=scored.zero1,
-            estimate=scored.cost.to_estimate(scored.replicas, cm),
-            baselines=baselines,
-            ideal=ideal,
-        )
+        plan = Plan(cluster=cluster, model=model, job=job, replicas=scored.replicas,
+                    schedule=schedule,  # type: ignore[arg-type]
+                    zero1=scored.zero1, estimate=scored.cost.to_estimate(scored.replicas, cm),
+                    baselines=baselines, ideal=ideal)
         validate_plan(plan)
         return priced(plan)
 
     ranking: list[Candidate] = []
     if simulate_top:
-        always = [best, *(r for r in alone.values() if r is not None)]
-        pool = shortlist([*scorer.scored(), *always], simulate_top, always)
-
-        def simulating(i: int, n: int) -> None:
-            report((steps - 1 + i / n) / steps, f"simulating candidate {i + 1} of {n}")
-
-        ranking = rerank(pool, to_plan, cm, simulating)
+        ranking = run.rerank(scorer, best, alone, simulate_top, to_plan, cm)
         best = ranking[0].scored
     plan = to_plan(best)
     notes = plan_notes(plan, best, cm, exhaustive) + limits
-    if not proven:
+    if not run.proven:
         notes.insert(0, f"NOT PROVEN OPTIMAL: the exhaustive search stopped at --time-limit "
                      f"{time_limit_s:g} s; this is the best plan found so far")
-    notes += [f"the runtime cannot train this plan: {m}" for m in missing_features(plan,
-                                                                                   capabilities)]
+    notes += [f"the runtime cannot train this plan: {m}"
+              for m in missing_features(plan, capabilities)]
     if ranking:
         notes.append(rerank_note(ranking))
     if objective == "cost":
         notes.append(cost_note(cluster, best, fastest))
-    plan = replace(plan, notes=tuple(notes))
-    report(1.0, "done")
-    return PlanSearch(plan, tuple(ranking))
+    run.report(1.0, "done")
+    return PlanSearch(replace(plan, notes=tuple(notes)), tuple(ranking))
+
+
+@dataclass
+class _Run:
+    """One `search_plans` call's searches: the progress they report (``steps`` parts) and
+    whether the oracle proved every answer (False once ``deadline`` cut one short)."""
+
+    scorer: Scorer
+    stages: int
+    report: Progress
+    steps: int
+    exhaustive: bool
+    deadline: float
+    done: int = 0
+    proven: bool = True
+
+    def search(self, groups: list[int], label: str) -> Scored | None:
+        """The fastest plan on node ``groups`` (fast search, then the oracle if asked)."""
+        base, span = self.done / self.steps, 1 / self.steps
+
+        def sub(f: float, msg: str) -> None:
+            self.report(min(base + f * span, 1.0), f"{label}: {msg}")
+
+        result = FastSearch(self.scorer, self.stages, sub).run(groups)
+        if self.exhaustive:
+            oracle = Exhaustive(self.scorer, self.stages, progress=sub, deadline=self.deadline)
+            result = oracle.run(groups, incumbent=result)
+            self.proven = self.proven and oracle.proven
+        self.done += 1
+        return result
+
+    def every_type(self, types: dict[str, list[int]], num_groups: int
+                   ) -> tuple[dict[str, Scored | None], Scored | None]:
+        """Each chip type alone, then (two or more types) all chips; the per-type bests and
+        the best overall (single-type plans are part of the space)."""
+        alone = {chip: self.search(groups, f"{chip} only") for chip, groups in types.items()}
+        best = None
+        for result in alone.values():
+            best = better(best, result)
+        if len(types) > 1:
+            best = better(best, self.search(list(range(num_groups)), "all chips"))
+        return alone, best
+
+    def rerank(self, scorer: Scorer, best: Scored, alone: dict[str, Scored | None], top: int,
+               to_plan: Callable[[Scored], Plan], cm: CostModel) -> list[Candidate]:
+        """The ``top`` best distinct candidates (and each type's best alone) replayed in the
+        simulator, best simulated first."""
+        always = [best, *(r for r in alone.values() if r is not None)]
+        pool = shortlist([*scorer.scored(), *always], top, always)
+
+        def simulating(i: int, n: int) -> None:
+            self.report((self.steps - 1 + i / n) / self.steps,
+                        f"simulating candidate {i + 1} of {n}")
+
+        return rerank(pool, to_plan, cm, simulating)
 
 
 def oracle_size(scorer: Scorer, stages: int, types: dict[str, list[int]]) -> OracleSize:
