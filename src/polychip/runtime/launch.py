@@ -140,8 +140,8 @@ def launch_local(plan: Plan, task: Task, *, start_method: str | None = None,
     levels = [log.level for log in loggers]
     for log in loggers:
         log.setLevel(logging.CRITICAL)
-    stop_dir = tempfile.TemporaryDirectory(prefix="polychip-stop-")
-    stop_file = stop_file or Path(stop_dir.name) / "stop"
+    stop_dir = None if stop_file else tempfile.TemporaryDirectory(prefix="polychip-stop-")
+    stop_file = stop_file or Path(stop_dir.name) / "stop"  # type: ignore[union-attr]
     stop_file.unlink(missing_ok=True)
     os.environ[STOP_FILE_ENV] = str(stop_file)  # the ranks inherit it
     try:
@@ -159,7 +159,8 @@ def launch_local(plan: Plan, task: Task, *, start_method: str | None = None,
             f"the other ranks were stopped", rank, failure.exitcode) from None
     finally:
         os.environ.pop(STOP_FILE_ENV, None)
-        stop_dir.cleanup()
+        if stop_dir is not None:
+            stop_dir.cleanup()
         for log, level in zip(loggers, levels, strict=True):
             log.setLevel(level)
     failed = [o for _, o in sorted(outcomes.items()) if o.error is not None]
