@@ -50,6 +50,7 @@ def test_json_has_the_issue_fields(plan: Plan, tmp_path: Path) -> None:
     assert data["estimate"]["step_time_s"] == 0.123
     assert data["estimate"]["mfu"] == 0.31
     assert data["estimate"]["tokens_per_s"] == pytest.approx(12 * 128 / 0.123)
+    assert data["estimate"]["schedule"] == plan.schedule  # issue 12: the schedule it priced
     assert data["baselines"]["best_single_type"]["tokens_per_s"] == 9000.0
     assert data["baselines"]["naive_mixed"]["tokens_per_s"] == 7000.0
     assert data["ideal"]["tokens_per_s"] == 15000.0

@@ -131,7 +131,9 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
             }
             for r in plan.replicas
         ],
-        "estimate": None if plan.estimate is None else asdict(plan.estimate),
+        # the schedule the estimate priced, beside its figures (read from the plan on load)
+        "estimate": None if plan.estimate is None else {**asdict(plan.estimate),
+                                                         "schedule": plan.schedule},
         "baselines": {k: asdict(v) for k, v in plan.baselines.items()},
         "ideal": None if plan.ideal is None else asdict(plan.ideal),
         "limit": None if plan.limit is None else asdict(plan.limit),
@@ -142,6 +144,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
 def _estimate(data: dict[str, Any] | None, where: str) -> Estimate | None:
     if data is None:
         return None
+    data = {k: v for k, v in data.items() if k != "schedule"}  # the plan's own, written twice
     try:
         return Estimate(**data)
     except TypeError as exc:
