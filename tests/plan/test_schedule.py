@@ -19,7 +19,7 @@ from polychip.plan import (
     grad_segments,
     parse_schedule,
 )
-from polychip.plan.schedule import compute_order
+from polychip.plan.schedule import compute_order, zb_h1_order
 from polychip.spec.cluster import cluster_from_dict
 from polychip.spec.errors import PolychipError
 from polychip.spec.job import TrainingJob
@@ -68,6 +68,38 @@ def test_1f1b_holds_at_most_min_s_minus_i_m_micro_batches(S, M):
         assert [f for f, _, _ in gpipe] == [True] * M + [False] * M
 
 
+@pytest.mark.parametrize(("S", "M"), [(1, 3), (2, 4), (4, 2), (4, 8), (8, 3), (5, 12)])
+def test_zb_h1_splits_each_backward_and_holds_at_most_s_micro_batches(S, M):
+    peaks = []
+    for p in range(S):
+        order = zb_h1_order(p, S, M)
+        for op in (Op.FORWARD, Op.BACKWARD, Op.WEIGHT):
+            assert sorted(m for o, m in order if o is op) == list(range(M))
+        done: set[tuple[Op, int]] = set()
+        held = peak = 0  # activations live from F until W
+        for op, m in order:
+            need = {Op.BACKWARD: Op.FORWARD, Op.WEIGHT: Op.BACKWARD}.get(op)
+            assert need is None or (need, m) in done  # B after its F, W after its B
+            done.add((op, m))
+            held += {Op.FORWARD: 1, Op.WEIGHT: -1}.get(op, 0)
+            peak = max(peak, held)
+        peaks.append(peak)
+        # B and F interleave exactly as 1F1B's backward and forward do
+        one_f_one_b = [f for f, _, _ in compute_order("1f1b", p, S, M)]
+        assert [o is Op.FORWARD for o, _ in order if o is not Op.WEIGHT] == one_f_one_b
+    assert max(peaks) == min(S, M)  # the pipeline's peak is 1F1B's
+    assert all(peak <= min(S, M) for peak in peaks)
+
+
+def test_zb_h1_text_round_trips_with_weight_actions():
+    plan = plan_of([(4, [(0, 2, 0, [0]), (2, 4, 1, [0])])], "zb-h1")
+    sched = build_schedule(plan)
+    assert parse_schedule(format_schedule(sched)) == sched
+    last = [str(a) for a in sched.programs[1].actions]
+    assert last[:4] == ["RA0<r0", "F0", "B0", "SG0>r0"]  # the last stage defers W0
+    assert last.index("W0") > last.index("B1")
+
+
 def test_tp_ranks_share_their_stage_program_and_only_leaders_talk():
     sched = build_schedule(plan_of([(3, TWO_STAGES)]))
     first, second = sched.programs
@@ -81,7 +113,8 @@ def test_tp_ranks_share_their_stage_program_and_only_leaders_talk():
 
 
 @pytest.mark.parametrize(
-    ("kind", "v", "M"), [("1f1b", 1, 5), ("gpipe", 1, 3), ("interleaved-1f1b", 2, 4)]
+    ("kind", "v", "M"),
+    [("1f1b", 1, 5), ("gpipe", 1, 3), ("interleaved-1f1b", 2, 4), ("zb-h1", 1, 6)],
 )
 def test_every_send_has_exactly_one_matching_receive(kind, v, M):
     stages = [(0, 1, 0, [0]), (1, 2, 1, [0]), (2, 3, 2, [0]), (3, 4, 3, [0])]

@@ -16,7 +16,7 @@ from polychip.spec.job import TrainingJob
 from polychip.spec.model import ModelSpec
 
 SCHEMA_VERSION = 1
-ScheduleKind = Literal["1f1b", "gpipe", "interleaved-1f1b"]
+ScheduleKind = Literal["1f1b", "gpipe", "interleaved-1f1b", "zb-h1"]
 
 
 @dataclass(frozen=True)

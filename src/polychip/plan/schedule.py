@@ -7,7 +7,8 @@ group, and only the group's leader (its lowest rank) sends and receives across s
 peers are named by their leader. Actions:
 
   F3 / B3        forward / backward of micro-batch 3 on this stage (F3.1: on model chunk 1,
-                 interleaved 1F1B only)
+                 interleaved 1F1B only); under zb-h1, B3 is the input-gradient half only
+  W3             zb-h1 only: the weight-gradient half of micro-batch 3's backward
   SA3>r5 RA3<r2  send activations of micro-batch 3 to r5 / receive them from r2
   SG3>r2 RG3<r5  send the input gradient to r2 / receive the output gradient from r5
   AR[0:20]       all-reduce the gradient of layers [0, 20) among every stage holding them
@@ -25,6 +26,14 @@ Interleaved 1F1B (virtual_stages v > 1): stage p holds v chunks of (its layers /
 virtual stage c * S + p runs chunk c of stage p, and virtual stages take consecutive
 layers in that order (`chunk_layers`). The plan's stage layer ranges then give each stage's
 layer *count*; the layers a chunk actually holds come from `chunk_layers`.
+
+Zero bubble ZB-H1 (Qi et al. 2023, "Zero Bubble Pipeline Parallelism"; the order of
+torch.distributed.pipelining's ScheduleInterleavedZeroBubble with one local stage): the
+backward splits into B (the input gradient, which the previous stage waits for) and W (the
+weight gradient, which nobody waits for). Stage p runs 1F1B's order with B in place of the
+backward and delays each W by p backwards, so the later stages, idle at the end of 1F1B,
+fill that time with their deferred W; every stage then holds up to S micro-batches'
+activations (1F1B's first stage: the pipeline's peak is unchanged).
 """
 
 from __future__ import annotations
@@ -47,6 +56,11 @@ class Op(StrEnum):
     RECV_GRAD = "RG"
     ALLREDUCE = "AR"
     OPTIMIZER = "OPT"
+    WEIGHT = "W"  # zb-h1: the weight-gradient half of a backward
+
+
+COMPUTE = (Op.FORWARD, Op.BACKWARD, Op.WEIGHT)
+SCHEDULE_KINDS = ("1f1b", "gpipe", "interleaved-1f1b", "zb-h1")
 
 
 SENDS = (Op.SEND_ACT, Op.SEND_GRAD)
@@ -90,7 +104,7 @@ class StageProgram:
 
 @dataclass(frozen=True)
 class Schedule:
-    kind: str  # "1f1b", "gpipe" or "interleaved-1f1b"
+    kind: str  # one of SCHEDULE_KINDS
     virtual_stages: int
     programs: tuple[StageProgram, ...]  # ordered by leader rank
     groups: dict[str, tuple[int, ...]]  # all-reduce segment -> leader ranks holding it
@@ -131,9 +145,32 @@ def compute_order(kind: str, stage: int, num_stages: int, num_micro: int, v: int
     return out + [unit(k, False) for k in range(total - warm, total)]
 
 
+def zb_h1_order(stage: int, num_stages: int, num_micro: int) -> list[tuple[Op, int]]:
+    """[(F, B or W, micro_batch)] of one stage under ZB-H1, in execution order: 1F1B's
+    order with B for the backward, each W delayed by `stage` backwards, the rest at the end."""
+    p, S, M = stage, num_stages, num_micro
+    warm = min(S - p - 1, M)
+    out = [(Op.FORWARD, m) for m in range(warm)]
+    weights = 0
+
+    def backward(m: int) -> None:
+        nonlocal weights
+        out.append((Op.BACKWARD, m))
+        if m >= p:  # p backwards done before this one's: W of the oldest pending
+            out.append((Op.WEIGHT, weights))
+            weights += 1
+
+    for i in range(M - warm):
+        out.append((Op.FORWARD, warm + i))
+        backward(i)
+    for m in range(M - warm, M):
+        backward(m)
+    return out + [(Op.WEIGHT, m) for m in range(weights, M)]
+
+
 def _check_kind(plan: Plan) -> None:
-    if plan.schedule not in ("1f1b", "gpipe", "interleaved-1f1b"):
-        raise PolychipError(f"schedule {plan.schedule!r}: use 1f1b, gpipe or interleaved-1f1b")
+    if plan.schedule not in SCHEDULE_KINDS:
+        raise PolychipError(f"schedule {plan.schedule!r}: use one of {', '.join(SCHEDULE_KINDS)}")
     if plan.schedule != "interleaved-1f1b" or plan.virtual_stages == 1:
         return
     for ri, rep in enumerate(plan.replicas):
@@ -178,7 +215,15 @@ def _pipeline_actions(kind: str, p: int, M: int, v: int, leaders: list[int]) -> 
     S = len(leaders)
     last = S * v - 1
     out: list[Action] = []
-    for forward, m, c in compute_order(kind, p, S, M, v):
+    if kind == "zb-h1":
+        order = [(op is Op.FORWARD, m, 0, op) for op, m in zb_h1_order(p, S, M)]
+    else:
+        order = [(f, m, c, Op.FORWARD if f else Op.BACKWARD)
+                 for f, m, c in compute_order(kind, p, S, M, v)]
+    for forward, m, c, op in order:
+        if op is Op.WEIGHT:
+            out.append(Action(Op.WEIGHT, m))
+            continue
         j = c * S + p  # virtual stage
         if forward:
             if j > 0:

@@ -20,7 +20,7 @@ from polychip.spec.errors import PolychipError
 _HEADER = re.compile(r"# polychip schedule (\S+) virtual_stages=(\d+)$")
 _PROGRAM = re.compile(r"(r\d+(?:\+r\d+)*) \(R(\d+) S(\d+)\):(.*)$")
 _GROUP = re.compile(r"AR\[([^\]]+)\]:((?: r\d+)*)$")
-_ACTION = re.compile(r"(SA|RA|SG|RG|F|B)(\d+)(?:\.(\d+))?(?:([<>])r(\d+))?$")
+_ACTION = re.compile(r"(SA|RA|SG|RG|F|B|W)(\d+)(?:\.(\d+))?(?:([<>])r(\d+))?$")
 _DIRECTION = {Op.SEND_ACT: ">", Op.SEND_GRAD: ">", Op.RECV_ACT: "<", Op.RECV_GRAD: "<"}
 
 

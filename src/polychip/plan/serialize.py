@@ -92,7 +92,7 @@ class _PlanIn(_In):
     model: _ModelIn
     job: _JobIn
     replicas: list[_ReplicaIn] = Field(min_length=1)
-    schedule: Literal["1f1b", "gpipe", "interleaved-1f1b"] = "1f1b"
+    schedule: Literal["1f1b", "gpipe", "interleaved-1f1b", "zb-h1"] = "1f1b"
     virtual_stages: int = Field(default=1, ge=1)
     zero1: bool = False
     estimate: dict[str, Any] | None = None
