@@ -33,10 +33,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class StageTimes:
-    """Seconds for one micro-batch on one stage: forward, and backward (with recompute)."""
+    """Seconds for one micro-batch on one stage: forward, and backward (with recompute).
+    `wgrad_s`: the part of `bwd_s` that computes weight gradients (the W of a zero-bubble
+    schedule, which nothing downstream waits for); the rest is the input gradient (B)."""
 
     fwd_s: float
     bwd_s: float
+    wgrad_s: float = 0.0
 
     @property
     def total_s(self) -> float:
