@@ -143,3 +143,8 @@ def test_catalog_sources(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.count("peak_tflops_bf16 = ") == len(catalog_names())
     assert out.count("peer_to_peer = ") == len(catalog_names())
     assert "peak_tflops_tf32 = None (high): NVIDIA V100 datasheet: Volta has no TF32" in out
+    # money and energy: every chip says its power and rent, with source and date or why not
+    chips = len(catalog_names())
+    assert out.count("board_power_w = ") == out.count("rent_usd_per_hour = ") == chips
+    assert "board_power_w = 400 (high, 2021): https://www.nvidia.com/" in out
+    assert "(a number or [low, high])" in out  # not eaten as console markup

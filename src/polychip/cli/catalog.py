@@ -29,9 +29,17 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 0) -> str:
 
 COLUMNS = (
     "name", "vendor", "device", "backend", "fp32", "tf32", "bf16", "fp16", "memory GiB",
-    "memory GB/s", "link GB/s", "p2p", "link eff", "GEMM eff", "units", "aliases",
+    "memory GB/s", "link GB/s", "p2p", "link eff", "GEMM eff", "units", "power W", "rent $/h",
+    "aliases",
 )  # fmt: skip
 NUMERIC = frozenset(COLUMNS[4:-1])
+
+
+def _rent(value) -> str:
+    """A rent: one figure or a [low, high] range; "—" where unknown (declare it)."""
+    if isinstance(value, list | tuple):
+        return "–".join(_fmt(v, digits=2) for v in value)
+    return _fmt(value, digits=2)
 
 
 def _row(name: str) -> list[str]:
@@ -51,13 +59,16 @@ def _row(name: str) -> list[str]:
         _fmt(figs.get("link_efficiency"), digits=2),
         _fmt(figs.get("compute_efficiency"), digits=2),
         _fmt(figs.get("compute_units")),
+        _fmt(figs.get("board_power_w")),
+        _rent(figs.get("rent_usd_per_hour")),
         ", ".join(entry.get("aliases", [])[:3]),
     ]
 
 
 def run(args: argparse.Namespace) -> int:
     table = Table(
-        title="polychip accelerator catalog (dense peaks TFLOP/s by precision; bandwidths GB/s)"
+        title="polychip accelerator catalog (dense peaks TFLOP/s by precision; bandwidths "
+        "GB/s; board power W; rent $/h, — where unknown: declare it in the cluster file)"
     )
     for col in COLUMNS:
         table.add_column(col, justify="right" if col in NUMERIC else "left")
@@ -71,9 +82,10 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"[bold]{name}[/bold]")
             for key, fig in entry.items():
                 if isinstance(fig, dict):
+                    dated = f", {fig['date']}" if fig.get("date") else ""
                     console.print(
-                        f"  {key} = {fig.get('value')} ({fig.get('confidence')}): "
-                        f"{fig.get('source')}"
+                        f"  {key} = {fig.get('value')} ({fig.get('confidence')}{dated}): "
+                        f"{fig.get('source')}", markup=False, highlight=False
                     )
     console.print(
         "Unknown chip? Declare it under `chips:` in the cluster file (docs/accelerators.md)."
