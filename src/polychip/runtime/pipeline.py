@@ -182,6 +182,8 @@ class StageRunner:
     def _backward(self, a: Action) -> None:
         key = (a.micro, a.chunk)
         held = self._held[key] if self.split else self._held.pop(key)
+        if not self.split:
+            self._arm_if_last(a)
         with self.clock.phase(Phase.COMPUTE, a):
             if self._has_loss(a.chunk):
                 scale = self.loss_scaler.scale if self.loss_scaler is not None else 1.0
@@ -191,7 +193,8 @@ class StageRunner:
             if self.split:
                 held.deferred = self.backward.input_half(output, grad, held.inputs)
             else:
-                self._produce_grads(a, lambda: self.backward.whole(output, grad))
+                self.backward.whole(output, grad)
+                self._grads_done()
         if held.inputs is not None:
             assert held.inputs.grad is not None
             self._in_grads[key] = held.inputs.grad
@@ -200,16 +203,18 @@ class StageRunner:
         held = self._held.pop((a.micro, a.chunk))
         deferred = held.deferred
         assert deferred is not None, f"{a} before its B"
+        self._arm_if_last(a)
         with self.clock.phase(Phase.COMPUTE, a):
-            self._produce_grads(a, lambda: self.backward.weight_half(deferred))
+            self.backward.weight_half(deferred)
+            self._grads_done()
 
-    def _produce_grads(self, a: Action, backward: Callable[[], None]) -> None:
-        """Run the backward that produces the weight gradients of ``a``'s micro-batch (B, or
-        W when split): armed for the overlapped sync when it is its chunk's last; the
-        partial gradients summed after the step's last."""
+    def _arm_if_last(self, a: Action) -> None:
+        """Before the chunk's last backward producing weight gradients (B, or W when split):
+        its buckets may start as it produces them (overlapped sync)."""
         if self._last_backward[a.chunk] == a.micro:
             self.grads.arm(a.chunk)
-        backward()
+
+    def _grads_done(self) -> None:
         self._backwards_left -= 1
         if self._backwards_left == 0:  # before any sync across replicas
             self.grads.finish_partial_()
