@@ -10,7 +10,11 @@ side in one launch (same processes, one dilation), in interleaved rounds. Report
 - the step time in emulated chip time (slots and waits / dilation, host work outside the
   slots at its real duration: runtime.emulate) vs the simulated step time;
 - the same for a hybrid plan: that pipeline beside a one-stage replica of another layout
-  (per-layer gradient all-reduces across the two islands).
+  (per-layer gradient all-reduces across the two islands);
+- the uneven plan under 1F1B and under zero bubble (zb-h1: B and W apart) side by side in
+  one launch: step time and each stage's pipeline wait (its bubble). An emulated W lasts the
+  cost model's ``StageTimes.wgrad_s``; where the cost model does not price it (0), this
+  benchmark gives W ``--wgrad-fraction`` of the backward, and says so.
 
     PYTHONPATH=src python benchmarks/runtime_pp.py --json runtime_pp.json
 """
@@ -18,11 +22,14 @@ side in one launch (same processes, one dilation), in interleaved rounds. Report
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 from polychip.costmodel.estimate import CostModel
 from polychip.plan import Plan, Replica, Stage, validate_plan
@@ -131,6 +138,50 @@ def measure_hybrid(rounds: int, steps: int, dilation: float | None = None) -> di
             "phases": sum(s.num_phases for s in runs)}
 
 
+@contextmanager
+def _wgrad_priced(plan: Plan, fraction: float):
+    """Yield where W's emulated time comes from: the cost model's wgrad_s, or -- when it
+    prices none -- ``fraction`` of the backward, patched into the cost model (the ranks are
+    forked from this process and inherit it)."""
+    cost = CostModel(plan.cluster, plan.model, plan.job)
+    rep = plan.replicas[0]
+    if all(cost.times_of(rep, si).wgrad_s > 0 for si in range(rep.num_stages)):
+        yield "cost model"
+        return
+    times_of = CostModel.times_of
+
+    def priced(self, replica, si):  # type: ignore[no-untyped-def]
+        t = times_of(self, replica, si)
+        return dataclasses.replace(t, wgrad_s=fraction * t.bwd_s)
+
+    with mock.patch.object(CostModel, "times_of", priced):
+        yield f"{fraction:g} x the backward (the cost model prices no wgrad_s)"
+
+
+def measure_zero_bubble(rounds: int, steps: int, dilation: float | None,
+                        wgrad_fraction: float) -> dict:
+    """The uneven plan under 1F1B and under zb-h1, side by side in one launch."""
+    one = uneven_plan()
+    zb = dataclasses.replace(one, schedule="zb-h1")
+    config = TrainConfig(steps=steps, emulate=True, dilation=dilation)
+    with _wgrad_priced(one, wgrad_fraction) as source:
+        summaries = launch_local(one, CompareTask((one, zb), (steps, steps), config,
+                                                  rounds=rounds))[0]
+    runs_1, runs_z = summaries[0::2], summaries[1::2]
+    step_1 = statistics.median(s.step_time_s for s in runs_1)
+    step_z = statistics.median(s.step_time_s for s in runs_z)
+    return {"wgrad_from": source, "dilation": runs_1[0].dilation, "rounds": rounds,
+            "step_time_1f1b_s": step_1, "step_time_zb_h1_s": step_z,
+            "zb_h1_speedup": step_1 / step_z,
+            "step_time_1f1b_s_rounds": [s.step_time_s for s in runs_1],
+            "step_time_zb_h1_s_rounds": [s.step_time_s for s in runs_z],
+            "stages_1f1b": [_stage(st) for st in runs_1[-1].stages],
+            "stages_zb_h1": [_stage(st) for st in runs_z[-1].stages],
+            "losses_equal": runs_1[0].losses == runs_z[0].losses,
+            "overruns": sum(s.num_overruns for s in summaries),
+            "phases": sum(s.num_phases for s in summaries)}
+
+
 def _stage(st) -> dict:
     """A stage's mean phases per step in emulated chip time (runtime.emulate)."""
     t = st.timed
@@ -148,8 +199,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="uneven-plan steps per round (even split: half)")
     parser.add_argument("--dilation", type=float,
                         help="emulation dilation (default: from a timed warm-up)")
+    parser.add_argument("--wgrad-fraction", type=float, default=0.5,
+                        help="zb-h1's W as this fraction of the backward, where the cost "
+                             "model prices no wgrad_s (default 0.5)")
+    parser.add_argument("--zero-bubble-only", action="store_true",
+                        help="only the 1F1B vs zb-h1 comparison, in --rounds rounds")
     args = parser.parse_args(argv)
     begin = time.perf_counter()
+    if args.zero_bubble_only:
+        z = measure_zero_bubble(args.rounds, args.steps, args.dilation, args.wgrad_fraction)
+        _print_zero_bubble(z, begin)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"zero_bubble": z}, indent=2))
+        return 0
     f = measure(args.rounds, args.steps, args.dilation)
     h = f["hybrid"] = measure_hybrid(max(2, args.rounds - 1), args.steps, args.dilation)
     print(f"\nOne pipeline, stage 0 on {f['chips'][0]}, stage 1 on {f['chips'][1]} (emulated, "
@@ -172,10 +234,30 @@ def main(argv: list[str] | None = None) -> int:
           f"simulated {h['step_time_simulated_s']:.4f} s ({h['measured_over_simulated']:.1%}), "
           f"analytic {h['step_time_analytic_s']:.4f} s; overruns {h['overruns']} of "
           f"{h['phases']} phases")
-    print(f"({time.perf_counter() - begin:.0f} s)")
+    z = f["zero_bubble"] = measure_zero_bubble(max(2, args.rounds - 1), args.steps,
+                                               args.dilation, args.wgrad_fraction)
+    _print_zero_bubble(z, begin)
     if args.json:
         Path(args.json).write_text(json.dumps(f, indent=2))
     return 0
+
+
+def _print_zero_bubble(z: dict, begin: float) -> None:
+    print(f"\n1F1B vs zb-h1 on the uneven plan (one launch, dilation {z['dilation']:g}; W = "
+          f"{z['wgrad_from']}): step {z['step_time_1f1b_s']:.4f} s vs "
+          f"{z['step_time_zb_h1_s']:.4f} s, zb-h1 speed-up {z['zb_h1_speedup']:.3f}; losses "
+          f"equal: {z['losses_equal']}; overruns {z['overruns']} of {z['phases']} phases")
+    rounds = [f"{a:.4f}/{b:.4f}" for a, b in zip(z["step_time_1f1b_s_rounds"],
+                                                  z["step_time_zb_h1_s_rounds"], strict=True)]
+    print(f"rounds (1F1B/zb-h1 step s): {', '.join(rounds)}")
+    print("| stage | chip | compute s, 1F1B / zb-h1 | pipeline wait s, 1F1B / zb-h1 | "
+          "idle s, 1F1B / zb-h1 |")
+    print("|---|---|---:|---:|---:|")
+    for a, b in zip(z["stages_1f1b"], z["stages_zb_h1"], strict=True):
+        print(f"| {a['stage']} | {a['chip']} | {a['compute_s']:.4f} / {b['compute_s']:.4f} | "
+              f"{a['pipeline_wait_s']:.4f} / {b['pipeline_wait_s']:.4f} | "
+              f"{a['idle_s']:.4f} / {b['idle_s']:.4f} |")
+    print(f"({time.perf_counter() - begin:.0f} s)")
 
 
 if __name__ == "__main__":

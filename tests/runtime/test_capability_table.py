@@ -64,6 +64,7 @@ EXACT: dict[tuple[str, object], Make] = {
     ("schedules", "1f1b"): hybrid_plan,
     ("schedules", "gpipe"): lambda: hybrid_plan("gpipe"),
     ("schedules", "interleaved-1f1b"): interleaved_plan,
+    ("schedules", "zb-h1"): lambda: hybrid_plan("zb-h1"),
     ("recompute", False): hybrid_plan,
     ("recompute", True): lambda: _recompute(hybrid_plan()),
     ("model_families", "llama"): hybrid_plan,

@@ -51,7 +51,7 @@ RUNTIME = Capabilities(
     overlap_grad_sync=frozenset({False, True}),
     grad_reduce_dtypes=frozenset({"fp32", "bf16", "fp16"}),
     zero_stages=frozenset({0, 1}),
-    schedules=frozenset({"1f1b", "gpipe", "interleaved-1f1b"}),
+    schedules=frozenset({"1f1b", "gpipe", "interleaved-1f1b", "zb-h1"}),
     recompute=frozenset({False, True}),
     # Mistral's block is Llama's while its sliding window does not bind (no windowed
     # attention: a window shorter than the sequence is refused); Qwen2's adds q/k/v biases.

@@ -10,7 +10,8 @@ about time. The clock it is given decides what a phase costs:
 The phases are those an estimate prices (`polychip estimate`'s ``phases``), so a run can be
 held against its plan phase by phase:
 
-  compute_s        F and B: forward and backward of the stage's micro-batches
+  compute_s        F and B (and W, a zero-bubble schedule's weight gradients): forward
+                   and backward of the stage's micro-batches
   pipeline_wait_s  RA and RG (waiting for activations / gradients from the neighbouring
                    stages, pipeline bubbles included) and completing the step's sends
   grad_sync_s      AR: the gradient all-reduces as exposed on this rank (communication and

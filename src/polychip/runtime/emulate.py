@@ -1,7 +1,8 @@
 """Emulated chips: the clock ``--emulate`` injects into the stage executor.
 
 Every compute and optimizer phase runs the real mathematics in a fixed-duration slot of
-``dilation x`` the cost model's time for the rank's chip and work
+``dilation x`` the cost model's time for the rank's chip and work (under a zero-bubble
+schedule a backward's W slot is the cost model's weight-gradient time, its B the rest)
 (:class:`polychip.runtime.slots.PhaseClock`); compute phases that follow each other with
 nothing to wait for in between have chained slots (a late one is made up by the next); a
 message arrives ``dilation x`` its modelled transfer time after it was sent; each gradient
@@ -50,7 +51,8 @@ if TYPE_CHECKING:
 
 GRADIENT_SYNC = "gradient_sync"
 """The emulated link slot after a real all-reduce (not a compute phase)."""
-_SLOT_NAMES = {Op.FORWARD: "forward", Op.BACKWARD: "backward", Op.OPTIMIZER: "optimizer"}
+_SLOT_NAMES = {Op.FORWARD: "forward", Op.BACKWARD: "backward", Op.WEIGHT: "weight",
+               Op.OPTIMIZER: "optimizer"}
 Failure = Callable[[int | None, str, BaseException], Exception]
 
 
@@ -64,6 +66,9 @@ class PhaseTargets:
     recv_act_s: float  # one micro-batch's activations from the previous stage
     recv_grad_s: float  # their gradient from the next stage
     allreduce_s: dict[str, float] = field(default_factory=dict)  # segment -> its all-reduce
+    # zero bubble (zb-h1): the weight-gradient part W of each chunk's backward; B takes the
+    # rest. Empty when the schedule does not split the backward.
+    wgrad_s: tuple[float, ...] = ()
 
     @property
     def forward_s(self) -> float:
@@ -86,13 +91,19 @@ class PhaseTargets:
         """The emulated chip's seconds for a compute or optimizer action."""
         if action.op is Op.OPTIMIZER:
             return self.optimizer_s
-        return self.chunk_s[action.chunk][0 if action.op is Op.FORWARD else 1]
+        forward, backward = self.chunk_s[action.chunk]
+        if action.op is Op.FORWARD:
+            return forward
+        assert self.wgrad_s or action.op is Op.BACKWARD, "W of an unsplit backward"
+        weight = self.wgrad_s[action.chunk] if self.wgrad_s else 0.0
+        return weight if action.op is Op.WEIGHT else backward - weight
 
 
 def phase_targets(plan: Plan, replica: int, stage: int) -> PhaseTargets:
     """The cost model's times (the same ones the planner and the simulator use) for a rank of
     ``plan``: compute (per model chunk under interleaved 1F1B), transfers from its
-    neighbours, and each gradient segment's all-reduce among its holders (uncontended)."""
+    neighbours, and each gradient segment's all-reduce among its holders (uncontended).
+    Under zb-h1 a backward's W lasts the cost model's ``wgrad_s`` and its B the rest."""
     cost = CostModel(plan.cluster, plan.model, plan.job)
     rep = plan.replicas[replica]
     st, last = rep.stages[stage], rep.num_stages - 1
@@ -118,12 +129,14 @@ def phase_targets(plan: Plan, replica: int, stage: int) -> PhaseTargets:
         optimizer_s=cost.stage_optimizer_time_s(rep, stage,
                                                 len(plan.replicas) if plan.zero1 else 1),
         recv_act_s=from_stage(stage - 1), recv_grad_s=from_stage(stage + 1),
-        allreduce_s=allreduce)
+        allreduce_s=allreduce,
+        wgrad_s=tuple(t.wgrad_s for t in times) if plan.schedule == "zb-h1" else ())
 
 
 def _compute_overruns(summary: ClockSummary) -> int:
     return sum(p.num_overruns for p in summary.phases
-               if p.name in (_SLOT_NAMES[Op.FORWARD], _SLOT_NAMES[Op.BACKWARD]))
+               if p.name in (_SLOT_NAMES[Op.FORWARD], _SLOT_NAMES[Op.BACKWARD],
+                             _SLOT_NAMES[Op.WEIGHT]))
 
 
 class EmulatedClock(WallClock):

@@ -3,7 +3,10 @@ executed action by action -- the same actions the simulator replays.
 
   F m     forward of micro-batch m (the first stage reads its tokens, the last computes the
           loss, scaled by b_r / (B * M)); its activations are held until B m
-  B m     backward from the loss, or from the output gradient received for m
+  B m     backward from the loss, or from the output gradient received for m; under a
+          zero-bubble schedule (zb-h1) only the input gradient, and its activations are
+          held until W m
+  W m     zb-h1: the weight gradients of micro-batch m (:mod:`polychip.runtime.backward`)
   SA/SG   send activations / the input gradient (isend: never blocks); a send that the
           program follows by a receive from the same peer is posted with it
   RA/RG   wait for activations / the output gradient (the TP leader receives, then
@@ -27,14 +30,13 @@ whose activations are alive).
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from polychip.plan.schedule import RECVS, SENDS, Action, Op, StageProgram
+from polychip.plan.schedule import COMPUTE, RECVS, SENDS, Action, Op, StageProgram
+from polychip.runtime.backward import Deferred, StageBackward
 from polychip.runtime.clock import Phase, WallClock
 from polychip.runtime.data import SampleStream
 from polychip.runtime.data_parallel import StageGrads
@@ -42,11 +44,7 @@ from polychip.runtime.model import StageModule
 from polychip.runtime.optim import StageOptimizer
 from polychip.runtime.p2p import ACTIVATION, GRADIENT, P2P, PendingRecv, tag_of
 from polychip.runtime.precision import LossScaler
-from polychip.runtime.tensor_parallel import (
-    broadcast_from_leader,
-    collect_to_leader,
-    share_from_leader,
-)
+from polychip.runtime.tensor_parallel import collect_to_leader, share_from_leader
 from polychip.runtime.topology import RankRole
 
 Failure = Callable[[int | None, str, BaseException], Exception]
@@ -62,6 +60,7 @@ class StepStats:
 class _Held:
     inputs: torch.Tensor | None  # the stage input (None on the first stage)
     output: torch.Tensor  # the stage output, or the scaled loss on the last stage
+    deferred: Deferred | None = None  # zero bubble: what W needs once B ran
 
 
 Key = tuple[int, int]  # (micro-batch, chunk)
@@ -88,10 +87,14 @@ class StageRunner:
         self.dtype = next(model.parameters()).dtype
         self.num_chunks = len(model.chunks)
         self.num_virtual = role.num_stages * self.num_chunks
-        # each chunk's last backward of the step: its gradients are final as it produces
-        # them, so their buckets may start (overlapped gradient sync)
+        # B and W apart (zero bubble): W, not B, produces the weight gradients
+        self.split = any(a.op is Op.WEIGHT for a in program.actions)
+        self.backward = StageBackward(model, self.split)
+        self._grad_op = Op.WEIGHT if self.split else Op.BACKWARD
+        # each chunk's last backward (W) of the step: its gradients are final as it
+        # produces them, so their buckets may start (overlapped gradient sync)
         self._last_backward = {a.chunk: a.micro for a in program.actions
-                               if a.op is Op.BACKWARD}
+                               if a.op is self._grad_op}
 
     def _virtual(self, chunk: int) -> int:
         return chunk * self.role.num_stages + self.role.stage
@@ -123,13 +126,13 @@ class StageRunner:
         self._posted: dict[tuple[Op, int, int], PendingRecv] = {}
         self._to_self: dict[int, torch.Tensor] = {}  # tag -> tensor (a one-stage pipeline)
         actions = self.program.actions
-        self._backwards_left = sum(a.op is Op.BACKWARD for a in actions)
+        self._backwards_left = sum(a.op is self._grad_op for a in actions)
         for i, action in enumerate(actions):
             following = actions[i + 1] if i + 1 < len(actions) else None
             try:
                 self._execute(action, following)
             except RuntimeError as exc:
-                communicating = action.op not in (Op.FORWARD, Op.BACKWARD, Op.OPTIMIZER)
+                communicating = action.op not in (*COMPUTE, Op.OPTIMIZER)
                 if communicating or (self.tp.size > 1 and action.op is not Op.OPTIMIZER):
                     raise self.failure(step, f"{action} ({_WHAT[action.op]})", exc) from exc
                 raise
@@ -146,6 +149,8 @@ class StageRunner:
             self._forward(a)
         elif a.op is Op.BACKWARD:
             self._backward(a)
+        elif a.op is Op.WEIGHT:
+            self._weight(a)
         elif a.op in SENDS:
             self._send(a, following)  # posting an isend: host work, not a phase
         elif a.op in RECVS:
@@ -175,22 +180,44 @@ class StageRunner:
             self._stats.local_loss = (self._stats.local_loss or 0.0) + float(out.detach().item())
 
     def _backward(self, a: Action) -> None:
-        m, c = a.micro, a.chunk
-        held = self._held.pop((m, c))
-        if self._last_backward[c] == m:
-            self.grads.arm(c)
+        key = (a.micro, a.chunk)
+        held = self._held[key] if self.split else self._held.pop(key)
+        if not self.split:
+            self._arm_if_last(a)
         with self.clock.phase(Phase.COMPUTE, a):
-            if self._has_loss(c):
+            if self._has_loss(a.chunk):
                 scale = self.loss_scaler.scale if self.loss_scaler is not None else 1.0
-                (held.output * scale if scale != 1.0 else held.output).backward()
+                output, grad = (held.output * scale if scale != 1.0 else held.output), None
             else:
-                torch.autograd.backward(held.output, self._out_grads.pop((m, c)))
-            self._backwards_left -= 1
-            if self._backwards_left == 0:  # before any sync across replicas
-                self.grads.finish_partial_()
+                output, grad = held.output, self._out_grads.pop(key)
+            if self.split:
+                held.deferred = self.backward.input_half(output, grad, held.inputs)
+            else:
+                self.backward.whole(output, grad)
+                self._grads_done()
         if held.inputs is not None:
             assert held.inputs.grad is not None
-            self._in_grads[(m, c)] = held.inputs.grad
+            self._in_grads[key] = held.inputs.grad
+
+    def _weight(self, a: Action) -> None:
+        held = self._held.pop((a.micro, a.chunk))
+        deferred = held.deferred
+        assert deferred is not None, f"{a} before its B"
+        self._arm_if_last(a)
+        with self.clock.phase(Phase.COMPUTE, a):
+            self.backward.weight_half(deferred)
+            self._grads_done()
+
+    def _arm_if_last(self, a: Action) -> None:
+        """Before the chunk's last backward producing weight gradients (B, or W when split):
+        its buckets may start as it produces them (overlapped sync)."""
+        if self._last_backward[a.chunk] == a.micro:
+            self.grads.arm(a.chunk)
+
+    def _grads_done(self) -> None:
+        self._backwards_left -= 1
+        if self._backwards_left == 0:  # before any sync across replicas
+            self.grads.finish_partial_()
 
     def _feeds_itself(self, a: Action) -> bool:
         """A one-stage interleaved pipeline sends to its own stage: every TP rank keeps its
@@ -240,39 +267,24 @@ class StageRunner:
             self._out_grads[(a.micro, a.chunk)] = tensor
 
     # ---- warm-up: how fast is this host? ---------------------------------------------------
-    def time_compute(self, min_s: float) -> float:
-        """Real seconds of one pass over this stage's micro-batches -- forward and backward
-        of each chunk, unpadded, with made-up stage inputs and output gradients (no data moves
-        between stages) -- repeated for at least ``min_s`` (at least 3 passes); the median
-        after the first. TP ranks go round together (their leader decides when to stop).
-        Leaves the gradients zeroed."""
-        role, passes = self.role, []
-        begin = time.perf_counter()
-        while True:
-            more = len(passes) < 3 or time.perf_counter() - begin < min_s
-            if self.tp.size > 1:
-                flag = broadcast_from_leader(torch.tensor([float(more)], device=self.device),
-                                             self.tp)
-                more = bool(flag.item())
-            if not more:
-                break
-            start = time.perf_counter()
-            for m in range(role.num_micro_batches):
-                tokens, targets = self.stream.batch_for(0, role.micro_batch(m))
-                for c in range(self.num_chunks):
-                    x = (tokens if self._reads_tokens(c)
-                         else torch.randn(self.local_shape, dtype=self.dtype).requires_grad_())
-                    out = self.model(x.to(self.device), chunk=c)
-                    if self._has_loss(c):
-                        self.model.loss(out, targets.to(self.device)).backward()
-                    else:
-                        torch.autograd.backward(out, torch.randn_like(out))
-            passes.append(time.perf_counter() - start)
-        self.grads.zero_()
-        return statistics.median(passes[1:])
+    def compute_pass(self) -> None:
+        """One pass over this stage's micro-batches, unpadded: forward and backward (B and W
+        when split) of each chunk, with made-up stage inputs and output gradients (no data
+        moves between stages). Accumulates into the gradients."""
+        for m in range(self.role.num_micro_batches):
+            tokens, targets = self.stream.batch_for(0, self.role.micro_batch(m))
+            for c in range(self.num_chunks):
+                x = None if self._reads_tokens(c) else torch.randn(
+                    self.local_shape, dtype=self.dtype, device=self.device, requires_grad=True)
+                out = self.model(tokens.to(self.device) if x is None else x, chunk=c)
+                if self._has_loss(c):
+                    self.backward.both(self.model.loss(out, targets.to(self.device)), None, x)
+                else:
+                    self.backward.both(out, torch.randn_like(out), x)
 
 
 _WHAT = {Op.SEND_ACT: "sending activations", Op.SEND_GRAD: "sending a gradient",
          Op.RECV_ACT: "receiving activations", Op.RECV_GRAD: "receiving a gradient",
          Op.ALLREDUCE: "the gradient all-reduce", Op.FORWARD: "a tensor-parallel forward",
-         Op.BACKWARD: "a tensor-parallel backward"}
+         Op.BACKWARD: "a tensor-parallel backward",
+         Op.WEIGHT: "a tensor-parallel weight gradient"}

@@ -24,9 +24,20 @@ The embedding's output enters the sequence-parallel stream by :func:`scatter_seq
 (replicated embedding: each rank keeps its positions) or by the reduce-scatter (vocabulary-
 parallel embedding: partial sums); a replicated head leaves it by :func:`gather_sequence`
 with a plain split backward (each rank computes the whole head, so its gradient is whole).
+
+A zero-bubble schedule splits the backward in two (:mod:`polychip.runtime.backward`): B, the
+input gradient, then later W, the weight gradients, which run :func:`column_parallel`'s
+sequence-parallel backward once each. :func:`backward_half` tells it which half runs, so
+that B only computes and reduce-scatters the input gradient and W only gathers the kept
+input again and computes the weight gradients: the same work and collectives as one whole
+backward, none of it twice.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +68,22 @@ def _split_seq(x: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
     """This rank's positions of a [b, s, h] tensor every rank holds whole."""
     local = tp.local_seq_len(x.shape[1])
     return x.narrow(1, tp.rank * local, local).contiguous()
+
+
+Half = Literal["whole", "input", "weight"]
+_running: list[Half] = ["whole"]  # a module global, not thread-local: on a device, autograd
+# runs a backward's nodes on its own device thread
+
+
+@contextmanager
+def backward_half(half: Half) -> Iterator[None]:
+    """Inside, :func:`column_parallel`'s sequence-parallel backward computes only the input
+    gradient ("input": a zero-bubble B) or only the weight gradients ("weight": W)."""
+    before, _running[0] = _running[0], half
+    try:
+        yield
+    finally:
+        _running[0] = before
 
 
 class _CopyToTP(torch.autograd.Function):
@@ -118,7 +145,8 @@ class _ScatterSeq(torch.autograd.Function):
 
 class _GatheredColumnLinears(torch.autograd.Function):
     """y_i = all_gather(x) w_i^T for column-parallel weights sharing the input x (this
-    rank's [b, s/t, h]); only x is kept for backward, which gathers it again."""
+    rank's [b, s/t, h]); only x is kept for backward, which gathers it again (for the weight
+    gradients; :func:`backward_half` may ask for only one half)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, tp: TensorParallel,  # type: ignore[override]
@@ -131,10 +159,15 @@ class _GatheredColumnLinears(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads: torch.Tensor):  # type: ignore[override]
         x, *weights = ctx.saved_tensors
-        whole = _all_gather_seq(x, ctx.tp).flatten(0, -2)  # [b s, h]
-        grad_whole = sum(g @ w for g, w in zip(grads, weights, strict=True))
-        grad_weights = [g.flatten(0, -2).T @ whole for g in grads]
-        return _reduce_scatter_seq(grad_whole, ctx.tp), None, *grad_weights
+        half = _running[0]
+        grad_x, grad_weights = None, [None] * len(grads)
+        if half != "input":
+            whole = _all_gather_seq(x, ctx.tp).flatten(0, -2)  # [b s, h]
+            grad_weights = [g.flatten(0, -2).T @ whole for g in grads]
+        if half != "weight":
+            grad_whole = sum(g @ w for g, w in zip(grads, weights, strict=True))
+            grad_x = _reduce_scatter_seq(grad_whole, ctx.tp)
+        return grad_x, None, *grad_weights
 
 
 def column_parallel(x: torch.Tensor, tp: TensorParallel, *weights: torch.Tensor

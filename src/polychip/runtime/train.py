@@ -49,6 +49,7 @@ from polychip.runtime.optim import StageOptimizer, make_optimizer
 from polychip.runtime.p2p import P2P
 from polychip.runtime.pipeline import StageRunner
 from polychip.runtime.precision import LossScaler, precision_of, use_matmul_precision
+from polychip.runtime.tensor_parallel import broadcast_from_leader
 from polychip.runtime.topology import RankRole, Topology
 from polychip.runtime.train_config import TrainConfig
 
@@ -157,9 +158,23 @@ class Trainer:
     def time_compute(self, min_s: float = WARMUP_MIN_S) -> float:
         """Real seconds of one pass over this rank's micro-batches (forward and backward of
         each chunk, made-up inputs), unpadded: passes for at least ``min_s`` (at least 3), the
-        median after the first (:meth:`StageRunner.time_compute`). Gradients are zeroed
-        after. A stage's TP ranks must call it together."""
-        return self.runner.time_compute(min_s)
+        median after the first (:meth:`StageRunner.compute_pass`). Gradients are zeroed
+        after. A stage's TP ranks must call it together (their leader decides when to
+        stop)."""
+        passes: list[float] = []
+        begin = time.perf_counter()
+        while True:
+            more = len(passes) < 3 or time.perf_counter() - begin < min_s
+            if self.model.tp.size > 1:
+                flag = torch.tensor([float(more)], device=self.device)
+                more = bool(broadcast_from_leader(flag, self.model.tp).item())
+            if not more:
+                break
+            start = time.perf_counter()
+            self.runner.compute_pass()
+            passes.append(time.perf_counter() - start)
+        self.grads.zero_()
+        return statistics.median(passes[1:])
 
     def time_optimizer(self) -> float:
         """Real seconds of an optimizer step, on a throwaway copy of the parameters (the
