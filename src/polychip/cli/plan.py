@@ -57,7 +57,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "NOT PROVEN OPTIMAL (default 600)",
     )
     p.add_argument(
-        "--schedule", choices=("1f1b", "gpipe"), default="1f1b", help="pipeline schedule (1f1b)"
+        "--schedule",
+        choices=("auto", "1f1b", "gpipe", "interleaved-1f1b", "zb-h1"),
+        default="auto",
+        help="pipeline schedule: auto (default) searches every schedule the runtime runs "
+        "(1f1b, zb-h1, interleaved-1f1b) and keeps the fastest that fits; the others force "
+        "one (docs/planner.md, Schedules)",
+    )
+    p.add_argument(
+        "--virtual-stages",
+        type=int,
+        metavar="N",
+        default=None,
+        help="with --schedule interleaved-1f1b: model chunks per stage (default 2)",
     )
     p.add_argument(
         "--max-stages",
@@ -128,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
             simulate_top=top,
             profile=profile,
             objective=args.objective,
+            virtual_stages=args.virtual_stages,
             **({} if args.time_limit is None else {"time_limit_s": args.time_limit}),
         )
     elapsed = time.perf_counter() - started
