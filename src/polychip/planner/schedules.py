@@ -153,8 +153,12 @@ def _priced(cm: CostModel, scored: Scored, replicas: tuple[Replica, ...], classe
                 return None, (f"replica {ri} has {rep.num_micro_batches} micro-batches, not "
                               f"whole groups of its {rep.num_stages} stages")
         counts = [interleave_layers([st.num_layers for st in r.stages], v) for r in replicas]
-        if any(c is None for c in counts):
-            return None, f"{cm.model.num_layers} layers do not split into chunks of {v}"
+        for rep, c in zip(replicas, counts, strict=True):
+            if c is None and cm.model.num_layers % v:
+                return None, f"{cm.model.num_layers} layers do not split into chunks of {v}"
+            if c is None:
+                return None, (f"{rep.num_stages} stages cannot each hold a multiple of {v} "
+                              f"of the {cm.model.num_layers} layers")
         replicas = tuple(_relayer(r, c) for r, c in zip(replicas, counts, strict=True))
     cost = cm.evaluate(replicas, option.schedule, scored.zero1, v)
     if not cost.feasible and cm.job.allow_recompute:  # recompute where it does not fit
@@ -207,7 +211,8 @@ def schedule_notes(chosen: Scored, verdicts: Sequence[Verdict], cm: CostModel) -
     if label != "1f1b":
         same = cm.evaluate(chosen.replicas, "1f1b", chosen.zero1)
         head += (f": bubble {same.bubble_fraction:.0%} (1F1B) -> "
-                 f"{chosen.cost.bubble_fraction:.0%}, {_memory_change(cm, same, chosen)}")
+                 f"{chosen.cost.bubble_fraction:.0%}, {_memory_change(cm, same, chosen)}"
+                 f"{_recompute(chosen)}")
         base = next((v.best for v in verdicts if v.option == Option("1f1b")), None)
         if base is not None:
             gain = chosen.tokens_per_s / base.tokens_per_s - 1
@@ -221,8 +226,15 @@ def schedule_notes(chosen: Scored, verdicts: Sequence[Verdict], cm: CostModel) -
         elif v.option.label != label:
             out.append(f"{v.option.label}: {v.best.tokens_per_s:,.0f} tokens/s "
                        f"({v.best.tokens_per_s / chosen.tokens_per_s - 1:+.1%}), bubble "
-                       f"{v.best.cost.bubble_fraction:.0%}")
+                       f"{v.best.cost.bubble_fraction:.0%}{_recompute(v.best)}")
     return out
+
+
+def _recompute(scored: Scored) -> str:
+    """", recompute on k of n stages" when some stage recomputes its activations."""
+    stages = [st for r in scored.replicas for st in r.stages]
+    k = sum(st.recompute for st in stages)
+    return f", recompute on {k} of {len(stages)} stages" if k else ""
 
 
 def _memory_change(cm: CostModel, base: PlanCost, chosen: Scored) -> str:
