@@ -20,7 +20,7 @@ from polychip.planner.notes import plan_notes
 from polychip.planner.objective import cheapest, check_objective, cost_note
 from polychip.planner.oracle import DEFAULT_TIME_LIMIT_S, OracleSize, check_budget, size_of
 from polychip.planner.rerank import Candidate, rerank, rerank_note, shortlist
-from polychip.planner.schedules import options, repriced, schedule_notes, step
+from polychip.planner.schedules import Option, options, repriced, schedule_notes, step
 from polychip.planner.scoring import Scored, Scorer, better
 from polychip.planner.search import FastSearch
 from polychip.planner.shapes import ShapeBuilder
@@ -123,14 +123,21 @@ def search_plans(
     types = type_groups(cluster)
     if exhaustive:  # refuse a space too big for the oracle before searching anything
         check_budget(oracle_size(scorer, stages, types), time_limit_s, stages)
+    opts, skipped = options(schedule, virtual_stages, capabilities, model.num_layers)
+    # ZB-H1 holds S micro-batches on every stage: its memory wants shapes of its own
+    zb_search = schedule == "auto" and Option("zb-h1") in opts and not exhaustive
     run = _Run(scorer, stages, progress or (lambda f, m: None),
-               steps=len(types) + (1 if len(types) > 1 else 0) + 1 + (1 if simulate_top else 0),
+               steps=len(types) + (len(types) > 1) + 1 + bool(simulate_top) + zb_search,
                exhaustive=exhaustive, deadline=time.monotonic() + time_limit_s)
     alone, fastest = run.every_type(types, len(cluster.groups))
     if fastest is None:
         raise infeasible_error(cm, scorer.builder, stages)
-    opts, skipped = options(schedule, virtual_stages, capabilities, model.num_layers)
-    chosen = None if schedule == searched else step(cm, scorer.scored(), fastest, alone, opts)
+    pool = scorer.scored()
+    if zb_search:
+        zb = Scorer(ShapeBuilder(cm, "zb-h1"))
+        run.search(list(range(len(cluster.groups))), "zb-h1", zb)
+        pool += zb.scored()
+    chosen = None if schedule == searched else step(cm, pool, fastest, alone, opts)
     if chosen is not None:
         fastest, alone = chosen.best, chosen.alone
     best = fastest
@@ -186,16 +193,19 @@ class _Run:
     done: int = 0
     proven: bool = True
 
-    def search(self, groups: list[int], label: str) -> Scored | None:
-        """The fastest plan on node ``groups`` (fast search, then the oracle if asked)."""
+    def search(self, groups: list[int], label: str, scorer: Scorer | None = None
+               ) -> Scored | None:
+        """The fastest plan on node ``groups`` (fast search, then the oracle if asked), by
+        ``scorer`` (default: the run's)."""
         base, span = self.done / self.steps, 1 / self.steps
+        scorer = scorer or self.scorer
 
         def sub(f: float, msg: str) -> None:
             self.report(min(base + f * span, 1.0), f"{label}: {msg}")
 
-        result = FastSearch(self.scorer, self.stages, sub).run(groups)
+        result = FastSearch(scorer, self.stages, sub).run(groups)
         if self.exhaustive:
-            oracle = Exhaustive(self.scorer, self.stages, progress=sub, deadline=self.deadline)
+            oracle = Exhaustive(scorer, self.stages, progress=sub, deadline=self.deadline)
             result = oracle.run(groups, incumbent=result)
             self.proven = self.proven and oracle.proven
         self.done += 1

@@ -264,13 +264,15 @@ class Step:
 
 def step(cm: CostModel, scored: Iterable[Scored], best: Scored,
          alone: dict[str, Scored | None], opts: Sequence[Option]) -> Step:
-    """Re-price `best` and the `CANDIDATES` best distinct candidates of the search under
-    every option. A forced option that no candidate can run is an InfeasibleError."""
+    """Re-price `best` and the `CANDIDATES` best distinct candidates of each search (1F1B's,
+    and ZB-H1's own when it ran) under every option. A forced option that no candidate can
+    run is an InfeasibleError."""
     distinct: dict[tuple, Scored] = {best.replicas: best}
+    kinds: dict[str, int] = {}  # the best of each search (1F1B's, ZB-H1's own)
     for s in sorted(scored, key=lambda s: -s.tokens_per_s):
-        if len(distinct) > CANDIDATES:
-            break
-        distinct.setdefault(s.replicas, s)
+        if s.replicas not in distinct and kinds.get(s.schedule, 0) < CANDIDATES:
+            distinct[s.replicas] = s
+            kinds[s.schedule] = kinds.get(s.schedule, 0) + 1
     builders = builders_for(cm, opts)
     chosen, verdicts = reschedule(cm, distinct.values(), opts, builders)
     if chosen is None:  # under auto, 1F1B always runs
