@@ -5,7 +5,8 @@ micro-batch includes the runtime's host work where a profile measured it) + grad
 across the data-parallel holders of every layer (`gradsync.py`: hierarchical across islands,
 after each stage's last backward) + the optimizer step + the runtime's host work per step.
 The planner, the simulator and the runtime's emulated clocks all read their per-stage times
-from here, so they cannot disagree about a chip's speed. Memory: `stagememory.StageMemory`.
+from here, so they cannot disagree about a chip's speed. Memory: `stagememory.StageMemory`;
+the pipeline's closed form: `pipelinecost.PipelineCost`.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ from polychip.costmodel.kernels import stream_s
 from polychip.costmodel.links import chips_in_use, measured_link_bw, nic_share, node_link
 from polychip.costmodel.measured import ComputeProfile
 from polychip.costmodel.memory import BlockActivations, EndActivations, stage_params
-from polychip.costmodel.pipeline import PipelineForm, schedule_form
-from polychip.costmodel.pipeline_zb import ZeroBubbleForm
+from polychip.costmodel.pipelinecost import PipelineCost
 from polychip.costmodel.plancost import PlanCost
 from polychip.costmodel.precision import StateBytes, adamw_step_bytes
 from polychip.costmodel.stagememory import StageMemory
@@ -37,7 +37,7 @@ ANALYTIC = {"block": block_times, "embedding": embedding_times, "head": head_tim
 __all__ = ["CostModel", "PlanCost"]
 
 
-class CostModel(StageMemory):
+class CostModel(StageMemory, PipelineCost):
     def __init__(self, cluster: Cluster, model: ModelSpec, job: TrainingJob,
                  profile: ComputeProfile | None = None):
         self.cluster, self.model, self.job, self.profile = cluster, model, job, profile
@@ -186,39 +186,6 @@ class CostModel(StageMemory):
         """Activations (or their gradients) of one micro-batch from stage si to si + 1."""
         a, b = replica.stages[si], replica.stages[si + 1]
         return self.transfer_time_s(a.node, b.node, self.activation_bytes(replica.micro_batch_size))
-
-    # ---- pipeline -----------------------------------------------------------------------
-    def pipeline_form(self, replica: Replica, schedule: str, virtual_stages: int = 1
-                      ) -> PipelineForm | ZeroBubbleForm:
-        """The closed form of the replica's pipeline under `schedule` (pipeline.py): its
-        stages' times (the host work per micro-batch inside the forward) and transfers."""
-        mb = replica.micro_batch_size
-        stages = []
-        for i, st in enumerate(replica.stages):
-            t = self.times_of(replica, i)
-            host = self.host_times(self.chip(st.chip), mb)[0]
-            stages.append(StageTimes(t.fwd_s + host, t.bwd_s, t.wgrad_s))
-        comms = [self.boundary_time_s(replica, i) for i in range(replica.num_stages - 1)]
-        return schedule_form(schedule, stages, comms, self.job.overlap_p2p, virtual_stages,
-                             self.wrap_time_s(replica))
-
-    def wrap_time_s(self, replica: Replica) -> float:
-        """Activations of one micro-batch from the last stage back to the first (interleaved
-        1F1B's chunk boundaries wrap around)."""
-        last, first = replica.stages[-1], replica.stages[0]
-        n_bytes = self.activation_bytes(replica.micro_batch_size)
-        return self.transfer_time_s(last.node, first.node, n_bytes)
-
-    def pipeline_time_s(self, replica: Replica, schedule: str, virtual_stages: int = 1
-                        ) -> tuple[float, float]:
-        """(step seconds of the pipeline, busy device-seconds) under `schedule`: the closed
-        form of 1F1B, GPipe, interleaved 1F1B (`virtual_stages` chunks) or ZB-H1
-        (`pipeline_form`)."""
-        m = replica.num_micro_batches
-        span = self.pipeline_form(replica, schedule, virtual_stages).span_s(m)
-        busy = m * sum(self.times_of(replica, i).total_s * st.tp
-                       for i, st in enumerate(replica.stages))
-        return span, busy
 
     # ---- data-parallel gradient sync (gradsync.py) ---------------------------------------
     def segment_sync_time_s(

@@ -7,11 +7,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 from polychip.costmodel import ComputeProfile, CostModel
 from polychip.costmodel.economics import priced
 from polychip.plan.capabilities import RUNTIME, Capabilities, missing_features, planner_job
-from polychip.plan.plan import Plan
+from polychip.plan.plan import Baseline, Plan
 from polychip.plan.validate import validate_plan
 from polychip.planner.baselines import baselines_and_ideal, type_groups
 from polychip.planner.diagnose import infeasible_error
@@ -20,7 +21,7 @@ from polychip.planner.notes import plan_notes
 from polychip.planner.objective import cheapest, check_objective, cost_note
 from polychip.planner.oracle import DEFAULT_TIME_LIMIT_S, OracleSize, check_budget, size_of
 from polychip.planner.rerank import Candidate, rerank, rerank_note, shortlist
-from polychip.planner.schedules import Option, options, repriced, schedule_notes, step
+from polychip.planner.schedules import Option, Step, options, repriced, schedule_notes, step
 from polychip.planner.scoring import Scored, Scorer, better
 from polychip.planner.search import FastSearch
 from polychip.planner.shapes import ShapeBuilder
@@ -132,12 +133,7 @@ def search_plans(
     alone, fastest = run.every_type(types, len(cluster.groups))
     if fastest is None:
         raise infeasible_error(cm, scorer.builder, stages)
-    pool = scorer.scored()
-    if zb_search:
-        zb = Scorer(ShapeBuilder(cm, "zb-h1"))
-        run.search(list(range(len(cluster.groups))), "zb-h1", zb)
-        pool += zb.scored()
-    chosen = None if schedule == searched else step(cm, pool, fastest, alone, opts)
+    chosen = None if schedule == searched else run.schedules(cm, fastest, alone, opts, zb_search)
     if chosen is not None:
         fastest, alone = chosen.best, chosen.alone
     best = fastest
@@ -146,16 +142,7 @@ def search_plans(
         best = cheapest(cluster, pool) or best
         best = repriced(cm, best, opts) if chosen else best
     run.report(run.done / run.steps, "baselines")
-    baselines, ideal = baselines_and_ideal(cm, searched, alone)
-
-    def to_plan(scored: Scored) -> Plan:
-        plan = Plan(cluster=cluster, model=model, job=job, replicas=scored.replicas,
-                    schedule=scored.schedule,  # type: ignore[arg-type]
-                    virtual_stages=scored.virtual_stages, zero1=scored.zero1,
-                    estimate=scored.cost.to_estimate(scored.replicas, cm),
-                    baselines=baselines, ideal=ideal)
-        validate_plan(plan)
-        return priced(plan)
+    to_plan = partial(_plan_of, cm, *baselines_and_ideal(cm, searched, alone))
 
     ranking: list[Candidate] = []
     if simulate_top:
@@ -177,6 +164,18 @@ def search_plans(
         notes.append(cost_note(cluster, best, fastest))
     run.report(1.0, "done")
     return PlanSearch(replace(plan, notes=tuple(notes)), tuple(ranking))
+
+
+def _plan_of(cm: CostModel, baselines: dict[str, Baseline], ideal: Baseline, scored: Scored
+             ) -> Plan:
+    """The validated, priced plan of a scored candidate, with the baselines and the ideal."""
+    plan = Plan(cluster=cm.cluster, model=cm.model, job=cm.job, replicas=scored.replicas,
+                schedule=scored.schedule,  # type: ignore[arg-type]
+                virtual_stages=scored.virtual_stages, zero1=scored.zero1,
+                estimate=scored.cost.to_estimate(scored.replicas, cm),
+                baselines=baselines, ideal=ideal)
+    validate_plan(plan)
+    return priced(plan)
 
 
 @dataclass
@@ -222,6 +221,17 @@ class _Run:
         if len(types) > 1:
             best = better(best, self.search(list(range(num_groups)), "all chips"))
         return alone, best
+
+    def schedules(self, cm: CostModel, fastest: Scored, alone: dict[str, Scored | None],
+                  opts: list[Option], zb_search: bool) -> Step:
+        """The schedule step (planner/schedules.py) over the search's candidates and, with
+        ``zb_search``, those of a search of all chips under ZB-H1's memory."""
+        pool = self.scorer.scored()
+        if zb_search:
+            zb = Scorer(ShapeBuilder(cm, "zb-h1"))
+            self.search(list(range(len(cm.cluster.groups))), "zb-h1", zb)
+            pool += zb.scored()
+        return step(cm, pool, fastest, alone, opts)
 
     def rerank(self, scorer: Scorer, best: Scored, alone: dict[str, Scored | None], top: int,
                to_plan: Callable[[Scored], Plan], cm: CostModel,
