@@ -133,3 +133,10 @@ def test_reranking_replays_each_candidate_under_its_own_schedule() -> None:
         assert (c.plan.schedule, c.plan.virtual_stages) == (c.scored.schedule,
                                                             c.scored.virtual_stages)
     assert found.plan.schedule == found.ranking[0].plan.schedule
+
+
+def test_a_plan_is_searched_again_under_auto_unless_it_was_1f1b_or_gpipe() -> None:
+    from polychip.planner.schedules import replan_schedule
+
+    assert [replan_schedule(s) for s in ("1f1b", "gpipe", "zb-h1", "interleaved-1f1b")] == [
+        "1f1b", "gpipe", "auto", "auto"]

@@ -289,3 +289,11 @@ def step(cm: CostModel, scored: Iterable[Scored], best: Scored,
 def repriced(cm: CostModel, scored: Scored, opts: Sequence[Option]) -> Scored:
     """`scored` under its fastest option that fits (itself if none does)."""
     return reschedule(cm, [scored], opts)[0] or scored
+
+
+def replan_schedule(schedule: str) -> str:
+    """The schedule to plan again with for a plan of `schedule` whose chips or figures
+    changed: 1F1B and GPipe as they were; a schedule the search chose for the old replicas'
+    shapes (interleaving needs whole groups of micro-batches and chunked layers, ZB-H1 its
+    memory) is searched again (`auto`)."""
+    return schedule if schedule in ("1f1b", "gpipe") else "auto"
