@@ -8,6 +8,7 @@ import pytest
 from polychip.costmodel.compute import INTRA_NODE_LATENCY_S, StageTimes
 from polychip.costmodel.estimate import CostModel
 from polychip.costmodel.measured import BlockFigures, NoMeasurements
+from polychip.costmodel.pipeline import interleaved_form
 from polychip.plan.plan import Replica, Stage
 from polychip.spec.job import TrainingJob
 
@@ -94,16 +95,19 @@ def test_slowest_stage_sets_the_steady_state() -> None:
     assert t_mixed > t_fast
     assert t_mixed >= 15 * slow  # (M - 1) x the slowest stage at least
 
-def test_schedule_changes_memory_and_only_1f1b_pays_its_window() -> None:
+def test_schedule_changes_memory_and_the_window_and_crossings_it_pays() -> None:
     cm = _cm(_cluster(("h800", 1, 400)), batch=16, profile=_Constant(1e-6, 2e-6))
     rep = Replica((Stage(0, 2, 0, (0,), "h800"), Stage(2, 4, 0, (1,), "h800")), 16, 1)
     f1b, gpipe = cm.evaluate((rep,)), cm.evaluate((rep,), schedule="gpipe")
     inter = cm.evaluate((rep,), schedule="interleaved-1f1b", virtual_stages=2)
-    assert f1b.step_time_s == inter.step_time_s  # interleaving is costed as 1F1B
-    # tiny stages (microseconds) beside a 5 us link latency: 1F1B's window of 2 micro-batches
-    # exposes the round trip, GPipe (every micro-batch in flight) does not
+    # interleaving: its own form, twice the crossings of the 5 us link (and the wrap-around)
     t = [cm.times_of(rep, i).total_s for i in range(2)]
     c = cm.boundary_time_s(rep, 0)
+    form = interleaved_form(t, [c], 2, cm.wrap_time_s(rep))
+    assert inter.pipeline_s == pytest.approx(form.span_s(16), rel=1e-12)
+    assert inter.pipeline_s > f1b.pipeline_s  # microsecond stages: the links dominate
+    # tiny stages (microseconds) beside a 5 us link latency: 1F1B's window of 2 micro-batches
+    # exposes the round trip, GPipe (every micro-batch in flight) does not
     assert (t[0] + t[1] + 2 * c) / 2 > max(*t, c)
     assert f1b.pipeline_s - gpipe.pipeline_s == pytest.approx(
         15 * ((t[0] + t[1] + 2 * c) / 2 - max(*t, c)), rel=1e-9)

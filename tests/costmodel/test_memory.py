@@ -163,3 +163,10 @@ def test_tied_head_on_its_own_stage_holds_a_copy_of_the_embedding() -> None:
     assert stage_params(TIED, 2, False, True) == 2 * layer + emb + h
     untied = ModelSpec("untied", 4, 64, 4, 4, 256, 1000)
     assert stage_params(untied, 2, False, True) == 2 * layer + emb + h
+
+
+def test_zb_h1_holds_min_s_m_micro_batches_on_every_stage() -> None:
+    # 1F1B's S - i until the B, plus the i W's delayed (each counted whole)
+    assert [in_flight_micro_batches("zb-h1", i, 4, 8) for i in range(4)] == [4] * 4
+    assert [in_flight_micro_batches("zb-h1", i, 4, 2) for i in range(4)] == [2] * 4
+    assert in_flight_micro_batches("zb-h1", 0, 4, 8) == in_flight_micro_batches("1f1b", 0, 4, 8)

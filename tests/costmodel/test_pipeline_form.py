@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from polychip.costmodel.pipeline import PipelineForm
+from polychip.costmodel.pipeline import PipelineForm, interleaved_form
+from polychip.costmodel.pipeline_zb import ZeroBubbleForm
 
 
 @pytest.mark.parametrize("schedule", ["1f1b", "gpipe", "interleaved-1f1b"])
@@ -95,3 +96,65 @@ def test_1f1b_round_trips_count_each_blocking_transfer_once() -> None:
     assert form.beat_s(2) == form.beat_s(100) == 32.0
     # A lone stage has no transfers to expose.
     assert PipelineForm.of([6.0], [], "1f1b", overlap_p2p=False).span_s(4) == 24.0
+
+
+# ---- ZB-H1 and interleaved 1F1B (the replay: tests/simulator/test_schedule_agreement.py) --
+
+
+@pytest.mark.parametrize(("S", "M"), [(1, 5), (2, 4), (4, 4), (4, 16), (8, 8), (8, 64)])
+@pytest.mark.parametrize(("f", "b", "w"), [(1.0, 1.0, 1.0), (1.0, 2.0, 1.0), (1.0, 1.0, 2.0),
+                                           (2.0, 1.5, 0.5), (1.0, 1.0, 0.0)])
+def test_zb_h1_uniform_bubble_is_s_minus_1_times_f_plus_b_minus_w(S, M, f, b, w) -> None:
+    form = ZeroBubbleForm.of([f] * S, [b] * S, [w] * S, [0.0] * (S - 1))
+    t = f + b + w
+    assert form.span_s(M) == pytest.approx(M * t + (S - 1) * (f + max(b - w, 0.0)))
+    one = PipelineForm.of([t] * S, [0.0] * (S - 1), "1f1b").span_s(M)
+    assert one - form.span_s(M) == pytest.approx((S - 1) * (w + min(b, w)))  # the saving
+    assert form.steady_beat_s == pytest.approx(t)
+
+
+def test_zb_h1_with_fewer_micro_batches_than_stages_is_one_round_trip_plus_its_ws() -> None:
+    # one micro-batch: every F, then every B back, then stage 0's W (the other stages' W's
+    # run while the input gradient walks back)
+    form = ZeroBubbleForm.of([1.0] * 3, [1.0] * 3, [1.0] * 3, [0.0, 0.0])
+    assert form.span_s(1) == pytest.approx(3 + 3 + 1)
+    assert form.span_s(2) == pytest.approx(9.0)  # the replay's figure (S = 3, M = 2)
+
+
+def test_zb_h1_slow_link_paces_it_like_1f1b_without_the_w_on_the_round_trip() -> None:
+    # two stages of f = b = w = 2 s and a 13 s link: the window of 2 micro-batches needs the
+    # round trip f + b (stage 0) + w (stage 0, before its next forward) + 2 x 13 + f + b
+    form = ZeroBubbleForm.of([2.0, 2.0], [2.0, 2.0], [2.0, 2.0], [13.0])
+    assert form.link_beat_s(3) == pytest.approx((4 + 2 + 26 + 4) / 2)
+    assert form.beat_s(3) == pytest.approx(18.0)
+    assert PipelineForm.of([6.0, 6.0], [13.0], "1f1b").beat_s(3) == pytest.approx(19.0)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_zb_h1_span_grows_with_micro_batches_and_never_exceeds_1f1b(seed: int) -> None:
+    rng = random.Random(seed)
+    n = rng.randint(1, 6)
+    f, b, w = ([rng.uniform(0.1, 3.0) for _ in range(n)] for _ in range(3))
+    links = [rng.choice([0.0, rng.uniform(0.0, 4.0)]) for _ in range(n - 1)]
+    form = ZeroBubbleForm.of(f, b, w, links)
+    one = PipelineForm.of([x + y + z for x, y, z in zip(f, b, w, strict=True)], links, "1f1b")
+    spans = [form.span_s(m) for m in range(1, 3 * n + 4)]
+    assert spans == sorted(spans)
+    for m in range(1, 3 * n + 4):
+        assert form.span_s(m) <= one.span_s(m) * (1 + 1e-12)
+
+
+@pytest.mark.parametrize(("S", "v", "M"), [(2, 2, 4), (4, 2, 8), (4, 4, 8), (8, 2, 16)])
+def test_interleaved_balanced_free_links_is_the_textbook_form(S, v, M) -> None:
+    form = interleaved_form([3.0] * S, [0.0] * (S - 1), v, 0.0)
+    assert form.span_s(M) == pytest.approx(M * 3.0 + (S - 1) * 3.0 / v)
+
+
+def test_interleaved_crosses_every_link_v_times_and_the_wrap_v_minus_1() -> None:
+    S, v, c, wrap = 4, 2, 0.01, 0.02
+    free = interleaved_form([3.0] * S, [0.0] * (S - 1), v, 0.0)
+    form = interleaved_form([3.0] * S, [c] * (S - 1), v, wrap)
+    assert form.fill_s - free.fill_s == pytest.approx(2 * (v * 3 * c + (v - 1) * wrap))
+    slow = interleaved_form([3.0] * S, [2.0] * (S - 1), v, 0.0)
+    assert slow.bottleneck_s == pytest.approx(v * 2.0)  # a link carries v transfers each way
+    assert interleaved_form([3.0], [], 4, 9.0).span_s(5) == pytest.approx(15.0)  # no links

@@ -55,7 +55,7 @@ def test_chosen_plan_is_the_fastest_simulated_with_an_analytic_estimate(case, fo
     plan, chosen = found.plan, found.ranking[0]
     assert plan.replicas == chosen.plan.replicas and plan.zero1 == chosen.plan.zero1
     assert plan.estimate.source == "analytic"  # comparable with the (analytic) baselines
-    cost = CostModel(*case).evaluate(plan.replicas, plan.schedule, plan.zero1)
+    cost = CostModel(*case).evaluate(plan.replicas, plan.schedule, plan.zero1, plan.virtual_stages)
     assert plan.estimate.tokens_per_s == pytest.approx(cost.tokens_per_s, rel=1e-12)
     note = [n for n in plan.notes if n.startswith("chosen by simulated step")]
     assert len(note) == 1 and f"{chosen.simulated_tokens_per_s:,.0f}" in note[0]

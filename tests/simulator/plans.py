@@ -83,15 +83,17 @@ def mixed_plan(**kw):
 
 
 class FixedTimes(CostModel):
-    """The plan's cost model with injected seconds per layer (forward, backward) and no
-    embedding, head or optimizer time: the closed forms hold exactly."""
+    """The plan's cost model with injected seconds per layer (forward, backward and the
+    backward's weight-gradient part) and no embedding, head or optimizer time: the closed
+    forms hold exactly."""
 
-    def __init__(self, plan: Plan, fwd_s: float = 1.0, bwd_s: float = 2.0):
+    def __init__(self, plan: Plan, fwd_s: float = 1.0, bwd_s: float = 2.0, wgrad_s: float = 0.0):
         super().__init__(plan.cluster, plan.model, plan.job)
-        self.fwd_s, self.bwd_s = fwd_s, bwd_s
+        self.fwd_s, self.bwd_s, self.wgrad_s = fwd_s, bwd_s, wgrad_s  # wgrad_s: of bwd_s
 
     def stage_times(self, chip, num_layers, tp, micro_batch, first, last, recompute):
-        return StageTimes(num_layers * self.fwd_s, num_layers * self.bwd_s)
+        n = num_layers
+        return StageTimes(n * self.fwd_s, n * self.bwd_s, n * self.wgrad_s)
 
     def stage_optimizer_time_s(self, replica: Replica, si: int, zero_shards: int) -> float:
         return 0.0

@@ -56,9 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "more than S seconds, and stop after S seconds with the best plan so far, labelled "
         "NOT PROVEN OPTIMAL (default 600)",
     )
-    p.add_argument(
-        "--schedule", choices=("1f1b", "gpipe"), default="1f1b", help="pipeline schedule (1f1b)"
-    )
+    _add_schedule_options(p)
     p.add_argument(
         "--max-stages",
         type=int,
@@ -91,6 +89,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_profile_option(p)
     add_run_options(p)
     p.set_defaults(func=run)
+
+
+def _add_schedule_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--schedule",
+        choices=("auto", "1f1b", "gpipe", "interleaved-1f1b", "zb-h1"),
+        default="auto",
+        help="pipeline schedule: auto (default) searches every schedule the runtime runs "
+        "(1f1b, zb-h1, interleaved-1f1b) and keeps the fastest that fits; the others force "
+        "one (docs/planner.md, Schedules)",
+    )
+    p.add_argument(
+        "--virtual-stages",
+        type=int,
+        metavar="N",
+        default=None,
+        help="with --schedule interleaved-1f1b: model chunks per stage (default 2)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
             simulate_top=top,
             profile=profile,
             objective=args.objective,
+            virtual_stages=args.virtual_stages,
             **({} if args.time_limit is None else {"time_limit_s": args.time_limit}),
         )
     elapsed = time.perf_counter() - started

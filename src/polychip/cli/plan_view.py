@@ -43,6 +43,7 @@ def render_plan(console: Console, plan: Plan, source: str, elapsed_s: float) -> 
         f"[bold]{plan.model.name}[/bold] on [bold]{cluster.name}[/bold] ({source}): "
         f"{cluster.num_devices} chips ({types}); global batch {job.global_batch} x "
         f"{job.seq_len} tokens, {job.precision}, {plan.schedule}"
+        + (f" v={plan.virtual_stages}" if plan.virtual_stages > 1 else "")
         + (", ZeRO-1" if plan.zero1 else "")
     )
     reps = Table(title="replicas (distinct pipeline shapes)")

@@ -114,8 +114,8 @@ def column_in(sh: Shard, x: Tensor) -> list[Op]:
     if sh.tp == 1:
         return []
     full = sh.tokens * sh.model.hidden_size * sh.c
-    if sh.sequence_parallel:  # gather; the backward gathers the saved shard again
-        regather = Collective(None, "all-gather", full)
+    if sh.sequence_parallel:  # gather; the backward gathers the saved shard again, for
+        regather = Collective(None, "all-gather", full, wgrad=True)  # the weight gradient
         return [Collective("all-gather", "reduce-scatter", full), regather]
     return [Collective(None, "all-reduce", full)]
 

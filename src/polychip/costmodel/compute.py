@@ -5,6 +5,12 @@ shape, memory-bound kernels at sustained memory bandwidth, fused attention by it
 every kernel at least its launch cost; TP collectives over the node's link (`tpcomm.py`).
 Full recompute adds one forward to the backward (`CostModel.stage_times`). A measured
 profile, when given, replaces the analytic block times for the points it has.
+
+The backward's weight-gradient kernels (`ops.is_wgrad`: a weight GEMM's operand gradient,
+its accumulation into the gradient buffer, a bias gradient, the embedding's table scatter,
+sequence parallelism's re-gather for the weight gradient) are priced apart as `wgrad_s`, the
+W a zero-bubble schedule defers; a recomputed forward belongs to the input-gradient half (B).
+A measured backward is split by the analytic share (`split_like`).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from dataclasses import dataclass
 from polychip.costmodel.blocks import Shard, block_forward
 from polychip.costmodel.ends import embedding_passes, head_passes
 from polychip.costmodel.kernels import flash_attention_s, gemm_s, stream_s, with_launches
-from polychip.costmodel.ops import Attention, Collective, Gemm, Op, backward_pass
+from polychip.costmodel.ops import Attention, Collective, Gemm, Op, backward_pass, is_wgrad
 from polychip.costmodel.tpcomm import INTRA_NODE_LATENCY_S, tp_collective_s
 from polychip.spec.accelerators import Accelerator
 from polychip.spec.job import TrainingJob
@@ -28,6 +34,7 @@ __all__ = [
     "embedding_times",
     "head_times",
     "pass_s",
+    "split_like",
 ]
 
 
@@ -44,6 +51,21 @@ class StageTimes:
     @property
     def total_s(self) -> float:
         return self.fwd_s + self.bwd_s
+
+    @property
+    def igrad_s(self) -> float:
+        """The input-gradient half of the backward (B): what the previous stage waits for."""
+        return self.bwd_s - self.wgrad_s
+
+    def scaled(self, factor: float) -> StageTimes:
+        return StageTimes(self.fwd_s * factor, self.bwd_s * factor, self.wgrad_s * factor)
+
+
+def split_like(measured: StageTimes, analytic: StageTimes) -> StageTimes:
+    """`measured` (whose backward was timed whole) with its weight-gradient part in the
+    analytic share of the backward: W / backward of `analytic`."""
+    share = analytic.wgrad_s / analytic.bwd_s if analytic.bwd_s > 0 else 0.0
+    return StageTimes(measured.fwd_s, measured.bwd_s, measured.bwd_s * share)
 
 
 def op_s(chip: Accelerator, job: TrainingJob, op: Op, tp: int) -> float:
@@ -74,7 +96,8 @@ def pass_s(chip: Accelerator, job: TrainingJob, ops: Iterable[Op], tp: int) -> f
 def _times(
     chip: Accelerator, job: TrainingJob, fwd: list[Op], bwd: list[Op], tp: int
 ) -> StageTimes:
-    return StageTimes(pass_s(chip, job, fwd, tp), pass_s(chip, job, bwd, tp))
+    wgrad = pass_s(chip, job, (op for op in bwd if is_wgrad(op)), tp)
+    return StageTimes(pass_s(chip, job, fwd, tp), pass_s(chip, job, bwd, tp), wgrad)
 
 
 def block_times(

@@ -49,13 +49,15 @@ def embedding_passes(sh: Shard) -> tuple[list[Op], list[Op]]:
     bwd: list[Op] = [
         *(op for op in backward_pass(fwd, c, r) if isinstance(op, Collective)),
         # zero the V x h gradient; scatter-add the tokens' rows into it; add it to the buffer
-        Stream("embed.grad-table", table * c + 3 * grad.n_bytes + table * (c + 2 * r), 3),
+        Stream("embed.grad-table", table * c + 3 * grad.n_bytes + table * (c + 2 * r), 3,
+               wgrad=True),
     ]
     if sh.arch.learned_positions:
         pos = sh.t("pos.out", sh.rows * h)
         fwd += [stream("pos.gather", [pos], [pos], backward=0), stream("pos.add", [pos] * 2, [pos])]
         positions = sh.job.seq_len * h
-        bwd.append(Stream("pos.grad-table", positions * (2 * c + 2 * r) + 3 * pos.n_bytes, 3))
+        bwd.append(Stream("pos.grad-table", positions * (2 * c + 2 * r) + 3 * pos.n_bytes, 3,
+                          wgrad=True))
     return fwd, bwd
 
 

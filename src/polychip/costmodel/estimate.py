@@ -1,11 +1,12 @@
 """One entry point: the cost of a set of pipeline replicas on a cluster.
 
-step = slowest replica's pipeline (1F1B/GPipe closed form; each stage's micro-batch includes
-the runtime's host work where a profile measured it) + gradient sync across the
-data-parallel holders of every layer (`gradsync.py`: hierarchical across islands, not
-overlapped) + the optimizer step + the runtime's host work per step. The planner, the
-simulator and the runtime's emulated clocks all read their per-stage times from here, so they
-cannot disagree about a chip's speed. Memory: `stagememory.StageMemory`.
+step = slowest replica's pipeline (the schedule's closed form, `pipeline.py`; each stage's
+micro-batch includes the runtime's host work where a profile measured it) + gradient sync
+across the data-parallel holders of every layer (`gradsync.py`: hierarchical across islands,
+after each stage's last backward) + the optimizer step + the runtime's host work per step.
+The planner, the simulator and the runtime's emulated clocks all read their per-stage times
+from here, so they cannot disagree about a chip's speed. Memory: `stagememory.StageMemory`;
+the pipeline's closed form: `pipelinecost.PipelineCost`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from polychip.costmodel.kernels import stream_s
 from polychip.costmodel.links import chips_in_use, measured_link_bw, nic_share, node_link
 from polychip.costmodel.measured import ComputeProfile
 from polychip.costmodel.memory import BlockActivations, EndActivations, stage_params
-from polychip.costmodel.pipeline import PipelineForm
+from polychip.costmodel.pipelinecost import PipelineCost
 from polychip.costmodel.plancost import PlanCost
 from polychip.costmodel.precision import StateBytes, adamw_step_bytes
 from polychip.costmodel.stagememory import StageMemory
@@ -36,7 +37,7 @@ ANALYTIC = {"block": block_times, "embedding": embedding_times, "head": head_tim
 __all__ = ["CostModel", "PlanCost"]
 
 
-class CostModel(StageMemory):
+class CostModel(StageMemory, PipelineCost):
     def __init__(self, cluster: Cluster, model: ModelSpec, job: TrainingJob,
                  profile: ComputeProfile | None = None):
         self.cluster, self.model, self.job, self.profile = cluster, model, job, profile
@@ -95,7 +96,8 @@ class CostModel(StageMemory):
             if measured is not None:
                 return measured
         block = self.component_times("block", chip, tp, micro_batch)
-        return StageTimes(block.fwd_s, block.bwd_s + (block.fwd_s if recompute else 0.0))
+        redo = block.fwd_s if recompute else 0.0  # the re-forward: input-gradient half (B)
+        return StageTimes(block.fwd_s, block.bwd_s + redo, block.wgrad_s)
 
     def stage_times(
         self,
@@ -109,19 +111,20 @@ class CostModel(StageMemory):
     ) -> StageTimes:
         """Forward and backward seconds of one micro-batch on one stage: its blocks (full
         recompute runs each block's forward again in its backward), the embedding on the
-        first stage, the head and loss on the last."""
+        first stage, the head and loss on the last; `wgrad_s`, the backward's weight-gradient
+        part, summed the same way. A calibrated compute correction scales all three."""
         key = (chip.name, num_layers, tp, micro_batch, first, last, recompute)
         hit = self._stage_cache.get(key)
         if hit is not None:
             return hit
         block = self.block_times(chip, tp, micro_batch, recompute)
         fwd, bwd = num_layers * block.fwd_s, num_layers * block.bwd_s
+        wgrad = num_layers * block.wgrad_s
         for component, here in (("embedding", first), ("head", last)):
             if here:
                 t = self.component_times(component, chip, tp, micro_batch)
-                fwd, bwd = fwd + t.fwd_s, bwd + t.bwd_s
-        factor = profiled.corrections(self, chip.name).compute
-        out = StageTimes(fwd * factor, bwd * factor)
+                fwd, bwd, wgrad = fwd + t.fwd_s, bwd + t.bwd_s, wgrad + t.wgrad_s
+        out = StageTimes(fwd, bwd, wgrad).scaled(profiled.corrections(self, chip.name).compute)
         self._stage_cache[key] = out
         return out
 
@@ -184,21 +187,6 @@ class CostModel(StageMemory):
         a, b = replica.stages[si], replica.stages[si + 1]
         return self.transfer_time_s(a.node, b.node, self.activation_bytes(replica.micro_batch_size))
 
-    # ---- pipeline -----------------------------------------------------------------------
-    def pipeline_time_s(self, replica: Replica, schedule: str) -> tuple[float, float]:
-        """(step seconds of the pipeline, busy device-seconds) under 1F1B or GPipe: fill +
-        drain of every stage and boundary, plus (M - 1) x the beat (pipeline.PipelineForm:
-        the bottleneck, or under 1F1B a window's round trip)."""
-        m, mb = replica.num_micro_batches, replica.micro_batch_size
-        totals = [self.times_of(replica, i).total_s
-                  + self.host_times(self.chip(st.chip), mb)[0]
-                  for i, st in enumerate(replica.stages)]
-        comms = [self.boundary_time_s(replica, i) for i in range(replica.num_stages - 1)]
-        span = PipelineForm.of(totals, comms, schedule, self.job.overlap_p2p).span_s(m)
-        busy = m * sum(self.times_of(replica, i).total_s * st.tp
-                       for i, st in enumerate(replica.stages))
-        return span, busy
-
     # ---- data-parallel gradient sync (gradsync.py) ---------------------------------------
     def segment_sync_time_s(
         self, replicas: tuple[Replica, ...], segment: Segment, zero1: bool = False
@@ -259,12 +247,13 @@ class CostModel(StageMemory):
         zero1: bool = False,
         virtual_stages: int = 1,
     ) -> PlanCost:
-        """Step time, throughput, MFU and per-device memory. `virtual_stages` (interleaved
-        1F1B only) raises the activations in flight; the time is 1F1B's (conservative)."""
+        """Step time, throughput, MFU and per-device memory under `schedule` (1f1b,
+        gpipe, interleaved-1f1b with `virtual_stages` chunks, zb-h1): its pipeline's closed
+        form, its activations in flight, its gradients' readiness for the sync."""
         zero_shards = len(replicas) if zero1 else 1
-        spans = [self.pipeline_time_s(r, schedule) for r in replicas]
-        pipeline_s = max(s for s, _ in spans)
         v = virtual_stages if schedule == "interleaved-1f1b" else 1
+        spans = [self.pipeline_time_s(r, schedule, v) for r in replicas]
+        pipeline_s = max(s for s, _ in spans)
         dp_s = self.dp_sync_time_s(replicas, zero1, v, schedule)
         opt_s = self.optimizer_time_s(replicas, zero_shards)
         # the busiest device: its compute, and its host work per micro-batch and per step

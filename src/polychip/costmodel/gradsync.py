@@ -178,27 +178,40 @@ def exposed_sync_s(cm: CostModel, replicas: Sequence[Replica], segments: Sequenc
     return max(0.0, max(ready.values(), default=0.0) - pipeline_s)
 
 
-def stage_ends(cm: CostModel, replica: Replica, span_s: float) -> list[float]:
-    """When each stage finishes its last backward, in a pipeline of ``span_s``: stage 0
-    last; stage i earlier by the backwards and gradient transfers of the stages before it
-    (the last micro-batch's gradient walks back through them)."""
-    ends = [span_s]
-    for si in range(1, replica.num_stages):
-        back = cm.times_of(replica, si - 1).bwd_s + cm.boundary_time_s(replica, si - 1)
-        ends.append(ends[-1] - back)
-    return ends
+def stage_ends(cm: CostModel, replica: Replica, span_s: float, schedule: str = "1f1b",
+               virtual_stages: int = 1) -> list[float]:
+    """When each stage's gradients are final, in a pipeline of ``span_s``: at its last
+    backward; stage 0 last, stage i earlier by the backwards and gradient transfers of the
+    stages before it (the last micro-batch's gradient walks back through them). Interleaved
+    1F1B: the last backward is chunk 0's, 1/v of the stage's. ZB-H1: at the stage's last W,
+    after its last `k_i = min(i + 1, m)` W's, the last B's input gradient walking back as
+    before; the latest of them ends the span."""
+    n, m = replica.num_stages, replica.num_micro_batches
+    times = [cm.times_of(replica, i) for i in range(n)]
+    links = [cm.boundary_time_s(replica, i) for i in range(n - 1)]
+    zb = schedule == "zb-h1"
+    v = virtual_stages if schedule == "interleaved-1f1b" else 1
+    ends, back = [], 0.0  # relative to stage 0's last backward (B under zb-h1)
+    for i, t in enumerate(times):
+        ends.append(-back + (min(i + 1, m) * t.wgrad_s if zb else 0.0))
+        if i + 1 < n:
+            back += (t.igrad_s if zb else t.bwd_s / v) + links[i]
+    last = max(ends)
+    return [span_s - last + e for e in ends]
 
 
 def dp_sync_time_s(cm: CostModel, replicas: Sequence[Replica], zero1: bool,
                    virtual_stages: int, schedule: str, overlap: bool) -> float:
     """With overlap, a stage's segments start as soon as every stage holding them has
-    finished its last backward (`stage_ends`); else after every pipeline."""
-    spans = {ri: cm.pipeline_time_s(r, schedule)[0] for ri, r in enumerate(replicas)}
+    finished its last backward (`stage_ends`: under ZB-H1 its last W); else after every
+    pipeline."""
+    spans = {ri: cm.pipeline_time_s(r, schedule, virtual_stages)[0]
+             for ri, r in enumerate(replicas)}
     pipeline_s = max(spans.values(), default=0.0)
     ends = {
         (ri, si): (e if overlap else pipeline_s)
         for ri, r in enumerate(replicas)
-        for si, e in enumerate(stage_ends(cm, r, spans[ri]))
+        for si, e in enumerate(stage_ends(cm, r, spans[ri], schedule, virtual_stages))
     }
     segments = segments_of(replicas, cm.model, virtual_stages)  # 1 unless interleaved
     return exposed_sync_s(cm, replicas, segments, ends, pipeline_s, zero1)

@@ -85,9 +85,15 @@ def in_flight_micro_batches(
     (Megatron's schedule): 2 (S - i - 1) + (v - 1) S warm-up chunk-micro-batches plus the
     one in flight, at most v M, each 1/v of the stage -- rounded up to whole micro-batches.
     That is more than 1F1B (the first stage holds ~S (1 + (S - 1)/(S v))), not less.
+    ZB-H1: min(S, M) on every stage. Stage i holds 1F1B's S - i between a forward and its
+    B, and its W's, delayed by i backwards, keep i more: a W needs the inputs of the
+    block's weight GEMMs, which are most of what the forward saved, so each is counted
+    whole (an upper bound: B frees the rest). The first stage's peak is 1F1B's.
     """
     if schedule == "gpipe":
         return num_micro
+    if schedule == "zb-h1":
+        return min(num_stages, num_micro)
     if schedule == "interleaved-1f1b" and virtual_stages > 1:
         v = virtual_stages
         chunks = min(2 * (num_stages - stage - 1) + (v - 1) * num_stages + 1, v * num_micro)

@@ -4,9 +4,11 @@ collectives between them, each with the tensors it reads, writes and saves for b
 `blocks.py` and `ends.py` list the forward kernels of a transformer block, the embedding and
 the head as the runtime runs them; `backward_of` derives most of the backward (a GEMM's two
 gradient GEMMs and its weight-gradient accumulation, twice an elementwise kernel's traffic,
-the conjugate collective); `saved_bytes` is the memory a forward keeps for its backward
-(tensors deduplicated by name, as autograd shares a storage saved by two kernels). One
-description serves the time (`compute.py`) and the memory (`memory.py`).
+the conjugate collective) and marks the kernels that compute weight gradients (`wgrad`: the
+W of a zero-bubble schedule, which nothing downstream waits for); `saved_bytes` is the
+memory a forward keeps for its backward (tensors deduplicated by name, as autograd shares a
+storage saved by two kernels). One description serves the time (`compute.py`) and the
+memory (`memory.py`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Gemm:
     weight: bool = True
     bias: bool = False
     saves: tuple[Tensor, ...] = ()
+    wgrad: bool = False  # a backward kernel computing a weight gradient (W, not B)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class Stream:
     kernels: int = 1
     saves: tuple[Tensor, ...] = ()
     backward: float = ELEMENTWISE_BACKWARD  # backward traffic and kernels over forward's
+    wgrad: bool = False  # a backward kernel computing a weight gradient (W, not B)
 
 
 @dataclass(frozen=True)
@@ -79,11 +83,13 @@ class Attention:
 @dataclass(frozen=True)
 class Collective:
     """A TP collective of `n_bytes` (the whole tensor) in the forward and/or the backward:
-    all-reduce, all-gather, reduce-scatter, or None."""
+    all-reduce, all-gather, reduce-scatter, or None. `wgrad`: its backward serves only the
+    weight gradient (sequence parallelism's re-gather of a saved input shard)."""
 
     forward: str | None
     backward: str | None
     n_bytes: float
+    wgrad: bool = False
 
 
 Op = Gemm | Stream | Attention | Collective
@@ -103,17 +109,21 @@ def stream(
 
 
 def backward_of(op: Op, compute_bytes: int, reduce_bytes: int) -> list[Op]:
-    """The backward kernels of one forward kernel (in execution order)."""
+    """The backward kernels of one forward kernel (in execution order). A weight GEMM's
+    operand gradient, its accumulation into the gradient buffer and its bias gradient are
+    weight-gradient work (`wgrad`); the input gradient is not."""
     if isinstance(op, Gemm):
+        w = op.weight
         out: list[Op] = [
             Gemm(op.name + ".grad-input", op.m, op.k, op.n, op.batch, weight=False),
-            Gemm(op.name + ".grad-operand", op.k, op.n, op.m, op.batch, weight=False),
+            Gemm(op.name + ".grad-operand", op.k, op.n, op.m, op.batch, weight=False, wgrad=w),
         ]
         if op.weight:  # the weight's gradient added into the reduce-dtype buffer
             params = op.k * op.n
-            out.append(Stream(op.name + ".grad-acc", params * (compute_bytes + 2 * reduce_bytes)))
+            out.append(Stream(op.name + ".grad-acc", params * (compute_bytes + 2 * reduce_bytes),
+                              wgrad=True))
         if op.bias:
-            out.append(Stream(op.name + ".bias-grad", op.m * op.n * compute_bytes))
+            out.append(Stream(op.name + ".bias-grad", op.m * op.n * compute_bytes, wgrad=True))
         return out
     if isinstance(op, Stream):
         kernels = round(op.kernels * op.backward)
@@ -127,7 +137,7 @@ def backward_of(op: Op, compute_bytes: int, reduce_bytes: int) -> list[Op]:
         ]  # fmt: skip
     if op.backward is None:
         return []
-    return [Collective(op.backward, None, op.n_bytes)]
+    return [Collective(op.backward, None, op.n_bytes, wgrad=op.wgrad)]
 
 
 def backward_pass(forward: Sequence[Op], compute_bytes: int, reduce_bytes: int) -> list[Op]:
@@ -136,6 +146,12 @@ def backward_pass(forward: Sequence[Op], compute_bytes: int, reduce_bytes: int) 
     for op in reversed(forward):
         out.extend(backward_of(op, compute_bytes, reduce_bytes))
     return out
+
+
+def is_wgrad(op: Op) -> bool:
+    """Whether a backward kernel computes a weight gradient (W) rather than an input
+    gradient (B)."""
+    return getattr(op, "wgrad", False)
 
 
 def saved_bytes(ops: Iterable[Op]) -> float:

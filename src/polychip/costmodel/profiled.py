@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
+from polychip.costmodel import compute
 from polychip.costmodel.comm import LinkKind
-from polychip.costmodel.compute import StageTimes
+from polychip.costmodel.compute import StageTimes, split_like
 from polychip.costmodel.measured import (
     ANALYTIC,
     MEASURED,
@@ -64,24 +65,33 @@ def tp_comm_s(cm: CostModel, chip: Accelerator, tp: int, micro_batch: int
 def block_times(cm: CostModel, chip: Accelerator, tp: int, micro_batch: int,
                 recompute: bool) -> StageTimes | None:
     """One block's measured forward and backward (with recompute: the measured recompute
-    backward, else forward + backward) plus its TP collectives."""
+    backward, else forward + backward) plus its TP collectives; its weight-gradient part in
+    the analytic block's share of the backward (`compute.split_like`)."""
     m = cm.profile.block(chip.name, tp, micro_batch, cm.job.seq_len) if cm.profile else None
     if m is None:
         return None
     comm_f, comm_b, _ = tp_comm_s(cm, chip, tp, micro_batch)
+    analytic = compute.block_times(chip, cm.model, cm.job, micro_batch, tp)
     if not recompute:
-        return StageTimes(m.fwd_s + comm_f, m.bwd_s + comm_b)
+        return split_like(StageTimes(m.fwd_s + comm_f, m.bwd_s + comm_b), analytic)
     bwd = m.recompute_bwd_s if m.recompute_bwd_s is not None else m.fwd_s + m.bwd_s
-    return StageTimes(m.fwd_s + comm_f, bwd + comm_f + comm_b)  # the recomputed forward's too
+    measured = StageTimes(m.fwd_s + comm_f, bwd + comm_f + comm_b)  # the re-forward's too
+    redone = StageTimes(analytic.fwd_s, analytic.bwd_s + analytic.fwd_s, analytic.wgrad_s)
+    return split_like(measured, redone)
 
 
 def part_times(cm: CostModel, part: str, chip: Accelerator, tp: int, micro_batch: int
                ) -> StageTimes | None:
-    """The measured embedding (`part` "embedding") or final norm + head + loss ("head")."""
+    """The measured embedding (`part` "embedding") or final norm + head + loss ("head"),
+    its weight-gradient part in the analytic share of the backward."""
     if cm.profile is None:
         return None
     read = cm.profile.embedding if part == "embedding" else cm.profile.head
-    return read(chip.name, tp, micro_batch, cm.job.seq_len)
+    measured = read(chip.name, tp, micro_batch, cm.job.seq_len)
+    if measured is None:
+        return None
+    analytic = compute.embedding_times if part == "embedding" else compute.head_times
+    return split_like(measured, analytic(chip, cm.model, cm.job, micro_batch, tp))
 
 
 def activation_bytes(cm: CostModel, chip: str, tp: int, micro_batch: int) -> float | None:

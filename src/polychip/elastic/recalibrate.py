@@ -43,6 +43,7 @@ from polychip.planner.runmetrics import (
     load_run_metrics,
     steady,
 )
+from polychip.planner.schedules import replan_schedule
 from polychip.spec.errors import SpecError
 from polychip.spec.profile import Corrections, Profile
 
@@ -114,5 +115,6 @@ def recalibrated_plan(plan: Plan, metrics_path: str | Path, *,
                           skip=skip)
     pset = profile_set(plan, made)
     assert pset is not None  # one profile per chip type of the plan
-    new = plan_job(plan.cluster, plan.model, plan.job, schedule=plan.schedule, profile=pset)
+    new = plan_job(plan.cluster, plan.model, plan.job, schedule=replan_schedule(plan.schedule),
+                   profile=pset)
     return new, pset

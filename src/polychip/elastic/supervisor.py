@@ -46,6 +46,7 @@ from polychip.elastic.slowdown import DEFAULT_THRESHOLD, DEFAULT_WINDOW
 from polychip.elastic.watch import ClusterWatch
 from polychip.plan.plan import Plan
 from polychip.planner.api import plan_job
+from polychip.planner.schedules import replan_schedule
 from polychip.runtime.checkpoint_manifest import latest_complete, read_manifest
 from polychip.runtime.errors import RankDied, RuntimeSetupError
 from polychip.runtime.faults import FAULT_ENV
@@ -185,7 +186,8 @@ def _next(current: Plan, cfg: TrainConfig, cluster: Cluster, reason: str,
     start = time.monotonic()
     on_new = dataclasses.replace(current, cluster=cluster)
     nxt = (replanner(current, on_new) if replanner is not None
-           else plan_job(cluster, current.model, current.job, schedule=current.schedule,
+           else plan_job(cluster, current.model, current.job,
+                         schedule=replan_schedule(current.schedule),
                          profile=profile))
     seconds = time.monotonic() - start
     assert cfg.checkpoint_dir is not None

@@ -1,7 +1,7 @@
 """The planner: searches plans, scores every candidate with the one cost model.
 
 Public entry points (docs/planner.md):
-`plan_job(cluster, model, job, *, exhaustive=False, max_stages=None, schedule="1f1b",
+`plan_job(cluster, model, job, *, exhaustive=False, max_stages=None, schedule="auto",
 progress=None) -> Plan`, and `search_plans(..., simulate_top=K) -> PlanSearch`, which also
 re-ranks the K best candidates by a simulated step.
 """

@@ -7,19 +7,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 from polychip.costmodel import ComputeProfile, CostModel
 from polychip.costmodel.economics import priced
 from polychip.plan.capabilities import RUNTIME, Capabilities, missing_features, planner_job
 from polychip.plan.plan import Baseline, Plan
 from polychip.plan.validate import validate_plan
-from polychip.planner.baselines import baseline_of, describe_replicas, naive_mixed, type_groups
+from polychip.planner.baselines import baselines_and_ideal, type_groups
 from polychip.planner.diagnose import infeasible_error
 from polychip.planner.exhaustive import Exhaustive
 from polychip.planner.notes import plan_notes
 from polychip.planner.objective import cheapest, check_objective, cost_note
 from polychip.planner.oracle import DEFAULT_TIME_LIMIT_S, OracleSize, check_budget, size_of
 from polychip.planner.rerank import Candidate, rerank, rerank_note, shortlist
+from polychip.planner.schedules import Option, Step, options, repriced, schedule_notes, step
 from polychip.planner.scoring import Scored, Scorer, better
 from polychip.planner.search import FastSearch
 from polychip.planner.shapes import ShapeBuilder
@@ -30,7 +32,8 @@ from polychip.spec.job import TrainingJob
 from polychip.spec.model import ModelSpec
 
 Progress = Callable[[float, str], None]
-SCHEDULES = ("1f1b", "gpipe")
+SCHEDULES = ("auto", "1f1b", "gpipe", "interleaved-1f1b", "zb-h1")
+SEARCHED_UNDER = ("1f1b", "gpipe", "zb-h1")  # the speed search's own; others: 1F1B, re-priced
 
 
 @dataclass(frozen=True)
@@ -49,12 +52,13 @@ def plan_job(
     *,
     exhaustive: bool = False,
     max_stages: int | None = None,
-    schedule: str = "1f1b",
+    schedule: str = "auto",
     progress: Progress | None = None,
     profile: ComputeProfile | None = None,
     capabilities: Capabilities = RUNTIME,
     objective: str = "throughput",
     time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+    virtual_stages: int | None = None,
 ) -> Plan:
     """The fastest plan found for `job` on `cluster` (docs/planner.md).
 
@@ -66,7 +70,10 @@ def plan_job(
     `throughput` (most tokens/s) or `cost` (least US$ per million tokens; every chip needs a
     rent). `time_limit_s` (exhaustive only): the oracle refuses a space it estimates to need
     more (PolychipError, before searching) and stops at it with the best plan so far, noted
-    as not proven optimal (docs/planner.md, "The oracle's limits").
+    as not proven optimal (docs/planner.md, "The oracle's limits"). `schedule`: `auto` (the
+    fastest that fits among those `capabilities` runs: 1f1b, zb-h1, interleaved-1f1b with
+    its chunk counts; docs/planner.md "Schedules"), or one of 1f1b, gpipe, zb-h1,
+    interleaved-1f1b (with `virtual_stages`, default 2).
     Raises InfeasibleError naming the limit when nothing fits, and PolychipError for a bad
     argument.
     """
@@ -82,6 +89,7 @@ def plan_job(
         capabilities=capabilities,
         objective=objective,
         time_limit_s=time_limit_s,
+        virtual_stages=virtual_stages,
     ).plan
 
 
@@ -92,55 +100,59 @@ def search_plans(
     *,
     exhaustive: bool = False,
     max_stages: int | None = None,
-    schedule: str = "1f1b",
+    schedule: str = "auto",
     progress: Progress | None = None,
     simulate_top: int = 0,
     profile: ComputeProfile | None = None,
     capabilities: Capabilities = RUNTIME,
     objective: str = "throughput",
     time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+    virtual_stages: int | None = None,
 ) -> PlanSearch:
     """`plan_job`, and with `simulate_top` > 0 the `simulate_top` best distinct candidates
     by the analytic cost model (plus each chip type's best alone) are replayed in the
     simulator and the plan with the most simulated tokens/s is chosen. The chosen plan's
     `estimate` stays analytic, like its baselines; a note gives the simulated figure."""
-    _check_arguments(simulate_top, schedule, max_stages, time_limit_s)
+    _check_arguments(simulate_top, schedule, max_stages, time_limit_s, virtual_stages)
     check_objective(objective, cluster, simulate_top)
     model.check_seq_len(job.seq_len)
     job, limits = planner_job(job, capabilities)
     cm = CostModel(cluster, model, job, profile)
-    scorer = Scorer(ShapeBuilder(cm, schedule))
+    searched = schedule if schedule in SEARCHED_UNDER else "1f1b"
+    scorer = Scorer(ShapeBuilder(cm, searched))
     stages = max_stages_for(model, max_stages)
     types = type_groups(cluster)
     if exhaustive:  # refuse a space too big for the oracle before searching anything
         check_budget(oracle_size(scorer, stages, types), time_limit_s, stages)
+    opts, skipped = options(schedule, virtual_stages, capabilities, model.num_layers)
+    # ZB-H1 holds S micro-batches on every stage: its memory wants shapes of its own
+    zb_search = schedule == "auto" and Option("zb-h1") in opts and not exhaustive
     run = _Run(scorer, stages, progress or (lambda f, m: None),
-               steps=len(types) + (1 if len(types) > 1 else 0) + 1 + (1 if simulate_top else 0),
+               steps=len(types) + (len(types) > 1) + 1 + bool(simulate_top) + zb_search,
                exhaustive=exhaustive, deadline=time.monotonic() + time_limit_s)
     alone, fastest = run.every_type(types, len(cluster.groups))
     if fastest is None:
         raise infeasible_error(cm, scorer.builder, stages)
+    chosen = None if schedule == searched else run.schedules(cm, fastest, alone, opts, zb_search)
+    if chosen is not None:
+        fastest, alone = chosen.best, chosen.alone
     best = fastest
     if objective == "cost":
         pool = [*scorer.scored(), *(r for r in alone.values() if r is not None), best]
         best = cheapest(cluster, pool) or best
+        best = repriced(cm, best, opts) if chosen else best
     run.report(run.done / run.steps, "baselines")
-    baselines, ideal = _baselines(cm, schedule, alone)
-
-    def to_plan(scored: Scored) -> Plan:
-        plan = Plan(cluster=cluster, model=model, job=job, replicas=scored.replicas,
-                    schedule=schedule,  # type: ignore[arg-type]
-                    zero1=scored.zero1, estimate=scored.cost.to_estimate(scored.replicas, cm),
-                    baselines=baselines, ideal=ideal)
-        validate_plan(plan)
-        return priced(plan)
+    to_plan = partial(_plan_of, cm, *baselines_and_ideal(cm, searched, alone))
 
     ranking: list[Candidate] = []
     if simulate_top:
-        ranking = run.rerank(scorer, best, alone, simulate_top, to_plan, cm)
+        ranking = run.rerank(scorer, best, alone, simulate_top, to_plan, cm,
+                             lambda s: repriced(cm, s, opts) if chosen else s)
         best = ranking[0].scored
     plan = to_plan(best)
     notes = plan_notes(plan, best, cm, exhaustive) + limits
+    if chosen is not None:
+        notes += schedule_notes(best, chosen.verdicts, cm) + skipped
     if not run.proven:
         notes.insert(0, f"NOT PROVEN OPTIMAL: the exhaustive search stopped at --time-limit "
                      f"{time_limit_s:g} s; this is the best plan found so far")
@@ -152,6 +164,18 @@ def search_plans(
         notes.append(cost_note(cluster, best, fastest))
     run.report(1.0, "done")
     return PlanSearch(replace(plan, notes=tuple(notes)), tuple(ranking))
+
+
+def _plan_of(cm: CostModel, baselines: dict[str, Baseline], ideal: Baseline, scored: Scored
+             ) -> Plan:
+    """The validated, priced plan of a scored candidate, with the baselines and the ideal."""
+    plan = Plan(cluster=cm.cluster, model=cm.model, job=cm.job, replicas=scored.replicas,
+                schedule=scored.schedule,  # type: ignore[arg-type]
+                virtual_stages=scored.virtual_stages, zero1=scored.zero1,
+                estimate=scored.cost.to_estimate(scored.replicas, cm),
+                baselines=baselines, ideal=ideal)
+    validate_plan(plan)
+    return priced(plan)
 
 
 @dataclass
@@ -168,16 +192,19 @@ class _Run:
     done: int = 0
     proven: bool = True
 
-    def search(self, groups: list[int], label: str) -> Scored | None:
-        """The fastest plan on node ``groups`` (fast search, then the oracle if asked)."""
+    def search(self, groups: list[int], label: str, scorer: Scorer | None = None
+               ) -> Scored | None:
+        """The fastest plan on node ``groups`` (fast search, then the oracle if asked), by
+        ``scorer`` (default: the run's)."""
         base, span = self.done / self.steps, 1 / self.steps
+        scorer = scorer or self.scorer
 
         def sub(f: float, msg: str) -> None:
             self.report(min(base + f * span, 1.0), f"{label}: {msg}")
 
-        result = FastSearch(self.scorer, self.stages, sub).run(groups)
+        result = FastSearch(scorer, self.stages, sub).run(groups)
         if self.exhaustive:
-            oracle = Exhaustive(self.scorer, self.stages, progress=sub, deadline=self.deadline)
+            oracle = Exhaustive(scorer, self.stages, progress=sub, deadline=self.deadline)
             result = oracle.run(groups, incumbent=result)
             self.proven = self.proven and oracle.proven
         self.done += 1
@@ -195,12 +222,24 @@ class _Run:
             best = better(best, self.search(list(range(num_groups)), "all chips"))
         return alone, best
 
+    def schedules(self, cm: CostModel, fastest: Scored, alone: dict[str, Scored | None],
+                  opts: list[Option], zb_search: bool) -> Step:
+        """The schedule step (planner/schedules.py) over the search's candidates and, with
+        ``zb_search``, those of a search of all chips under ZB-H1's memory."""
+        pool = self.scorer.scored()
+        if zb_search:
+            zb = Scorer(ShapeBuilder(cm, "zb-h1"))
+            self.search(list(range(len(cm.cluster.groups))), "zb-h1", zb)
+            pool += zb.scored()
+        return step(cm, pool, fastest, alone, opts)
+
     def rerank(self, scorer: Scorer, best: Scored, alone: dict[str, Scored | None], top: int,
-               to_plan: Callable[[Scored], Plan], cm: CostModel) -> list[Candidate]:
-        """The ``top`` best distinct candidates (and each type's best alone) replayed in the
-        simulator, best simulated first."""
+               to_plan: Callable[[Scored], Plan], cm: CostModel,
+               reprice: Callable[[Scored], Scored]) -> list[Candidate]:
+        """The ``top`` best distinct candidates (and each type's best alone), each under its
+        fastest schedule (``reprice``), replayed in the simulator, best simulated first."""
         always = [best, *(r for r in alone.values() if r is not None)]
-        pool = shortlist([*scorer.scored(), *always], top, always)
+        pool = [reprice(s) for s in shortlist([*scorer.scored(), *always], top, always)]
 
         def simulating(i: int, n: int) -> None:
             self.report((self.steps - 1 + i / n) / self.steps,
@@ -225,50 +264,18 @@ def oracle_size(scorer: Scorer, stages: int, types: dict[str, list[int]]) -> Ora
 
 
 def _check_arguments(simulate_top: int, schedule: str, max_stages: int | None,
-                     time_limit_s: float) -> None:
+                     time_limit_s: float, virtual_stages: int | None = None) -> None:
     if not time_limit_s > 0:
         raise PolychipError(f"--time-limit {time_limit_s} must be > 0 seconds")
     if simulate_top < 0:
         raise PolychipError(f"simulate_top {simulate_top} must be >= 0 (0: no re-ranking)")
     if schedule not in SCHEDULES:
         raise PolychipError(
-            f"schedule {schedule!r} is not supported by the planner: use 1f1b or gpipe"
+            f"schedule {schedule!r} is not supported by the planner: use one of "
+            f"{', '.join(SCHEDULES)}"
         )
+    if virtual_stages is not None and (schedule != "interleaved-1f1b" or virtual_stages < 2):
+        raise PolychipError(f"--virtual-stages {virtual_stages}: it is interleaved-1f1b's "
+                            "chunks per stage, >= 2; add --schedule interleaved-1f1b or drop it")
     if max_stages is not None and max_stages < 1:
         raise PolychipError(f"--max-stages {max_stages} must be >= 1")
-
-
-def _baselines(cm: CostModel, schedule: str, alone: dict[str, Scored | None]
-               ) -> tuple[dict[str, Baseline], Baseline]:
-    """The best single-type plan, the naive mixed plan and the ideal (the sum over chip types
-    of each type's best plan alone), all priced by `cm`."""
-    naive = naive_mixed(cm, schedule)
-    fitting = [(c, r) for c, r in alone.items() if r is not None]
-    single_chip, single = max(fitting, key=lambda cr: cr[1].tokens_per_s, default=(None, None))
-    per_type = {c: (r.tokens_per_s if r is not None else 0.0) for c, r in alone.items()}
-    baselines = {
-        "best_single_type": baseline_of(
-            "best_single_type",
-            "no chip type can train the model alone (only mixed plans fit memory)"
-            if single is None
-            else f"{single_chip} only: {describe_replicas(single.replicas)}",
-            None if single is None else single.cost,
-            per_chip_tokens_per_s=per_type,
-        ),
-        "naive_mixed": baseline_of(
-            "naive_mixed",
-            "all chips, even layers and batch: " + naive.layout
-            if naive is not None
-            else "no all-chip homogeneous layout (one TP x PP x DP, even split) fits memory",
-            None if naive is None else naive.cost,
-        ),
-    }
-    ideal = Baseline(
-        "ideal",
-        "sum over chip types of each type alone ("
-        + ", ".join(f"{c} {t:,.0f}" for c, t in per_type.items())
-        + " tokens/s)",
-        sum(per_type.values()),
-        per_chip_tokens_per_s=dict(per_type),
-    )
-    return baselines, ideal

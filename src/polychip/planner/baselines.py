@@ -12,6 +12,7 @@ and the ideal. Every figure is `CostModel.evaluate` of a concrete plan.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from polychip.costmodel import CostModel
 from polychip.costmodel.estimate import PlanCost
@@ -20,6 +21,9 @@ from polychip.plan.naive import even_parts
 from polychip.plan.plan import Baseline, Replica, Stage
 from polychip.planner.space import micro_batch_sizes
 from polychip.spec.cluster import Cluster
+
+if TYPE_CHECKING:
+    from polychip.planner.scoring import Scored
 
 
 @dataclass(frozen=True)
@@ -152,3 +156,39 @@ def baseline_of(name: str, description: str, cost: PlanCost | None, **kw) -> Bas
     if cost is None:
         return Baseline(name, description, 0.0, None, None, feasible=False, **kw)
     return Baseline(name, description, cost.tokens_per_s, cost.step_time_s, cost.mfu, **kw)
+
+
+def baselines_and_ideal(cm: CostModel, schedule: str, alone: dict[str, Scored | None]
+                        ) -> tuple[dict[str, Baseline], Baseline]:
+    """The best single-type plan, the naive mixed plan and the ideal (the sum over chip types
+    of each type's best plan alone), all priced by `cm`."""
+    naive = naive_mixed(cm, schedule)
+    fitting = [(c, r) for c, r in alone.items() if r is not None]
+    single_chip, single = max(fitting, key=lambda cr: cr[1].tokens_per_s, default=(None, None))
+    per_type = {c: (r.tokens_per_s if r is not None else 0.0) for c, r in alone.items()}
+    baselines = {
+        "best_single_type": baseline_of(
+            "best_single_type",
+            "no chip type can train the model alone (only mixed plans fit memory)"
+            if single is None
+            else f"{single_chip} only: {describe_replicas(single.replicas)}",
+            None if single is None else single.cost,
+            per_chip_tokens_per_s=per_type,
+        ),
+        "naive_mixed": baseline_of(
+            "naive_mixed",
+            "all chips, even layers and batch: " + naive.layout
+            if naive is not None
+            else "no all-chip homogeneous layout (one TP x PP x DP, even split) fits memory",
+            None if naive is None else naive.cost,
+        ),
+    }
+    ideal = Baseline(
+        "ideal",
+        "sum over chip types of each type alone ("
+        + ", ".join(f"{c} {t:,.0f}" for c, t in per_type.items())
+        + " tokens/s)",
+        sum(per_type.values()),
+        per_chip_tokens_per_s=dict(per_type),
+    )
+    return baselines, ideal

@@ -75,7 +75,7 @@ def estimated_stages(plan: Plan, cm: CostModel, cost: PlanCost, memory_kind: str
                      ) -> tuple[StagePhases, ...]:
     """Every stage's step as the estimate splits it (module docstring)."""
     zero_shards = len(plan.replicas) if plan.zero1 else 1
-    spans = [cm.pipeline_time_s(r, plan.schedule)[0] for r in plan.replicas]
+    spans = [cm.pipeline_time_s(r, plan.schedule, plan.virtual_stages)[0] for r in plan.replicas]
     longest, data_parallel = max(spans), len(plan.replicas) > 1
     out = []
     for ri, r in enumerate(plan.replicas):

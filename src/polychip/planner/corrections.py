@@ -27,7 +27,8 @@ from typing import Any
 
 from polychip import __version__
 from polychip.costmodel import profiled
-from polychip.costmodel.pipeline import PipelineForm
+from polychip.costmodel.compute import StageTimes
+from polychip.costmodel.pipeline import schedule_form
 from polychip.plan.plan import Plan
 from polychip.planner.calibrate import Comparison, StagePhases
 from polychip.spec.accelerators import normalise
@@ -68,13 +69,19 @@ def _p2p_ratio(cmp: Comparison, compute: dict[str, float], optimizer: dict[str, 
             continue
         m, keys = r.num_micro_batches, [(ri, si) for si in range(r.num_stages)]
         host = [cm.host_times(cm.chip(st.chip), r.micro_batch_size) for st in r.stages]
-        stage_s = [est[k]["compute_s"] * compute.get(st.chip, 1.0) / m + h[0]
-                   for k, st, h in zip(keys, r.stages, host, strict=True)]
+        # the estimate's compute (est[k]["compute_s"] is m of these), corrected
+        times = [cm.times_of(r, si).scaled(compute.get(st.chip, 1.0))
+                 for si, st in enumerate(r.stages)]
+        rows = [StageTimes(t.fwd_s + h[0], t.bwd_s, t.wgrad_s)
+                for t, h in zip(times, host, strict=True)]
+        stage_s = [row.total_s for row in rows]
         opt = [est[k]["optimizer_s"] * optimizer.get(st.chip, 1.0)
                for k, st in zip(keys, r.stages, strict=True)]
         links = [cm.boundary_time_s(r, j) for j in range(r.num_stages - 1)]
-        free, modelled = (PipelineForm.of(stage_s, c, plan.schedule, cm.job.overlap_p2p)
-                          .span_s(m) for c in ([0.0] * len(links), links))
+        free, modelled = (
+            schedule_form(plan.schedule, rows, c, cm.job.overlap_p2p, plan.virtual_stages,
+                          wrap).span_s(m)
+            for c, wrap in (([0.0] * len(links), 0.0), (links, cm.wrap_time_s(r))))
         for si, k in enumerate(keys):
             # one replica: a stage also waits (in the next step's pipeline) for the slowest
             # optimizer and host work of the step (calibrate.estimated_stages)

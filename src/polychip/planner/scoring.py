@@ -23,6 +23,8 @@ class Scored:
     replicas: tuple[Replica, ...]
     zero1: bool
     cost: PlanCost
+    schedule: str = "1f1b"  # what `cost` priced (planner/schedules.py may re-price it)
+    virtual_stages: int = 1
 
     @property
     def tokens_per_s(self) -> float:
@@ -96,7 +98,8 @@ class Scorer:
         cost = self.cm.evaluate(replicas, self.builder.schedule, zero1)
         if not cost.feasible or not math.isfinite(cost.step_time_s):
             return None
-        return Scored(tuple((s, tuple(ms)) for s, ms in with_micro), replicas, zero1, cost)
+        return Scored(tuple((s, tuple(ms)) for s, ms in with_micro), replicas, zero1, cost,
+                      self.builder.schedule)
 
     def scored(self) -> list[Scored]:
         """Every candidate scored exactly so far that is a plan (all searches)."""

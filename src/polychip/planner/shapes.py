@@ -71,8 +71,8 @@ class Shape:
 class ShapeBuilder:
     """Builds shapes for one cost model and schedule; caches stage rows and memory caps."""
 
-    def __init__(self, cm: CostModel, schedule: str):
-        self.cm, self.schedule = cm, schedule
+    def __init__(self, cm: CostModel, schedule: str, virtual_stages: int = 1):
+        self.cm, self.schedule, self.virtual_stages = cm, schedule, virtual_stages
         self.cluster, self.model, self.job = cm.cluster, cm.model, cm.job
         self.num_layers = self.model.num_layers
         self._rows: dict[tuple, list[float]] = {}
@@ -175,7 +175,7 @@ class ShapeBuilder:
         allow_rec = self.job.allow_recompute
         for i, (g, t) in enumerate(stages):
             first, last = i == 0, i == num - 1
-            flight = in_flight_micro_batches(self.schedule, i, num, m_mem)
+            flight = in_flight_micro_batches(self.schedule, i, num, m_mem, self.virtual_stages)
             if self.schedule == "gpipe" and many:
                 flight = 1  # GPipe memory grows with m: the batch split caps m (below)
             cap0 = self.layer_cap(g, t, mb, first, last, False, flight, shards)

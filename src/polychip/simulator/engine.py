@@ -1,7 +1,9 @@
 """Discrete-event replay of one training step of a plan, action by action.
 
 Each stage program (`polychip.plan.schedule`) runs its actions in order on its devices:
-F / B / OPT take the cost model's seconds; a send starts a transfer and moves on; a
+F / B / W / OPT take the cost model's seconds (under zb-h1, B is the backward less its
+weight-gradient part and W that part, `StageTimes.wgrad_s`; elsewhere B is the whole
+backward); a send starts a transfer and moves on; a
 receive waits for its transfer; an all-reduce waits until every stage holding the segment
 has arrived (and, without overlap, until every pipeline has finished its backward), then
 runs the steps of its collective (`collectives`). Transfers share NICs (`network`).
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 from polychip.costmodel import CostModel, LinkKind, p2p_time_s
 from polychip.plan.plan import Plan
-from polychip.plan.schedule import Action, Op, Schedule
+from polychip.plan.schedule import COMPUTE, Action, Op, Schedule
 from polychip.plan.segments import grad_segments
 from polychip.simulator.collectives import sync_phases
 from polychip.simulator.deadlock import SimulationDeadlock, describe_deadlock
@@ -65,7 +67,9 @@ class Engine:
         self.class_of = {ri: c for c in classes for ri in c.members}
         self.v = schedule.virtual_stages
         self.zero_shards = len(plan.replicas) if plan.zero1 else 1
-        self.progs = [Prog(i, p, plan.replicas[p.replica]) for i, p in enumerate(schedule.programs)]
+        split = schedule.kind == "zb-h1"
+        self.progs = [Prog(i, p, plan.replicas[p.replica], split)
+                      for i, p in enumerate(schedule.programs)]
         self.by_leader = {p.leader: p for p in self.progs}
         at = {(p.replica, p.stage): p for p in self.progs}
         for c in classes:
@@ -106,7 +110,7 @@ class Engine:
             if prog.pc == prog.pipeline_len and prog.pipeline_end is None:
                 self._pass_barrier(now, prog)
             a = acts[prog.pc]
-            if a.op is Op.FORWARD or a.op is Op.BACKWARD or a.op is Op.OPTIMIZER:
+            if a.op in COMPUTE or a.op is Op.OPTIMIZER:
                 self._compute(now, prog, a)
                 return
             if a.op is Op.SEND_ACT or a.op is Op.SEND_GRAD:
@@ -142,11 +146,11 @@ class Engine:
         prog.last = Activity(kind, prog.index, now, now + d, prog.last)
         prog.spans.append((now, now + d, str(a)))
         prog.pc += 1
-        if a.op is Op.BACKWARD:
+        if a.op is not Op.OPTIMIZER:
+            prog.compute_busy_s += d
+        # the activations are freed by the backward, under zb-h1 by the W that needs them
+        if a.op is (Op.WEIGHT if prog.split_backward else Op.BACKWARD):
             prog.mem_step(now + d, -1)
-            prog.compute_busy_s += d
-        elif a.op is Op.FORWARD:
-            prog.compute_busy_s += d
         self.post(now + d, self.step, prog)
 
     def _wake(self, t: float, prog: Prog, cause: Activity) -> None:

@@ -1,11 +1,12 @@
 """Timeline picture of a simulated step (PNG; matplotlib and numpy imported only here).
 
 Top: one row per replayed stage (its TP devices and alike replicas share it), spans by
-kind (`picture_rows.KINDS`: forward, backward, optimizer, gradient sync, and waits by what
-they wait for); idle is the grey background. Large steps are drawn in detail at their
-start and end only (`picture_rows.windows`). Middle: each row's share of the whole step
-by kind. Bottom: each row's device memory over the step, one colour per row, with each
-chip type's capacity. Each kind is one collection, so drawing costs little per span.
+kind (`picture_rows.KINDS`: forward, backward, weight gradient (zb-h1), optimizer, gradient
+sync, and waits by what they wait for); idle is the grey background. Large steps are drawn
+in detail at their start and end only (`picture_rows.windows`). Middle: each row's share of
+the whole step by kind. Bottom: each row's device memory over the step, one colour per row,
+with each chip type's capacity. Each kind is one collection, so drawing costs little per
+span.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ MAX_ROWS = 48
 # kind -> (legend text, colour); legend order
 KINDS: dict[str, tuple[str, str]] = {
     "F": ("forward", "#56B4E9"),
-    "B": ("backward", "#5E3C99"),
+    "B": ("backward (zb-h1: input gradient)", "#5E3C99"),
+    "W": ("weight gradient (zb-h1, deferred)", "#B2ABD2"),
     "OPT": ("optimizer step", "#1B9E77"),
     "AR": ("gradient sync (all-reduce running)", "#D62728"),
     "wait_up": ("waiting for earlier stages (activations)", "#FDB863"),

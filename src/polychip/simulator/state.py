@@ -28,8 +28,12 @@ class Activity:
 class Prog:
     """A stage program being replayed."""
 
-    def __init__(self, index: int, program: StageProgram, rep: Replica) -> None:
+    def __init__(self, index: int, program: StageProgram, rep: Replica,
+                 split_backward: bool = False) -> None:
         self.index, self.program, self.rep = index, program, rep
+        # zb-h1: B is the input gradient only, W the weight gradient (and W frees the
+        # activations); otherwise B is the whole backward
+        self.split_backward = split_backward
         self.replica, self.stage, self.leader = program.replica, program.stage, program.leader
         self.actions = program.actions
         self.num_stages = rep.num_stages
@@ -50,7 +54,7 @@ class Prog:
         self.compute_busy_s = 0.0
         self.pipeline_end: float | None = None
         self.done_t: float | None = None
-        self._times: dict[int, tuple[float, float]] = {}
+        self._times: dict[int, tuple[float, float, float]] = {}
 
     def compute_s(self, cm: CostModel, a: Action, v: int) -> float:
         times = self._times.get(a.chunk)
@@ -71,8 +75,12 @@ class Prog:
             # the runtime's host work per micro-batch (reading it: before its forward)
             host = cm.host_times(cm.chip(self.rep.stages[self.stage].chip),
                                  self.rep.micro_batch_size)[0] / v
-            times = self._times[a.chunk] = (t.fwd_s + host, t.bwd_s)
-        return times[0] if a.op is Op.FORWARD else times[1]
+            if self.split_backward:
+                times = (t.fwd_s + host, t.igrad_s, t.wgrad_s)
+            else:
+                times = (t.fwd_s + host, t.bwd_s, 0.0)
+            self._times[a.chunk] = times
+        return times[0] if a.op is Op.FORWARD else times[1] if a.op is Op.BACKWARD else times[2]
 
     def mem_step(self, t: float, delta: int) -> None:
         held = self.mem[-1][1] + delta

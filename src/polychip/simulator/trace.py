@@ -35,7 +35,7 @@ def _meta(what: str, pid: int, name: str, tid: int | None = None) -> dict:
 
 
 def _category(token: str) -> str:
-    if token.startswith(("F", "B")):
+    if token.startswith(("F", "B", "W")):
         return "compute"
     if token == "OPT":
         return "optimizer"

@@ -1,0 +1,51 @@
+"""The pipeline half of `CostModel`: a replica's pipeline under its schedule, the closed
+forms of `pipeline.py` (1F1B, GPipe, interleaved 1F1B) and `pipeline_zb.py` (ZB-H1) over the
+cost model's stage and transfer times."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from polychip.costmodel.compute import StageTimes
+from polychip.costmodel.pipeline import PipelineForm, schedule_form
+from polychip.costmodel.pipeline_zb import ZeroBubbleForm
+from polychip.plan.plan import Replica
+
+if TYPE_CHECKING:
+    from polychip.costmodel.estimate import CostModel
+
+
+class PipelineCost:
+    """Mixed into `CostModel`: `pipeline_form`, `pipeline_time_s`, `wrap_time_s`."""
+
+    def pipeline_form(self: CostModel, replica: Replica, schedule: str, virtual_stages: int = 1
+                      ) -> PipelineForm | ZeroBubbleForm:
+        """The closed form of the replica's pipeline under `schedule` (pipeline.py): its
+        stages' times (the host work per micro-batch inside the forward) and transfers."""
+        mb = replica.micro_batch_size
+        stages = []
+        for i, st in enumerate(replica.stages):
+            t = self.times_of(replica, i)
+            host = self.host_times(self.chip(st.chip), mb)[0]
+            stages.append(StageTimes(t.fwd_s + host, t.bwd_s, t.wgrad_s))
+        comms = [self.boundary_time_s(replica, i) for i in range(replica.num_stages - 1)]
+        return schedule_form(schedule, stages, comms, self.job.overlap_p2p, virtual_stages,
+                             self.wrap_time_s(replica))
+
+    def wrap_time_s(self: CostModel, replica: Replica) -> float:
+        """Activations of one micro-batch from the last stage back to the first (interleaved
+        1F1B's chunk boundaries wrap around)."""
+        last, first = replica.stages[-1], replica.stages[0]
+        n_bytes = self.activation_bytes(replica.micro_batch_size)
+        return self.transfer_time_s(last.node, first.node, n_bytes)
+
+    def pipeline_time_s(self: CostModel, replica: Replica, schedule: str, virtual_stages: int = 1
+                        ) -> tuple[float, float]:
+        """(step seconds of the pipeline, busy device-seconds) under `schedule`: the closed
+        form of 1F1B, GPipe, interleaved 1F1B (`virtual_stages` chunks) or ZB-H1
+        (`pipeline_form`)."""
+        m = replica.num_micro_batches
+        span = self.pipeline_form(replica, schedule, virtual_stages).span_s(m)
+        busy = m * sum(self.times_of(replica, i).total_s * st.tp
+                       for i, st in enumerate(replica.stages))
+        return span, busy
