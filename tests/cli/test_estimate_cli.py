@@ -79,7 +79,7 @@ def test_a_profile_changes_the_figures_and_their_labels(tmp_path: Path, capsys) 
 def test_stored_estimates_are_recomputed_and_a_stale_one_is_said(tmp_path: Path, capsys) -> None:
     plan_path = tmp_path / "plan.json"
     assert main(["plan", CPU, "--model", "tiny", "--global-batch", "8", "--seq-len", "128",
-                 "--out", str(plan_path)]) == 0
+                 "--schedule", "1f1b", "--out", str(plan_path)]) == 0  # data parallel
     assert main(["estimate", str(plan_path)]) == 0
     assert "stored estimate" not in capsys.readouterr().out  # fresh from the planner
     data = plan_to_dict(load_plan(plan_path))

@@ -14,6 +14,7 @@ from polychip.costmodel.blocks import Shard, block_forward
 from polychip.costmodel.compute import block_times, embedding_times, head_times, op_s
 from polychip.costmodel.ends import embedding_passes
 from polychip.costmodel.ops import Collective, Gemm, backward_pass, gemm_flops, is_wgrad
+from polychip.plan import Replica, Stage
 from polychip.spec.accelerators import lookup
 from polychip.spec.cluster import cluster_from_dict
 from polychip.spec.job import TrainingJob
@@ -92,6 +93,23 @@ def test_stage_w_sums_blocks_and_ends_and_recompute_adds_to_b_only() -> None:
     redo = cm.stage_times(H800, 5, 1, 1, True, True, True)
     assert redo.wgrad_s == pytest.approx(st.wgrad_s)  # the re-forward belongs to B
     assert redo.igrad_s == pytest.approx(st.igrad_s + 5 * block.fwd_s)
+    # split apart (zb-h1), W re-runs the checkpointed forward too (runtime/backward.py)
+    split = redo.split_backward()
+    assert split.igrad_s == pytest.approx(redo.igrad_s)
+    assert split.wgrad_s == pytest.approx(st.wgrad_s + 5 * block.fwd_s)
+    assert st.split_backward() == st  # nothing to re-run without recompute
+
+
+def test_zb_h1_prices_the_second_re_forward_of_a_recomputed_stage() -> None:
+    cluster = cluster_from_dict({"nodes": [{"chip": "h800", "count": 1, "chips_per_node": 8,
+                                            "nic_gbps": 400}]})
+    cm = CostModel(cluster, LLAMA, TrainingJob(global_batch=8, seq_len=2048))
+    rep = Replica((Stage(0, 16, 0, (0,), "h800", recompute=True),
+                   Stage(16, 32, 0, (1,), "h800")), 8, 1)
+    one, zb = (cm.pipeline_time_s(rep, s)[1] for s in ("1f1b", "zb-h1"))
+    redo = cm.times_of(rep, 0).redo_s
+    assert redo > 0 and cm.times_of(rep, 1).redo_s == 0
+    assert zb == pytest.approx(one + 8 * redo)  # busy time: one more forward per micro-batch
 
 
 CPU = cluster_from_dict({"name": "two", "nodes": [

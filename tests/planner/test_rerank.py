@@ -88,7 +88,7 @@ def test_reranking_changes_the_pick_where_a_middle_stage_shares_its_nic() -> Non
         }
     )
     found = search_plans(cluster, SMALL8, TrainingJob(global_batch=16, seq_len=8192),
-                         simulate_top=5)
+                         simulate_top=5, schedule="1f1b")  # the story is 1F1B's closed form
     chosen = found.ranking[0]
     first = min(found.ranking, key=lambda c: c.analytic_rank)
     assert chosen is not first

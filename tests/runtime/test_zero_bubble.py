@@ -68,8 +68,8 @@ def _zb_peak(plan: Plan, replica: int, stage: int) -> int:
     return peak
 
 
-def _with_wgrad(cost: CostModel, replica, si):  # type: ignore[no-untyped-def]
-    times = _TIMES_OF(cost, replica, si)
+def _with_wgrad(cost: CostModel, replica, si, schedule="1f1b"):  # type: ignore[no-untyped-def]
+    times = _TIMES_OF(cost, replica, si, schedule)
     return dataclasses.replace(times, wgrad_s=WGRAD * times.bwd_s)
 
 

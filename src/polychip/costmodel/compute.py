@@ -42,11 +42,14 @@ __all__ = [
 class StageTimes:
     """Seconds for one micro-batch on one stage: forward, and backward (with recompute).
     `wgrad_s`: the part of `bwd_s` that computes weight gradients (the W of a zero-bubble
-    schedule, which nothing downstream waits for); the rest is the input gradient (B)."""
+    schedule, which nothing downstream waits for); the rest is the input gradient (B).
+    `redo_s`: the part of `bwd_s` that re-runs checkpointed blocks' forward (full recompute;
+    in B, which needs the activations first)."""
 
     fwd_s: float
     bwd_s: float
     wgrad_s: float = 0.0
+    redo_s: float = 0.0
 
     @property
     def total_s(self) -> float:
@@ -58,14 +61,22 @@ class StageTimes:
         return self.bwd_s - self.wgrad_s
 
     def scaled(self, factor: float) -> StageTimes:
-        return StageTimes(self.fwd_s * factor, self.bwd_s * factor, self.wgrad_s * factor)
+        return StageTimes(self.fwd_s * factor, self.bwd_s * factor, self.wgrad_s * factor,
+                          self.redo_s * factor)
+
+    def split_backward(self) -> StageTimes:
+        """The times when B and W run apart (zb-h1): a checkpointed block's forward runs
+        once more in W, whose weight gradients need the activations B freed again
+        (runtime/backward.py), so W and the backward grow by `redo_s`."""
+        return StageTimes(self.fwd_s, self.bwd_s + self.redo_s, self.wgrad_s + self.redo_s,
+                          self.redo_s)
 
 
 def split_like(measured: StageTimes, analytic: StageTimes) -> StageTimes:
     """`measured` (whose backward was timed whole) with its weight-gradient part in the
     analytic share of the backward: W / backward of `analytic`."""
     share = analytic.wgrad_s / analytic.bwd_s if analytic.bwd_s > 0 else 0.0
-    return StageTimes(measured.fwd_s, measured.bwd_s, measured.bwd_s * share)
+    return StageTimes(measured.fwd_s, measured.bwd_s, measured.bwd_s * share, measured.redo_s)
 
 
 def op_s(chip: Accelerator, job: TrainingJob, op: Op, tp: int) -> float:

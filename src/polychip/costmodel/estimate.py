@@ -97,7 +97,7 @@ class CostModel(StageMemory, PipelineCost):
                 return measured
         block = self.component_times("block", chip, tp, micro_batch)
         redo = block.fwd_s if recompute else 0.0  # the re-forward: input-gradient half (B)
-        return StageTimes(block.fwd_s, block.bwd_s + redo, block.wgrad_s)
+        return StageTimes(block.fwd_s, block.bwd_s + redo, block.wgrad_s, redo)
 
     def stage_times(
         self,
@@ -119,12 +119,13 @@ class CostModel(StageMemory, PipelineCost):
             return hit
         block = self.block_times(chip, tp, micro_batch, recompute)
         fwd, bwd = num_layers * block.fwd_s, num_layers * block.bwd_s
-        wgrad = num_layers * block.wgrad_s
+        wgrad, redo = num_layers * block.wgrad_s, num_layers * block.redo_s
         for component, here in (("embedding", first), ("head", last)):
             if here:
                 t = self.component_times(component, chip, tp, micro_batch)
                 fwd, bwd, wgrad = fwd + t.fwd_s, bwd + t.bwd_s, wgrad + t.wgrad_s
-        out = StageTimes(fwd, bwd, wgrad).scaled(profiled.corrections(self, chip.name).compute)
+        correction = profiled.corrections(self, chip.name).compute
+        out = StageTimes(fwd, bwd, wgrad, redo).scaled(correction)
         self._stage_cache[key] = out
         return out
 
@@ -135,17 +136,13 @@ class CostModel(StageMemory, PipelineCost):
         kernels, not the host)."""
         return profiled.host_s(self, chip.name, micro_batch) or (0.0, 0.0)
 
-    def times_of(self, replica: Replica, si: int) -> StageTimes:
+    def times_of(self, replica: Replica, si: int, schedule: str = "1f1b") -> StageTimes:
+        """Stage `si`'s times as `schedule` runs them (zb-h1 splits the backward:
+        `StageTimes.split_backward`)."""
         st = replica.stages[si]
-        return self.stage_times(
-            self.chip(st.chip),
-            st.num_layers,
-            st.tp,
-            replica.micro_batch_size,
-            si == 0,
-            si == replica.num_stages - 1,
-            st.recompute,
-        )
+        t = self.stage_times(self.chip(st.chip), st.num_layers, st.tp, replica.micro_batch_size,
+                             si == 0, si == replica.num_stages - 1, st.recompute)
+        return t.split_backward() if schedule == "zb-h1" else t
 
     # ---- links (links.py) ---------------------------------------------------------------
     def device_nic_bw(self, node: int) -> float:

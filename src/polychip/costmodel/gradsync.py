@@ -187,7 +187,7 @@ def stage_ends(cm: CostModel, replica: Replica, span_s: float, schedule: str = "
     after its last `k_i = min(i + 1, m)` W's, the last B's input gradient walking back as
     before; the latest of them ends the span."""
     n, m = replica.num_stages, replica.num_micro_batches
-    times = [cm.times_of(replica, i) for i in range(n)]
+    times = [cm.times_of(replica, i, schedule) for i in range(n)]
     links = [cm.boundary_time_s(replica, i) for i in range(n - 1)]
     zb = schedule == "zb-h1"
     v = virtual_stages if schedule == "interleaved-1f1b" else 1

@@ -25,7 +25,7 @@ class PipelineCost:
         mb = replica.micro_batch_size
         stages = []
         for i, st in enumerate(replica.stages):
-            t = self.times_of(replica, i)
+            t = self.times_of(replica, i, schedule)
             host = self.host_times(self.chip(st.chip), mb)[0]
             stages.append(StageTimes(t.fwd_s + host, t.bwd_s, t.wgrad_s))
         comms = [self.boundary_time_s(replica, i) for i in range(replica.num_stages - 1)]
@@ -46,6 +46,6 @@ class PipelineCost:
         (`pipeline_form`)."""
         m = replica.num_micro_batches
         span = self.pipeline_form(replica, schedule, virtual_stages).span_s(m)
-        busy = m * sum(self.times_of(replica, i).total_s * st.tp
+        busy = m * sum(self.times_of(replica, i, schedule).total_s * st.tp
                        for i, st in enumerate(replica.stages))
         return span, busy

@@ -75,7 +75,8 @@ def block_times(cm: CostModel, chip: Accelerator, tp: int, micro_batch: int,
     if not recompute:
         return split_like(StageTimes(m.fwd_s + comm_f, m.bwd_s + comm_b), analytic)
     bwd = m.recompute_bwd_s if m.recompute_bwd_s is not None else m.fwd_s + m.bwd_s
-    measured = StageTimes(m.fwd_s + comm_f, bwd + comm_f + comm_b)  # the re-forward's too
+    # the re-forward's collectives too; the re-forward itself: one measured forward
+    measured = StageTimes(m.fwd_s + comm_f, bwd + comm_f + comm_b, redo_s=m.fwd_s + comm_f)
     redone = StageTimes(analytic.fwd_s, analytic.bwd_s + analytic.fwd_s, analytic.wgrad_s)
     return split_like(measured, redone)
 

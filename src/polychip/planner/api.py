@@ -125,8 +125,9 @@ def search_plans(
     if exhaustive:  # refuse a space too big for the oracle before searching anything
         check_budget(oracle_size(scorer, stages, types), time_limit_s, stages)
     opts, skipped = options(schedule, virtual_stages, capabilities, model.num_layers)
-    # ZB-H1 holds S micro-batches on every stage: its memory wants shapes of its own
-    zb_search = schedule == "auto" and Option("zb-h1") in opts and not exhaustive
+    # ZB-H1 holds S micro-batches on every stage: its memory wants shapes of its own (by
+    # the fast search, also under --exhaustive, whose oracle proves 1F1B's shapes)
+    zb_search = schedule == "auto" and Option("zb-h1") in opts
     run = _Run(scorer, stages, progress or (lambda f, m: None),
                steps=len(types) + (len(types) > 1) + 1 + bool(simulate_top) + zb_search,
                exhaustive=exhaustive, deadline=time.monotonic() + time_limit_s)
@@ -153,6 +154,10 @@ def search_plans(
     notes = plan_notes(plan, best, cm, exhaustive) + limits
     if chosen is not None:
         notes += schedule_notes(best, chosen.verdicts, cm) + skipped
+    if exhaustive and zb_search:
+        notes.append("exhaustive: the oracle covers shapes sized for 1F1B's memory; those "
+                     "sized for zb-h1's (every stage holding S micro-batches) come from the "
+                     "fast search")
     if not run.proven:
         notes.insert(0, f"NOT PROVEN OPTIMAL: the exhaustive search stopped at --time-limit "
                      f"{time_limit_s:g} s; this is the best plan found so far")
@@ -192,10 +197,10 @@ class _Run:
     done: int = 0
     proven: bool = True
 
-    def search(self, groups: list[int], label: str, scorer: Scorer | None = None
-               ) -> Scored | None:
-        """The fastest plan on node ``groups`` (fast search, then the oracle if asked), by
-        ``scorer`` (default: the run's)."""
+    def search(self, groups: list[int], label: str, scorer: Scorer | None = None,
+               oracle: bool = True) -> Scored | None:
+        """The fastest plan on node ``groups`` (fast search, then the oracle if asked and
+        ``oracle``), by ``scorer`` (default: the run's)."""
         base, span = self.done / self.steps, 1 / self.steps
         scorer = scorer or self.scorer
 
@@ -203,10 +208,10 @@ class _Run:
             self.report(min(base + f * span, 1.0), f"{label}: {msg}")
 
         result = FastSearch(scorer, self.stages, sub).run(groups)
-        if self.exhaustive:
-            oracle = Exhaustive(scorer, self.stages, progress=sub, deadline=self.deadline)
-            result = oracle.run(groups, incumbent=result)
-            self.proven = self.proven and oracle.proven
+        if self.exhaustive and oracle:
+            exact = Exhaustive(scorer, self.stages, progress=sub, deadline=self.deadline)
+            result = exact.run(groups, incumbent=result)
+            self.proven = self.proven and exact.proven
         self.done += 1
         return result
 
@@ -229,7 +234,7 @@ class _Run:
         pool = self.scorer.scored()
         if zb_search:
             zb = Scorer(ShapeBuilder(cm, "zb-h1"))
-            self.search(list(range(len(cm.cluster.groups))), "zb-h1", zb)
+            self.search(list(range(len(cm.cluster.groups))), "zb-h1", zb, oracle=False)
             pool += zb.scored()
         return step(cm, pool, fastest, alone, opts)
 

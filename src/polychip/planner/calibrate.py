@@ -82,7 +82,7 @@ def estimated_stages(plan: Plan, cm: CostModel, cost: PlanCost, memory_kind: str
         m = r.num_micro_batches
         for si, st in enumerate(r.stages):
             host_micro, host_step = cm.host_times(cm.chip(st.chip), r.micro_batch_size)
-            compute = m * cm.times_of(r, si).total_s
+            compute = m * cm.times_of(r, si, plan.schedule).total_s
             wait = spans[ri] - compute - m * host_micro
             sync = cost.dp_sync_s + (longest - spans[ri] if data_parallel else 0.0)
             phases = {"compute_s": compute, "pipeline_wait_s": wait, "grad_sync_s": sync,

@@ -70,7 +70,7 @@ def _p2p_ratio(cmp: Comparison, compute: dict[str, float], optimizer: dict[str, 
         m, keys = r.num_micro_batches, [(ri, si) for si in range(r.num_stages)]
         host = [cm.host_times(cm.chip(st.chip), r.micro_batch_size) for st in r.stages]
         # the estimate's compute (est[k]["compute_s"] is m of these), corrected
-        times = [cm.times_of(r, si).scaled(compute.get(st.chip, 1.0))
+        times = [cm.times_of(r, si, plan.schedule).scaled(compute.get(st.chip, 1.0))
                  for si, st in enumerate(r.stages)]
         rows = [StageTimes(t.fwd_s + h[0], t.bwd_s, t.wgrad_s)
                 for t, h in zip(times, host, strict=True)]

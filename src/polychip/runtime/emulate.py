@@ -109,7 +109,7 @@ def phase_targets(plan: Plan, replica: int, stage: int) -> PhaseTargets:
     st, last = rep.stages[stage], rep.num_stages - 1
     v = plan.virtual_stages if plan.schedule == "interleaved-1f1b" else 1
     if v == 1:
-        times = [cost.times_of(rep, stage)]
+        times = [cost.times_of(rep, stage, plan.schedule)]
     else:
         times = [cost.stage_times(cost.chip(st.chip), st.num_layers // v, st.tp,
                                   rep.micro_batch_size, stage == 0 and c == 0,

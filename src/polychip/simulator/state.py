@@ -76,6 +76,7 @@ class Prog:
             host = cm.host_times(cm.chip(self.rep.stages[self.stage].chip),
                                  self.rep.micro_batch_size)[0] / v
             if self.split_backward:
+                t = t.split_backward()  # (`CostModel.times_of` under zb-h1)
                 times = (t.fwd_s + host, t.igrad_s, t.wgrad_s)
             else:
                 times = (t.fwd_s + host, t.bwd_s, 0.0)
