@@ -16,13 +16,14 @@ recomputed as flows come and go: alone, they agree to round-off.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from polychip.costmodel.comm import LinkKind
 from polychip.plan.collectives import BRIDGE, Collective, Kind, Step, describe
-from polychip.plan.plan import Replica, replica_stage_ranks
+from polychip.plan.plan import Replica, Stage, replica_stage_ranks
 from polychip.plan.segments import Segment, pieces_of, segments_of
 
 if TYPE_CHECKING:
@@ -153,12 +154,39 @@ def segment_sync_s(cm: CostModel, replicas: Sequence[Replica], seg: Segment,
         return hit
     job = cm.job
     if not zero1:
-        t = steps_time_s(segment_hops(cm, replicas, seg, "all-reduce", job.reduce_bytes))
+        t = piece_steps_time_s(cm, stages, seg, "all-reduce", job.reduce_bytes)
     else:
-        t = (steps_time_s(segment_hops(cm, replicas, seg, "reduce-scatter", job.reduce_bytes))
-             + steps_time_s(segment_hops(cm, replicas, seg, "all-gather", job.compute_bytes)))
+        t = (piece_steps_time_s(cm, stages, seg, "reduce-scatter", job.reduce_bytes)
+             + piece_steps_time_s(cm, stages, seg, "all-gather", job.compute_bytes))
     cm.sync_cache[key] = t
     return t
+
+
+def piece_steps_time_s(cm: CostModel, stages: Sequence[Stage], seg: Segment, kind: Kind,
+                       bytes_per_param: float) -> float:
+    """``steps_time_s(segment_hops(...))`` (the same floats) from one piece instead of all:
+    every piece has one rank of each holder stage (``stages``), so all pieces sit on the same
+    nodes in the same order and their hops match one for one; of a piece's hops, a NIC side
+    carries ``num`` (pieces) times as many, a rank's own link ``num / tp`` times (a stage of
+    degree tp shares each rank among that many pieces). Holders stand for their ranks (both
+    ascend in holder order), so a description serves every plan with the same islands."""
+    num = math.lcm(*(st.tp for st in stages))
+    n_bytes = bytes_per_param * seg.num_params(cm.model) / num
+    where = {h: (st.node, st.chip) for h, st in enumerate(stages)}
+    shared = [num // st.tp for st in stages]
+    islands: dict[str, list[int]] = {}
+    for h, st in enumerate(stages):
+        islands.setdefault(cm.chip(st.chip).island, []).append(h)
+    coll = describe(kind, tuple(tuple(i) for i in islands.values()))
+    total = 0
+    for hops in collective_hops(cm, coll, where, n_bytes):
+        load: Counter = Counter()
+        for h in hops:
+            for side, _ in h.sides:
+                load[side] += shared[side[1]] if side[0] in ("out", "in") else num
+        total += max((h.time_s(min(h.bw_bytes_per_s, *(bw / load[side] for side, bw in h.sides)))
+                      for h in hops), default=0.0)
+    return total
 
 
 def exposed_sync_s(cm: CostModel, replicas: Sequence[Replica], segments: Sequence[Segment],
