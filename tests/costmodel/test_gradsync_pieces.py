@@ -10,7 +10,8 @@ import random
 import pytest
 
 from polychip.costmodel.estimate import CostModel
-from polychip.costmodel.gradsync import piece_steps_time_s, segment_hops, steps_time_s
+from polychip.costmodel.gradsync import segment_hops, steps_time_s
+from polychip.costmodel.piecesync import kind_figures
 from polychip.plan.plan import Replica, Stage
 from polychip.plan.segments import segments_of
 from polychip.spec.cluster import cluster_from_dict
@@ -58,6 +59,8 @@ def test_one_piece_prices_the_sync_as_every_piece_does(seed: int) -> None:
         stages = [replicas[ri].stages[si] for ri, si in seg.holders]
         for kind in ("all-reduce", "reduce-scatter", "all-gather"):
             every = steps_time_s(segment_hops(cm, replicas, seg, kind, 4.0))
-            assert piece_steps_time_s(cm, stages, seg, kind, 4.0) == every
+            figures = kind_figures(cm, stages, kind, 4.0, seg.num_params(MODEL))
+            host = CLUSTER.network.host_copy_bw_bytes_per_s
+            assert figures.time_s(seg.num_params(MODEL), host) == every
             checked += 1
     assert checked or len(replicas) < 2

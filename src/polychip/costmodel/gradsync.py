@@ -11,47 +11,25 @@ NICs plus a copy of the chunk to host memory and back. The hops of one step run 
 and share what they cross -- a NIC side among the hops crossing it, a chip's link among
 its own hops -- equally; the step lasts as long as its slowest hop; steps follow each other.
 The simulator replays the same hops (`simulator/collectives.py`) with the NIC shares
-recomputed as flows come and go: alone, they agree to round-off.
+recomputed as flows come and go: alone, they agree to round-off. The cost model prices
+them from one piece, cached by how the holders sit (`piecesync.py`: the same floats).
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from polychip.costmodel.comm import LinkKind
+from polychip.costmodel import piecesync
+from polychip.costmodel.hops import Hop, Where, measured_ring_bw, ring_edges
 from polychip.plan.collectives import BRIDGE, Collective, Kind, Step, describe
-from polychip.plan.plan import Replica, Stage, replica_stage_ranks
+from polychip.plan.plan import Replica, replica_stage_ranks
 from polychip.plan.segments import Segment, pieces_of, segments_of
 
 if TYPE_CHECKING:
+    from polychip.costmodel.classes import ReplicaClasses
     from polychip.costmodel.estimate import CostModel
-
-Where = Mapping[int, tuple[int, str]]  # rank -> (node, chip)
-
-
-class Hop(NamedTuple):
-    """One ring edge of one step: ``src`` sends ``n_bytes`` to ``dst`` over ``kind``."""
-
-    src: int
-    dst: int
-    src_node: int
-    dst_node: int
-    kind: LinkKind
-    n_bytes: float
-    bw_bytes_per_s: float  # the link's (CostModel.link), before sharing
-    latency_s: float  # the ring's steps x the link's latency
-    copy_s: float  # bridge: the chunk to host memory and back (half before, half after)
-    sides: tuple[tuple[tuple, float], ...]  # (what it crosses, that one's bandwidth)
-
-    def transfer_s(self, rate: float) -> float:
-        return self.n_bytes / rate
-
-    def time_s(self, rate: float) -> float:
-        return self.latency_s + self.copy_s + self.transfer_s(rate)
-
 
 def step_name(step: Step) -> str:
     """"island reduce-scatter", "bridge all-reduce", ..."""
@@ -67,39 +45,14 @@ def collective_hops(cm: CostModel, coll: Collective, where: Where, n_bytes: floa
     for step in coll.steps:
         hops = []
         for g, (sent_part, size, steps) in zip(step.groups, step.figures, strict=True):
-            ring = sorted(g.ranks, key=lambda r: (where[r][0], r))
             sent = sent_part * n_bytes
             copy = 2 * size * n_bytes / host if step.link == BRIDGE else 0.0
-            measured = _measured_ring_bw(cm, step, g.ranks, where, size * n_bytes)
-            for a, b in zip(ring, ring[1:] + ring[:1], strict=True):
-                na, nb = where[a][0], where[b][0]
-                link = links.get((na, nb))
-                if link is None:
-                    link = links[(na, nb)] = (*cm.link(na, nb), cm.nic_bw(na), cm.nic_bw(nb))
-                kind, bw, lat, nic_a, nic_b = link
-                if measured is not None:  # the node's collective as a profile measured it
-                    bw, lat = measured, 0.0
-                sides = ((("out", a), bw), (("in", b), bw)) if na == nb else (
-                    (("tx", na), nic_a), (("rx", nb), nic_b))
+            measured = measured_ring_bw(cm, step, g.ranks, where, size * n_bytes)
+            for a, b, na, nb, kind, bw, lat, sides in ring_edges(cm, g.ranks, where, links,
+                                                                 measured):
                 hops.append(Hop(a, b, na, nb, kind, sent, bw, steps * lat, copy, sides))
         out.append(hops)
     return out
-
-
-def _measured_ring_bw(cm: CostModel, step: Step, ranks: Sequence[int], where: Where,
-                      n_bytes: float) -> float | None:
-    """A ring inside one node of one chip type whose collective (`step.op` over these ranks,
-    on a tensor of `n_bytes`) a profile measured: each hop's bandwidth that makes the ring
-    last the measured time (its latency included), else None (the link's figures)."""
-    places = {where[r] for r in ranks}
-    if cm.profile is None or len(places) != 1 or len(ranks) < 2:
-        return None
-    (_, chip), = places
-    seconds = cm.profile.collective_s(chip, step.op, len(ranks), n_bytes)
-    if seconds is None or seconds <= 0:
-        return None
-    factor = 2 if step.op == "all_reduce" else 1
-    return factor * (len(ranks) - 1) / len(ranks) * n_bytes / seconds
 
 
 def step_rates(hops: Sequence[Hop]) -> list[float]:
@@ -143,50 +96,8 @@ def segment_sync_s(cm: CostModel, replicas: Sequence[Replica], seg: Segment,
     (ZeRO-1) its reduce-scatter plus the all-gather of the parameters in the compute dtype."""
     if len(seg.holders) <= 1:
         return 0.0
-    # the time depends only on how the holders sit: their nodes' order and groups (NICs,
-    # links), chips and TP degrees -- plans under search repeat that with other nodes
     stages = [replicas[ri].stages[si] for ri, si in seg.holders]
-    order = {n: i for i, n in enumerate(sorted({st.node for st in stages}))}
-    key = (seg.num_params(cm.model), zero1, tuple(
-        (order[st.node], cm.nodes[st.node].group.index, st.chip, st.tp) for st in stages))
-    hit = cm.sync_cache.get(key)
-    if hit is not None:
-        return hit
-    job = cm.job
-    if not zero1:
-        t = piece_steps_time_s(cm, stages, seg, "all-reduce", job.reduce_bytes)
-    else:
-        t = (piece_steps_time_s(cm, stages, seg, "reduce-scatter", job.reduce_bytes)
-             + piece_steps_time_s(cm, stages, seg, "all-gather", job.compute_bytes))
-    cm.sync_cache[key] = t
-    return t
-
-
-def piece_steps_time_s(cm: CostModel, stages: Sequence[Stage], seg: Segment, kind: Kind,
-                       bytes_per_param: float) -> float:
-    """``steps_time_s(segment_hops(...))`` (the same floats) from one piece instead of all:
-    every piece has one rank of each holder stage (``stages``), so all pieces sit on the same
-    nodes in the same order and their hops match one for one; of a piece's hops, a NIC side
-    carries ``num`` (pieces) times as many, a rank's own link ``num / tp`` times (a stage of
-    degree tp shares each rank among that many pieces). Holders stand for their ranks (both
-    ascend in holder order), so a description serves every plan with the same islands."""
-    num = math.lcm(*(st.tp for st in stages))
-    n_bytes = bytes_per_param * seg.num_params(cm.model) / num
-    where = {h: (st.node, st.chip) for h, st in enumerate(stages)}
-    shared = [num // st.tp for st in stages]
-    islands: dict[str, list[int]] = {}
-    for h, st in enumerate(stages):
-        islands.setdefault(cm.chip(st.chip).island, []).append(h)
-    coll = describe(kind, tuple(tuple(i) for i in islands.values()))
-    total = 0
-    for hops in collective_hops(cm, coll, where, n_bytes):
-        load: Counter = Counter()
-        for h in hops:
-            for side, _ in h.sides:
-                load[side] += shared[side[1]] if side[0] in ("out", "in") else num
-        total += max((h.time_s(min(h.bw_bytes_per_s, *(bw / load[side] for side, bw in h.sides)))
-                      for h in hops), default=0.0)
-    return total
+    return piecesync.segment_sync_s(cm, stages, seg.num_params(cm.model), zero1)
 
 
 def exposed_sync_s(cm: CostModel, replicas: Sequence[Replica], segments: Sequence[Segment],
@@ -217,16 +128,19 @@ def stage_ends(cm: CostModel, replica: Replica, span_s: float) -> list[float]:
     return ends
 
 
-def dp_sync_time_s(cm: CostModel, replicas: Sequence[Replica], zero1: bool,
+def dp_sync_time_s(cm: CostModel, classes: ReplicaClasses, zero1: bool,
                    virtual_stages: int, schedule: str, overlap: bool) -> float:
     """With overlap, a stage's segments start as soon as every stage holding them has
-    finished its last backward (`stage_ends`); else after every pipeline."""
-    spans = {ri: cm.pipeline_time_s(r, schedule)[0] for ri, r in enumerate(replicas)}
-    pipeline_s = max(spans.values(), default=0.0)
+    finished its last backward (`stage_ends`); else after every pipeline. Pipelines and
+    stage ends are computed once per class of identical replicas."""
+    replicas = classes.replicas
+    spans = classes.per_replica(lambda r: cm.pipeline_time_s(r, schedule)[0])
+    pipeline_s = max(spans, default=0.0)
+    per_class = classes.per_replica(lambda r: stage_ends(cm, r, cm.pipeline_time_s(r, schedule)[0]))
     ends = {
         (ri, si): (e if overlap else pipeline_s)
-        for ri, r in enumerate(replicas)
-        for si, e in enumerate(stage_ends(cm, r, spans[ri]))
+        for ri in range(len(replicas))
+        for si, e in enumerate(per_class[ri])
     }
     segments = segments_of(replicas, cm.model, virtual_stages)  # 1 unless interleaved
     return exposed_sync_s(cm, replicas, segments, ends, pipeline_s, zero1)

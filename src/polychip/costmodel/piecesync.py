@@ -1,0 +1,110 @@
+"""A segment's gradient sync priced from one piece, cached by how its holders sit.
+
+`gradsync.segment_hops` lists every hop of every piece of a segment -- O(ranks) per segment
+and plan, which a planner pricing thousands of plans of thousands of chips cannot afford.
+The same floats come from far less:
+
+- **one piece for all**: every piece has one rank of each holder stage, so all pieces sit
+  on the same nodes in the same order and their hops match one for one. Of one piece's
+  hops, a NIC side carries ``num`` (pieces) times as many; a rank's own link ``num / tp``
+  times (a stage of degree tp shares each rank among that many pieces);
+- **holders for ranks**: both ascend in holder order, so a description keyed by holders
+  serves every plan with the same islands;
+- **figures, then bytes**: a hop's latency, the parts of the buffer it sends and copies
+  and its rate do not depend on the segment's size. They are kept, the distinct ones per
+  step, under a key of the holders' placement (their nodes' order and groups, chips, TP
+  degrees); the segment's bytes enter only at the end. Every segment and candidate plan
+  whose holders sit alike is priced from the same few figures (with a profile's measured
+  collectives, whose rate depends on the size, the key includes the size).
+
+tests/costmodel/test_gradsync_pieces.py checks the floats against `segment_hops`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from polychip.costmodel.hops import measured_ring_bw, ring_edges
+from polychip.plan.collectives import BRIDGE, Kind, describe
+from polychip.plan.plan import Stage
+
+if TYPE_CHECKING:
+    from polychip.costmodel.estimate import CostModel
+
+Figure = tuple[float, float, float, float]  # latency s, 2 x part copied, part sent, rate
+
+
+@dataclass(frozen=True)
+class KindFigures:
+    """One collective of a segment: its pieces and, per step, whether it bridges and its
+    hops' distinct figures."""
+
+    bytes_per_param: float
+    num: int
+    steps: tuple[tuple[bool, tuple[Figure, ...]], ...]
+
+    def time_s(self, num_params: int, host_bw: float) -> float:
+        """Steps one after the other, each as long as its slowest hop."""
+        n_bytes = self.bytes_per_param * num_params / self.num
+        total = 0
+        for bridge, figures in self.steps:
+            total += max((lat + (two * n_bytes / host_bw if bridge else 0.0)
+                          + sent * n_bytes / rate for lat, two, sent, rate in figures),
+                         default=0.0)
+        return total
+
+
+def segment_sync_s(cm: CostModel, stages: Sequence[Stage], num_params: int, zero1: bool
+                   ) -> float:
+    """The sync of a segment of ``num_params`` held by ``stages``: an all-reduce in the
+    job's reduce dtype, or (ZeRO-1) its reduce-scatter plus the all-gather of the
+    parameters in the compute dtype."""
+    order = {n: i for i, n in enumerate(sorted({st.node for st in stages}))}
+    key = (zero1, num_params if cm.profile is not None else None, tuple(
+        (order[st.node], cm.nodes[st.node].group.index, st.chip, st.tp) for st in stages))
+    figures = cm.sync_cache.get(key)
+    if figures is None:
+        job = cm.job
+        kinds: tuple[tuple[Kind, float], ...] = (
+            (("reduce-scatter", job.reduce_bytes), ("all-gather", job.compute_bytes)) if zero1
+            else (("all-reduce", job.reduce_bytes),))
+        figures = cm.sync_cache[key] = tuple(
+            kind_figures(cm, stages, kind, bytes_per_param, num_params)
+            for kind, bytes_per_param in kinds)
+    host = cm.cluster.network.host_copy_bw_bytes_per_s
+    return sum(f.time_s(num_params, host) for f in figures)
+
+
+def kind_figures(cm: CostModel, stages: Sequence[Stage], kind: Kind, bytes_per_param: float,
+                 num_params: int) -> KindFigures:
+    """The figures of ``kind`` among one piece of ``stages`` (holders stand for ranks),
+    each hop's rate from the loads of every piece."""
+    num = math.lcm(*(st.tp for st in stages))
+    n_bytes = bytes_per_param * num_params / num  # for a profile's measured rings only
+    where = {h: (st.node, st.chip) for h, st in enumerate(stages)}
+    shared = [num // st.tp for st in stages]
+    islands: dict[str, list[int]] = {}
+    for h, st in enumerate(stages):
+        islands.setdefault(cm.chip(st.chip).island, []).append(h)
+    coll = describe(kind, tuple(tuple(i) for i in islands.values()))
+    links: dict = {}
+    steps = []
+    for step in coll.steps:
+        edges = []
+        for g, (sent, size, latencies) in zip(step.groups, step.figures, strict=True):
+            measured = measured_ring_bw(cm, step, g.ranks, where, size * n_bytes)
+            two = 2 * size if step.link == BRIDGE else 0.0
+            for *_, bw, lat, sides in ring_edges(cm, g.ranks, where, links, measured):
+                edges.append((latencies * lat, two, sent, bw, sides))
+        load: Counter = Counter()
+        for *_, sides in edges:
+            for side, _ in sides:
+                load[side] += shared[side[1]] if side[0] in ("out", "in") else num
+        distinct = {(lat, two, sent, min(bw, *(b / load[side] for side, b in sides)))
+                    for lat, two, sent, bw, sides in edges}
+        steps.append((step.link == BRIDGE, tuple(distinct)))
+    return KindFigures(bytes_per_param, num, tuple(steps))
