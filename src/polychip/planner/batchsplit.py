@@ -10,7 +10,6 @@ replica's time.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -140,21 +139,66 @@ def _distribute(
     classes: Sequence[BatchClass], his: list[int], global_batch: int
 ) -> tuple[tuple[int, ...], ...]:
     """Within the caps `his`, hand out micro-batches so the sum is exact, always to the
-    replica whose next micro-batch finishes earliest (water-filling)."""
+    replica whose next micro-batch finishes earliest (water-filling; ties to the lower
+    class, then the lower replica)."""
     groups, ranges = _ranges(classes, his)
     totals = _exact_totals(ranges, global_batch)
     assert totals is not None
-    out: list[list[int]] = [[1] * c.count for c in classes]
+    out: list[tuple[int, ...]] = [(1,) * c.count for c in classes]
     for idx, total in zip(groups, totals, strict=True):
         left = total - sum(classes[i].count for i in idx)
-        heap = [
-            (classes[i].time_s(2), i, r) for i in idx for r in range(classes[i].count) if his[i] > 1
-        ]
-        heapq.heapify(heap)
-        while left > 0:
-            _, i, r = heapq.heappop(heap)
-            out[i][r] += 1
-            left -= 1
-            if out[i][r] < his[i]:
-                heapq.heappush(heap, (classes[i].time_s(out[i][r] + 1), i, r))
-    return tuple(tuple(x) for x in out)
+        if left > 0:
+            for i, counts in _water_fill([classes[i] for i in idx], [his[i] for i in idx],
+                                         left).items():
+                out[idx[i]] = counts
+    return tuple(out)
+
+
+def _water_fill(classes: Sequence[BatchClass], his: Sequence[int], left: int
+                ) -> dict[int, tuple[int, ...]]:
+    """`left` micro-batches beyond one per replica, to the earliest next finish, as a heap
+    of every replica would hand them out -- but per class (its replicas are identical):
+    the `left`-th earliest next finish T is found by bisection; every replica takes each
+    micro-batch finishing before T, and those finishing at T go in (class, replica) order,
+    a replica taking all of its own before the next (the heap's order on ties)."""
+
+    def below(c: int, t: float, strict: bool) -> int:
+        """Micro-batches 2..his[c] of one replica of class c finishing before t (or at)."""
+        lo, hi = 1, his[c]  # the last m with time_s(m) < t (<= t), at least 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            tm = classes[c].time_s(mid)
+            if tm < t or (not strict and tm == t):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo - 1
+
+    def taken(t: float, strict: bool) -> int:
+        return sum(cls.count * below(c, t, strict) for c, cls in enumerate(classes))
+
+    def smallest_reaching(c: int) -> float | None:
+        """The earliest finish of class c at or below which `left` micro-batches finish."""
+        lo, hi = 2, his[c]
+        if hi < 2 or taken(classes[c].time_s(hi), False) < left:
+            return None
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if taken(classes[c].time_s(mid), False) >= left:
+                hi = mid
+            else:
+                lo = mid + 1
+        return classes[c].time_s(lo)
+
+    t = min(x for c in range(len(classes)) if (x := smallest_reaching(c)) is not None)
+    rest = left - taken(t, True)
+    out = {}
+    for c, cls in enumerate(classes):
+        base, ties = 1 + below(c, t, True), below(c, t, False) - below(c, t, True)
+        counts = []
+        for _ in range(cls.count):
+            extra = min(ties, rest)
+            rest -= extra
+            counts.append(base + extra)
+        out[c] = tuple(counts)
+    return out
