@@ -109,7 +109,8 @@ def search_plans(
     model.check_seq_len(job.seq_len)
     job, limits = planner_job(job, capabilities)
     cm = CostModel(cluster, model, job, profile)
-    scorer = Scorer(ShapeBuilder(cm, schedule))
+    # prune what cannot beat the best, unless every scored candidate is used
+    scorer = Scorer(ShapeBuilder(cm, schedule), prune=not simulate_top and objective != "cost")
     stages = max_stages_for(model, max_stages)
     types = type_groups(cluster)
     if exhaustive:  # refuse a space too big for the oracle before searching anything

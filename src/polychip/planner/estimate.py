@@ -23,7 +23,6 @@ class Estimator:
         self.scorer = scorer
         self.builder, self.cm, self.job = scorer.builder, scorer.cm, scorer.job
         self.cluster, self.model = self.cm.cluster, self.cm.model
-        self._opt: dict[tuple[int, int], float] = {}
         self._allreduce: dict[tuple, float] = {}
         self.layer_params = self.model.layer_params
 
@@ -45,11 +44,7 @@ class Estimator:
         return max(t, max(s.fill_s for s, _ in classes))
 
     def optimizer_s(self, shape: Shape, shards: int) -> float:
-        key = (id(shape), shards)
-        if key not in self._opt:
-            rep = self.builder.representative(shape)
-            self._opt[key] = self.cm.optimizer_time_s((rep,), shards)
-        return self._opt[key]
+        return self.scorer.optimizer_s(shape, shards)
 
     def dp_sync_s(self, classes: Classes, zero1: bool = False) -> float:
         """The slowest device's gradient sync, per shape class: the segments of

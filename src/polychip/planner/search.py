@@ -16,6 +16,7 @@ under GPipe also m = G / replicas micro-batches in flight, replicas 1, 2, 4, ...
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -110,29 +111,46 @@ class FastSearch:
                     pipe = self.estimator.pipeline_s(cand)
                     if pipe is not None:
                         pool[key] = (job.tokens_per_step / pipe, family, cand)
-        # stage 1: pipeline time only (an upper bound on tokens/s), keeping the best of every
-        # family (mixed template) too; stage 2: + gradient sync and optimizer
-        first = sorted(pool.values(), key=lambda x: -x[0])
-        limit = len(first) if len(first) <= ALL_ESTIMATES_UP_TO else FULL_ESTIMATES
-        keep = {id(c): c for _, _, c in first[:limit]}
-        seen_family: set = set()
-        for _, family, c in first:
-            if family not in seen_family:
-                seen_family.add(family)
-                keep[id(c)] = c
-        second = [(self.estimator.tokens_per_s(c), c) for c in keep.values()]
-        ranked = sorted((x for x in second if x[0] > 0), key=lambda x: -x[0])
+        ranked = self._ranked(list(pool.values()))
         best: Scored | None = None
         self.progress(0.8, f"scoring {min(len(ranked), EXACT_SHORTLIST)} candidates exactly")
         for _, cand in ranked[:EXACT_SHORTLIST]:
-            best = better(best, self.scorer.score(cand))
-        if best is None:  # nothing scored yet: walk down the ranking until one is a plan
-            for _, cand in ranked[EXACT_SHORTLIST:]:
+            best = better(best, self.scorer.score(cand, against=best))
+        if best is None:  # nothing scored yet: walk down the whole ranking until one is a plan
+            for _, cand in self._ranked(list(pool.values()), everything=True)[EXACT_SHORTLIST:]:
                 best = self.scorer.score(cand)
                 if best is not None:
                     break
         self.progress(0.9, "polishing")
         return self.polish(best)
+
+    def _ranked(self, pool: list[tuple[float, object, Classes]], everything: bool = False
+                ) -> list[tuple[float, Classes]]:
+        """Stage 1: the pipeline time alone (an upper bound on tokens/s) picks the best
+        FULL_ESTIMATES (all up to ALL_ESTIMATES_UP_TO) and the best of every family (mixed
+        template); stage 2 gives them the full estimate (+ gradient sync and optimizer),
+        best first. Estimates are computed in bound order and stop once no bound can reach
+        the EXACT_SHORTLIST-th best estimate: the shortlist is the same (``everything``: no
+        stop, the whole ranking)."""
+        first = sorted(pool, key=lambda x: -x[0])
+        limit = len(first) if len(first) <= ALL_ESTIMATES_UP_TO else FULL_ESTIMATES
+        keep = {id(c): (b, c) for b, _, c in first[:limit]}
+        seen_family: set = set()
+        for b, family, c in first:
+            if family not in seen_family:
+                seen_family.add(family)
+                keep[id(c)] = (b, c)
+        estimates: dict[int, float] = {}
+        top: list[float] = []  # the best EXACT_SHORTLIST estimates so far (a min-heap)
+        for key, (bound, c) in sorted(keep.items(), key=lambda kv: -kv[1][0]):
+            if not everything and len(top) == EXACT_SHORTLIST and bound < top[0]:
+                break  # every estimate from here on is below the shortlist's last
+            estimates[key] = e = self.estimator.tokens_per_s(c)
+            if e > 0:
+                heapq.heappush(top, e) if len(top) < EXACT_SHORTLIST else heapq.heappushpop(
+                    top, e)
+        second = [(estimates[k], c) for k, (_, c) in keep.items() if k in estimates]
+        return sorted((x for x in second if x[0] > 0), key=lambda x: -x[0])
 
     def _memory_context_holds(self, cand: Classes) -> bool:
         """Shapes were fitted assuming optimizer state sharded over `zero_shards` replicas."""
@@ -271,7 +289,7 @@ class FastSearch:
                     if alt is not None and alt.time_s(most[i]) <= shape.time_s(most[i]):
                         moves.append([*others, (alt, n)])
                 for cand in moves:
-                    best = better(best, self.scorer.score(tuple(cand)))
+                    best = better(best, self.scorer.score(tuple(cand), against=best))
             if best is start:
                 break
         return best

@@ -80,6 +80,7 @@ class ShapeBuilder:
         self._caps: dict[tuple, int] = {}
         self._links: dict[tuple, list[float]] = {}
         self._shapes: dict[tuple, Shape | None] = {}
+        self._splits: dict[tuple, tuple[int, ...] | None] = {}
 
     # ---- components -----------------------------------------------------------------------
     def time_row(
@@ -171,7 +172,7 @@ class ShapeBuilder:
         num = len(stages)
         many = micro_batches is None
         m_mem = 10**9 if many else micro_batches
-        rows, norec = [], []
+        rows, norec, rkeys = [], [], []
         allow_rec = self.job.allow_recompute
         for i, (g, t) in enumerate(stages):
             first, last = i == 0, i == num - 1
@@ -194,10 +195,14 @@ class ShapeBuilder:
                 self._stage_rows[rkey] = row
             rows.append(row)
             norec.append(cap0)
+            rkeys.append(rkey)
         links = self.link_times(template, mb)
         overlap = self.job.overlap_p2p
-        if layers is None:
-            chosen = self._split(rows, links, weight)
+        if layers is None:  # equal rows (other memory contexts, same caps): the same split
+            skey = (template, mb, weight, tuple(rkeys))
+            if skey not in self._splits:
+                self._splits[skey] = self._split(rows, links, weight)
+            chosen = self._splits[skey]
         else:
             ok = all(rows[s][n] < INF for s, n in enumerate(layers))
             chosen = layers if ok else None
