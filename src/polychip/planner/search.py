@@ -21,6 +21,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 
+from polychip.planner.bounds import most_replicas
 from polychip.planner.estimate import Estimator
 from polychip.planner.mixed import LARGE, MixedTemplates
 from polychip.planner.scoring import Scored, Scorer, better
@@ -101,6 +102,8 @@ class FastSearch:
         buckets = zero_shard_buckets(
             min(job.global_batch, devices), job.allow_zero1 or gpipe, factor=2 if gpipe else 8
         )
+        if job.allow_zero1:  # a context of more shards than replicas can be is empty
+            buckets = [b for b in buckets if b <= most_replicas(self.builder, groups, b)]
         pool: dict[tuple, tuple[float, object, Classes]] = {}
         for bi, bucket in enumerate(buckets):
             self.progress(bi / len(buckets) * 0.8, f"searching (ZeRO shards {bucket})")
