@@ -25,11 +25,12 @@ class BatchClass:
     max_micro_batches: int | None = None
 
 
-def _most_micro_batches(cls: BatchClass, limit_s: float, cap: int) -> int:
-    """Largest m <= cap with time_s(m) <= limit_s (0 if none)."""
-    if cap < 1 or cls.time_s(1) > limit_s:
+def _most_micro_batches(cls: BatchClass, limit_s: float, cap: int, least: int = 0) -> int:
+    """Largest m <= cap with time_s(m) <= limit_s (0 if none); ``least``: known to be at
+    most the answer (the answer at a lower limit)."""
+    if least < 1 and (cap < 1 or cls.time_s(1) > limit_s):
         return 0
-    lo, hi = 1, cap
+    lo, hi = max(least, 1), cap
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if cls.time_s(mid) <= limit_s:
@@ -107,31 +108,39 @@ def split_batch(
         for c in classes
     ]
 
-    def assignment(limit_s: float) -> list[int] | None:
-        his = [_most_micro_batches(c, limit_s, cap) for c, cap in zip(classes, caps, strict=True)]
-        if min(his) < 1:
-            return None
-        if _exact_totals(_ranges(classes, his)[1], global_batch) is None:
-            return None
-        return his
+    feasible: dict[tuple[int, ...], bool] = {}  # the bisection meets few distinct counts
+
+    def assignment(limit_s: float, least: list[int], most: list[int]) -> list[int]:
+        """Per class the most micro-batches within ``limit_s`` (between the counts at a
+        lower and a higher limit)."""
+        return [_most_micro_batches(c, limit_s, m, a)
+                for c, a, m in zip(classes, least, most, strict=True)]
+
+    def fits(his: list[int]) -> bool:
+        key = tuple(his)
+        if key not in feasible:
+            feasible[key] = min(his) >= 1 and _exact_totals(
+                _ranges(classes, his)[1], global_batch) is not None
+        return feasible[key]
 
     lo = max(c.time_s(1) for c in classes)
-    if assignment(lo) is not None:
-        hi = lo
+    his_lo = assignment(lo, [0] * len(classes), caps)
+    if fits(his_lo):
+        his = his_lo
     else:
         hi = max(c.time_s(cap) for c, cap in zip(classes, caps, strict=True))
-        if assignment(hi) is None:
+        his = assignment(hi, his_lo, caps)
+        if not fits(his):
             return None
         for _ in range(200):  # bisection on the slowest replica's time
             mid = (lo + hi) / 2
             if mid <= lo or mid >= hi or hi - lo <= 1e-10 * hi:
                 break
-            if assignment(mid) is not None:
-                hi = mid
+            his_mid = assignment(mid, his_lo, his)
+            if fits(his_mid):
+                hi, his = mid, his_mid
             else:
-                lo = mid
-    his = assignment(hi)
-    assert his is not None
+                lo, his_lo = mid, his_mid
     return _distribute(classes, his, global_batch)
 
 
