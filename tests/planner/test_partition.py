@@ -182,3 +182,31 @@ def test_water_filling_per_class_equals_the_heap_over_replicas(seed: int) -> Non
         return
     assert _distribute(classes, his, global_batch) == _heap_distribute(classes, his,
                                                                         global_batch)
+
+
+def _loop_totals(ranges, target):
+    """The reachable sums by brute force, picks by a loop over counts (the reference)."""
+    reach = [{0}]
+    for v, lo, hi in ranges:
+        reach.append({t + v * n for t in reach[-1] for n in range(lo, hi + 1)
+                      if t + v * n <= target})
+    if target not in reach[-1]:
+        return None
+    picks, rest = [], target
+    for i in range(len(ranges) - 1, -1, -1):
+        v, lo, hi = ranges[i]
+        n = next(n for n in range(lo, hi + 1) if rest - v * n in reach[i])
+        picks.append(n)
+        rest -= v * n
+    return picks[::-1]
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_exact_totals_picks_the_fewest_micro_batches_from_the_last_size(seed: int) -> None:
+    rng = random.Random(9000 + seed)
+    ranges = []
+    for v in sorted(rng.sample([1, 2, 4, 8], rng.randint(1, 4))):
+        lo = rng.randint(0, 6)
+        ranges.append((v, lo, lo + rng.randint(0, 12)))
+    target = rng.randint(0, sum(v * hi for v, _, hi in ranges))
+    assert _exact_totals(ranges, target) == _loop_totals(ranges, target)

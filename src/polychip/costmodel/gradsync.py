@@ -100,19 +100,23 @@ def segment_sync_s(cm: CostModel, replicas: Sequence[Replica], seg: Segment,
     return piecesync.segment_sync_s(cm, stages, seg.num_params(cm.model), zero1)
 
 
-def exposed_sync_s(cm: CostModel, replicas: Sequence[Replica], segments: Sequence[Segment],
+def exposed_sync_s(cm: CostModel, classes: ReplicaClasses, segments: Sequence[Segment],
                    ends: dict[tuple[int, int], float], pipeline_s: float,
                    zero1: bool = False) -> float:
     """The gradient sync left after the slowest pipeline. Every stage syncs its segments in
     the one global order (head, layers from the last down, embedding); a segment starts once
-    every stage holding it has finished its last backward (``ends``: (replica, stage) ->
-    seconds; all ``pipeline_s`` without overlap) and its sync of the segments before: what
-    the simulator's ``AR[...]`` actions do, uncontended."""
+    every stage holding it has finished its last backward (``ends``: (class, stage) ->
+    seconds, equal for the identical replicas of a class; all ``pipeline_s`` without
+    overlap) and its sync of the segments before: what the simulator's ``AR[...]`` actions
+    do, uncontended. A class's replicas hold each segment on the same stage, so they stay
+    ready at the same time: tracked once per class."""
     ready = dict(ends)
     for seg in segments:
         if len(seg.holders) > 1:
-            done = max(ready[h] for h in seg.holders) + segment_sync_s(cm, replicas, seg, zero1)
-            for h in seg.holders:
+            held = {(classes.class_of[ri], si) for ri, si in seg.holders}
+            done = (max(ready[h] for h in held)
+                    + segment_sync_s(cm, classes.replicas, seg, zero1))
+            for h in held:
                 ready[h] = done
     return max(0.0, max(ready.values(), default=0.0) - pipeline_s)
 
@@ -133,14 +137,12 @@ def dp_sync_time_s(cm: CostModel, classes: ReplicaClasses, zero1: bool,
     """With overlap, a stage's segments start as soon as every stage holding them has
     finished its last backward (`stage_ends`); else after every pipeline. Pipelines and
     stage ends are computed once per class of identical replicas."""
-    replicas = classes.replicas
-    spans = classes.per_replica(lambda r: cm.pipeline_time_s(r, schedule)[0])
+    spans = [cm.pipeline_time_s(r, schedule)[0] for r in classes.representatives]
     pipeline_s = max(spans, default=0.0)
-    per_class = classes.per_replica(lambda r: stage_ends(cm, r, cm.pipeline_time_s(r, schedule)[0]))
     ends = {
-        (ri, si): (e if overlap else pipeline_s)
-        for ri in range(len(replicas))
-        for si, e in enumerate(per_class[ri])
+        (c, si): (e if overlap else pipeline_s)
+        for c, r in enumerate(classes.representatives)
+        for si, e in enumerate(stage_ends(cm, r, spans[c]))
     }
-    segments = segments_of(replicas, cm.model, virtual_stages)  # 1 unless interleaved
-    return exposed_sync_s(cm, replicas, segments, ends, pipeline_s, zero1)
+    segments = segments_of(classes.replicas, cm.model, virtual_stages)  # 1 unless interleaved
+    return exposed_sync_s(cm, classes, segments, ends, pipeline_s, zero1)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from polychip.costmodel.hops import measured_ring_bw, ring_edges
+from polychip.costmodel.hops import hop_sides, link_figures, measured_ring_bw
 from polychip.plan.collectives import BRIDGE, Kind, describe
 from polychip.plan.plan import Stage
 
@@ -63,9 +63,13 @@ def segment_sync_s(cm: CostModel, stages: Sequence[Stage], num_params: int, zero
     """The sync of a segment of ``num_params`` held by ``stages``: an all-reduce in the
     job's reduce dtype, or (ZeRO-1) its reduce-scatter plus the all-gather of the
     parameters in the compute dtype."""
-    order = {n: i for i, n in enumerate(sorted({st.node for st in stages}))}
-    key = (zero1, num_params if cm.profile is not None else None, tuple(
-        (order[st.node], cm.nodes[st.node].group.index, st.chip, st.tp) for st in stages))
+    nodes = [st.node for st in stages]
+    used = sorted(set(nodes))
+    order = {n: i for i, n in enumerate(used)}
+    key = (zero1, num_params if cm.profile is not None else None,
+           tuple(map(order.__getitem__, nodes)),  # each holder's node, by rank
+           tuple(cm.nodes[n].group.index for n in used),  # those nodes' groups (and chips)
+           tuple(len(st.local_devices) for st in stages))  # TP degrees
     figures = cm.sync_cache.get(key)
     if figures is None:
         job = cm.job
@@ -82,24 +86,34 @@ def segment_sync_s(cm: CostModel, stages: Sequence[Stage], num_params: int, zero
 def kind_figures(cm: CostModel, stages: Sequence[Stage], kind: Kind, bytes_per_param: float,
                  num_params: int) -> KindFigures:
     """The figures of ``kind`` among one piece of ``stages`` (holders stand for ranks),
-    each hop's rate from the loads of every piece."""
-    num = math.lcm(*(st.tp for st in stages))
+    each hop's rate from the loads of every piece: the hops of `gradsync.collective_hops`
+    (rings in node order, `hops.link_figures`, `hops.hop_sides`), walked once per step."""
+    num = math.lcm(*(len(st.local_devices) for st in stages))
     n_bytes = bytes_per_param * num_params / num  # for a profile's measured rings only
-    where = {h: (st.node, st.chip) for h, st in enumerate(stages)}
-    shared = [num // st.tp for st in stages]
+    node = [st.node for st in stages]
+    shared = [num // len(st.local_devices) for st in stages]
     islands: dict[str, list[int]] = {}
     for h, st in enumerate(stages):
         islands.setdefault(cm.chip(st.chip).island, []).append(h)
     coll = describe(kind, tuple(tuple(i) for i in islands.values()))
-    links: dict = {}
+    rank = [0] * len(stages)  # position in node order: a ring is its ranks sorted by it
+    for i, h in enumerate(sorted(range(len(stages)), key=lambda h: (node[h], h))):
+        rank[h] = i
+    where = {h: (st.node, st.chip) for h, st in enumerate(stages)}
+    links = _LinkMemo(cm)
     steps = []
     for step in coll.steps:
         edges = []
         for g, (sent, size, latencies) in zip(step.groups, step.figures, strict=True):
             measured = measured_ring_bw(cm, step, g.ranks, where, size * n_bytes)
             two = 2 * size if step.link == BRIDGE else 0.0
-            for *_, bw, lat, sides in ring_edges(cm, g.ranks, where, links, measured):
-                edges.append((latencies * lat, two, sent, bw, sides))
+            ring = sorted(g.ranks, key=rank.__getitem__)
+            for a, b in zip(ring, ring[1:] + ring[:1], strict=True):
+                _, bw, lat, nic_a, nic_b = links.of(node[a], node[b])
+                if measured is not None:  # the node's collective as a profile measured it
+                    bw, lat = measured, 0.0
+                edges.append((latencies * lat, two, sent, bw,
+                              hop_sides(a, b, node[a], node[b], bw, nic_a, nic_b)))
         load: Counter = Counter()
         for *_, sides in edges:
             for side, _ in sides:
@@ -108,3 +122,23 @@ def kind_figures(cm: CostModel, stages: Sequence[Stage], kind: Kind, bytes_per_p
                     for lat, two, sent, bw, sides in edges}
         steps.append((step.link == BRIDGE, tuple(distinct)))
     return KindFigures(bytes_per_param, num, tuple(steps))
+
+
+class _LinkMemo:
+    """`hops.link_figures` per node pair, computed once per pair of groups (and whether
+    the two are one node): what the figures depend on."""
+
+    def __init__(self, cm: CostModel):
+        self.cm, self.group = cm, [n.group.index for n in cm.nodes]
+        self.pairs: dict[tuple[int, int], tuple] = {}
+        self.groups: dict[tuple[int, int, bool], tuple] = {}
+
+    def of(self, node_a: int, node_b: int) -> tuple:
+        hit = self.pairs.get((node_a, node_b))
+        if hit is None:
+            key = (self.group[node_a], self.group[node_b], node_a == node_b)
+            hit = self.groups.get(key)
+            if hit is None:
+                hit = self.groups[key] = link_figures(self.cm, node_a, node_b)
+            self.pairs[(node_a, node_b)] = hit
+        return hit

@@ -157,9 +157,12 @@ def _islands(islands: Iterable[Iterable[int]]) -> tuple[tuple[int, ...], ...]:
 def chunks(islands: Sequence[Sequence[int]]) -> list[Group]:
     """The bridge's pairing: the buffer cut at every island's shard boundaries, each chunk
     with the owner of its shard in every island."""
-    cuts = sorted({Fraction(j, len(i)) for i in islands for j in range(len(i) + 1)})
+    whole = math.lcm(*(len(i) for i in islands))  # cuts in units of 1 / whole: integers
+    step = [whole // len(i) for i in islands]
+    cuts = sorted({j * s for i, s in zip(islands, step, strict=True) for j in range(len(i) + 1)})
     return [
-        Group(tuple(sorted(i[math.floor(a * len(i))] for i in islands)), a, b)
+        Group(tuple(sorted(i[a // s] for i, s in zip(islands, step, strict=True))),
+              Fraction(a, whole), Fraction(b, whole))
         for a, b in itertools.pairwise(cuts)
     ]
 

@@ -50,27 +50,43 @@ def _spread(bits: int, step: int, count: int, mask: int) -> int:
     return acc
 
 
-def _exact_totals(ranges: list[tuple[int, int, int]], target: int) -> list[int] | None:
-    """Pick n_i in [lo_i, hi_i] (micro-batches of size v_i) with sum v_i n_i = target."""
-    if len(ranges) == 1:
-        v, lo, hi = ranges[0]
-        return [target // v] if target % v == 0 and lo <= target // v <= hi else None
+def _reachable(ranges: list[tuple[int, int, int]], target: int) -> list[int] | None:
+    """The sums reachable after each range (bitsets; bit t: sum t) if ``target`` is
+    reachable with n_i in [lo_i, hi_i] micro-batches of size v_i, else None."""
     mask = (1 << (target + 1)) - 1
     layers = [1]
     for v, lo, hi in ranges:
         base = (layers[-1] << (v * lo)) & mask
         layers.append(_spread(base, v, hi - lo, mask))
-    if not (layers[-1] >> target) & 1:
+    return layers if (layers[-1] >> target) & 1 else None
+
+
+def _feasible(ranges: list[tuple[int, int, int]], target: int) -> bool:
+    if len(ranges) == 1:
+        v, lo, hi = ranges[0]
+        return target % v == 0 and lo <= target // v <= hi
+    return _reachable(ranges, target) is not None
+
+
+def _exact_totals(ranges: list[tuple[int, int, int]], target: int) -> list[int] | None:
+    """Pick n_i in [lo_i, hi_i] (micro-batches of size v_i) with sum v_i n_i = target: from
+    the last range back, the fewest micro-batches that leave a reachable rest."""
+    if len(ranges) == 1:
+        v, lo, hi = ranges[0]
+        return [target // v] if target % v == 0 and lo <= target // v <= hi else None
+    layers = _reachable(ranges, target)
+    if layers is None:
         return None
     picks = []
     rest = target
     for i in range(len(ranges) - 1, -1, -1):
         v, lo, hi = ranges[i]
-        for n in range(lo, hi + 1):
-            if rest - v * n >= 0 and (layers[i] >> (rest - v * n)) & 1:
-                picks.append(n)
-                rest -= v * n
-                break
+        hi = min(hi, rest // v)  # the sums rest - v n, n = lo..hi, at a stride of v
+        bottom, count = rest - v * hi, hi - lo + 1
+        window = (layers[i] >> bottom) & _spread(1, v, count - 1, (1 << (v * count)) - 1)
+        n = hi - (window.bit_length() - 1) // v  # the highest reachable sum: the fewest n
+        picks.append(n)
+        rest -= v * n
     picks.reverse()
     return picks
 
@@ -119,8 +135,7 @@ def split_batch(
     def fits(his: list[int]) -> bool:
         key = tuple(his)
         if key not in feasible:
-            feasible[key] = min(his) >= 1 and _exact_totals(
-                _ranges(classes, his)[1], global_batch) is not None
+            feasible[key] = min(his) >= 1 and _feasible(_ranges(classes, his)[1], global_batch)
         return feasible[key]
 
     lo = max(c.time_s(1) for c in classes)
