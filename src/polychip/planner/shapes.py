@@ -19,6 +19,7 @@ from polychip.costmodel import CostModel
 from polychip.costmodel.memory import in_flight_micro_batches
 from polychip.costmodel.pipeline import PipelineForm, exposed_stage_s
 from polychip.plan.plan import Replica, Stage
+from polychip.planner.caps import LayerCaps
 from polychip.planner.layersplit import INF, split_layers
 from polychip.planner.space import Template, canonical_slots, template_devices, template_stages
 
@@ -77,7 +78,7 @@ class ShapeBuilder:
         self.num_layers = self.model.num_layers
         self._rows: dict[tuple, list[float]] = {}
         self._stage_rows: dict[tuple, list[float]] = {}
-        self._caps: dict[tuple, int] = {}
+        self.caps = LayerCaps(cm)
         self._links: dict[tuple, list[float]] = {}
         self._shapes: dict[tuple, Shape | None] = {}
         self._splits: dict[tuple, tuple[int, ...] | None] = {}
@@ -98,40 +99,10 @@ class ShapeBuilder:
             self._rows[key] = row
         return row
 
-    def layer_cap(
-        self,
-        group: int,
-        tp: int,
-        mb: int,
-        first: bool,
-        last: bool,
-        rec: bool,
-        in_flight: int,
-        shards: int,
-    ) -> int:
+    def layer_cap(self, group: int, tp: int, mb: int, first: bool, last: bool, rec: bool,
+                  in_flight: int, shards: int) -> int:
         """Most layers such a stage holds within its chip's memory (0: not even one)."""
-        key = (group, tp, mb, first, last, rec, in_flight, shards)
-        hit = self._caps.get(key)
-        if hit is not None:
-            return hit
-        chip = self.cluster.groups[group].chip
-
-        def fits(n: int) -> bool:
-            mem = self.cm.stage_memory(
-                chip, n, tp, mb, first=first, last=last, in_flight=in_flight,
-                recompute=rec, zero_shards=shards,
-            )  # fmt: skip
-            return mem.total <= chip.memory_bytes
-
-        lo, hi = 0, self.num_layers
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if fits(mid):
-                lo = mid
-            else:
-                hi = mid - 1
-        self._caps[key] = lo
-        return lo
+        return self.caps.cap(group, tp, mb, first, last, rec, in_flight, shards)
 
     def link_times(self, template: Template, mb: int) -> list[float]:
         """Seconds to pass one micro-batch's activations across each stage boundary."""
@@ -174,6 +145,11 @@ class ShapeBuilder:
         m_mem = 10**9 if many else micro_batches
         rows, norec, rkeys = [], [], []
         allow_rec = self.job.allow_recompute
+        if layers is None and sum(self.caps.most(g, t, mb, shards, allow_rec)
+                                  for g, t in stages) < self.num_layers:
+            if keep:  # not all the layers fit, however split: no shape
+                self._shapes[key] = None
+            return None
         for i, (g, t) in enumerate(stages):
             first, last = i == 0, i == num - 1
             flight = in_flight_micro_batches(self.schedule, i, num, m_mem)
