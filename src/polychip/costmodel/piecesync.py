@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from polychip.costmodel.hops import hop_sides, link_figures, measured_ring_bw
+from polychip.costmodel.hops import link_figures, measured_ring_bw
 from polychip.plan.collectives import BRIDGE, Kind, describe
 from polychip.plan.plan import Stage
 
@@ -87,7 +87,8 @@ def kind_figures(cm: CostModel, stages: Sequence[Stage], kind: Kind, bytes_per_p
                  num_params: int) -> KindFigures:
     """The figures of ``kind`` among one piece of ``stages`` (holders stand for ranks),
     each hop's rate from the loads of every piece: the hops of `gradsync.collective_hops`
-    (rings in node order, `hops.link_figures`, `hops.hop_sides`), walked once per step."""
+    (rings in node order, `hops.link_figures`, shared as `hops.hop_sides` says), walked
+    once per step."""
     num = math.lcm(*(len(st.local_devices) for st in stages))
     n_bytes = bytes_per_param * num_params / num  # for a profile's measured rings only
     node = [st.node for st in stages]
@@ -103,23 +104,33 @@ def kind_figures(cm: CostModel, stages: Sequence[Stage], kind: Kind, bytes_per_p
     links = _LinkMemo(cm)
     steps = []
     for step in coll.steps:
+        # loads as `hops.hop_sides` counts them, of every piece: a rank's own link inside a
+        # node (x pieces per rank), a node's NIC side between nodes (x pieces)
+        out_load, in_load = [0] * len(stages), [0] * len(stages)
+        tx: Counter = Counter()
+        rx: Counter = Counter()
         edges = []
         for g, (sent, size, latencies) in zip(step.groups, step.figures, strict=True):
             measured = measured_ring_bw(cm, step, g.ranks, where, size * n_bytes)
             two = 2 * size if step.link == BRIDGE else 0.0
             ring = sorted(g.ranks, key=rank.__getitem__)
             for a, b in zip(ring, ring[1:] + ring[:1], strict=True):
-                _, bw, lat, nic_a, nic_b = links.of(node[a], node[b])
-                if measured is not None:  # the node's collective as a profile measured it
-                    bw, lat = measured, 0.0
-                edges.append((latencies * lat, two, sent, bw,
-                              hop_sides(a, b, node[a], node[b], bw, nic_a, nic_b)))
-        load: Counter = Counter()
-        for *_, sides in edges:
-            for side, _ in sides:
-                load[side] += shared[side[1]] if side[0] in ("out", "in") else num
-        distinct = {(lat, two, sent, min(bw, *(b / load[side] for side, b in sides)))
-                    for lat, two, sent, bw, sides in edges}
+                if node[a] == node[b]:
+                    out_load[a] += shared[a]
+                    in_load[b] += shared[b]
+                else:
+                    tx[node[a]] += num
+                    rx[node[b]] += num
+                edges.append((a, b, latencies, two, sent, measured))
+        distinct = set()
+        for a, b, latencies, two, sent, measured in edges:
+            na, nb = node[a], node[b]
+            _, bw, lat, nic_a, nic_b = links.of(na, nb)
+            if measured is not None:  # the node's collective as a profile measured it
+                bw, lat = measured, 0.0
+            rate = (min(bw, bw / out_load[a], bw / in_load[b]) if na == nb
+                    else min(bw, nic_a / tx[na], nic_b / rx[nb]))
+            distinct.add((latencies * lat, two, sent, rate))
         steps.append((step.link == BRIDGE, tuple(distinct)))
     return KindFigures(bytes_per_param, num, tuple(steps))
 

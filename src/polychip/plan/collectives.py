@@ -94,8 +94,13 @@ class Step:
         """Per group, in floats for pricing: (what each rank sends, the group's part of the
         buffer, ring latencies) -- `sent`, `size`, `latencies` (descriptions are cached, so
         a cost model pricing thousands of plans computes these once)."""
-        return tuple((float(self.sent(g)), float(g.size), self.latencies(g))
-                     for g in self.groups)
+        factor = 2 if self.op == "all_reduce" else 1
+        out = []
+        for g in self.groups:  # `sent` in one fraction: the same rational, far faster
+            p, size = len(g.ranks), g.size
+            sent = Fraction(factor * (p - 1) * size.numerator, p * size.denominator)
+            out.append((float(sent), float(size), self.latencies(g)))
+        return tuple(out)
 
 
 @dataclass(frozen=True)

@@ -59,13 +59,18 @@ class Estimator:
         for s, n in classes:
             for g, d in s.devices.items():
                 used[g] = used.get(g, 0) + d * n
+        # what the sync sees of the chips used in a group: on how many of a node's chips
+        # (the NIC's share) and whether they fit one node
+        per_node = {g: (min(self.cluster.groups[g].chips_per_node, u),
+                        u <= self.cluster.groups[g].chips_per_node) for g, u in used.items()}
 
         def allreduce(holders: list[tuple[int, int, int]], params: int) -> float:
             """holders: (group, tp, count)."""
-            key = (tuple(holders), params, tuple(sorted(used.items())), zero1)
+            key = (tuple(holders), params, zero1, tuple(per_node[g] for g, _, _ in holders))
             hit = self._allreduce.get(key)
             if hit is None:
-                hit = self._allreduce[key] = self._hierarchical_s(holders, params, used, zero1)
+                hit = self._allreduce[key] = self._hierarchical_s(holders, params, per_node,
+                                                                  zero1)
             return hit
 
         held, per_stages = [], []
@@ -91,7 +96,7 @@ class Estimator:
         return max(per_device.values())
 
     def _hierarchical_s(self, holders: list[tuple[int, int, int]], params: int,
-                        used: dict[int, int], zero1: bool) -> float:
+                        per_node: dict[int, tuple[int, bool]], zero1: bool) -> float:
         """Islands whose chips fit one node ring over the scale-up link (a chip's bytes, the
         gradient / TP, over its own link); others over the NICs, which each ring crosses
         once (the whole gradient through a NIC: its bandwidth / the smallest TP degree per
@@ -109,7 +114,7 @@ class Estimator:
         rings = []
         for p, bw, gs in islands.values():
             g = next(iter(gs))
-            if len(gs) == 1 and (groups[g].num_nodes == 1 or used[g] <= groups[g].chips_per_node):
+            if len(gs) == 1 and (groups[g].num_nodes == 1 or per_node[g][1]):
                 rings.append((p, groups[g].chip.link_bw_bytes_per_s, INTRA_NODE_LATENCY_S))
             else:
                 rings.append((p, bw, net.latency_s))
@@ -118,8 +123,7 @@ class Estimator:
         n_bytes = max(per_param * params / tp for _, tp, _ in holders)
         # every rank bridges its own shard: a chip shares its node's NIC with the chips the
         # candidate uses there (canonical packing: the group's fullest node)
-        bridge = min(groups[g].nic_bw_bytes_per_s / min(groups[g].chips_per_node, used[g])
-                     for g, _, _ in holders)
+        bridge = min(groups[g].nic_bw_bytes_per_s / per_node[g][0] for g, _, _ in holders)
         return hierarchical_allreduce_time_s(
             n_bytes, rings, bridge, net.host_copy_bw_bytes_per_s, net.latency_s
         )
