@@ -7,7 +7,6 @@ form of the hierarchical all-reduce per shape instead of per replica.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 from polychip.costmodel.comm import hierarchical_allreduce_time_s
@@ -73,12 +72,8 @@ class Estimator:
                                                                   zero1)
             return hit
 
-        held, per_stages = [], []
-        for s, n in classes:
-            per_stage = [(seg.group, seg.tp) for seg in s.template for _ in range(seg.num_stages)]
-            starts = list(itertools.accumulate(s.layers, initial=0))
-            held.append([(a, b, i) for i, (a, b) in enumerate(itertools.pairwise(starts))])
-            per_stages.append((n, per_stage))
+        held = [s.intervals for s, _ in classes]
+        per_stages = [(n, s.stage_groups) for s, n in classes]
         per_device: dict[tuple[int, int], float] = {}
         for a, b, stages in cut_layers(held):
             holders = [(*ps[si], n) for (n, ps), si in zip(per_stages, stages, strict=True)]

@@ -58,7 +58,7 @@ class Scorer:
         self.evaluations = 0
         self.pruned = 0
         self._seen: dict[tuple, Scored | None] = {}
-        self._opt: dict[tuple[int, int], float] = {}
+        self._opt: dict[tuple, float] = {}
 
     def zero1_for(self, num_replicas: int) -> bool:
         return self.job.allow_zero1 and num_replicas > 1
@@ -113,7 +113,7 @@ class Scorer:
     def optimizer_s(self, shape: Shape, shards: int) -> float:
         """`CostModel.optimizer_time_s` of one replica of ``shape`` (the slowest device's
         AdamW step: every replica of a shape takes the same)."""
-        key = (id(shape), shards)
+        key = (shape.template, shape.layers, shards)  # all the step depends on
         if key not in self._opt:
             rep = self.builder.representative(shape)
             self._opt[key] = self.cm.optimizer_time_s((rep,), shards)

@@ -64,6 +64,17 @@ class Shape:
         return tuple(seg.group for seg in self.template)
 
     @cached_property
+    def stage_groups(self) -> list[tuple[int, int]]:
+        """(group, TP degree) of every stage."""
+        return [(seg.group, seg.tp) for seg in self.template for _ in range(seg.num_stages)]
+
+    @cached_property
+    def intervals(self) -> list[tuple[int, int, int]]:
+        """(first layer, end layer, stage) of every stage."""
+        starts = list(itertools.accumulate(self.layers, initial=0))
+        return [(a, b, i) for i, (a, b) in enumerate(itertools.pairwise(starts))]
+
+    @cached_property
     def rate(self) -> float:
         """Sequences per second in the steady state."""
         return self.micro_batch_size / self.beat_s
