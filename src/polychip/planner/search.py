@@ -236,22 +236,29 @@ class FastSearch:
                 memo[(g, budget)] = opts or [()]
             return memo[(g, budget)]
 
+        def holds(replicas: int) -> bool:  # `_memory_context_holds` of this context's shapes
+            return shards <= (replicas if self.scorer.zero1_for(replicas) else 1)
+
         for tpl in self.mixed.templates(list(groups), best_tp):
+            kfit0 = min(self.cluster.groups[seg.group].num_devices // seg.num_devices
+                        for seg in tpl)
             for mb in mbs:
+                kfit = min(kfit0, self.job.global_batch // mb)
+                ks = range(1, kfit + 1) if kfit <= 8 else sorted({1, kfit // 2, kfit})
+                variants = []  # k copies plus the fills of the chips left (the leftovers)
+                for k in ks:
+                    used = {seg.group: seg.num_devices * k for seg in tpl}
+                    variants.append((k, _fill_variants([
+                        leftovers(g, self.cluster.groups[g].num_devices - used.get(g, 0))
+                        for g in singles])))
+                if not any(holds(k + sum(n for _, n in fill))
+                           for k, fills in variants for fill in (*fills, ())):
+                    continue  # no candidate of this pipeline has the replicas it assumes
                 shape = self.builder.build(tpl, mb, shards, self._micro_ctx(bucket, mb))
                 if shape is None:
                     continue
-                kfit = min(
-                    self.cluster.groups[seg.group].num_devices // seg.num_devices for seg in tpl
-                )
-                kfit = min(kfit, self.job.global_batch // mb)
-                ks = range(1, kfit + 1) if kfit <= 8 else sorted({1, kfit // 2, kfit})
-                for k in ks:
+                for k, fills in variants:
                     core = ((shape, k),)
-                    used = {seg.group: seg.num_devices * k for seg in tpl}
-                    fills = _fill_variants([
-                        leftovers(g, self.cluster.groups[g].num_devices - used.get(g, 0))
-                        for g in singles])
                     for n, fill in enumerate(fills):
                         out.append(((tpl, mb, k, True, n), core + fill))
                     if fills[0]:

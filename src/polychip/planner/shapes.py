@@ -156,8 +156,9 @@ class ShapeBuilder:
         m_mem = 10**9 if many else micro_batches
         rows, norec, rkeys = [], [], []
         allow_rec = self.job.allow_recompute
-        if layers is None and sum(self.caps.most(g, t, mb, shards, allow_rec)
-                                  for g, t in stages) < self.num_layers:
+        if layers is None and sum(seg.num_stages * self.caps.most(seg.group, seg.tp, mb, shards,
+                                                                  allow_rec)
+                                  for seg in template) < self.num_layers:
             if keep:  # not all the layers fit, however split: no shape
                 self._shapes[key] = None
             return None
