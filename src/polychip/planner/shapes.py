@@ -93,6 +93,7 @@ class ShapeBuilder:
         self._links: dict[tuple, list[float]] = {}
         self._shapes: dict[tuple, Shape | None] = {}
         self._splits: dict[tuple, tuple[int, ...] | None] = {}
+        self._template_rows: dict[tuple, tuple] = {}
 
     # ---- components -----------------------------------------------------------------------
     def time_row(
@@ -150,11 +151,6 @@ class ShapeBuilder:
         key = (template, mb, shards, micro_batches, weight, layers)
         if key in self._shapes:
             return self._shapes[key]
-        stages = template_stages(template)
-        num = len(stages)
-        many = micro_batches is None
-        m_mem = 10**9 if many else micro_batches
-        rows, norec, rkeys = [], [], []
         allow_rec = self.job.allow_recompute
         if layers is None and sum(seg.num_stages * self.caps.most(seg.group, seg.tp, mb, shards,
                                                                   allow_rec)
@@ -162,6 +158,47 @@ class ShapeBuilder:
             if keep:  # not all the layers fit, however split: no shape
                 self._shapes[key] = None
             return None
+        rows, norec, rkeys = self._rows_of(template, mb, shards, micro_batches, keep)
+        links = self.link_times(template, mb)
+        if layers is None:  # equal rows (other memory contexts, same caps): the same split
+            skey = (template, mb, weight, rkeys)
+            if skey not in self._splits:
+                self._splits[skey] = self._split(rows, links, weight)
+            chosen = self._splits[skey]
+        else:
+            ok = all(rows[s][n] < INF for s, n in enumerate(layers))
+            chosen = layers if ok else None
+        shape = None
+        if chosen is not None:
+            costs = [rows[s][n] for s, n in enumerate(chosen)]
+            rec = tuple(n > norec[s] for s, n in enumerate(chosen))
+            limit = None  # 1F1B: memory was checked for min(S - i, micro_batches) in flight
+            if micro_batches is not None and micro_batches < len(rows):
+                limit = micro_batches
+            if self.schedule == "gpipe":
+                limit = self._gpipe_limit(template, mb, chosen, rec, shards)
+            if limit != 0:
+                form = PipelineForm.of(costs, links, self.schedule, self.job.overlap_p2p)
+                shape = Shape(template, mb, chosen, rec, form, shards, limit)
+        if keep:
+            self._shapes[key] = shape
+        return shape
+
+    def _rows_of(self, template: Template, mb: int, shards: int, micro_batches: int | None,
+                 keep: bool) -> tuple[list[list[float]], list[int], tuple[tuple, ...]]:
+        """Per stage its cost row (seconds per micro-batch holding n = 0..L layers: without
+        recompute up to its plain cap, with it up to its recompute cap, INF beyond), its
+        plain cap and the row's key (``keep``: cached per template and memory context)."""
+        ckey = (template, mb, shards, micro_batches)
+        hit = self._template_rows.get(ckey)
+        if hit is not None:
+            return hit
+        stages = template_stages(template)
+        num = len(stages)
+        many = micro_batches is None
+        m_mem = 10**9 if many else micro_batches
+        rows, norec, rkeys = [], [], []
+        allow_rec = self.job.allow_recompute
         for i, (g, t) in enumerate(stages):
             first, last = i == 0, i == num - 1
             flight = in_flight_micro_batches(self.schedule, i, num, m_mem)
@@ -184,41 +221,10 @@ class ShapeBuilder:
             rows.append(row)
             norec.append(cap0)
             rkeys.append(rkey)
-        links = self.link_times(template, mb)
-        overlap = self.job.overlap_p2p
-        if layers is None:  # equal rows (other memory contexts, same caps): the same split
-            skey = (template, mb, weight, tuple(rkeys))
-            if skey not in self._splits:
-                self._splits[skey] = self._split(rows, links, weight)
-            chosen = self._splits[skey]
-        else:
-            ok = all(rows[s][n] < INF for s, n in enumerate(layers))
-            chosen = layers if ok else None
-        shape = None
-        if chosen is not None:
-            costs = [rows[s][n] for s, n in enumerate(chosen)]
-            rec = tuple(n > norec[s] for s, n in enumerate(chosen))
-            limit = None  # 1F1B: memory was checked for min(S - i, micro_batches) in flight
-            if micro_batches is not None and micro_batches < num:
-                limit = micro_batches
-            if self.schedule == "gpipe":
-                limit = self._gpipe_limit(template, mb, chosen, rec, shards)
-            shape = (
-                None
-                if limit == 0
-                else Shape(
-                    template=template,
-                    micro_batch_size=mb,
-                    layers=chosen,
-                    recompute=rec,
-                    form=PipelineForm.of(costs, links, self.schedule, overlap),
-                    zero_shards=shards,
-                    max_micro_batches=limit,
-                )
-            )
+        out = (rows, norec, tuple(rkeys))
         if keep:
-            self._shapes[key] = shape
-        return shape
+            self._template_rows[ckey] = out
+        return out
 
     def _split(
         self, rows: list[list[float]], links: list[float], weight: float
