@@ -2,6 +2,10 @@
 seeded random small clusters. Every figure comes from one run, side by side.
 
     PYTHONPATH=src python benchmarks/planner.py --json out/planner.json
+    PYTHONPATH=src python benchmarks/planner.py --seeds 0   # the examples alone
+
+Each example's planning time is given as wall seconds and CPU seconds of this process
+(`time.process_time`, one core): on a shared machine the CPU figure is the steadier one.
 """
 
 from __future__ import annotations
@@ -34,12 +38,17 @@ EXAMPLES = [  # cluster file, model, global batch, sequence length
     ("a100-910b-mi300x.yaml", "llama3-70b", 512, 4096),
     ("mix-1024.yaml", "llama3-70b", 1024, 4096),
     ("mix-4096.yaml", "llama3-70b", 2048, 4096),
+    # 65,536 chips: mix-4096 x 16 at the same 0.5 sequences per chip (global batch 32768), so
+    # the two compare the planner's scaling, not another regime (examples/clusters/mix-65536)
+    ("mix-65536.yaml", "llama3-70b", 32768, 4096),
 ]
 
 
-def examples() -> list[dict]:
+def examples(only: list[str] | None = None) -> list[dict]:
     rows = []
     for cluster_file, model, batch, seq in EXAMPLES:
+        if only and cluster_file.removesuffix(".yaml") not in only:
+            continue
         cluster = load_cluster(ROOT / "examples" / "clusters" / cluster_file)
         start, cpu = time.perf_counter(), time.process_time()
         plan = plan_job(cluster, load_model(model), TrainingJob(batch, seq))
@@ -128,7 +137,8 @@ def small(seeds: int, max_chips: int, max_stages: int | None, time_limit_s: floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--seeds", type=int, default=12, help="random small clusters")
+    parser.add_argument("--seeds", type=int, default=12,
+                        help="random small clusters (0: the example clusters alone)")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--max-chips", type=int, default=16)
     parser.add_argument("--max-stages", type=int, default=None,
@@ -136,11 +146,13 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=600.0,
                         help="the oracle's budget per cluster (refuse above, stop at it)")
     parser.add_argument("--skip-examples", action="store_true")
+    parser.add_argument("--example", action="append", metavar="CLUSTER",
+                        help="only this example cluster (e.g. mix-4096); repeatable")
     args = parser.parse_args()
     console = Console()
     out: dict = {"examples": [], "small": []}
     if not args.skip_examples:
-        out["examples"] = examples()
+        out["examples"] = examples(args.example)
         t = Table(title="example clusters: plan vs baselines (tokens/s, same cost model)")
         for col in (
             "cluster",
@@ -155,6 +167,7 @@ def main() -> None:
             "/naive",
             "/ideal",
             "wall s",
+            "cpu s",
         ):
             t.add_column(col, justify="left" if col in ("cluster", "model") else "right")
         for r in out["examples"]:
@@ -171,6 +184,7 @@ def main() -> None:
                 "-" if r["vs_naive_mixed"] is None else f"{r['vs_naive_mixed']:.2f}",
                 f"{r['vs_ideal']:.2f}",
                 f"{r['planner_wall_s']:.1f}",
+                f"{r['planner_cpu_s']:.1f}",
             )
         console.print(t)
     if args.seeds:
