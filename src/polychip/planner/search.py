@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from polychip.planner.bounds import most_replicas
 from polychip.planner.estimate import Estimator
 from polychip.planner.mixed import LARGE, MixedTemplates
+from polychip.planner.polish import polish
 from polychip.planner.scoring import Scored, Scorer, better
 from polychip.planner.shapes import Shape
 from polychip.planner.space import (
@@ -115,8 +116,8 @@ class FastSearch:
                     if pipe is not None:
                         pool[key] = (job.tokens_per_step / pipe, family, cand)
         ranked = self._ranked(list(pool.values()))
-        best: Scored | None = None
         self.progress(0.8, f"scoring {min(len(ranked), EXACT_SHORTLIST)} candidates exactly")
+        best: Scored | None = None
         for _, cand in ranked[:EXACT_SHORTLIST]:
             best = better(best, self.scorer.score(cand, against=best))
         if best is None:  # nothing scored yet: walk down the whole ranking until one is a plan
@@ -125,7 +126,7 @@ class FastSearch:
                 if best is not None:
                     break
         self.progress(0.9, "polishing")
-        return self.polish(best)
+        return polish(self.scorer, best)
 
     def _ranked(self, pool: list[tuple[float, object, Classes]], everything: bool = False
                 ) -> list[tuple[float, Classes]]:
@@ -265,45 +266,6 @@ class FastSearch:
                         out.append(((tpl, mb, k, False), core))
         return out
 
-    def polish(self, best: Scored | None) -> Scored | None:
-        """Local moves on the winner, scored exactly: one replica more or fewer of a shape,
-        a single replica of it, dropping it, another micro-batch size for it, or, where a
-        1F1B window binds, one layer moved between two neighbouring stages (what the layer
-        split does not weigh: the windows of runs of stages, the optimizer step on a tie)."""
-        for _ in range(4):
-            if best is None:
-                return None
-            start = best
-            base = [(s, len(ms)) for s, ms in best.classes]
-            most = [max(ms) for _, ms in best.classes]  # micro-batches of its busiest replica
-            for i, (shape, n) in enumerate(base):
-                others = base[:i] + base[i + 1 :]
-                moves: list[list[tuple[Shape, int]]] = [
-                    [*others, (shape, n + 1)],
-                    [*others, (shape, n - 1)],
-                    [*others, (shape, 1)],
-                    others,
-                ]
-                for mb in micro_batch_sizes(self.job.global_batch):
-                    if mb != shape.micro_batch_size:
-                        alt = self.builder.build(shape.template, mb, shape.zero_shards)
-                        if alt is not None:
-                            moves.append([*others, (alt, n)])
-                # only where a window binds (else the layer split's own beat is exact), and
-                # only splits whose pipeline is no slower for this shape's micro-batches
-                binds = shape.form.steady_beat_s > shape.form.bottleneck_s
-                for layers in _neighbour_splits(shape.layers) if binds else []:
-                    alt = self.builder.build(
-                        shape.template, shape.micro_batch_size, shape.zero_shards, layers=layers
-                    )
-                    if alt is not None and alt.time_s(most[i]) <= shape.time_s(most[i]):
-                        moves.append([*others, (alt, n)])
-                for cand in moves:
-                    best = better(best, self.scorer.score(tuple(cand), against=best))
-            if best is start:
-                break
-        return best
-
 
 def _fill_variants(left: list[list[Classes]]) -> list[Classes]:
     """Every group's first leftover fill, then one group at a time at another of its fills."""
@@ -312,16 +274,3 @@ def _fill_variants(left: list[list[Classes]]) -> list[Classes]:
         for alt in opts[1:]:
             fills.append(tuple(c for j, o in enumerate(left) for c in (alt if j == i else o[0])))
     return fills
-
-
-def _neighbour_splits(layers: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """The splits with one layer moved from a stage to a neighbouring one."""
-    out = []
-    for j in range(len(layers) - 1):
-        for d in (-1, 1):
-            moved = list(layers)
-            moved[j] += d
-            moved[j + 1] -= d
-            if min(moved) >= 1:
-                out.append(tuple(moved))
-    return out
