@@ -59,6 +59,7 @@ class Scorer:
         self.pruned = 0
         self._seen: dict[tuple, Scored | None] = {}
         self._opt: dict[tuple, float] = {}
+        self._reps: dict[tuple, Replica] = {}  # one replica per template and layer split
 
     def zero1_for(self, num_replicas: int) -> bool:
         return self.job.allow_zero1 and num_replicas > 1
@@ -115,7 +116,9 @@ class Scorer:
         AdamW step: every replica of a shape takes the same)."""
         key = (shape.template, shape.layers, shards)  # all the step depends on
         if key not in self._opt:
-            rep = self.builder.representative(shape)
+            rep = self._reps.get(key[:2])
+            if rep is None:
+                rep = self._reps[key[:2]] = self.builder.representative(shape)
             self._opt[key] = self.cm.optimizer_time_s((rep,), shards)
         return self._opt[key]
 
