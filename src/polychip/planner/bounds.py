@@ -24,14 +24,14 @@ def most_replicas(builder: ShapeBuilder, groups: Sequence[int], shards: int) -> 
     """An upper bound on the replicas of any candidate over ``groups`` whose stages fit
     memory with optimizer state over ``shards``: each replica trains at least one sequence,
     and holds the L layers on stages of at most `layer_cap` layers each -- at most rho
-    layers per chip, rho the best cap / TP of any stage (one micro-batch of one sequence
-    in flight, recompute where allowed, no embedding or head: the least memory) -- so it
+    layers per chip, rho the best cap / TP of any stage (`LayerCaps.most`: one micro-batch
+    of one sequence in flight, no embedding or head, with or without recompute) -- so it
     needs at least L / rho chips."""
     cluster, model, job = builder.cluster, builder.model, builder.job
     rho = Fraction(0)
     for g in groups:
         for tp in tp_degrees(cluster.groups[g], model, job):
-            cap = builder.layer_cap(g, tp, 1, False, False, job.allow_recompute, 1, shards)
+            cap = builder.caps.most(g, tp, 1, shards, job.allow_recompute)
             rho = max(rho, Fraction(cap, tp))
     if rho == 0:
         return 0
