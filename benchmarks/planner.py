@@ -2,6 +2,10 @@
 seeded random small clusters. Every figure comes from one run, side by side.
 
     PYTHONPATH=src python benchmarks/planner.py --json out/planner.json
+    PYTHONPATH=src python benchmarks/planner.py --seeds 0   # the examples alone
+
+Each example's planning time is given as wall seconds and CPU seconds of this process
+(`time.process_time`, one core): on a shared machine the CPU figure is the steadier one.
 """
 
 from __future__ import annotations
@@ -34,12 +38,17 @@ EXAMPLES = [  # cluster file, model, global batch, sequence length
     ("a100-910b-mi300x.yaml", "llama3-70b", 512, 4096),
     ("mix-1024.yaml", "llama3-70b", 1024, 4096),
     ("mix-4096.yaml", "llama3-70b", 2048, 4096),
+    # 65,536 chips: mix-4096 x 16 at the same 0.5 sequences per chip (global batch 32768), so
+    # the two compare the planner's scaling, not another regime (examples/clusters/mix-65536)
+    ("mix-65536.yaml", "llama3-70b", 32768, 4096),
 ]
 
 
-def examples() -> list[dict]:
+def examples(only: list[str] | None = None) -> list[dict]:
     rows = []
     for cluster_file, model, batch, seq in EXAMPLES:
+        if only and cluster_file.removesuffix(".yaml") not in only:
+            continue
         cluster = load_cluster(ROOT / "examples" / "clusters" / cluster_file)
         start, cpu = time.perf_counter(), time.process_time()
         plan = plan_job(cluster, load_model(model), TrainingJob(batch, seq))
@@ -125,10 +134,11 @@ def small(seeds: int, max_chips: int, max_stages: int | None, time_limit_s: floa
     return rows
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--seeds", type=int, default=12, help="random small clusters")
+    parser.add_argument("--seeds", type=int, default=12,
+                        help="random small clusters (0: the example clusters alone)")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--max-chips", type=int, default=16)
     parser.add_argument("--max-stages", type=int, default=None,
@@ -136,83 +146,77 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=600.0,
                         help="the oracle's budget per cluster (refuse above, stop at it)")
     parser.add_argument("--skip-examples", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--example", action="append", metavar="CLUSTER",
+                        help="only this example cluster (e.g. mix-4096); repeatable")
+    return parser
+
+
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    t = Table(title=title)
+    for col in columns:
+        t.add_column(col, justify="left" if col in ("cluster", "model") else "right")
+    return t
+
+
+def _examples_table(rows: list[dict]) -> Table:
+    t = _table("example clusters: plan vs baselines (tokens/s, same cost model)",
+               ("cluster", "chips", "model", "plan", "MFU", "best single", "naive mixed",
+                "ideal", "/single", "/naive", "/ideal", "wall s", "cpu s"))
+    for r in rows:
+        t.add_row(
+            r["cluster"],
+            str(r["chips"]),
+            r["model"],
+            f"{r['plan_tokens_per_s']:,.0f}",
+            f"{r['mfu']:.1%}",
+            f"{r['best_single_type_tokens_per_s']:,.0f}",
+            f"{r['naive_mixed_tokens_per_s']:,.0f}",
+            f"{r['ideal_tokens_per_s']:,.0f}",
+            f"{r['vs_best_single_type']:.2f}",
+            "-" if r["vs_naive_mixed"] is None else f"{r['vs_naive_mixed']:.2f}",
+            f"{r['vs_ideal']:.2f}",
+            f"{r['planner_wall_s']:.1f}",
+            f"{r['planner_cpu_s']:.1f}",
+        )
+    return t
+
+
+def _small_table(rows: list[dict], args: argparse.Namespace) -> Table:
+    t = _table(f"fast vs exhaustive, random clusters <= {args.max_chips} chips, <= 3 types, "
+               f"stages <= {args.max_stages or 'min(layers, 16)'}, oracle budget "
+               f"{args.time_limit:g} s",
+               ("seed", "cluster", "model", "batch", "stages", "fast", "est. s",
+                "exhaustive", "ratio", "fast s", "exh. s", "built / 1st pass"))
+    for r in rows:
+        t.add_row(
+            str(r["seed"]),
+            r["cluster"],
+            r["model"],
+            str(r["global_batch"]),
+            str(r["max_stages"]),
+            f"{r['fast_tokens_per_s']:,.0f}",
+            f"{r['estimated_s']:.3g}",
+            "refused" if not r["accepted"] else f"{r['exhaustive_tokens_per_s']:,.0f}"
+            + ("" if r["proven"] else " (not proven)"),
+            "-" if r["ratio"] is None else f"{r['ratio']:.4f}",
+            f"{r['fast_wall_s']:.2f}",
+            "-" if not r["accepted"] else f"{r['exhaustive_wall_s']:.1f}",
+            "-" if not r["accepted"] else f"{r['shapes_built'] / r['first_pass_shapes']:.2f}",
+        )
+    return t
+
+
+def main() -> None:
+    args = _parser().parse_args()
     console = Console()
     out: dict = {"examples": [], "small": []}
     if not args.skip_examples:
-        out["examples"] = examples()
-        t = Table(title="example clusters: plan vs baselines (tokens/s, same cost model)")
-        for col in (
-            "cluster",
-            "chips",
-            "model",
-            "plan",
-            "MFU",
-            "best single",
-            "naive mixed",
-            "ideal",
-            "/single",
-            "/naive",
-            "/ideal",
-            "wall s",
-        ):
-            t.add_column(col, justify="left" if col in ("cluster", "model") else "right")
-        for r in out["examples"]:
-            t.add_row(
-                r["cluster"],
-                str(r["chips"]),
-                r["model"],
-                f"{r['plan_tokens_per_s']:,.0f}",
-                f"{r['mfu']:.1%}",
-                f"{r['best_single_type_tokens_per_s']:,.0f}",
-                f"{r['naive_mixed_tokens_per_s']:,.0f}",
-                f"{r['ideal_tokens_per_s']:,.0f}",
-                f"{r['vs_best_single_type']:.2f}",
-                "-" if r["vs_naive_mixed"] is None else f"{r['vs_naive_mixed']:.2f}",
-                f"{r['vs_ideal']:.2f}",
-                f"{r['planner_wall_s']:.1f}",
-            )
-        console.print(t)
+        out["examples"] = examples(args.example)
+        console.print(_examples_table(out["examples"]))
     if args.seeds:
         out["small"] = small(args.seeds, args.max_chips, args.max_stages, args.time_limit,
                              args.first_seed)
-        t = Table(
-            title=f"fast vs exhaustive, random clusters <= {args.max_chips} chips, "
-            f"<= 3 types, stages <= {args.max_stages or 'min(layers, 16)'}, oracle budget "
-            f"{args.time_limit:g} s"
-        )
-        for col in (
-            "seed",
-            "cluster",
-            "model",
-            "batch",
-            "stages",
-            "fast",
-            "est. s",
-            "exhaustive",
-            "ratio",
-            "fast s",
-            "exh. s",
-            "built / 1st pass",
-        ):
-            t.add_column(col, justify="left" if col in ("cluster", "model") else "right")
-        for r in out["small"]:
-            t.add_row(
-                str(r["seed"]),
-                r["cluster"],
-                r["model"],
-                str(r["global_batch"]),
-                str(r["max_stages"]),
-                f"{r['fast_tokens_per_s']:,.0f}",
-                f"{r['estimated_s']:.3g}",
-                "refused" if not r["accepted"] else f"{r['exhaustive_tokens_per_s']:,.0f}"
-                + ("" if r["proven"] else " (not proven)"),
-                "-" if r["ratio"] is None else f"{r['ratio']:.4f}",
-                f"{r['fast_wall_s']:.2f}",
-                "-" if not r["accepted"] else f"{r['exhaustive_wall_s']:.1f}",
-                "-" if not r["accepted"] else f"{r['shapes_built'] / r['first_pass_shapes']:.2f}",
-            )
-        console.print(t)
+        console.print(_small_table(out["small"], args))
         ratios = [r["ratio"] for r in out["small"] if r["ratio"] is not None]
         out["small_min_ratio"] = min(ratios) if ratios else None
         refused = sum(not r["accepted"] for r in out["small"])

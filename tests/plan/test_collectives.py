@@ -93,3 +93,6 @@ def test_properties_for_any_islands(sizes: list[int]) -> None:
     assert all((b - a) * rs.granularity == int((b - a) * rs.granularity) for a, b in parts)
     if len(set(sizes)) == 1:
         assert {rs.owned_fraction(r) for r in ranks} == {F(1, len(ranks))}
+    for step in (*ar.steps, *rs.steps, *all_gather(islands).steps):  # the priced floats
+        assert step.figures == tuple((float(step.sent(g)), float(g.size), step.latencies(g))
+                                     for g in step.groups)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 import random
 
 import pytest
 
-from polychip.planner.batchsplit import BatchClass, split_batch
+from polychip.planner.batchsplit import (
+    BatchClass,
+    _distribute,
+    _exact_totals,
+    _ranges,
+    split_batch,
+)
 from polychip.planner.layersplit import INF, split_layers
 
 
@@ -136,3 +143,70 @@ def test_upper_envelope_is_the_max_of_lines(seed: int) -> None:
     for _ in range(50):
         t = rng.uniform(0, 20)
         assert env(t) == pytest.approx(max(a * t + b for a, b in lines))
+
+
+def _heap_distribute(classes, his, global_batch):
+    """The water-filling as a heap of every replica hands it out (the reference)."""
+    groups, ranges = _ranges(classes, his)
+    totals = _exact_totals(ranges, global_batch)
+    out = [[1] * c.count for c in classes]
+    for idx, total in zip(groups, totals, strict=True):
+        left = total - sum(classes[i].count for i in idx)
+        heap = [(classes[i].time_s(2), i, r) for i in idx for r in range(classes[i].count)
+                if his[i] > 1]
+        heapq.heapify(heap)
+        while left > 0:
+            _, i, r = heapq.heappop(heap)
+            out[i][r] += 1
+            left -= 1
+            if out[i][r] < his[i]:
+                heapq.heappush(heap, (classes[i].time_s(out[i][r] + 1), i, r))
+    return tuple(tuple(x) for x in out)
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_water_filling_per_class_equals_the_heap_over_replicas(seed: int) -> None:
+    """Ties included: integer times shared between classes, and flat stretches inside one
+    (a pipeline whose first micro-batches cost no more than its fill)."""
+    rng = random.Random(5000 + seed)
+    classes, his = [], []
+    for _ in range(rng.randint(1, 4)):
+        fill, beat, flat = rng.randint(1, 6), rng.randint(0, 3), rng.randint(1, 4)
+        classes.append(BatchClass(
+            count=rng.randint(1, 5), micro_batch_size=rng.choice([1, 1, 2]),
+            time_s=lambda m, f=fill, b=beat, k=flat: float(f + max(0, m - k) * b)))
+        his.append(rng.randint(1, 9))
+    global_batch = rng.randint(1, sum(c.count * h * c.micro_batch_size
+                                      for c, h in zip(classes, his, strict=True)))
+    if _exact_totals(_ranges(classes, his)[1], global_batch) is None:
+        return
+    assert _distribute(classes, his, global_batch) == _heap_distribute(classes, his,
+                                                                        global_batch)
+
+
+def _loop_totals(ranges, target):
+    """The reachable sums by brute force, picks by a loop over counts (the reference)."""
+    reach = [{0}]
+    for v, lo, hi in ranges:
+        reach.append({t + v * n for t in reach[-1] for n in range(lo, hi + 1)
+                      if t + v * n <= target})
+    if target not in reach[-1]:
+        return None
+    picks, rest = [], target
+    for i in range(len(ranges) - 1, -1, -1):
+        v, lo, hi = ranges[i]
+        n = next(n for n in range(lo, hi + 1) if rest - v * n in reach[i])
+        picks.append(n)
+        rest -= v * n
+    return picks[::-1]
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_exact_totals_picks_the_fewest_micro_batches_from_the_last_size(seed: int) -> None:
+    rng = random.Random(9000 + seed)
+    ranges = []
+    for v in sorted(rng.sample([1, 2, 4, 8], rng.randint(1, 4))):
+        lo = rng.randint(0, 6)
+        ranges.append((v, lo, lo + rng.randint(0, 12)))
+    target = rng.randint(0, sum(v * hi for v, _, hi in ranges))
+    assert _exact_totals(ranges, target) == _loop_totals(ranges, target)

@@ -15,6 +15,7 @@ import copy
 from collections.abc import Iterable, Mapping
 
 from polychip.costmodel import profiled
+from polychip.costmodel.classes import ReplicaClasses
 from polychip.costmodel.comm import LinkKind, bridge_time_s, p2p_time_s
 from polychip.costmodel.compute import StageTimes, block_times, embedding_times, head_times
 from polychip.costmodel.gradsync import dp_sync_time_s, segment_sync_s
@@ -50,7 +51,7 @@ class CostModel(StageMemory, PipelineCost):
         # Per node, the chips the replicas this model is bound to use there (`under`);
         # None: not bound, every chip of a node shares its NIC.
         self.chips_used: Mapping[int, int] | None = None
-        self.sync_cache: dict[tuple, float] = {}  # gradsync.segment_sync_s
+        self.sync_cache: dict[tuple, tuple] = {}  # piecesync.segment_sync_s
         self._link_cache: dict[tuple[int, int], tuple[LinkKind, float, float]] = {}
 
     def under(self, replicas: Iterable[Replica]) -> CostModel:
@@ -194,19 +195,18 @@ class CostModel(StageMemory, PipelineCost):
         seconds = segment_sync_s(self, replicas, segment, zero1)
         return seconds * self.grad_sync_correction(stages)
 
-    def dp_sync_time_s(
-        self,
-        replicas: tuple[Replica, ...],
-        zero1: bool = False,
-        virtual_stages: int = 1,
-        schedule: str = "1f1b",
-        overlap: bool | None = None,
-    ) -> float:
+    def dp_sync_time_s(self, replicas: tuple[Replica, ...], zero1: bool = False,
+                       virtual_stages: int = 1, schedule: str = "1f1b",
+                       overlap: bool | None = None, classes: ReplicaClasses | None = None
+                       ) -> float:
         """Gradient sync left after the slowest pipeline, overlapped with the backward by
-        default as the job says (gradsync.dp_sync_time_s)."""
+        default as the job says (gradsync.dp_sync_time_s; ``classes``: the replicas'
+        `ReplicaClasses`, if already grouped)."""
         overlap = self.job.overlap_grad_sync if overlap is None else overlap
-        seconds = dp_sync_time_s(self, replicas, zero1, virtual_stages, schedule, overlap)
-        return seconds * self.grad_sync_correction([s for r in replicas for s in r.stages])
+        classes = classes or ReplicaClasses.of(self, replicas)
+        seconds = dp_sync_time_s(self, classes, zero1, virtual_stages, schedule, overlap)
+        return seconds * self.grad_sync_correction(
+            [s for r in classes.representatives for s in r.stages])
 
     def grad_sync_correction(self, stages: Iterable[Stage]) -> float:
         """The calibrated factor on a gradient sync among `stages`: the largest
@@ -249,15 +249,16 @@ class CostModel(StageMemory, PipelineCost):
         form, its activations in flight, its gradients' readiness for the sync."""
         zero_shards = len(replicas) if zero1 else 1
         v = virtual_stages if schedule == "interleaved-1f1b" else 1
-        spans = [self.pipeline_time_s(r, schedule, v) for r in replicas]
+        classes = ReplicaClasses.of(self, replicas)  # identical replicas priced once
+        spans = classes.per_replica(lambda r: self.pipeline_time_s(r, schedule, v))
         pipeline_s = max(s for s, _ in spans)
-        dp_s = self.dp_sync_time_s(replicas, zero1, v, schedule)
-        opt_s = self.optimizer_time_s(replicas, zero_shards)
+        dp_s = self.dp_sync_time_s(replicas, zero1, v, schedule, classes=classes)
+        opt_s = self.optimizer_time_s(tuple(classes.representatives), zero_shards)
         # the busiest device: its compute, and its host work per micro-batch and per step
-        busiest = max(((r.num_micro_batches * self.times_of(r, si).total_s,
+        busiest = max(((r.num_micro_batches * self.times_of(r, si, schedule).total_s,
                         r.num_micro_batches, self.host_times(self.chip(st.chip),
                                                              r.micro_batch_size))
-                       for r in replicas for si, st in enumerate(r.stages)),
+                       for r in classes.representatives for si, st in enumerate(r.stages)),
                       key=lambda c: c[0])
         compute_s, m, (host_micro_s, host_step_s) = busiest
         step = pipeline_s + dp_s + opt_s + host_step_s
@@ -266,7 +267,7 @@ class CostModel(StageMemory, PipelineCost):
         mfu = flops / self.cluster.peak_flops(self.job.precision)
         devices = sum(r.num_devices for r in replicas)
         busy = sum(b for _, b in spans)
-        memory, violations = self._memory(replicas, schedule, zero_shards, virtual_stages)
+        memory, violations = self._memory(classes, schedule, zero_shards, virtual_stages)
         return PlanCost(
             step_time_s=step,
             tokens_per_s=tokens_per_s,

@@ -11,46 +11,25 @@ NICs plus a copy of the chunk to host memory and back. The hops of one step run 
 and share what they cross -- a NIC side among the hops crossing it, a chip's link among
 its own hops -- equally; the step lasts as long as its slowest hop; steps follow each other.
 The simulator replays the same hops (`simulator/collectives.py`) with the NIC shares
-recomputed as flows come and go: alone, they agree to round-off.
+recomputed as flows come and go: alone, they agree to round-off. The cost model prices
+them from one piece, cached by how the holders sit (`piecesync.py`: the same floats).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from polychip.costmodel.comm import LinkKind
+from polychip.costmodel import piecesync
+from polychip.costmodel.hops import Hop, Where, measured_ring_bw, ring_edges
 from polychip.plan.collectives import BRIDGE, Collective, Kind, Step, describe
 from polychip.plan.plan import Replica, replica_stage_ranks
 from polychip.plan.segments import Segment, pieces_of, segments_of
 
 if TYPE_CHECKING:
+    from polychip.costmodel.classes import ReplicaClasses
     from polychip.costmodel.estimate import CostModel
-
-Where = Mapping[int, tuple[int, str]]  # rank -> (node, chip)
-
-
-class Hop(NamedTuple):
-    """One ring edge of one step: ``src`` sends ``n_bytes`` to ``dst`` over ``kind``."""
-
-    src: int
-    dst: int
-    src_node: int
-    dst_node: int
-    kind: LinkKind
-    n_bytes: float
-    bw_bytes_per_s: float  # the link's (CostModel.link), before sharing
-    latency_s: float  # the ring's steps x the link's latency
-    copy_s: float  # bridge: the chunk to host memory and back (half before, half after)
-    sides: tuple[tuple[tuple, float], ...]  # (what it crosses, that one's bandwidth)
-
-    def transfer_s(self, rate: float) -> float:
-        return self.n_bytes / rate
-
-    def time_s(self, rate: float) -> float:
-        return self.latency_s + self.copy_s + self.transfer_s(rate)
-
 
 def step_name(step: Step) -> str:
     """"island reduce-scatter", "bridge all-reduce", ..."""
@@ -66,39 +45,14 @@ def collective_hops(cm: CostModel, coll: Collective, where: Where, n_bytes: floa
     for step in coll.steps:
         hops = []
         for g, (sent_part, size, steps) in zip(step.groups, step.figures, strict=True):
-            ring = sorted(g.ranks, key=lambda r: (where[r][0], r))
             sent = sent_part * n_bytes
             copy = 2 * size * n_bytes / host if step.link == BRIDGE else 0.0
-            measured = _measured_ring_bw(cm, step, g.ranks, where, size * n_bytes)
-            for a, b in zip(ring, ring[1:] + ring[:1], strict=True):
-                na, nb = where[a][0], where[b][0]
-                link = links.get((na, nb))
-                if link is None:
-                    link = links[(na, nb)] = (*cm.link(na, nb), cm.nic_bw(na), cm.nic_bw(nb))
-                kind, bw, lat, nic_a, nic_b = link
-                if measured is not None:  # the node's collective as a profile measured it
-                    bw, lat = measured, 0.0
-                sides = ((("out", a), bw), (("in", b), bw)) if na == nb else (
-                    (("tx", na), nic_a), (("rx", nb), nic_b))
+            measured = measured_ring_bw(cm, step, g.ranks, where, size * n_bytes)
+            for a, b, na, nb, kind, bw, lat, sides in ring_edges(cm, g.ranks, where, links,
+                                                                 measured):
                 hops.append(Hop(a, b, na, nb, kind, sent, bw, steps * lat, copy, sides))
         out.append(hops)
     return out
-
-
-def _measured_ring_bw(cm: CostModel, step: Step, ranks: Sequence[int], where: Where,
-                      n_bytes: float) -> float | None:
-    """A ring inside one node of one chip type whose collective (`step.op` over these ranks,
-    on a tensor of `n_bytes`) a profile measured: each hop's bandwidth that makes the ring
-    last the measured time (its latency included), else None (the link's figures)."""
-    places = {where[r] for r in ranks}
-    if cm.profile is None or len(places) != 1 or len(ranks) < 2:
-        return None
-    (_, chip), = places
-    seconds = cm.profile.collective_s(chip, step.op, len(ranks), n_bytes)
-    if seconds is None or seconds <= 0:
-        return None
-    factor = 2 if step.op == "all_reduce" else 1
-    return factor * (len(ranks) - 1) / len(ranks) * n_bytes / seconds
 
 
 def step_rates(hops: Sequence[Hop]) -> list[float]:
@@ -142,38 +96,27 @@ def segment_sync_s(cm: CostModel, replicas: Sequence[Replica], seg: Segment,
     (ZeRO-1) its reduce-scatter plus the all-gather of the parameters in the compute dtype."""
     if len(seg.holders) <= 1:
         return 0.0
-    # the time depends only on how the holders sit: their nodes' order and groups (NICs,
-    # links), chips and TP degrees -- plans under search repeat that with other nodes
     stages = [replicas[ri].stages[si] for ri, si in seg.holders]
-    order = {n: i for i, n in enumerate(sorted({st.node for st in stages}))}
-    key = (seg.num_params(cm.model), zero1, tuple(
-        (order[st.node], cm.nodes[st.node].group.index, st.chip, st.tp) for st in stages))
-    hit = cm.sync_cache.get(key)
-    if hit is not None:
-        return hit
-    job = cm.job
-    if not zero1:
-        t = steps_time_s(segment_hops(cm, replicas, seg, "all-reduce", job.reduce_bytes))
-    else:
-        t = (steps_time_s(segment_hops(cm, replicas, seg, "reduce-scatter", job.reduce_bytes))
-             + steps_time_s(segment_hops(cm, replicas, seg, "all-gather", job.compute_bytes)))
-    cm.sync_cache[key] = t
-    return t
+    return piecesync.segment_sync_s(cm, stages, seg.num_params(cm.model), zero1)
 
 
-def exposed_sync_s(cm: CostModel, replicas: Sequence[Replica], segments: Sequence[Segment],
+def exposed_sync_s(cm: CostModel, classes: ReplicaClasses, segments: Sequence[Segment],
                    ends: dict[tuple[int, int], float], pipeline_s: float,
                    zero1: bool = False) -> float:
     """The gradient sync left after the slowest pipeline. Every stage syncs its segments in
     the one global order (head, layers from the last down, embedding); a segment starts once
-    every stage holding it has finished its last backward (``ends``: (replica, stage) ->
-    seconds; all ``pipeline_s`` without overlap) and its sync of the segments before: what
-    the simulator's ``AR[...]`` actions do, uncontended."""
+    every stage holding it has finished its last backward (``ends``: (class, stage) ->
+    seconds, equal for the identical replicas of a class; all ``pipeline_s`` without
+    overlap) and its sync of the segments before: what the simulator's ``AR[...]`` actions
+    do, uncontended. A class's replicas hold each segment on the same stage, so they stay
+    ready at the same time: tracked once per class."""
     ready = dict(ends)
     for seg in segments:
         if len(seg.holders) > 1:
-            done = max(ready[h] for h in seg.holders) + segment_sync_s(cm, replicas, seg, zero1)
-            for h in seg.holders:
+            held = {(classes.class_of[ri], si) for ri, si in seg.holders}
+            done = (max(ready[h] for h in held)
+                    + segment_sync_s(cm, classes.replicas, seg, zero1))
+            for h in held:
                 ready[h] = done
     return max(0.0, max(ready.values(), default=0.0) - pipeline_s)
 
@@ -200,18 +143,18 @@ def stage_ends(cm: CostModel, replica: Replica, span_s: float, schedule: str = "
     return [span_s - last + e for e in ends]
 
 
-def dp_sync_time_s(cm: CostModel, replicas: Sequence[Replica], zero1: bool,
+def dp_sync_time_s(cm: CostModel, classes: ReplicaClasses, zero1: bool,
                    virtual_stages: int, schedule: str, overlap: bool) -> float:
     """With overlap, a stage's segments start as soon as every stage holding them has
     finished its last backward (`stage_ends`: under ZB-H1 its last W); else after every
-    pipeline."""
-    spans = {ri: cm.pipeline_time_s(r, schedule, virtual_stages)[0]
-             for ri, r in enumerate(replicas)}
-    pipeline_s = max(spans.values(), default=0.0)
+    pipeline. Pipelines and stage ends are computed once per class of identical replicas."""
+    spans = [cm.pipeline_time_s(r, schedule, virtual_stages)[0]
+             for r in classes.representatives]
+    pipeline_s = max(spans, default=0.0)
     ends = {
-        (ri, si): (e if overlap else pipeline_s)
-        for ri, r in enumerate(replicas)
-        for si, e in enumerate(stage_ends(cm, r, spans[ri], schedule, virtual_stages))
+        (c, si): (e if overlap else pipeline_s)
+        for c, r in enumerate(classes.representatives)
+        for si, e in enumerate(stage_ends(cm, r, spans[c], schedule, virtual_stages))
     }
-    segments = segments_of(replicas, cm.model, virtual_stages)  # 1 unless interleaved
-    return exposed_sync_s(cm, replicas, segments, ends, pipeline_s, zero1)
+    segments = segments_of(classes.replicas, cm.model, virtual_stages)  # 1 unless interleaved
+    return exposed_sync_s(cm, classes, segments, ends, pipeline_s, zero1)

@@ -21,6 +21,7 @@ from polychip.plan.plan import Replica
 from polychip.spec.accelerators import Accelerator
 
 if TYPE_CHECKING:
+    from polychip.costmodel.classes import ReplicaClasses
     from polychip.costmodel.estimate import CostModel
 
 
@@ -102,15 +103,19 @@ class StageMemory:
         a profile has `fixed_memory_bytes`)."""
         return reserve_bytes(chip.memory_bytes, profiled.fixed_memory_bytes(self, chip.name))
 
-    def _memory(self: CostModel, replicas: tuple[Replica, ...], schedule: str, zero_shards: int,
+    def _memory(self: CostModel, classes: ReplicaClasses, schedule: str, zero_shards: int,
                 virtual_stages: int
                 ) -> tuple[dict[tuple[int, int], MemoryBreakdown], tuple[str, ...]]:
-        """Every stage's device memory; what does not fit its chip."""
+        """Every stage's device memory (once per class of identical replicas); what does not
+        fit its chip."""
         memory: dict[tuple[int, int], MemoryBreakdown] = {}
         violations: list[str] = []
-        for ri, r in enumerate(replicas):
+        per_class = classes.per_replica(lambda r: [
+            self.memory_of(r, si, schedule, zero_shards, virtual_stages)
+            for si in range(r.num_stages)])
+        for ri, r in enumerate(classes.replicas):
             for si, st in enumerate(r.stages):
-                mem = self.memory_of(r, si, schedule, zero_shards, virtual_stages)
+                mem = per_class[ri][si]
                 memory[(ri, si)] = mem
                 cap = self.chip(st.chip).memory_bytes
                 if mem.total > cap:

@@ -61,14 +61,15 @@ def cut_layers(held: Sequence[Sequence[Interval]]) -> list[tuple[int, int, tuple
     """``held[r]``: replica r's (layer_start, layer_end, holder) intervals, covering every
     layer. The layer ranges whose holder is the same in every replica, as (start, end, holder
     of each replica), from the last layer down (the order gradients are ready in)."""
-    bounds = sorted({b for rep in held for s, e, _ in rep for b in (s, e)})
-    reps = [sorted(rep) for rep in held]
-    starts = [[s for s, _, _ in rep] for rep in reps]
+    distinct: dict[tuple[Interval, ...], int] = {}  # replicas cut alike, looked up once
+    which = [distinct.setdefault(tuple(sorted(rep)), len(distinct)) for rep in held]
+    bounds = sorted({b for rep in distinct for s, e, _ in rep for b in (s, e)})
+    starts = [[s for s, _, _ in rep] for rep in distinct]
     out = []
     for a, b in reversed(list(itertools.pairwise(bounds))):
-        holders = tuple(rep[bisect.bisect_right(st, a) - 1][2]
-                        for rep, st in zip(reps, starts, strict=True))
-        out.append((a, b, holders))
+        holder = [rep[bisect.bisect_right(st, a) - 1][2]
+                  for rep, st in zip(distinct, starts, strict=True)]
+        out.append((a, b, tuple(holder[i] for i in which)))
     return out
 
 

@@ -119,7 +119,8 @@ def search_plans(
     job, limits = planner_job(job, capabilities)
     cm = CostModel(cluster, model, job, profile)
     searched = schedule if schedule in SEARCHED_UNDER else "1f1b"
-    scorer = Scorer(ShapeBuilder(cm, searched))
+    # prune what cannot beat the best, unless every scored candidate is used
+    scorer = Scorer(ShapeBuilder(cm, searched), prune=not simulate_top and objective != "cost")
     stages = max_stages_for(model, max_stages)
     types = type_groups(cluster)
     if exhaustive:  # refuse a space too big for the oracle before searching anything

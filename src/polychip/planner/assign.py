@@ -46,7 +46,9 @@ def pack_group(group: NodeGroup, blocks: Sequence[tuple[int, int]]) -> list[tupl
                 fresh += 1
         if fresh > group.num_nodes:
             return None
-        used = {n: u for n, u in used.items() if u < per_node}
+        node = out[i][0]
+        if used.get(node) == per_node:  # only the node just filled can have become full
+            del used[node]
     return out
 
 

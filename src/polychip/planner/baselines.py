@@ -84,19 +84,23 @@ def naive_mixed(cm: CostModel, schedule: str) -> Naive | None:
             layers = even_parts(model.num_layers, pp)
             batches = even_parts(job.global_batch, dp)
             for order in ("tp-dp-pp", "tp-pp-dp"):
+                # one replica of each distinct chip sequence (the quick check's), the
+                # whole layout only for the cost model
+                firsts = _distinct(cm, devices, tp, pp, dp, order, batches)
                 for mb in micro_batch_sizes(job.global_batch)[:2]:
                     if any(b % mb for b in batches):
                         continue
                     for recompute in (False, True) if job.allow_recompute else (False,):
-                        reps = _layout(
-                            devices, chip_of, tp, pp, dp, order, layers, batches, mb, recompute
-                        )
+                        args = (devices, chip_of, tp, pp, dp, order, layers, batches, mb,
+                                recompute)
                         zero1 = job.allow_zero1 and dp > 1
-                        quick = _quick_check(cm, reps, schedule, dp if zero1 else 1)
+                        quick = _quick_check(cm, _layout(*args, only=firsts), schedule,
+                                             dp if zero1 else 1)
                         if quick is None:
                             continue  # a stage does not fit: try recompute
                         if best is not None and quick <= best.cost.tokens_per_s:
                             break  # exact: gradient sync only adds time
+                        reps = _layout(*args)
                         cost = cm.evaluate(reps, schedule, zero1)
                         if not cost.feasible:
                             continue  # recompute only adds time: tried only when needed
@@ -107,6 +111,25 @@ def naive_mixed(cm: CostModel, schedule: str) -> Naive | None:
                             best = Naive(reps, cost, zero1, layout)
                         break
     return best
+
+
+def _block(order: str, p: int, d: int, pp: int, dp: int) -> int:
+    """The TP-sized block of devices holding stage p of replica d."""
+    return (p * dp + d) if order == "tp-dp-pp" else (d * pp + p)
+
+
+def _distinct(cm: CostModel, devices, tp: int, pp: int, dp: int, order: str,
+              batches: list[int]) -> list[int]:
+    """The first replica of each chip sequence (node group of each stage, the kind of link
+    into it) and batch: the ones the quick check looks at, found without building any."""
+    group_of = [n.group.index for n in cm.nodes]
+    seen: dict[tuple, int] = {}
+    for d in range(dp):
+        nodes = [devices[_block(order, p, d, pp, dp) * tp][0] for p in range(pp)]
+        key = tuple((group_of[n], p > 0 and cm.link(nodes[p - 1], n)[0])
+                    for p, n in enumerate(nodes))
+        seen.setdefault((key, batches[d]), d)
+    return list(seen.values())
 
 
 def _quick_check(cm: CostModel, reps: tuple[Replica, ...], schedule: str, shards: int):
@@ -128,13 +151,15 @@ def _quick_check(cm: CostModel, reps: tuple[Replica, ...], schedule: str, shards
     return cm.job.tokens_per_step / (pipe + opt)
 
 
-def _layout(devices, chip_of, tp, pp, dp, order, layers, batches, mb, recompute):
+def _layout(devices, chip_of, tp, pp, dp, order, layers, batches, mb, recompute,
+            only: list[int] | None = None):
+    """Every replica (``only``: those replicas, in that order)."""
     replicas = []
-    for d in range(dp):
+    for d in range(dp) if only is None else only:
         stages = []
         start = 0
         for p in range(pp):
-            block = (p * dp + d) if order == "tp-dp-pp" else (d * pp + p)
+            block = _block(order, p, d, pp, dp)
             devs = devices[block * tp : (block + 1) * tp]
             node = devs[0][0]
             stages.append(

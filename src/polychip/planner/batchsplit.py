@@ -10,7 +10,6 @@ replica's time.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,11 +25,12 @@ class BatchClass:
     max_micro_batches: int | None = None
 
 
-def _most_micro_batches(cls: BatchClass, limit_s: float, cap: int) -> int:
-    """Largest m <= cap with time_s(m) <= limit_s (0 if none)."""
-    if cap < 1 or cls.time_s(1) > limit_s:
+def _most_micro_batches(cls: BatchClass, limit_s: float, cap: int, least: int = 0) -> int:
+    """Largest m <= cap with time_s(m) <= limit_s (0 if none); ``least``: known to be at
+    most the answer (the answer at a lower limit)."""
+    if least < 1 and (cap < 1 or cls.time_s(1) > limit_s):
         return 0
-    lo, hi = 1, cap
+    lo, hi = max(least, 1), cap
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if cls.time_s(mid) <= limit_s:
@@ -50,27 +50,43 @@ def _spread(bits: int, step: int, count: int, mask: int) -> int:
     return acc
 
 
-def _exact_totals(ranges: list[tuple[int, int, int]], target: int) -> list[int] | None:
-    """Pick n_i in [lo_i, hi_i] (micro-batches of size v_i) with sum v_i n_i = target."""
-    if len(ranges) == 1:
-        v, lo, hi = ranges[0]
-        return [target // v] if target % v == 0 and lo <= target // v <= hi else None
+def _reachable(ranges: list[tuple[int, int, int]], target: int) -> list[int] | None:
+    """The sums reachable after each range (bitsets; bit t: sum t) if ``target`` is
+    reachable with n_i in [lo_i, hi_i] micro-batches of size v_i, else None."""
     mask = (1 << (target + 1)) - 1
     layers = [1]
     for v, lo, hi in ranges:
         base = (layers[-1] << (v * lo)) & mask
         layers.append(_spread(base, v, hi - lo, mask))
-    if not (layers[-1] >> target) & 1:
+    return layers if (layers[-1] >> target) & 1 else None
+
+
+def _feasible(ranges: list[tuple[int, int, int]], target: int) -> bool:
+    if len(ranges) == 1:
+        v, lo, hi = ranges[0]
+        return target % v == 0 and lo <= target // v <= hi
+    return _reachable(ranges, target) is not None
+
+
+def _exact_totals(ranges: list[tuple[int, int, int]], target: int) -> list[int] | None:
+    """Pick n_i in [lo_i, hi_i] (micro-batches of size v_i) with sum v_i n_i = target: from
+    the last range back, the fewest micro-batches that leave a reachable rest."""
+    if len(ranges) == 1:
+        v, lo, hi = ranges[0]
+        return [target // v] if target % v == 0 and lo <= target // v <= hi else None
+    layers = _reachable(ranges, target)
+    if layers is None:
         return None
     picks = []
     rest = target
     for i in range(len(ranges) - 1, -1, -1):
         v, lo, hi = ranges[i]
-        for n in range(lo, hi + 1):
-            if rest - v * n >= 0 and (layers[i] >> (rest - v * n)) & 1:
-                picks.append(n)
-                rest -= v * n
-                break
+        hi = min(hi, rest // v)  # the sums rest - v n, n = lo..hi, at a stride of v
+        bottom, count = rest - v * hi, hi - lo + 1
+        window = (layers[i] >> bottom) & _spread(1, v, count - 1, (1 << (v * count)) - 1)
+        n = hi - (window.bit_length() - 1) // v  # the highest reachable sum: the fewest n
+        picks.append(n)
+        rest -= v * n
     picks.reverse()
     return picks
 
@@ -108,31 +124,38 @@ def split_batch(
         for c in classes
     ]
 
-    def assignment(limit_s: float) -> list[int] | None:
-        his = [_most_micro_batches(c, limit_s, cap) for c, cap in zip(classes, caps, strict=True)]
-        if min(his) < 1:
-            return None
-        if _exact_totals(_ranges(classes, his)[1], global_batch) is None:
-            return None
-        return his
+    feasible: dict[tuple[int, ...], bool] = {}  # the bisection meets few distinct counts
+
+    def assignment(limit_s: float, least: list[int], most: list[int]) -> list[int]:
+        """Per class the most micro-batches within ``limit_s`` (between the counts at a
+        lower and a higher limit)."""
+        return [_most_micro_batches(c, limit_s, m, a)
+                for c, a, m in zip(classes, least, most, strict=True)]
+
+    def fits(his: list[int]) -> bool:
+        key = tuple(his)
+        if key not in feasible:
+            feasible[key] = min(his) >= 1 and _feasible(_ranges(classes, his)[1], global_batch)
+        return feasible[key]
 
     lo = max(c.time_s(1) for c in classes)
-    if assignment(lo) is not None:
-        hi = lo
+    his_lo = assignment(lo, [0] * len(classes), caps)
+    if fits(his_lo):
+        his = his_lo
     else:
         hi = max(c.time_s(cap) for c, cap in zip(classes, caps, strict=True))
-        if assignment(hi) is None:
+        his = assignment(hi, his_lo, caps)
+        if not fits(his):
             return None
         for _ in range(200):  # bisection on the slowest replica's time
             mid = (lo + hi) / 2
             if mid <= lo or mid >= hi or hi - lo <= 1e-10 * hi:
                 break
-            if assignment(mid) is not None:
-                hi = mid
+            his_mid = assignment(mid, his_lo, his)
+            if fits(his_mid):
+                hi, his = mid, his_mid
             else:
-                lo = mid
-    his = assignment(hi)
-    assert his is not None
+                lo, his_lo = mid, his_mid
     return _distribute(classes, his, global_batch)
 
 
@@ -140,21 +163,66 @@ def _distribute(
     classes: Sequence[BatchClass], his: list[int], global_batch: int
 ) -> tuple[tuple[int, ...], ...]:
     """Within the caps `his`, hand out micro-batches so the sum is exact, always to the
-    replica whose next micro-batch finishes earliest (water-filling)."""
+    replica whose next micro-batch finishes earliest (water-filling; ties to the lower
+    class, then the lower replica)."""
     groups, ranges = _ranges(classes, his)
     totals = _exact_totals(ranges, global_batch)
     assert totals is not None
-    out: list[list[int]] = [[1] * c.count for c in classes]
+    out: list[tuple[int, ...]] = [(1,) * c.count for c in classes]
     for idx, total in zip(groups, totals, strict=True):
         left = total - sum(classes[i].count for i in idx)
-        heap = [
-            (classes[i].time_s(2), i, r) for i in idx for r in range(classes[i].count) if his[i] > 1
-        ]
-        heapq.heapify(heap)
-        while left > 0:
-            _, i, r = heapq.heappop(heap)
-            out[i][r] += 1
-            left -= 1
-            if out[i][r] < his[i]:
-                heapq.heappush(heap, (classes[i].time_s(out[i][r] + 1), i, r))
-    return tuple(tuple(x) for x in out)
+        if left > 0:
+            for i, counts in _water_fill([classes[i] for i in idx], [his[i] for i in idx],
+                                         left).items():
+                out[idx[i]] = counts
+    return tuple(out)
+
+
+def _water_fill(classes: Sequence[BatchClass], his: Sequence[int], left: int
+                ) -> dict[int, tuple[int, ...]]:
+    """`left` micro-batches beyond one per replica, to the earliest next finish, as a heap
+    of every replica would hand them out -- but per class (its replicas are identical):
+    the `left`-th earliest next finish T is found by bisection; every replica takes each
+    micro-batch finishing before T, and those finishing at T go in (class, replica) order,
+    a replica taking all of its own before the next (the heap's order on ties)."""
+
+    def below(c: int, t: float, strict: bool) -> int:
+        """Micro-batches 2..his[c] of one replica of class c finishing before t (or at)."""
+        lo, hi = 1, his[c]  # the last m with time_s(m) < t (<= t), at least 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            tm = classes[c].time_s(mid)
+            if tm < t or (not strict and tm == t):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo - 1
+
+    def taken(t: float, strict: bool) -> int:
+        return sum(cls.count * below(c, t, strict) for c, cls in enumerate(classes))
+
+    def smallest_reaching(c: int) -> float | None:
+        """The earliest finish of class c at or below which `left` micro-batches finish."""
+        lo, hi = 2, his[c]
+        if hi < 2 or taken(classes[c].time_s(hi), False) < left:
+            return None
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if taken(classes[c].time_s(mid), False) >= left:
+                hi = mid
+            else:
+                lo = mid + 1
+        return classes[c].time_s(lo)
+
+    t = min(x for c in range(len(classes)) if (x := smallest_reaching(c)) is not None)
+    rest = left - taken(t, True)
+    out = {}
+    for c, cls in enumerate(classes):
+        base, ties = 1 + below(c, t, True), below(c, t, False) - below(c, t, True)
+        counts = []
+        for _ in range(cls.count):
+            extra = min(ties, rest)
+            rest -= extra
+            counts.append(base + extra)
+        out[c] = tuple(counts)
+    return out

@@ -7,7 +7,6 @@ form of the hierarchical all-reduce per shape instead of per replica.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 from polychip.costmodel.comm import hierarchical_allreduce_time_s
@@ -23,7 +22,6 @@ class Estimator:
         self.scorer = scorer
         self.builder, self.cm, self.job = scorer.builder, scorer.cm, scorer.job
         self.cluster, self.model = self.cm.cluster, self.cm.model
-        self._opt: dict[tuple[int, int], float] = {}
         self._allreduce: dict[tuple, float] = {}
         self.layer_params = self.model.layer_params
 
@@ -45,11 +43,7 @@ class Estimator:
         return max(t, max(s.fill_s for s, _ in classes))
 
     def optimizer_s(self, shape: Shape, shards: int) -> float:
-        key = (id(shape), shards)
-        if key not in self._opt:
-            rep = self.builder.representative(shape)
-            self._opt[key] = self.cm.optimizer_time_s((rep,), shards)
-        return self._opt[key]
+        return self.scorer.optimizer_s(shape, shards)
 
     def dp_sync_s(self, classes: Classes, zero1: bool = False) -> float:
         """The slowest device's gradient sync, per shape class: the segments of
@@ -64,21 +58,22 @@ class Estimator:
         for s, n in classes:
             for g, d in s.devices.items():
                 used[g] = used.get(g, 0) + d * n
+        # what the sync sees of the chips used in a group: on how many of a node's chips
+        # (the NIC's share) and whether they fit one node
+        per_node = {g: (min(self.cluster.groups[g].chips_per_node, u),
+                        u <= self.cluster.groups[g].chips_per_node) for g, u in used.items()}
 
         def allreduce(holders: list[tuple[int, int, int]], params: int) -> float:
             """holders: (group, tp, count)."""
-            key = (tuple(holders), params, tuple(sorted(used.items())), zero1)
+            key = (tuple(holders), params, zero1, tuple(per_node[g] for g, _, _ in holders))
             hit = self._allreduce.get(key)
             if hit is None:
-                hit = self._allreduce[key] = self._hierarchical_s(holders, params, used, zero1)
+                hit = self._allreduce[key] = self._hierarchical_s(holders, params, per_node,
+                                                                  zero1)
             return hit
 
-        held, per_stages = [], []
-        for s, n in classes:
-            per_stage = [(seg.group, seg.tp) for seg in s.template for _ in range(seg.num_stages)]
-            starts = list(itertools.accumulate(s.layers, initial=0))
-            held.append([(a, b, i) for i, (a, b) in enumerate(itertools.pairwise(starts))])
-            per_stages.append((n, per_stage))
+        held = [s.intervals for s, _ in classes]
+        per_stages = [(n, s.stage_groups) for s, n in classes]
         per_device: dict[tuple[int, int], float] = {}
         for a, b, stages in cut_layers(held):
             holders = [(*ps[si], n) for (n, ps), si in zip(per_stages, stages, strict=True)]
@@ -96,7 +91,7 @@ class Estimator:
         return max(per_device.values())
 
     def _hierarchical_s(self, holders: list[tuple[int, int, int]], params: int,
-                        used: dict[int, int], zero1: bool) -> float:
+                        per_node: dict[int, tuple[int, bool]], zero1: bool) -> float:
         """Islands whose chips fit one node ring over the scale-up link (a chip's bytes, the
         gradient / TP, over its own link); others over the NICs, which each ring crosses
         once (the whole gradient through a NIC: its bandwidth / the smallest TP degree per
@@ -114,7 +109,7 @@ class Estimator:
         rings = []
         for p, bw, gs in islands.values():
             g = next(iter(gs))
-            if len(gs) == 1 and (groups[g].num_nodes == 1 or used[g] <= groups[g].chips_per_node):
+            if len(gs) == 1 and (groups[g].num_nodes == 1 or per_node[g][1]):
                 rings.append((p, groups[g].chip.link_bw_bytes_per_s, INTRA_NODE_LATENCY_S))
             else:
                 rings.append((p, bw, net.latency_s))
@@ -123,8 +118,7 @@ class Estimator:
         n_bytes = max(per_param * params / tp for _, tp, _ in holders)
         # every rank bridges its own shard: a chip shares its node's NIC with the chips the
         # candidate uses there (canonical packing: the group's fullest node)
-        bridge = min(groups[g].nic_bw_bytes_per_s / min(groups[g].chips_per_node, used[g])
-                     for g, _, _ in holders)
+        bridge = min(groups[g].nic_bw_bytes_per_s / per_node[g][0] for g, _, _ in holders)
         return hierarchical_allreduce_time_s(
             n_bytes, rings, bridge, net.host_copy_bw_bytes_per_s, net.latency_s
         )

@@ -15,7 +15,6 @@ micro-batches).
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import math
 from bisect import bisect_right
@@ -72,14 +71,16 @@ def _min_sum(
         arg: dict[int, int] = {}
         most = num_layers - (num_stages - s - 1)  # leave one layer for each later stage
         least = num_layers - suffix[s + 1]  # later stages cannot take more than their caps
-        row = costs[s]
+        row, cap = costs[s], caps[s]
+        get = nxt.get
         for j, v in best.items():
-            for n in range(max(1, least - j), min(caps[s], most - j) + 1):
+            k = j + max(1, least - j)
+            for n in range(k - j, min(cap, most - j) + 1):  # k = j + n
                 w = v + row[n]
-                k = j + n
-                if w < nxt.get(k, INF):
+                if w < get(k, INF):
                     nxt[k] = w
                     arg[k] = n
+                k += 1
         best = nxt
         choices.append(arg)
     if num_layers not in best:
@@ -120,8 +121,8 @@ def split_layers(
         return None
     # Sum over stages of caps(beta) counts the (stage, n) entries <= beta, so the smallest
     # feasible bottleneck is the num_layers-th smallest entry (or some stage's first layer).
-    merged = heapq.merge(*(c[1 : num_layers + 1] for c in costs))
-    kth = next(itertools.islice(merged, num_layers - 1, None))
+    entries = sorted(itertools.chain.from_iterable(c[1 : num_layers + 1] for c in costs))
+    kth = entries[num_layers - 1]
     start = max(kth, max(c[1] for c in costs), floor)  # below the floor, bottlenecks tie
     first = _min_sum(costs, _caps(costs, start, num_layers), num_layers)
     assert first is not None
@@ -137,7 +138,7 @@ def split_layers(
     best = min((first, free), key=lambda c: c.key(weight, floor, window))
     tried = 0
     last = start
-    for beta in merged:  # the remaining entries, increasing
+    for beta in entries[num_layers:]:  # the remaining entries, increasing
         if beta <= last:
             continue
         last = beta

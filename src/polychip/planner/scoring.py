@@ -16,6 +16,8 @@ from polychip.planner.assign import assign
 from polychip.planner.batchsplit import BatchClass, split_batch
 from polychip.planner.shapes import Shape, ShapeBuilder
 
+PRUNE_MARGIN = 1e-9  # a bound this far below the best: float round-off cannot matter
+
 
 @dataclass(frozen=True)
 class Scored:
@@ -48,11 +50,18 @@ def pipeline_bound_s(classes: Sequence[tuple[Shape, int]], global_batch: int) ->
 
 
 class Scorer:
-    def __init__(self, builder: ShapeBuilder):
-        self.builder = builder
+    """Exact scores of candidates, cached. ``prune``: `score(..., against=best)` skips
+    placing and evaluating a candidate that provably cannot beat ``best`` (`bound_s`); off
+    when every scored candidate matters (re-ranking, the cost objective)."""
+
+    def __init__(self, builder: ShapeBuilder, prune: bool = False):
+        self.builder, self.prune = builder, prune
         self.cm, self.job = builder.cm, builder.job
         self.evaluations = 0
+        self.pruned = 0
         self._seen: dict[tuple, Scored | None] = {}
+        self._opt: dict[tuple, float] = {}
+        self._reps: dict[tuple, Replica] = {}  # one replica per template and layer split
 
     def zero1_for(self, num_replicas: int) -> bool:
         return self.job.allow_zero1 and num_replicas > 1
@@ -105,8 +114,32 @@ class Scorer:
         """Every candidate scored exactly so far that is a plan (all searches)."""
         return [s for s in self._seen.values() if s is not None]
 
-    def score(self, classes: Sequence[tuple[Shape, int]]) -> Scored | None:
-        """The exact score of a candidate, or None if it cannot be a plan."""
+    def optimizer_s(self, shape: Shape, shards: int) -> float:
+        """`CostModel.optimizer_time_s` of one replica of ``shape`` (the slowest device's
+        AdamW step: every replica of a shape takes the same)."""
+        key = (shape.template, shape.layers, shards)  # all the step depends on
+        if key not in self._opt:
+            rep = self._reps.get(key[:2])
+            if rep is None:
+                rep = self._reps[key[:2]] = self.builder.representative(shape)
+            self._opt[key] = self.cm.optimizer_time_s((rep,), shards)
+        return self._opt[key]
+
+    def bound_s(self, shapes: Sequence[tuple[Shape, int]], micro: Sequence[Sequence[int]]
+                ) -> float:
+        """A lower bound on the step `CostModel.evaluate` gives these shapes placed with
+        these micro-batches: the slowest pipeline (the shapes' closed form is the cost
+        model's under their placement, without a profile's host work) plus the optimizer
+        step (exact); gradient sync and host work left out (>= 0)."""
+        pipe = max(s.time_s(m) for (s, _), ms in zip(shapes, micro, strict=True) for m in ms)
+        replicas = sum(len(ms) for ms in micro)
+        shards = replicas if self.zero1_for(replicas) else 1
+        return pipe + max(self.optimizer_s(s, shards) for s, _ in shapes)
+
+    def score(self, classes: Sequence[tuple[Shape, int]], against: Scored | None = None
+              ) -> Scored | None:
+        """The exact score of a candidate, or None if it cannot be a plan (or, pruning,
+        if it provably cannot beat ``against``: then not cached)."""
         classes = [(s, n) for s, n in classes if n > 0]
         if not classes:
             return None
@@ -117,6 +150,11 @@ class Scorer:
         refined = self.refine(classes)
         if refined is not None:
             shapes, micro = refined
+            if self.prune and against is not None and (
+                    self.job.tokens_per_step / self.bound_s(shapes, micro)
+                    < against.tokens_per_s * (1 - PRUNE_MARGIN)):
+                self.pruned += 1
+                return None
             with_micro = [(s, ms) for (s, _), ms in zip(shapes, micro, strict=True)]
             out = self.score_placed(with_micro, self.zero1_for(sum(len(ms) for ms in micro)))
         self._seen[key] = out

@@ -19,6 +19,7 @@ from polychip.costmodel import CostModel
 from polychip.costmodel.memory import in_flight_micro_batches
 from polychip.costmodel.pipeline import PipelineForm, exposed_stage_s
 from polychip.plan.plan import Replica, Stage
+from polychip.planner.caps import LayerCaps
 from polychip.planner.layersplit import INF, split_layers
 from polychip.planner.space import Template, canonical_slots, template_devices, template_stages
 
@@ -63,6 +64,17 @@ class Shape:
         return tuple(seg.group for seg in self.template)
 
     @cached_property
+    def stage_groups(self) -> list[tuple[int, int]]:
+        """(group, TP degree) of every stage."""
+        return [(seg.group, seg.tp) for seg in self.template for _ in range(seg.num_stages)]
+
+    @cached_property
+    def intervals(self) -> list[tuple[int, int, int]]:
+        """(first layer, end layer, stage) of every stage."""
+        starts = list(itertools.accumulate(self.layers, initial=0))
+        return [(a, b, i) for i, (a, b) in enumerate(itertools.pairwise(starts))]
+
+    @cached_property
     def rate(self) -> float:
         """Sequences per second in the steady state."""
         return self.micro_batch_size / self.beat_s
@@ -77,9 +89,11 @@ class ShapeBuilder:
         self.num_layers = self.model.num_layers
         self._rows: dict[tuple, list[float]] = {}
         self._stage_rows: dict[tuple, list[float]] = {}
-        self._caps: dict[tuple, int] = {}
+        self.caps = LayerCaps(cm)
         self._links: dict[tuple, list[float]] = {}
         self._shapes: dict[tuple, Shape | None] = {}
+        self._splits: dict[tuple, tuple[int, ...] | None] = {}
+        self._template_rows: dict[tuple, tuple] = {}
 
     # ---- components -----------------------------------------------------------------------
     def time_row(
@@ -97,40 +111,10 @@ class ShapeBuilder:
             self._rows[key] = row
         return row
 
-    def layer_cap(
-        self,
-        group: int,
-        tp: int,
-        mb: int,
-        first: bool,
-        last: bool,
-        rec: bool,
-        in_flight: int,
-        shards: int,
-    ) -> int:
+    def layer_cap(self, group: int, tp: int, mb: int, first: bool, last: bool, rec: bool,
+                  in_flight: int, shards: int) -> int:
         """Most layers such a stage holds within its chip's memory (0: not even one)."""
-        key = (group, tp, mb, first, last, rec, in_flight, shards)
-        hit = self._caps.get(key)
-        if hit is not None:
-            return hit
-        chip = self.cluster.groups[group].chip
-
-        def fits(n: int) -> bool:
-            mem = self.cm.stage_memory(
-                chip, n, tp, mb, first=first, last=last, in_flight=in_flight,
-                recompute=rec, zero_shards=shards,
-            )  # fmt: skip
-            return mem.total <= chip.memory_bytes
-
-        lo, hi = 0, self.num_layers
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if fits(mid):
-                lo = mid
-            else:
-                hi = mid - 1
-        self._caps[key] = lo
-        return lo
+        return self.caps.cap(group, tp, mb, first, last, rec, in_flight, shards)
 
     def link_times(self, template: Template, mb: int) -> list[float]:
         """Seconds to pass one micro-batch's activations across each stage boundary."""
@@ -167,11 +151,53 @@ class ShapeBuilder:
         key = (template, mb, shards, micro_batches, weight, layers)
         if key in self._shapes:
             return self._shapes[key]
+        allow_rec = self.job.allow_recompute
+        if layers is None and sum(seg.num_stages * self.caps.most(seg.group, seg.tp, mb, shards,
+                                                                  allow_rec)
+                                  for seg in template) < self.num_layers:
+            if keep:  # not all the layers fit, however split: no shape
+                self._shapes[key] = None
+            return None
+        rows, norec, rkeys = self._rows_of(template, mb, shards, micro_batches, keep)
+        links = self.link_times(template, mb)
+        if layers is None:  # equal rows (other memory contexts, same caps): the same split
+            skey = (template, mb, weight, rkeys)
+            if skey not in self._splits:
+                self._splits[skey] = self._split(rows, links, weight)
+            chosen = self._splits[skey]
+        else:
+            ok = all(rows[s][n] < INF for s, n in enumerate(layers))
+            chosen = layers if ok else None
+        shape = None
+        if chosen is not None:
+            costs = [rows[s][n] for s, n in enumerate(chosen)]
+            rec = tuple(n > norec[s] for s, n in enumerate(chosen))
+            limit = None  # 1F1B: memory was checked for min(S - i, micro_batches) in flight
+            if micro_batches is not None and micro_batches < len(rows):
+                limit = micro_batches
+            if self.schedule == "gpipe":
+                limit = self._gpipe_limit(template, mb, chosen, rec, shards)
+            if limit != 0:
+                form = PipelineForm.of(costs, links, self.schedule, self.job.overlap_p2p)
+                shape = Shape(template, mb, chosen, rec, form, shards, limit)
+        if keep:
+            self._shapes[key] = shape
+        return shape
+
+    def _rows_of(self, template: Template, mb: int, shards: int, micro_batches: int | None,
+                 keep: bool) -> tuple[list[list[float]], list[int], tuple[tuple, ...]]:
+        """Per stage its cost row (seconds per micro-batch holding n = 0..L layers: without
+        recompute up to its plain cap, with it up to its recompute cap, INF beyond), its
+        plain cap and the row's key (``keep``: cached per template and memory context)."""
+        ckey = (template, mb, shards, micro_batches)
+        hit = self._template_rows.get(ckey)
+        if hit is not None:
+            return hit
         stages = template_stages(template)
         num = len(stages)
         many = micro_batches is None
         m_mem = 10**9 if many else micro_batches
-        rows, norec = [], []
+        rows, norec, rkeys = [], [], []
         allow_rec = self.job.allow_recompute
         for i, (g, t) in enumerate(stages):
             first, last = i == 0, i == num - 1
@@ -194,38 +220,11 @@ class ShapeBuilder:
                 self._stage_rows[rkey] = row
             rows.append(row)
             norec.append(cap0)
-        links = self.link_times(template, mb)
-        overlap = self.job.overlap_p2p
-        if layers is None:
-            chosen = self._split(rows, links, weight)
-        else:
-            ok = all(rows[s][n] < INF for s, n in enumerate(layers))
-            chosen = layers if ok else None
-        shape = None
-        if chosen is not None:
-            costs = [rows[s][n] for s, n in enumerate(chosen)]
-            rec = tuple(n > norec[s] for s, n in enumerate(chosen))
-            limit = None  # 1F1B: memory was checked for min(S - i, micro_batches) in flight
-            if micro_batches is not None and micro_batches < num:
-                limit = micro_batches
-            if self.schedule == "gpipe":
-                limit = self._gpipe_limit(template, mb, chosen, rec, shards)
-            shape = (
-                None
-                if limit == 0
-                else Shape(
-                    template=template,
-                    micro_batch_size=mb,
-                    layers=chosen,
-                    recompute=rec,
-                    form=PipelineForm.of(costs, links, self.schedule, overlap),
-                    zero_shards=shards,
-                    max_micro_batches=limit,
-                )
-            )
+            rkeys.append(rkey)
+        out = (rows, norec, tuple(rkeys))
         if keep:
-            self._shapes[key] = shape
-        return shape
+            self._template_rows[ckey] = out
+        return out
 
     def _split(
         self, rows: list[list[float]], links: list[float], weight: float

@@ -7,6 +7,7 @@ second (datasheet convention). Internally everything is bytes and bytes/s.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -131,8 +132,10 @@ class Cluster:
     def num_devices(self) -> int:
         return sum(g.num_devices for g in self.groups)
 
-    @property
+    @functools.cached_property
     def nodes(self) -> tuple[Node, ...]:
+        """Every node, groups in file order (built once: plans of thousands of stages look
+        their nodes up here)."""
         out: list[Node] = []
         for g in self.groups:
             out.extend(Node(len(out), g) for _ in range(g.num_nodes))

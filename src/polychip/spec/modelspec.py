@@ -17,6 +17,7 @@ counted as FLOPs (they are memory-bound; the cost model prices them by bytes).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -185,8 +186,8 @@ class ModelSpec:
         """Weights one token multiplies by in a block (the FLOP count's parameters)."""
         return self.attn_weight_params + self.mlp_weight_params
 
-    @property
-    def layer_params(self) -> int:
+    @functools.cached_property
+    def layer_params(self) -> int:  # cached: the planner's memory checks ask it often
         return self.attn_params + self.mlp_params + 2 * self.norm_params
 
     @property
