@@ -57,10 +57,13 @@ def test_a_slow_chip_is_found_replanned_around_and_the_run_ends_exact(tmp_path: 
     logged = [json.loads(x) for x in (ckpt / EVENTS).read_text().splitlines()]
     assert [e["reason"] for e in logged] == ["slow chip"]
 
-    new = done.plan  # the slow chip gets less of the batch
-    assert {r.stages[0].chip: r.batch_size for r in new.replicas}["cpu-fast"] < 22
-    fast = next(r.rank for r in new.ranks() if r.chip == "cpu-fast")
-    assert os.environ[SLOW_ENV] == f"{fast}:3:0"  # and stayed slow under the new plan
+    new = done.plan  # the slow chip gets less of the work (sequences x layers per step)
+    work = sum(r.batch_size * st.num_layers
+               for r in new.replicas for st in r.stages if st.chip == "cpu-fast")
+    assert work < 22 * plan.model.num_layers
+    # the chip stays slow under the new plan (or, left out of it, slows nothing)
+    fast = [r.rank for r in new.ranks() if r.chip == "cpu-fast"]
+    assert os.environ.get(SLOW_ENV) == (f"{fast[0]}:3:0" if fast else None)
     assert done.summary is not None and done.summary.steps == STEPS - event.resumed_step
 
     # every step once, under the plan that computed it (metrics kept in the checkpoint dir)
