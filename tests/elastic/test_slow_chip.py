@@ -11,15 +11,12 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 from tests.runtime.plans import cpu_test_cluster, dp_plan
-from tests.runtime.reference import CORPUS_BYTES, single_process
+from tests.runtime.reference import CORPUS_BYTES, assert_saved_model_is_the_reference
 
 from polychip.elastic.events import EVENTS
 from polychip.elastic.slowchip import SlowReplan
 from polychip.elastic.supervisor import METRICS, run_elastic
-from polychip.runtime.checkpoint import _ShardReader
-from polychip.runtime.checkpoint_manifest import latest_complete, read_manifest
 from polychip.runtime.faults import SLOW_ENV
 from polychip.runtime.metrics import read_metrics
 from polychip.runtime.train_config import TrainConfig
@@ -72,13 +69,7 @@ def test_a_slow_chip_is_found_replanned_around_and_the_run_ends_exact(tmp_path: 
     assert all(ranks[s] == [0, 1] for s in range(event.resumed_step))
     assert all(ranks[s] == list(range(new.world_size))
                for s in range(event.resumed_step, STEPS))
-    folder = latest_complete(ckpt)
-    assert folder is not None and read_manifest(folder).step == STEPS
-    reader = _ShardReader(folder, read_manifest(folder))
-    _, ref = single_process(plan, config)
-    for name, want in ref.items():
-        torch.testing.assert_close(reader.full(name, "param"), want, rtol=0, atol=1e-12,
-                                   msg=name)
+    assert_saved_model_is_the_reference(ckpt, plan, config, STEPS)
 
 
 def test_bad_slow_chip_settings_fail_before_any_rank_starts(tmp_path: Path) -> None:

@@ -48,3 +48,19 @@ def single_process(plan: Plan, config: TrainConfig, *, norms: list[float] | None
         optimizer.step()
         losses.append(loss.item())
     return losses, {n: p.detach() for n, p in model.named_parameters()}
+
+
+def assert_saved_model_is_the_reference(ckpt_dir, plan: Plan, config: TrainConfig, steps: int,
+                                        atol: float = 1e-12) -> None:
+    """The newest complete checkpoint in ``ckpt_dir`` is of step ``steps`` and its fp32
+    master weights equal ``plan``'s single-process training under ``config`` to ``atol``."""
+    from polychip.runtime.checkpoint import _ShardReader
+    from polychip.runtime.checkpoint_manifest import latest_complete, read_manifest
+
+    folder = latest_complete(ckpt_dir)
+    assert folder is not None and read_manifest(folder).step == steps
+    reader = _ShardReader(folder, read_manifest(folder))
+    _, ref = single_process(plan, config)
+    for name, want in ref.items():
+        torch.testing.assert_close(reader.full(name, "param"), want, rtol=0, atol=atol,
+                                   msg=name)
