@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from polychip.runtime.topology import check_devices, rank_roles, world_backend
 from polychip.spec.errors import PolychipError
 
 DEFAULT_PORT = 29500
+ENV_PREFIX = "POLYCHIP_"  # the launcher's variables every rank sees (faults, stop file)
+_FORKSERVER_PRELOAD = ["torch", "torch.distributed", "torch.optim", "polychip.runtime.session"]
 
 
 class TrainingStopped(Exception):
@@ -88,11 +91,24 @@ class WorkerOutcome:
     user_error: bool = False  # a PolychipError: the user's input, not the run, is wrong
 
 
-def _local_entry(plan: Plan, task: Task) -> WorkerOutcome:
+def _polychip_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+
+
+def _take_env(env: dict[str, str]) -> None:
+    """In a rank: polychip's variables exactly as the launcher had them at the launch call.
+    A forkserver child has the server's, from its start (a re-plan changes them)."""
+    for key in [k for k in os.environ if k.startswith(ENV_PREFIX) and k not in env]:
+        del os.environ[key]
+    os.environ.update(env)
+
+
+def _local_entry(plan: Plan, task: Task, env: dict[str, str]) -> WorkerOutcome:
     # One node: the plan rank is the local rank. Errors come back as values so that the
     # parent can tell the rank that failed first from the ranks that lost their peer.
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
+    _take_env(env)
     rank = int(os.environ["LOCAL_RANK"])
     try:
         return WorkerOutcome(rank, run_worker(plan, rank, task))
@@ -111,6 +127,21 @@ def _preimport() -> None:
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
 
 
+def _start_method(all_cpu: bool) -> str:
+    """fork starts a rank in ~0.1 s instead of seconds, but only from a parent safe to fork:
+    no accelerator runtime touched and no other thread (a supervisor's watcher), whose held
+    locks a forked child inherits (ranks so forked hung after a re-plan). forkserver forks
+    them from a clean single-threaded server that has imported torch once."""
+    if sys.platform != "linux" or not all_cpu:
+        return "spawn"
+    if threading.active_count() == 1:
+        return "fork"
+    import multiprocessing
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(_FORKSERVER_PRELOAD)
+    return "forkserver"
+
+
 def launch_local(plan: Plan, task: Task, *, start_method: str | None = None,
                  stop_file: Path | None = None) -> list[Any]:
     """Run every rank of ``plan`` on this machine (torchrun's ``elastic_launch``, standalone
@@ -124,10 +155,7 @@ def launch_local(plan: Plan, task: Task, *, start_method: str | None = None,
 
     roles = rank_roles(plan, emulate=task.emulate)
     check_devices(roles)
-    # fork starts a rank in ~0.1 s instead of seconds, but only CPU ranks may be forked from
-    # a parent that has touched an accelerator's runtime (check_devices counts devices).
-    all_cpu = all(r.device_type == "cpu" for r in roles)
-    start_method = start_method or ("fork" if sys.platform == "linux" and all_cpu else "spawn")
+    start_method = start_method or _start_method(all(r.device_type == "cpu" for r in roles))
     if start_method == "fork":
         _preimport()
     config = LaunchConfig(
@@ -146,7 +174,8 @@ def launch_local(plan: Plan, task: Task, *, start_method: str | None = None,
     os.environ[STOP_FILE_ENV] = str(stop_file)  # the ranks inherit it
     try:
         with stop_file_on_signals(stop_file) as taken:
-            outcomes: dict[int, WorkerOutcome] = elastic_launch(config, _local_entry)(plan, task)
+            outcomes: dict[int, WorkerOutcome] = elastic_launch(config, _local_entry)(
+                plan, task, _polychip_env())
         if taken:  # the ranks stopped at a step boundary and saved
             raise TrainingStopped(taken[0])
     except (KeyboardInterrupt, SignalException):  # a second Ctrl-C, SIGHUP, SIGQUIT: at once
