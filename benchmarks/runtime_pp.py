@@ -67,7 +67,8 @@ def uneven_plan() -> Plan:
 
 
 def analytic_s(plan: Plan) -> float:
-    return CostModel(plan.cluster, plan.model, plan.job).evaluate(plan.replicas).step_time_s
+    cm = CostModel(plan.cluster, plan.model, plan.job)
+    return cm.evaluate(plan.replicas, plan.schedule, plan.zero1, plan.virtual_stages).step_time_s
 
 
 def measure(rounds: int, steps: int, dilation: float | None = None) -> dict:
@@ -170,9 +171,12 @@ def measure_zero_bubble(rounds: int, steps: int, dilation: float | None,
     runs_1, runs_z = summaries[0::2], summaries[1::2]
     step_1 = statistics.median(s.step_time_s for s in runs_1)
     step_z = statistics.median(s.step_time_s for s in runs_z)
+    sim_1, sim_z = simulate(one).step_time_s, simulate(zb).step_time_s
     return {"wgrad_from": source, "dilation": runs_1[0].dilation, "rounds": rounds,
             "step_time_1f1b_s": step_1, "step_time_zb_h1_s": step_z,
             "zb_h1_speedup": step_1 / step_z,
+            "simulated_1f1b_s": sim_1, "simulated_zb_h1_s": sim_z,
+            "analytic_1f1b_s": analytic_s(one), "analytic_zb_h1_s": analytic_s(zb),
             "step_time_1f1b_s_rounds": [s.step_time_s for s in runs_1],
             "step_time_zb_h1_s_rounds": [s.step_time_s for s in runs_z],
             "stages_1f1b": [_stage(st) for st in runs_1[-1].stages],
@@ -247,6 +251,10 @@ def _print_zero_bubble(z: dict, begin: float) -> None:
           f"{z['wgrad_from']}): step {z['step_time_1f1b_s']:.4f} s vs "
           f"{z['step_time_zb_h1_s']:.4f} s, zb-h1 speed-up {z['zb_h1_speedup']:.3f}; losses "
           f"equal: {z['losses_equal']}; overruns {z['overruns']} of {z['phases']} phases")
+    print(f"simulated 1F1B / zb-h1: {z['simulated_1f1b_s']:.4f} / {z['simulated_zb_h1_s']:.4f} "
+          f"s ({z['simulated_1f1b_s'] / z['simulated_zb_h1_s']:.3f}x); analytic "
+          f"{z['analytic_1f1b_s']:.4f} / {z['analytic_zb_h1_s']:.4f} s "
+          f"({z['analytic_1f1b_s'] / z['analytic_zb_h1_s']:.3f}x)")
     rounds = [f"{a:.4f}/{b:.4f}" for a, b in zip(z["step_time_1f1b_s_rounds"],
                                                   z["step_time_zb_h1_s_rounds"], strict=True)]
     print(f"rounds (1F1B/zb-h1 step s): {', '.join(rounds)}")
