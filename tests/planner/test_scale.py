@@ -9,6 +9,7 @@ import random
 import pytest
 
 from polychip.costmodel import CostModel
+from polychip.planner.assign import assign
 from polychip.planner.bounds import most_replicas
 from polychip.planner.caps import LayerCaps
 from polychip.planner.samples import random_case
@@ -96,3 +97,19 @@ def test_bracketed_memory_caps_equal_a_plain_bisection(seed: int) -> None:
             chip, n, tp, args[2], first=args[3], last=args[4], in_flight=args[6],
             recompute=args[5], zero_shards=args[7]).total <= chip.memory_bytes], default=0)
         assert caps.cap(*args) == want
+
+
+@pytest.mark.parametrize("seed", [19, 28])
+def test_a_candidate_left_out_of_the_ranking_does_not_pack(seed: int) -> None:
+    """`FastSearch._packs` (by each group's segment sizes, cached) agrees with `assign` on
+    every candidate: the ranking leaves out only candidates that are never plans."""
+    cluster, model, job = random_case(seed, 16)
+    search = FastSearch(Scorer(ShapeBuilder(CostModel(cluster, model, job), "zb-h1")), 4)
+    groups = list(range(len(cluster.groups)))
+    left_out = 0
+    for bucket in (1, 2, 4):
+        for _, cand in search._candidates(groups, bucket, bucket):
+            placed = assign(cluster, [(s, [1] * n) for s, n in cand])
+            assert search._packs(cand) == (placed is not None)
+            left_out += placed is None
+    assert left_out  # these clusters have candidates that do not pack

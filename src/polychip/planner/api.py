@@ -21,7 +21,8 @@ from polychip.planner.notes import plan_notes
 from polychip.planner.objective import cheapest, check_objective, cost_note
 from polychip.planner.oracle import DEFAULT_TIME_LIMIT_S, OracleSize, check_budget, size_of
 from polychip.planner.rerank import Candidate, rerank, rerank_note, shortlist
-from polychip.planner.schedules import Option, Step, options, repriced, schedule_notes, step
+from polychip.planner.schedulenotes import schedule_notes
+from polychip.planner.schedules import Option, Step, options, repriced, step
 from polychip.planner.scoring import Scored, Scorer, better
 from polychip.planner.search import FastSearch
 from polychip.planner.shapes import ShapeBuilder
@@ -232,12 +233,13 @@ class _Run:
                   opts: list[Option], zb_search: bool) -> Step:
         """The schedule step (planner/schedules.py) over the search's candidates and, with
         ``zb_search``, those of a search of all chips under ZB-H1's memory."""
-        pool = self.scorer.scored()
+        pool, builders = self.scorer.scored(), {}
         if zb_search:
             zb = Scorer(ShapeBuilder(cm, "zb-h1"))
             self.search(list(range(len(cm.cluster.groups))), "zb-h1", zb, oracle=False)
             pool += zb.scored()
-        return step(cm, pool, fastest, alone, opts)
+            builders[Option("zb-h1")] = zb.builder
+        return step(cm, pool, fastest, alone, opts, builders)
 
     def rerank(self, scorer: Scorer, best: Scored, alone: dict[str, Scored | None], top: int,
                to_plan: Callable[[Scored], Plan], cm: CostModel,

@@ -11,7 +11,7 @@ groups of S micro-batches per replica (else the option is refused for it) and a 
 closed form, activations in flight and gradient readiness -- and must fit memory: a stage
 that no longer fits (ZB-H1 and interleaving hold more micro-batches than 1F1B) recomputes
 its activations where the job allows it, as the search decides recompute. The notes say
-what was chosen and why, with figures (`schedule_notes`).
+what was chosen and why, with figures (`schedulenotes.py`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from polychip.costmodel import CostModel, PlanCost
+from polychip.costmodel import CostModel
 from polychip.plan.capabilities import Capabilities
 from polychip.plan.plan import Replica
 from polychip.planner.assign import assign
@@ -118,9 +118,14 @@ def variant(cm: CostModel, scored: Scored, option: Option,
             builder: ShapeBuilder | None = None) -> tuple[Scored | None, str]:
     """`scored` re-priced under `option` (None, and why, if it cannot run it or fit): its
     replicas as they are, and with `builder` (the option's memory) each shape's layers
-    split again for it; the faster."""
-    got, why = _priced(cm, scored, scored.replicas, scored.classes, option)
-    if builder is not None:
+    split again for it; the faster. Under its own schedule as it is, `scored` is its own
+    variant (`evaluate` is a function of the replicas, schedule and ZeRO-1 alone)."""
+    if option == Option(scored.schedule, scored.virtual_stages):
+        got, why = scored, ""
+    else:
+        got, why = _priced(cm, scored, scored.replicas, scored.classes, option)
+    # the resplit keeps every replica's micro-batches and stages: refused the same way
+    if builder is not None and not _ungrouped(scored.replicas, option):
         split = _resplit(cm, scored, builder)
         if split is not None:
             again, _ = _priced(cm, scored, *split, option)
@@ -148,10 +153,8 @@ def _priced(cm: CostModel, scored: Scored, replicas: tuple[Replica, ...], classe
             option: Option) -> tuple[Scored | None, str]:
     v = option.virtual_stages
     if option.schedule == "interleaved-1f1b" and v > 1:
-        for ri, rep in enumerate(replicas):
-            if rep.num_micro_batches % rep.num_stages:
-                return None, (f"replica {ri} has {rep.num_micro_batches} micro-batches, not "
-                              f"whole groups of its {rep.num_stages} stages")
+        if why := _ungrouped(replicas, option):
+            return None, why
         counts = [interleave_layers([st.num_layers for st in r.stages], v) for r in replicas]
         for rep, c in zip(replicas, counts, strict=True):
             if c is None and cm.model.num_layers % v:
@@ -178,9 +181,25 @@ def _priced(cm: CostModel, scored: Scored, replicas: tuple[Replica, ...], classe
     return out, ""
 
 
-def builders_for(cm: CostModel, opts: Sequence[Option]) -> dict[Option, ShapeBuilder]:
-    """A shape builder per option but 1F1B (the search's own), for `variant`."""
-    return {o: ShapeBuilder(cm, o.schedule, o.virtual_stages) for o in opts
+def _ungrouped(replicas: Sequence[Replica], option: Option) -> str:
+    """Why interleaving cannot run these replicas ('' if it can, or `option` does not
+    interleave): it needs whole groups of S micro-batches on every replica."""
+    if option.schedule != "interleaved-1f1b" or option.virtual_stages < 2:
+        return ""
+    for ri, rep in enumerate(replicas):
+        if rep.num_micro_batches % rep.num_stages:
+            return (f"replica {ri} has {rep.num_micro_batches} micro-batches, not whole "
+                    f"groups of its {rep.num_stages} stages")
+    return ""
+
+
+def builders_for(cm: CostModel, opts: Sequence[Option],
+                 given: dict[Option, ShapeBuilder] | None = None
+                 ) -> dict[Option, ShapeBuilder]:
+    """A shape builder per option but 1F1B (the search's own), for `variant`: those
+    ``given`` (a search's own, its caches warm), new ones for the rest."""
+    given = given or {}
+    return {o: given.get(o) or ShapeBuilder(cm, o.schedule, o.virtual_stages) for o in opts
             if o != Option("1f1b")}
 
 
@@ -203,52 +222,6 @@ def reschedule(cm: CostModel, candidates: Iterable[Scored], opts: Sequence[Optio
     return best, verdicts
 
 
-def schedule_notes(chosen: Scored, verdicts: Sequence[Verdict], cm: CostModel) -> list[str]:
-    """What was chosen and why: its bubble and memory beside the same replicas under 1F1B,
-    its gain over the best 1F1B candidate, and why each other option lost or could not run."""
-    label = Option(chosen.schedule, chosen.virtual_stages).label
-    head = f"schedule {label}"
-    if label != "1f1b":
-        same = cm.evaluate(chosen.replicas, "1f1b", chosen.zero1)
-        head += (f": bubble {same.bubble_fraction:.0%} (1F1B) -> "
-                 f"{chosen.cost.bubble_fraction:.0%}, {_memory_change(cm, same, chosen)}"
-                 f"{_recompute(chosen)}")
-        base = next((v.best for v in verdicts if v.option == Option("1f1b")), None)
-        if base is not None:
-            gain = chosen.tokens_per_s / base.tokens_per_s - 1
-            head += f"; {gain:+.1%} tokens/s over the best 1F1B plan"
-    elif len(verdicts) > 1:
-        head += f": the fastest of the {len(verdicts)} schedules tried"
-    out = [head]
-    for v in verdicts:
-        if v.best is None:
-            out.append(f"{v.option.label} rejected: {v.reason}")
-        elif v.option.label != label:
-            out.append(f"{v.option.label}: {v.best.tokens_per_s:,.0f} tokens/s "
-                       f"({v.best.tokens_per_s / chosen.tokens_per_s - 1:+.1%}), bubble "
-                       f"{v.best.cost.bubble_fraction:.0%}{_recompute(v.best)}")
-    return out
-
-
-def _recompute(scored: Scored) -> str:
-    """", recompute on k of n stages" when some stage recomputes its activations."""
-    stages = [st for r in scored.replicas for st in r.stages]
-    k = sum(st.recompute for st in stages)
-    return f", recompute on {k} of {len(stages)} stages" if k else ""
-
-
-def _memory_change(cm: CostModel, base: PlanCost, chosen: Scored) -> str:
-    """How much more the first stage and the device that grows most hold than under 1F1B."""
-    grow = {k: chosen.cost.memory[k].total - m.total for k, m in base.memory.items()}
-    first = max(g for (_, si), g in grow.items() if si == 0)
-    (ri, si), most = max(grow.items(), key=lambda kv: kv[1])
-    text = f"memory {first / GIB:+.1f} GiB on the first stage"
-    if most > first + GIB / 20:
-        chip = chosen.replicas[ri].stages[si].chip
-        text += f", {most / GIB:+.1f} GiB at most (replica {ri} stage {si}, {chip})"
-    return text
-
-
 CANDIDATES = 8  # the speed search's best distinct candidates re-priced under every option
 
 
@@ -263,17 +236,19 @@ class Step:
 
 
 def step(cm: CostModel, scored: Iterable[Scored], best: Scored,
-         alone: dict[str, Scored | None], opts: Sequence[Option]) -> Step:
+         alone: dict[str, Scored | None], opts: Sequence[Option],
+         builders: dict[Option, ShapeBuilder] | None = None) -> Step:
     """Re-price `best` and the `CANDIDATES` best distinct candidates of each search (1F1B's,
-    and ZB-H1's own when it ran) under every option. A forced option that no candidate can
-    run is an InfeasibleError."""
+    and ZB-H1's own when it ran) under every option (``builders``: the searches' own shape
+    builders by option, reused). A forced option that no candidate can run is an
+    InfeasibleError."""
     distinct: dict[tuple, Scored] = {best.replicas: best}
     kinds: dict[str, int] = {}  # the best of each search (1F1B's, ZB-H1's own)
     for s in sorted(scored, key=lambda s: -s.tokens_per_s):
         if s.replicas not in distinct and kinds.get(s.schedule, 0) < CANDIDATES:
             distinct[s.replicas] = s
             kinds[s.schedule] = kinds.get(s.schedule, 0) + 1
-    builders = builders_for(cm, opts)
+    builders = builders_for(cm, opts, builders)
     chosen, verdicts = reschedule(cm, distinct.values(), opts, builders)
     if chosen is None:  # under auto, 1F1B always runs
         raise InfeasibleError(f"{opts[0].label}: no candidate plan can run it ("

@@ -20,6 +20,7 @@ import heapq
 import math
 from collections.abc import Callable, Sequence
 
+from polychip.planner.assign import pack_group
 from polychip.planner.bounds import most_replicas
 from polychip.planner.candidates import ContextCandidates
 from polychip.planner.estimate import Estimator
@@ -49,6 +50,7 @@ class FastSearch:
         self.progress = progress or (lambda f, m: None)
         self.estimator = Estimator(scorer)
         self.mixed = MixedTemplates(self.cluster, self.model, max_stages, self.job)
+        self._packed: dict[tuple, bool] = {}
 
     # ---- shapes -----------------------------------------------------------------------------
     def micro_ctx(self, bucket: int, mb: int) -> int | None:
@@ -113,7 +115,9 @@ class FastSearch:
         template); stage 2 gives them the full estimate (+ gradient sync and optimizer),
         best first. Estimates are computed in bound order and stop once no bound can reach
         the EXACT_SHORTLIST-th best estimate: the shortlist is the same (``everything``: no
-        stop, the whole ranking)."""
+        stop, the whole ranking). A candidate whose replicas do not pack onto the cluster
+        (`_packs`) is never a plan: it is left out, so the shortlist holds candidates that
+        can be placed."""
         first = sorted(pool, key=lambda x: -x[0])
         limit = len(first) if len(first) <= ALL_ESTIMATES_UP_TO else FULL_ESTIMATES
         keep = {id(c): (b, c) for b, _, c in first[:limit]}
@@ -127,12 +131,35 @@ class FastSearch:
         for key, (bound, c) in sorted(keep.items(), key=lambda kv: -kv[1][0]):
             if not everything and len(top) == EXACT_SHORTLIST and bound < top[0]:
                 break  # every estimate from here on is below the shortlist's last
+            if not self._packs(c):
+                continue
             estimates[key] = e = self.estimator.tokens_per_s(c)
             if e > 0:
                 heapq.heappush(top, e) if len(top) < EXACT_SHORTLIST else heapq.heappushpop(
                     top, e)
         second = [(estimates[k], c) for k, (_, c) in keep.items() if k in estimates]
         return sorted((x for x in second if x[0] > 0), key=lambda x: -x[0])
+
+    def _packs(self, cand: Classes) -> bool:
+        """`assign.fits`: whether the candidate's replicas pack onto its groups' nodes (as
+        `assign` places them; whether they do depends only on each group's segment sizes),
+        cached per group and segment sizes."""
+        sizes: dict[int, dict[int, int]] = {}
+        for s, n in cand:
+            for seg in s.template:
+                per = sizes.setdefault(seg.group, {})
+                per[seg.num_devices] = per.get(seg.num_devices, 0) + n
+        for g, per in sizes.items():
+            key = (g, tuple(sorted(per.items())))
+            if key not in self._packed:
+                group = self.cluster.groups[g]
+                blocks = [(size, 1) for size, n in per.items() for _ in range(n)]
+                self._packed[key] = (sum(size * n for size, n in per.items())
+                                     <= group.num_devices
+                                     and pack_group(group, blocks) is not None)
+            if not self._packed[key]:
+                return False
+        return True
 
     def _memory_context_holds(self, cand: Classes) -> bool:
         """Shapes were fitted assuming optimizer state sharded over `zero_shards` replicas."""
