@@ -89,6 +89,7 @@ class ShapeBuilder:
         self.num_layers = self.model.num_layers
         self._rows: dict[tuple, list[float]] = {}
         self._stage_rows: dict[tuple, list[float]] = {}
+        self._stage_ctx: dict[tuple, tuple[list[float], int, tuple]] = {}  # (row, cap0, key)
         self.caps = LayerCaps(cm)
         self._links: dict[tuple, list[float]] = {}
         self._shapes: dict[tuple, Shape | None] = {}
@@ -104,17 +105,9 @@ class ShapeBuilder:
         row = self._rows.get(key)
         if row is None:
             chip = self.cluster.groups[group].chip
-            row = [
-                self.cm.stage_times(chip, n, tp, mb, first, last, rec).total_s
-                for n in range(self.num_layers + 1)
-            ]
-            self._rows[key] = row
+            row = self._rows[key] = [self.cm.stage_times(chip, n, tp, mb, first, last, rec).total_s
+                                     for n in range(self.num_layers + 1)]
         return row
-
-    def layer_cap(self, group: int, tp: int, mb: int, first: bool, last: bool, rec: bool,
-                  in_flight: int, shards: int) -> int:
-        """Most layers such a stage holds within its chip's memory (0: not even one)."""
-        return self.caps.cap(group, tp, mb, first, last, rec, in_flight, shards)
 
     def link_times(self, template: Template, mb: int) -> list[float]:
         """Seconds to pass one micro-batch's activations across each stage boundary."""
@@ -198,33 +191,39 @@ class ShapeBuilder:
         many = micro_batches is None
         m_mem = 10**9 if many else micro_batches
         rows, norec, rkeys = [], [], []
-        allow_rec = self.job.allow_recompute
+        one_flight = self.schedule == "gpipe" and many  # GPipe memory grows with m: the
+        # batch split caps m (`_gpipe_limit`)
         for i, (g, t) in enumerate(stages):
             first, last = i == 0, i == num - 1
-            flight = in_flight_micro_batches(self.schedule, i, num, m_mem, self.virtual_stages)
-            if self.schedule == "gpipe" and many:
-                flight = 1  # GPipe memory grows with m: the batch split caps m (below)
-            cap0 = self.layer_cap(g, t, mb, first, last, False, flight, shards)
-            cap1 = (
-                self.layer_cap(g, t, mb, first, last, True, flight, shards) if allow_rec else cap0
-            )
-            rkey = (g, t, mb, first, last, cap0, cap1)
-            row = self._stage_rows.get(rkey)
-            if row is None:
-                plain = self.time_row(g, t, mb, first, last, False)
-                recom = self.time_row(g, t, mb, first, last, True)
-                row = [
-                    plain[n] if n <= cap0 else recom[n] if n <= cap1 else INF
-                    for n in range(self.num_layers + 1)
-                ]
-                self._stage_rows[rkey] = row
-            rows.append(row)
-            norec.append(cap0)
-            rkeys.append(rkey)
+            flight = 1 if one_flight else in_flight_micro_batches(
+                self.schedule, i, num, m_mem, self.virtual_stages)
+            ctx = (g, t, mb, first, last, flight, shards)
+            hit = self._stage_ctx.get(ctx) or self._stage_ctx.setdefault(ctx, self._stage_row(*ctx))
+            rows.append(hit[0])
+            norec.append(hit[1])
+            rkeys.append(hit[2])
         out = (rows, norec, tuple(rkeys))
         if keep:
             self._template_rows[ckey] = out
         return out
+
+    def _stage_row(self, g: int, t: int, mb: int, first: bool, last: bool, flight: int,
+                   shards: int) -> tuple[list[float], int, tuple]:
+        """One stage's cost row (`_rows_of`), its plain cap and the row's key: the row is
+        shared by every stage context with the same caps."""
+        cap0 = cap1 = self.caps.cap(g, t, mb, first, last, False, flight, shards)
+        if self.job.allow_recompute:
+            cap1 = self.caps.cap(g, t, mb, first, last, True, flight, shards)
+        rkey = (g, t, mb, first, last, cap0, cap1)
+        row = self._stage_rows.get(rkey)
+        if row is None:
+            plain = self.time_row(g, t, mb, first, last, False)
+            recom = self.time_row(g, t, mb, first, last, True)
+            row = self._stage_rows[rkey] = [
+                plain[n] if n <= cap0 else recom[n] if n <= cap1 else INF
+                for n in range(self.num_layers + 1)
+            ]
+        return row, cap0, rkey
 
     def _split(
         self, rows: list[list[float]], links: list[float], weight: float
@@ -261,7 +260,7 @@ class ShapeBuilder:
         def fits(m: int) -> bool:
             return all(
                 layers[i]
-                <= self.layer_cap(g, t, mb, i == 0, i == len(stages) - 1, rec[i], m, shards)
+                <= self.caps.cap(g, t, mb, i == 0, i == len(stages) - 1, rec[i], m, shards)
                 for i, (g, t) in enumerate(stages)
             )
 
