@@ -142,7 +142,7 @@ class Estimator:
         Each case is affine in the bytes with a non-negative intercept, so their minimum is
         concave and subadditive: a sum over segments (and the embedding's and head's
         all-reduce on the first and last stage) is at least it at their summed parameters,
-        the stage's. tests/planner/test_estimate_bounds.py checks it on random clusters."""
+        the stage's. tests/planner/test_sync_floors.py checks it on random clusters."""
         if sum(n for _, n in classes) <= 1:
             return 0.0
         groups = self.cluster.groups

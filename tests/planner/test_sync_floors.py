@@ -66,3 +66,24 @@ def test_the_tokens_bound_is_above_the_estimate() -> None:
                 1 + 1e-9)
             checked += 1
     assert checked
+
+
+@pytest.mark.parametrize("schedule", ["1f1b", "gpipe"])
+def test_the_exact_bound_with_its_sync_floor_is_below_the_step(schedule: str) -> None:
+    """`Scorer.bound_s` (each shape's busiest pipeline plus `_sync_floor_s`, the optimizer)
+    never exceeds the step `CostModel.evaluate` gives a placed candidate: every candidate
+    the search scores on random clusters of up to 64 chips; on some of them the floor is
+    positive (first stages over several nodes)."""
+    positive = 0
+    for seed in range(12):
+        cluster, model, job = random_case(seed, 64)
+        scorer = Scorer(ShapeBuilder(CostModel(cluster, model, job), schedule))
+        FastSearch(scorer, 4).run(list(range(len(cluster.groups))))
+        for s in scorer.scored():
+            shapes = [(shape, len(ms)) for shape, ms in s.classes]
+            bound = scorer.bound_s(shapes, [ms for _, ms in s.classes])
+            assert bound <= s.cost.step_time_s * (1 + 1e-12), (seed, bound, s.cost)
+            pipelined = any(shape.num_stages > 1 for shape, _ in shapes)
+            positive += any(scorer._sync_floor_s(shape, len(ms), s.zero1, pipelined) > 0
+                            for shape, ms in s.classes)
+    assert positive > 0
