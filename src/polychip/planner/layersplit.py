@@ -75,6 +75,8 @@ def _min_sum(
         suffix[s] = suffix[s + 1] + caps[s]
     if suffix[0] < num_layers or min(caps) < 1:
         return None
+    if suffix[0] == num_layers:  # no slack: every stage at its cap is the only split
+        return _of(costs, tuple(caps))
     best: dict[int, float] = {0: 0.0}
     choices: list[dict[int, int]] = []
     for s in range(num_stages):
@@ -103,8 +105,12 @@ def _min_sum(
         layers.append(n)
         j -= n
     layers.reverse()
+    return _of(costs, tuple(layers))
+
+
+def _of(costs: Sequence[Sequence[float]], layers: tuple[int, ...]) -> LayerSplit:
     stage_costs = [costs[s][n] for s, n in enumerate(layers)]
-    return LayerSplit(tuple(layers), max(stage_costs), math.fsum(stage_costs))
+    return LayerSplit(layers, max(stage_costs), math.fsum(stage_costs))
 
 
 def split_layers(
