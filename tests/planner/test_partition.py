@@ -16,7 +16,7 @@ from polychip.planner.batchsplit import (
     _ranges,
     split_batch,
 )
-from polychip.planner.layersplit import INF, split_layers
+from polychip.planner.layersplit import INF, _min_sum, split_layers
 
 
 def _compositions(total: int, parts: int):
@@ -210,3 +210,32 @@ def test_exact_totals_picks_the_fewest_micro_batches_from_the_last_size(seed: in
         ranges.append((v, lo, lo + rng.randint(0, 12)))
     target = rng.randint(0, sum(v * hi for v, _, hi in ranges))
     assert _exact_totals(ranges, target) == _loop_totals(ranges, target)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_least_sum_under_caps_matches_brute_force(seed: int) -> None:
+    """`_min_sum`: the least total with 1 <= n_s <= caps[s]; with no slack (the caps sum to
+    the layers) the caps themselves, the only split."""
+    rng = random.Random(seed)
+    layers = rng.randint(1, 9)
+    stages = rng.randint(1, min(layers, 4))
+    costs = _random_costs(rng, stages, layers)
+    caps = [rng.randint(1, layers) for _ in range(stages)]
+    if seed % 3 == 0 and sum(caps) >= layers:  # no slack: take caps down to the layers
+        while sum(caps) > layers:
+            i = rng.randrange(stages)
+            caps[i] = max(1, caps[i] - 1)
+    fits = [comp for comp in _compositions(layers, stages)
+            if all(n <= c and costs[s][n] < INF
+                   for s, (n, c) in enumerate(zip(comp, caps, strict=True)))]
+    caps = [min(c, max(n for n in range(layers + 1) if costs[s][n] < INF))
+            for s, c in enumerate(caps)]
+    got = _min_sum(costs, caps, layers)
+    if not fits:
+        assert got is None
+        return
+    assert got is not None
+    assert got.total_s == pytest.approx(min(math.fsum(costs[s][n] for s, n in enumerate(c))
+                                            for c in fits))
+    if sum(caps) == layers:
+        assert got.layers == tuple(caps)

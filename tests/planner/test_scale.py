@@ -48,8 +48,9 @@ def test_pruning_finds_the_same_plan(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", range(8))
 def test_the_estimates_stop_without_changing_the_shortlist(seed: int) -> None:
-    """`_ranked` stops estimating once no pipeline bound reaches the shortlist's last
-    estimate: its first EXACT_SHORTLIST entries are those of estimating everything."""
+    """`_ranked` stops estimating once no bound (pipeline, or with the sync floor) reaches
+    the shortlist's last estimate: its first EXACT_SHORTLIST entries are those of
+    estimating everything."""
     cluster, model, job = random_case(seed, 16)
     search = FastSearch(Scorer(ShapeBuilder(CostModel(cluster, model, job), "1f1b")), 4)
     groups = list(range(len(cluster.groups)))
@@ -59,7 +60,7 @@ def test_the_estimates_stop_without_changing_the_shortlist(seed: int) -> None:
             pipe = search.estimator.pipeline_s(cand)
             if pipe is not None and search._memory_context_holds(cand):
                 pool[tuple(sorted((id(s), n) for s, n in cand))] = (
-                    job.tokens_per_step / pipe, family, cand)
+                    job.tokens_per_step / pipe, family, cand, pipe)
     short = search._ranked(list(pool.values()))[:EXACT_SHORTLIST]
     assert short == search._ranked(list(pool.values()), everything=True)[:EXACT_SHORTLIST]
 

@@ -3,6 +3,7 @@ terms), with a profile's measured activations and reserve where it has them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from polychip.costmodel import profiled
@@ -69,15 +70,39 @@ class StageMemory:
     ) -> MemoryBreakdown:
         """Peak memory of one device of a stage of `num_layers` blocks (memory.py): the one
         entry the planner and the simulator use."""
-        block, ends = self._activations(chip, tp, micro_batch)
+        block, ends, reserve = self._stage_inputs(chip, tp, micro_batch, first, last)
         return stage_memory(
             params=stage_params(self.model, num_layers, first, last) / tp,
             state=self.state_bytes, zero_shards=zero_shards, block=block,
-            num_layers=num_layers, in_flight=in_flight, recompute=recompute,
-            ends=EndActivations(ends.first if first else 0.0, ends.last if last else 0.0,
-                                ends.loss_transient if last else 0.0),
-            reserve=self.reserve_bytes(chip),
+            num_layers=num_layers, in_flight=in_flight, recompute=recompute, ends=ends,
+            reserve=reserve,
         )  # fmt: skip
+
+    def stage_memory_at_layers(self: CostModel, chip: Accelerator, tp: int, micro_batch: int,
+                               *, first: bool, last: bool, recompute: bool
+                               ) -> Callable[[int, int, int], MemoryBreakdown]:
+        """`stage_memory` as a function of (layers, in flight, ZeRO shards) alone, the rest
+        fixed: what the planner's memory caps call many times per stage context."""
+        block, ends, reserve = self._stage_inputs(chip, tp, micro_batch, first, last)
+        state, model = self.state_bytes, self.model
+
+        def at(num_layers: int, in_flight: int, zero_shards: int) -> MemoryBreakdown:
+            return stage_memory(
+                params=stage_params(model, num_layers, first, last) / tp, state=state,
+                zero_shards=zero_shards, block=block, num_layers=num_layers,
+                in_flight=in_flight, recompute=recompute, ends=ends, reserve=reserve,
+            )  # fmt: skip
+
+        return at
+
+    def _stage_inputs(self: CostModel, chip: Accelerator, tp: int, micro_batch: int,
+                      first: bool, last: bool) -> tuple[BlockActivations, EndActivations, int]:
+        """A stage's block activations, those of its ends (the embedding's if first, the
+        head's and the loss's if last) and the framework reserve."""
+        block, ends = self._activations(chip, tp, micro_batch)
+        own = EndActivations(ends.first if first else 0.0, ends.last if last else 0.0,
+                             ends.loss_transient if last else 0.0)
+        return block, own, self.reserve_bytes(chip)
 
     def _activations(self: CostModel, chip: Accelerator, tp: int, micro_batch: int
                      ) -> tuple[BlockActivations, EndActivations]:

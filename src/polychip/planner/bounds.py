@@ -4,9 +4,11 @@
   state sharded over ``shards`` replicas (ZeRO-1) only takes candidates with at least that
   many replicas; a context asking for more replicas than any candidate can have is empty
   and is not searched.
-- **Exact scores** (`scoring.Scorer.bound_s`): a candidate whose slowest pipeline plus
-  optimizer step already loses to the best plan is not placed or evaluated.
-- **Estimates** (`search.FastSearch._ranked`): a candidate whose pipeline bound is below
+- **Exact scores** (`scoring.Scorer.bound_s`): a candidate whose shapes' busiest
+  pipelines, each plus a floor on its first stage's gradient sync, plus the optimizer step
+  already lose to the best plan is not placed or evaluated.
+- **Estimates** (`search.FastSearch._ranked`): a candidate whose pipeline bound, or whose
+  pipeline plus a floor on its estimated sync (`estimate.Estimator.sync_floor_s`), is below
   the shortlist's last estimate gets no estimate.
 """
 

@@ -2,15 +2,20 @@
 
 A stage's cap depends on its node group, TP degree, micro-batch size, whether it is the
 first or last stage, recompute, the micro-batches it holds in flight and the replicas its
-optimizer state is sharded over (ZeRO-1). It is found by bisection on the cost model's
-stage memory (`CostModel.stage_memory`, the one memory formula). Memory never shrinks with
-more micro-batches in flight nor grows with more shards, so the caps already found for
-neighbouring contexts bracket the bisection: the same caps, with fewer memory checks.
+optimizer state is sharded over (ZeRO-1). It is the largest n whose cost-model stage memory
+(`CostModel.stage_memory`, the one memory formula) fits the chip. Memory never shrinks with
+more layers, so checking that n fits and n + 1 does not proves it: n is first guessed from
+a straight line through three stage memories per context (layers, in flight), and the
+guess walked to the cap -- usually two memory checks a cap.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 from polychip.costmodel import CostModel
+from polychip.costmodel.memory import MemoryBreakdown
 
 Context = tuple[int, int, int, bool, bool, bool]  # group, tp, micro-batch, first, last, rec
 
@@ -19,7 +24,8 @@ class LayerCaps:
     def __init__(self, cm: CostModel):
         self.cm, self.num_layers = cm, cm.model.num_layers
         self._caps: dict[tuple, int] = {}
-        self._known: dict[Context, list[tuple[int, int, int]]] = {}  # (in flight, shards, cap)
+        self._lines: dict[Context, tuple[float, ...]] = {}
+        self._memory: dict[Context, Callable[[int, int, int], MemoryBreakdown]] = {}
 
     def cap(self, group: int, tp: int, mb: int, first: bool, last: bool, rec: bool,
             in_flight: int, shards: int) -> int:
@@ -29,26 +35,58 @@ class LayerCaps:
         if hit is not None:
             return hit
         ctx = key[:6]
-        lo, hi = 0, self.num_layers
-        for f, s, c in self._known.get(ctx, ()):
-            if f >= in_flight and s <= shards:  # at least as much memory: holds no more
-                lo = max(lo, c)
-            if f <= in_flight and s >= shards:  # at most as much memory: holds no fewer
-                hi = min(hi, c)
-        chip = self.cm.cluster.groups[group].chip
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            mem = self.cm.stage_memory(
-                chip, mid, tp, mb, first=first, last=last, in_flight=in_flight,
-                recompute=rec, zero_shards=shards,
-            )  # fmt: skip
-            if mem.total <= chip.memory_bytes:
-                lo = mid
-            else:
-                hi = mid - 1
-        self._caps[key] = lo
-        self._known.setdefault(ctx, []).append((in_flight, shards, lo))
-        return lo
+        memory, capacity = self._memory_of(ctx), self.cm.cluster.groups[group].chip.memory_bytes
+
+        def fits(n: int) -> bool:
+            return memory(n, in_flight, shards).total <= capacity
+
+        n = self._guess(ctx, in_flight, shards)
+        if n >= 1 and not fits(n):
+            n -= 1
+            while n >= 1 and not fits(n):
+                n -= 1
+        else:
+            while n < self.num_layers and fits(n + 1):
+                n += 1
+        self._caps[key] = n
+        return n
+
+    def _guess(self, ctx: Context, in_flight: int, shards: int) -> int:
+        """The cap the straight line through the context's memory predicts, in [0, L]."""
+        line = self._lines.get(ctx)
+        if line is None:
+            line = self._lines[ctx] = self._line(ctx)
+        wg, d_wg, opt, d_opt, block, ends, rest = line
+        fixed = rest + wg - d_wg + (opt - d_opt) / shards + in_flight * ends
+        per_layer = d_wg + d_opt / shards + in_flight * block
+        chip = self.cm.cluster.groups[ctx[0]].chip
+        if per_layer <= 0:
+            return self.num_layers
+        n = (chip.memory_bytes - fixed) / per_layer
+        return min(max(math.floor(n), 0), self.num_layers) if math.isfinite(n) else 0
+
+    def _memory_of(self, ctx: Context) -> Callable[[int, int, int], MemoryBreakdown]:
+        """The context's stage memory by (layers, in flight, shards)."""
+        hit = self._memory.get(ctx)
+        if hit is None:
+            group, tp, mb, first, last, rec = ctx
+            hit = self._memory[ctx] = self.cm.stage_memory_at_layers(
+                self.cm.cluster.groups[group].chip, tp, mb, first=first, last=last,
+                recompute=rec)
+        return hit
+
+    def _line(self, ctx: Context) -> tuple[float, ...]:
+        """Memory as a line in the layers per in-flight count: weights and gradients, the
+        optimizer state (over the shards), activations per micro-batch per layer and at
+        the ends, and the rest -- from the stage memory of 1 and 2 layers, 1 and 2 in
+        flight (one shard)."""
+        memory = self._memory_of(ctx)
+        one, two, busy = memory(1, 1, 1), memory(2, 1, 1), memory(1, 2, 1)
+        block = two.activations - one.activations
+        ends = busy.activations - one.activations - block
+        rest = one.reserve + one.activations - block - ends
+        return (one.weights + one.grads, two.weights + two.grads - one.weights - one.grads,
+                one.optimizer, two.optimizer - one.optimizer, block, ends, rest)
 
     def most(self, group: int, tp: int, mb: int, shards: int, allow_recompute: bool) -> int:
         """An upper bound on any stage's cap on this group, TP and micro-batch size: one

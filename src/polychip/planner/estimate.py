@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from polychip.costmodel.comm import hierarchical_allreduce_time_s
+from polychip.costmodel.comm import hierarchical_allreduce_time_s, ring_allreduce_time_s
 from polychip.costmodel.compute import INTRA_NODE_LATENCY_S
 from polychip.plan.segments import cut_layers, head_params, tied_copy
 from polychip.planner.shapes import Shape
 
 Classes = Sequence[tuple[Shape, int]]
+ROUND_OFF = 1e-9  # relative slack for float round-off in bounds
 
 
 class Estimator:
@@ -23,6 +24,7 @@ class Estimator:
         self.builder, self.cm, self.job = scorer.builder, scorer.cm, scorer.job
         self.cluster, self.model = self.cm.cluster, self.cm.model
         self._allreduce: dict[tuple, float] = {}
+        self._floors: dict[tuple, tuple[Shape, float]] = {}
         self.layer_params = self.model.layer_params
 
     def pipeline_s(self, classes: Classes) -> float | None:
@@ -122,6 +124,73 @@ class Estimator:
         return hierarchical_allreduce_time_s(
             n_bytes, rings, bridge, net.host_copy_bw_bytes_per_s, net.latency_s
         )
+
+    def sync_floor_s(self, classes: Classes, zero1: bool = False) -> float:
+        """A lower bound on `dp_sync_s` from each class's own replicas alone.
+
+        A device of stage i of a class of n replicas sums, over the segments its stage
+        holds, the hierarchical all-reduce of the segment among its holders, which include
+        the class's own n. Each term is at least the ring all-reduce among those n alone:
+        the slowest island's ring is at least that of the class's island (p >= n members;
+        `ring_allreduce_time_s` grows with p and the bytes and falls with the bandwidth),
+        the bridge only adds; the bytes per rank are at least the stage's (the largest of
+        the holders' params / TP). The ring's bandwidth is at most the faster of the two
+        `_hierarchical_s` can give it: over the NICs, the group's NIC / the smallest TP
+        with bytes of params / that TP -- the same as bytes of params / own TP over the
+        NIC / own TP; over the chip's own link (only where the group's used chips fit one
+        node) with the stage's own bytes. Its latency is at least the smaller of the two.
+        Each case is affine in the bytes with a non-negative intercept, so their minimum is
+        concave and subadditive: a sum over segments (and the embedding's and head's
+        all-reduce on the first and last stage) is at least it at their summed parameters,
+        the stage's. tests/planner/test_sync_floors.py checks it on random clusters."""
+        if sum(n for _, n in classes) <= 1:
+            return 0.0
+        groups = self.cluster.groups
+        used: dict[int, int] = {}
+        for s, n in classes:
+            for g, d in s.devices.items():
+                used[g] = used.get(g, 0) + d * n
+        pipelined = any(s.num_stages > 1 for s, _ in classes)
+        floor = 0.0
+        for s, n in classes:
+            if n > 1:
+                link = tuple(groups[g].num_nodes == 1 or used[g] <= groups[g].chips_per_node
+                             for g in s.groups)
+                key = (id(s), n, zero1, pipelined, link)
+                hit = self._floors.get(key)
+                if hit is None:  # the shape is kept with its floor: its id stays its own
+                    ok = dict(zip(s.groups, link, strict=True))
+                    hit = self._floors[key] = (s, self._class_floor_s(s, n, zero1, pipelined, ok))
+                floor = max(floor, hit[1])
+        return floor * (1 - ROUND_OFF)
+
+    def _class_floor_s(self, shape: Shape, n: int, zero1: bool, pipelined: bool,
+                       link: dict[int, bool]) -> float:
+        """`sync_floor_s` of one class: its slowest stage's ring among its n replicas."""
+        model, job, net = self.model, self.job, self.cluster.network
+        per_param = (job.reduce_bytes + job.compute_bytes) / 2 if zero1 else job.reduce_bytes
+        head = head_params(model, tied_copy(model, pipelined))
+        floor = 0.0
+        for i, ((g, tp), k) in enumerate(zip(shape.stage_groups, shape.layers, strict=True)):
+            params = (k * self.layer_params + (model.embedding_params if i == 0 else 0)
+                      + (head if i == shape.num_stages - 1 else 0))
+            group = self.cluster.groups[g]
+            n_bytes = per_param * params / tp
+            t = ring_allreduce_time_s(n_bytes, n, group.nic_bw_bytes_per_s / tp, net.latency_s)
+            if link[g]:
+                t = min(t, ring_allreduce_time_s(n_bytes, n, group.chip.link_bw_bytes_per_s,
+                                                 INTRA_NODE_LATENCY_S))
+            floor = max(floor, t)
+        return floor
+
+    def tokens_bound(self, classes: Classes, pipe_s: float) -> float:
+        """An upper bound on `tokens_per_s` given the candidate's `pipeline_s`: its
+        `sync_floor_s` added (the optimizer step, >= 0, left out: pricing it costs more
+        than it cuts)."""
+        replicas = sum(n for _, n in classes)
+        zero1 = self.scorer.zero1_for(replicas)
+        step = pipe_s + self.sync_floor_s(classes, zero1)
+        return self.job.tokens_per_step / step * (1 + ROUND_OFF)
 
     def tokens_per_s(self, classes: Classes) -> float:
         pipe = self.pipeline_s(classes)

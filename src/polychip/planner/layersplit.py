@@ -54,6 +54,17 @@ def _caps(costs: Sequence[Sequence[float]], beta: float, num_layers: int) -> lis
     return [bisect_right(c, beta, 1, num_layers + 1) - 1 for c in costs]
 
 
+def _kth_entry(costs: Sequence[Sequence[float]], num_layers: int) -> float:
+    """The num_layers-th smallest of the entries costs[s][1..num_layers]. Every row holds
+    at least ceil(L / S) entries <= the largest of their ceil(L / S)-th, so the L smallest
+    are among the entries up to it: only those are sorted."""
+    per = -(-num_layers // len(costs))
+    most = max(c[per] for c in costs)
+    small = sorted(itertools.chain.from_iterable(
+        c[1 : bisect_right(c, most, 1, num_layers + 1)] for c in costs))
+    return small[num_layers - 1]
+
+
 def _min_sum(
     costs: Sequence[Sequence[float]], caps: Sequence[int], num_layers: int
 ) -> LayerSplit | None:
@@ -64,6 +75,8 @@ def _min_sum(
         suffix[s] = suffix[s + 1] + caps[s]
     if suffix[0] < num_layers or min(caps) < 1:
         return None
+    if suffix[0] == num_layers:  # no slack: every stage at its cap is the only split
+        return _of(costs, tuple(caps))
     best: dict[int, float] = {0: 0.0}
     choices: list[dict[int, int]] = []
     for s in range(num_stages):
@@ -92,8 +105,12 @@ def _min_sum(
         layers.append(n)
         j -= n
     layers.reverse()
+    return _of(costs, tuple(layers))
+
+
+def _of(costs: Sequence[Sequence[float]], layers: tuple[int, ...]) -> LayerSplit:
     stage_costs = [costs[s][n] for s, n in enumerate(layers)]
-    return LayerSplit(tuple(layers), max(stage_costs), math.fsum(stage_costs))
+    return LayerSplit(layers, max(stage_costs), math.fsum(stage_costs))
 
 
 def split_layers(
@@ -121,9 +138,8 @@ def split_layers(
         return None
     # Sum over stages of caps(beta) counts the (stage, n) entries <= beta, so the smallest
     # feasible bottleneck is the num_layers-th smallest entry (or some stage's first layer).
-    entries = sorted(itertools.chain.from_iterable(c[1 : num_layers + 1] for c in costs))
-    kth = entries[num_layers - 1]
-    start = max(kth, max(c[1] for c in costs), floor)  # below the floor, bottlenecks tie
+    start = max(_kth_entry(costs, num_layers), max(c[1] for c in costs), floor)  # below the
+    # floor, bottlenecks tie
     first = _min_sum(costs, _caps(costs, start, num_layers), num_layers)
     assert first is not None
     if weight == INF and first.beat_s(floor, window) == max(floor, first.bottleneck_s):
@@ -136,6 +152,7 @@ def split_layers(
     if free.beat_s(floor, window) <= least:
         return free
     best = min((first, free), key=lambda c: c.key(weight, floor, window))
+    entries = sorted(itertools.chain.from_iterable(c[1 : num_layers + 1] for c in costs))
     tried = 0
     last = start
     for beta in entries[num_layers:]:  # the remaining entries, increasing

@@ -24,10 +24,18 @@ class MixedTemplates:
     def __init__(self, cluster: Cluster, model: ModelSpec, max_stages: int, job: TrainingJob):
         self.cluster, self.model, self.max_stages, self.job = cluster, model, max_stages, job
         self.precision = job.precision
+        self._templates: dict[tuple, list[tuple]] = {}
 
     def templates(self, groups: Sequence[int], best_tp: dict[int, int]) -> list[tuple]:
         """Pipelines over 2+ groups; the stage count per group follows from k copies using
-        ~1/k of each group's chips (scaled down to max_stages)."""
+        ~1/k of each group's chips (scaled down to max_stages). Cached per groups and TP
+        degrees (every memory context of a search asks)."""
+        key = (tuple(groups), tuple(sorted(best_tp.items())))
+        if key not in self._templates:
+            self._templates[key] = self._all_templates(groups, best_tp)
+        return self._templates[key]
+
+    def _all_templates(self, groups: Sequence[int], best_tp: dict[int, int]) -> list[tuple]:
         out: dict[tuple, None] = {}
         gs = [self.cluster.groups[i] for i in groups]
         small = sum(g.num_devices for g in gs) <= LARGE

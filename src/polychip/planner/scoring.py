@@ -10,13 +10,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from polychip.costmodel.comm import ring_allreduce_time_s
 from polychip.costmodel.estimate import PlanCost
 from polychip.plan.plan import Replica
+from polychip.plan.segments import head_params, tied_copy
 from polychip.planner.assign import assign
 from polychip.planner.batchsplit import BatchClass, split_batch
 from polychip.planner.shapes import Shape, ShapeBuilder
 
 PRUNE_MARGIN = 1e-9  # a bound this far below the best: float round-off cannot matter
+ROUND_OFF = 1e-9  # relative slack for float round-off in a floor
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,16 @@ class Scorer:
         self._seen: dict[tuple, Scored | None] = {}
         self._opt: dict[tuple, float] = {}
         self._reps: dict[tuple, Replica] = {}  # one replica per template and layer split
+        cluster = self.cm.cluster
+        self._floor_nics: dict[str, float] | None = None  # `_sync_floor_s`: the fastest NIC
+        if builder.schedule in ("1f1b", "gpipe") and self.cm.profile is None:  # per island
+            self._floor_nics = {}
+            for g in cluster.groups:
+                island = g.chip.island
+                self._floor_nics[island] = max(self._floor_nics.get(island, 0.0),
+                                               g.nic_bw_bytes_per_s)
+        self._floor_latency = min([cluster.network.latency_s, *(
+            link.latency_s for link in cluster.links if link.latency_s is not None)])
 
     def zero1_for(self, num_replicas: int) -> bool:
         return self.job.allow_zero1 and num_replicas > 1
@@ -128,13 +141,49 @@ class Scorer:
     def bound_s(self, shapes: Sequence[tuple[Shape, int]], micro: Sequence[Sequence[int]]
                 ) -> float:
         """A lower bound on the step `CostModel.evaluate` gives these shapes placed with
-        these micro-batches: the slowest pipeline (the shapes' closed form is the cost
-        model's under their placement, without a profile's host work) plus the optimizer
-        step (exact); gradient sync and host work left out (>= 0)."""
-        pipe = max(s.time_s(m) for (s, _), ms in zip(shapes, micro, strict=True) for m in ms)
+        these micro-batches: each shape's busiest pipeline (the shapes' closed form is the
+        cost model's under their placement, without a profile's host work) plus the sync of
+        its first stage (`_sync_floor_s`), the slowest of them, plus the optimizer step
+        (exact); the rest of the gradient sync and host work left out (>= 0)."""
         replicas = sum(len(ms) for ms in micro)
-        shards = replicas if self.zero1_for(replicas) else 1
+        zero1 = self.zero1_for(replicas)
+        pipelined = any(s.num_stages > 1 for s, _ in shapes)
+        pipe = max(s.time_s(max(ms)) + self._sync_floor_s(s, len(ms), zero1, pipelined)
+                   for (s, _), ms in zip(shapes, micro, strict=True))
+        shards = replicas if zero1 else 1
         return pipe + max(self.optimizer_s(s, shards) for s, _ in shapes)
+
+    def _sync_floor_s(self, shape: Shape, n: int, zero1: bool, pipelined: bool) -> float:
+        """What the gradient sync adds after the slowest of ``n`` replicas of ``shape``
+        (1F1B, GPipe; analytic figures), at least.
+
+        Its first stage's last backward ends its pipeline (`gradsync.stage_ends`), after
+        which it syncs its segments (its layers, the embedding, the head if it is the
+        only stage) one after the other, each held by the first stage of all n replicas
+        (`gradsync.exposed_sync_s`): the step is at least the replica's pipeline plus
+        their syncs. Where n first stages of TP t do not fit one node (n t > chips per
+        node), each segment's ring inside their island crosses a NIC; its hops run in
+        every island step (reduce-scatter and all-gather, or all-reduce: 2 (p - 1) ring
+        steps, p >= n, sending 2 (p - 1) / p of the bytes of a piece), each at most the
+        node's NIC / the pieces (`piecesync.kind_figures`: a NIC side carries at least
+        its own hop of every piece), with at least the smallest inter-node latency. That
+        is the ring all-reduce of the segment's bytes over the fastest NIC of the island,
+        affine in the bytes with a non-negative intercept: summed over the segments, at
+        least that of the stage's parameters."""
+        if n < 2 or self._floor_nics is None:
+            return 0.0
+        g, tp = shape.stage_groups[0]
+        group = self.cm.cluster.groups[g]
+        if n * tp <= group.chips_per_node:
+            return 0.0
+        model, job = self.cm.model, self.job
+        params = shape.layers[0] * model.layer_params + model.embedding_params
+        if shape.num_stages == 1:
+            params += head_params(model, tied_copy(model, pipelined))
+        per_param = (job.reduce_bytes + job.compute_bytes) / 2 if zero1 else job.reduce_bytes
+        floor = ring_allreduce_time_s(per_param * params, n,
+                                      self._floor_nics[group.chip.island], self._floor_latency)
+        return floor * (1 - ROUND_OFF)
 
     def score(self, classes: Sequence[tuple[Shape, int]], against: Scored | None = None
               ) -> Scored | None:

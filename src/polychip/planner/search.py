@@ -36,6 +36,8 @@ from polychip.planner.space import (
 
 Classes = tuple[tuple[Shape, int], ...]
 Progress = Callable[[float, str], None]
+Pooled = tuple[float, object, Classes, float]  # pipeline bound on tokens/s, family, classes,
+# pipeline seconds
 
 EXACT_SHORTLIST = 24  # candidates scored exactly per search
 FULL_ESTIMATES = 600  # candidates (best by pipeline time alone) given the full estimate
@@ -85,7 +87,7 @@ class FastSearch:
         )
         if job.allow_zero1:  # a context of more shards than replicas can be is empty
             buckets = [b for b in buckets if b <= most_replicas(self.builder, groups, b)]
-        pool: dict[tuple, tuple[float, object, Classes]] = {}
+        pool: dict[tuple, Pooled] = {}
         for bi, bucket in enumerate(buckets):
             self.progress(bi / len(buckets) * 0.8, f"searching (ZeRO shards {bucket})")
             shards = bucket if job.allow_zero1 else 1
@@ -94,7 +96,7 @@ class FastSearch:
                 if key not in pool and self._memory_context_holds(cand):
                     pipe = self.estimator.pipeline_s(cand)
                     if pipe is not None:
-                        pool[key] = (job.tokens_per_step / pipe, family, cand)
+                        pool[key] = (job.tokens_per_step / pipe, family, cand, pipe)
         ranked = self._ranked(list(pool.values()))
         self.progress(0.8, f"scoring {min(len(ranked), EXACT_SHORTLIST)} candidates exactly")
         best: Scored | None = None
@@ -108,37 +110,59 @@ class FastSearch:
         self.progress(0.9, "polishing")
         return polish(self.scorer, best)
 
-    def _ranked(self, pool: list[tuple[float, object, Classes]], everything: bool = False
+    def _ranked(self, pool: list[Pooled], everything: bool = False
                 ) -> list[tuple[float, Classes]]:
         """Stage 1: the pipeline time alone (an upper bound on tokens/s) picks the best
         FULL_ESTIMATES (all up to ALL_ESTIMATES_UP_TO) and the best of every family (mixed
         template); stage 2 gives them the full estimate (+ gradient sync and optimizer),
-        best first. Estimates are computed in bound order and stop once no bound can reach
-        the EXACT_SHORTLIST-th best estimate: the shortlist is the same (``everything``: no
-        stop, the whole ranking). A candidate whose replicas do not pack onto the cluster
-        (`_packs`) is never a plan: it is left out, so the shortlist holds candidates that
-        can be placed."""
+        best first -- those that can reach the shortlist (`_estimates`; ``everything``:
+        all of them, the whole ranking). A candidate whose replicas do not pack onto the
+        cluster (`_packs`) is never a plan: it is left out, so the shortlist holds candidates
+        that can be placed."""
         first = sorted(pool, key=lambda x: -x[0])
         limit = len(first) if len(first) <= ALL_ESTIMATES_UP_TO else FULL_ESTIMATES
-        keep = {id(c): (b, c) for b, _, c in first[:limit]}
+        keep = {id(c): (b, c, pipe) for b, _, c, pipe in first[:limit]}
         seen_family: set = set()
-        for b, family, c in first:
+        for b, family, c, pipe in first:  # (keep stays in bound order: these come later)
             if family not in seen_family:
                 seen_family.add(family)
-                keep[id(c)] = (b, c)
+                keep[id(c)] = (b, c, pipe)
+        if everything:
+            estimates = {k: self.estimator.tokens_per_s(c) for k, (_, c, _) in keep.items()
+                         if self._packs(c)}
+        else:
+            estimates = self._estimates(list(keep.items()))
+        second = [(estimates[k], c) for k, (_, c, _) in keep.items() if k in estimates]
+        return sorted((x for x in second if x[0] > 0), key=lambda x: -x[0])
+
+    def _estimates(self, keep: list[tuple[int, tuple[float, Classes, float]]]
+                   ) -> dict[int, float]:
+        """Estimates of the candidates ``keep`` (in pipeline-bound order) that can reach the
+        EXACT_SHORTLIST-th best estimate: best first by a tighter bound
+        (`Estimator.tokens_bound`, a floor on the gradient sync added), computed only for
+        candidates whose pipeline bound beats every tighter bound not yet estimated, until
+        no bound left reaches the EXACT_SHORTLIST-th best estimate so far. Every candidate
+        whose estimate reaches the final EXACT_SHORTLIST-th is estimated: the shortlist is
+        that of estimating all of them."""
         estimates: dict[int, float] = {}
         top: list[float] = []  # the best EXACT_SHORTLIST estimates so far (a min-heap)
-        for key, (bound, c) in sorted(keep.items(), key=lambda kv: -kv[1][0]):
-            if not everything and len(top) == EXACT_SHORTLIST and bound < top[0]:
-                break  # every estimate from here on is below the shortlist's last
-            if not self._packs(c):
+        bounded: list[tuple[float, int, Classes]] = []  # (-tighter bound, i, candidate)
+        i = 0
+        while i < len(keep) or bounded:
+            if i < len(keep) and (not bounded or keep[i][1][0] > -bounded[0][0]):
+                _, (_, c, pipe) = keep[i]  # its pipeline bound may beat every tighter one
+                if self._packs(c):
+                    heapq.heappush(bounded, (-self.estimator.tokens_bound(c, pipe), i, c))
+                i += 1
                 continue
-            estimates[key] = e = self.estimator.tokens_per_s(c)
+            neg, j, c = heapq.heappop(bounded)
+            if len(top) == EXACT_SHORTLIST and -neg < top[0]:
+                break  # no bound left reaches the shortlist's last estimate
+            estimates[keep[j][0]] = e = self.estimator.tokens_per_s(c)
             if e > 0:
                 heapq.heappush(top, e) if len(top) < EXACT_SHORTLIST else heapq.heappushpop(
                     top, e)
-        second = [(estimates[k], c) for k, (_, c) in keep.items() if k in estimates]
-        return sorted((x for x in second if x[0] > 0), key=lambda x: -x[0])
+        return estimates
 
     def _packs(self, cand: Classes) -> bool:
         """`assign.fits`: whether the candidate's replicas pack onto its groups' nodes (as

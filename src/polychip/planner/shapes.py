@@ -19,9 +19,9 @@ from polychip.costmodel import CostModel
 from polychip.costmodel.memory import in_flight_micro_batches
 from polychip.costmodel.pipeline import PipelineForm, exposed_stage_s
 from polychip.plan.plan import Replica, Stage
-from polychip.planner.caps import LayerCaps
 from polychip.planner.layersplit import INF, split_layers
 from polychip.planner.space import Template, canonical_slots, template_devices, template_stages
+from polychip.planner.stagetable import StageTable
 
 
 @dataclass(frozen=True)
@@ -81,58 +81,19 @@ class Shape:
 
 
 class ShapeBuilder:
-    """Builds shapes for one cost model and schedule; caches stage rows and memory caps."""
+    """Builds shapes for one cost model and schedule; caches shapes, their rows and splits
+    (stage rows, memory caps and link times: the cost model's `StageTable`)."""
 
     def __init__(self, cm: CostModel, schedule: str, virtual_stages: int = 1):
         self.cm, self.schedule, self.virtual_stages = cm, schedule, virtual_stages
         self.cluster, self.model, self.job = cm.cluster, cm.model, cm.job
         self.num_layers = self.model.num_layers
-        self._rows: dict[tuple, list[float]] = {}
-        self._stage_rows: dict[tuple, list[float]] = {}
-        self.caps = LayerCaps(cm)
-        self._links: dict[tuple, list[float]] = {}
+        self.table = StageTable.of(cm)  # shared by every builder of ``cm``
+        self.caps = self.table.caps
+        self.time_row, self.link_times = self.table.time_row, self.table.link_times
         self._shapes: dict[tuple, Shape | None] = {}
-        self._splits: dict[tuple, tuple[int, ...] | None] = {}
+        self._splits = self.table.splits
         self._template_rows: dict[tuple, tuple] = {}
-
-    # ---- components -----------------------------------------------------------------------
-    def time_row(
-        self, group: int, tp: int, mb: int, first: bool, last: bool, rec: bool
-    ) -> list[float]:
-        """Seconds of one micro-batch on a stage holding n = 0..L layers."""
-        key = (group, tp, mb, first, last, rec)
-        row = self._rows.get(key)
-        if row is None:
-            chip = self.cluster.groups[group].chip
-            row = [
-                self.cm.stage_times(chip, n, tp, mb, first, last, rec).total_s
-                for n in range(self.num_layers + 1)
-            ]
-            self._rows[key] = row
-        return row
-
-    def layer_cap(self, group: int, tp: int, mb: int, first: bool, last: bool, rec: bool,
-                  in_flight: int, shards: int) -> int:
-        """Most layers such a stage holds within its chip's memory (0: not even one)."""
-        return self.caps.cap(group, tp, mb, first, last, rec, in_flight, shards)
-
-    def link_times(self, template: Template, mb: int) -> list[float]:
-        """Seconds to pass one micro-batch's activations across each stage boundary."""
-        key = (template, mb)
-        hit = self._links.get(key)
-        if hit is not None:
-            return hit
-        nodes = []
-        for seg, (off, _) in zip(
-            [s for s in template for _ in range(s.num_stages)],
-            canonical_slots(self, template),
-            strict=True,
-        ):
-            nodes.append(self.cluster.first_node(self.cluster.groups[seg.group]) + off)
-        size = self.cm.activation_bytes(mb)
-        out = [self.cm.transfer_time_s(a, b, size) for a, b in itertools.pairwise(nodes)]
-        self._links[key] = out
-        return out
 
     # ---- shapes ---------------------------------------------------------------------------
     def build(
@@ -161,7 +122,8 @@ class ShapeBuilder:
         rows, norec, rkeys = self._rows_of(template, mb, shards, micro_batches, keep)
         links = self.link_times(template, mb)
         if layers is None:  # equal rows (other memory contexts, same caps): the same split
-            skey = (template, mb, weight, rkeys)
+            skey = (template, mb, weight, rkeys, self.schedule == "gpipe")  # 1F1B's windows
+            # bind every other schedule's split (`_split`)
             if skey not in self._splits:
                 self._splits[skey] = self._split(rows, links, weight)
             chosen = self._splits[skey]
@@ -198,29 +160,16 @@ class ShapeBuilder:
         many = micro_batches is None
         m_mem = 10**9 if many else micro_batches
         rows, norec, rkeys = [], [], []
-        allow_rec = self.job.allow_recompute
+        one_flight = self.schedule == "gpipe" and many  # GPipe memory grows with m: the
+        # batch split caps m (`_gpipe_limit`)
         for i, (g, t) in enumerate(stages):
             first, last = i == 0, i == num - 1
-            flight = in_flight_micro_batches(self.schedule, i, num, m_mem, self.virtual_stages)
-            if self.schedule == "gpipe" and many:
-                flight = 1  # GPipe memory grows with m: the batch split caps m (below)
-            cap0 = self.layer_cap(g, t, mb, first, last, False, flight, shards)
-            cap1 = (
-                self.layer_cap(g, t, mb, first, last, True, flight, shards) if allow_rec else cap0
-            )
-            rkey = (g, t, mb, first, last, cap0, cap1)
-            row = self._stage_rows.get(rkey)
-            if row is None:
-                plain = self.time_row(g, t, mb, first, last, False)
-                recom = self.time_row(g, t, mb, first, last, True)
-                row = [
-                    plain[n] if n <= cap0 else recom[n] if n <= cap1 else INF
-                    for n in range(self.num_layers + 1)
-                ]
-                self._stage_rows[rkey] = row
-            rows.append(row)
-            norec.append(cap0)
-            rkeys.append(rkey)
+            flight = 1 if one_flight else in_flight_micro_batches(
+                self.schedule, i, num, m_mem, self.virtual_stages)
+            hit = self.table.stage_row(g, t, mb, first, last, flight, shards)
+            rows.append(hit[0])
+            norec.append(hit[1])
+            rkeys.append(hit[2])
         out = (rows, norec, tuple(rkeys))
         if keep:
             self._template_rows[ckey] = out
@@ -261,7 +210,7 @@ class ShapeBuilder:
         def fits(m: int) -> bool:
             return all(
                 layers[i]
-                <= self.layer_cap(g, t, mb, i == 0, i == len(stages) - 1, rec[i], m, shards)
+                <= self.caps.cap(g, t, mb, i == 0, i == len(stages) - 1, rec[i], m, shards)
                 for i, (g, t) in enumerate(stages)
             )
 
