@@ -62,7 +62,10 @@ def cut_layers(held: Sequence[Sequence[Interval]]) -> list[tuple[int, int, tuple
     layer. The layer ranges whose holder is the same in every replica, as (start, end, holder
     of each replica), from the last layer down (the order gradients are ready in)."""
     distinct: dict[tuple[Interval, ...], int] = {}  # replicas cut alike, looked up once
-    which = [distinct.setdefault(tuple(sorted(rep)), len(distinct)) for rep in held]
+    seen: dict[int, int] = {}  # the same list object (segments_of shares them): sorted once
+    which = [seen[id(rep)] if id(rep) in seen else
+             seen.setdefault(id(rep), distinct.setdefault(tuple(sorted(rep)), len(distinct)))
+             for rep in held]
     bounds = sorted({b for rep in distinct for s, e, _ in rep for b in (s, e)})
     starts = [[s for s, _, _ in rep] for rep in distinct]
     out = []
@@ -99,10 +102,15 @@ def segments_of(
 ) -> tuple[Segment, ...]:
     """Every segment of ``replicas``, single-holder ones included, in all-reduce order
     (head, layers from the last down, embedding)."""
-    held = [
-        [(s, e, si) for si, st in enumerate(chunk_layers(r, virtual_stages)) for s, e in st]
-        for r in replicas
-    ]
+    layouts: dict[tuple[tuple[int, int], ...], list[Interval]] = {}  # replicas cut alike
+    held = []
+    for r in replicas:
+        layout = tuple((st.layer_start, st.layer_end) for st in r.stages)
+        rep = layouts.get(layout)
+        if rep is None:
+            rep = layouts[layout] = [(s, e, si) for si, st in
+                                     enumerate(chunk_layers(r, virtual_stages)) for s, e in st]
+        held.append(rep)
     pipelined = any(r.num_stages > 1 for r in replicas)
     last = tuple((ri, r.num_stages - 1) for ri, r in enumerate(replicas))
     segs = [Segment("head", last, tied_copy=tied_copy(model, pipelined))]

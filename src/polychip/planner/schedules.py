@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from polychip.costmodel import CostModel
 from polychip.plan.capabilities import Capabilities
-from polychip.plan.plan import Replica
+from polychip.plan.plan import Replica, Stage
 from polychip.planner.assign import assign
 from polychip.planner.scoring import Scored, better
 from polychip.planner.shapes import ShapeBuilder
@@ -92,11 +92,11 @@ def interleave_layers(counts: Sequence[int], v: int) -> tuple[int, ...] | None:
 
 
 def _relayer(rep: Replica, counts: Sequence[int]) -> Replica:
-    stages, start = [], 0
+    stages, start = [], 0  # (built directly: thousands of replicas per variant at scale)
     for st, n in zip(rep.stages, counts, strict=True):
-        stages.append(dataclasses.replace(st, layer_start=start, layer_end=start + n))
+        stages.append(Stage(start, start + n, st.node, st.local_devices, st.chip, st.recompute))
         start += n
-    return dataclasses.replace(rep, stages=tuple(stages))
+    return Replica(tuple(stages), rep.batch_size, rep.micro_batch_size)
 
 
 def _over_memory(cm: CostModel, scored: Scored) -> str:
@@ -155,7 +155,12 @@ def _priced(cm: CostModel, scored: Scored, replicas: tuple[Replica, ...], classe
     if option.schedule == "interleaved-1f1b" and v > 1:
         if why := _ungrouped(replicas, option):
             return None, why
-        counts = [interleave_layers([st.num_layers for st in r.stages], v) for r in replicas]
+        memo: dict[tuple[int, ...], tuple[int, ...] | None] = {}
+        counts = []
+        for r in replicas:  # replicas of one shape share their counts
+            held = tuple(st.num_layers for st in r.stages)
+            counts.append(memo[held] if held in memo else
+                          memo.setdefault(held, interleave_layers(held, v)))
         for rep, c in zip(replicas, counts, strict=True):
             if c is None and cm.model.num_layers % v:
                 return None, f"{cm.model.num_layers} layers do not split into chunks of {v}"
