@@ -17,6 +17,7 @@ from polychip.plan.validate import validate_plan
 from polychip.planner.baselines import baselines_and_ideal, type_groups
 from polychip.planner.diagnose import infeasible_error
 from polychip.planner.exhaustive import Exhaustive
+from polychip.planner.gcpause import gc_paused, gc_resumed
 from polychip.planner.notes import plan_notes
 from polychip.planner.objective import cheapest, check_objective, cost_note
 from polychip.planner.oracle import DEFAULT_TIME_LIMIT_S, OracleSize, check_budget, size_of
@@ -94,6 +95,7 @@ def plan_job(
     ).plan
 
 
+@gc_paused
 def search_plans(
     cluster: Cluster,
     model: ModelSpec,
@@ -241,6 +243,7 @@ class _Run:
             builders[Option("zb-h1")] = zb.builder
         return step(cm, pool, fastest, alone, opts, builders)
 
+    @gc_resumed
     def rerank(self, scorer: Scorer, best: Scored, alone: dict[str, Scored | None], top: int,
                to_plan: Callable[[Scored], Plan], cm: CostModel,
                reprice: Callable[[Scored], Scored]) -> list[Candidate]:
