@@ -3,6 +3,7 @@ seeded random small clusters. Every figure comes from one run, side by side.
 
     PYTHONPATH=src python benchmarks/planner.py --json out/planner.json
     PYTHONPATH=src python benchmarks/planner.py --seeds 0   # the examples alone
+    PYTHONPATH=src python benchmarks/planner.py --seeds 0 --schedule 1f1b   # the search alone
 
 Each example's planning time is given as wall seconds and CPU seconds of this process
 (`time.process_time`, one core): on a shared machine the CPU figure is the steadier one.
@@ -44,14 +45,14 @@ EXAMPLES = [  # cluster file, model, global batch, sequence length
 ]
 
 
-def examples(only: list[str] | None = None) -> list[dict]:
+def examples(only: list[str] | None = None, schedule: str = "auto") -> list[dict]:
     rows = []
     for cluster_file, model, batch, seq in EXAMPLES:
         if only and cluster_file.removesuffix(".yaml") not in only:
             continue
         cluster = load_cluster(ROOT / "examples" / "clusters" / cluster_file)
         start, cpu = time.perf_counter(), time.process_time()
-        plan = plan_job(cluster, load_model(model), TrainingJob(batch, seq))
+        plan = plan_job(cluster, load_model(model), TrainingJob(batch, seq), schedule=schedule)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         assert plan.estimate is not None and plan.ideal is not None
         single = plan.baselines["best_single_type"].tokens_per_s
@@ -148,6 +149,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-examples", action="store_true")
     parser.add_argument("--example", action="append", metavar="CLUSTER",
                         help="only this example cluster (e.g. mix-4096); repeatable")
+    parser.add_argument("--schedule", default="auto",
+                        help="the examples' --schedule (default auto; 1f1b: the search alone)")
     return parser
 
 
@@ -211,7 +214,7 @@ def main() -> None:
     console = Console()
     out: dict = {"examples": [], "small": []}
     if not args.skip_examples:
-        out["examples"] = examples(args.example)
+        out["examples"] = examples(args.example, args.schedule)
         console.print(_examples_table(out["examples"]))
     if args.seeds:
         out["small"] = small(args.seeds, args.max_chips, args.max_stages, args.time_limit,
