@@ -77,26 +77,31 @@ def _min_sum(
         return None
     if suffix[0] == num_layers:  # no slack: every stage at its cap is the only split
         return _of(costs, tuple(caps))
-    best: dict[int, float] = {0: 0.0}
-    choices: list[dict[int, int]] = []
+    # best[j]: least cost of the stages so far holding j layers (INF: impossible); lists,
+    # not dicts, and j ascending: the first least total found wins ties, as it always did
+    best = [INF] * (num_layers + 1)
+    best[0] = 0.0
+    choices: list[list[int]] = []
+    lo, hi = 0, 0  # the range of j where best may be finite
     for s in range(num_stages):
-        nxt: dict[int, float] = {}
-        arg: dict[int, int] = {}
+        nxt = [INF] * (num_layers + 1)
+        arg = [0] * (num_layers + 1)
         most = num_layers - (num_stages - s - 1)  # leave one layer for each later stage
         least = num_layers - suffix[s + 1]  # later stages cannot take more than their caps
         row, cap = costs[s], caps[s]
-        get = nxt.get
-        for j, v in best.items():
-            k = j + max(1, least - j)
-            for n in range(k - j, min(cap, most - j) + 1):  # k = j + n
-                w = v + row[n]
-                if w < get(k, INF):
+        for j in range(lo, hi + 1):
+            v = best[j]
+            if v == INF:
+                continue
+            for k in range(j + max(1, least - j), min(j + cap, most) + 1):
+                w = v + row[k - j]
+                if w < nxt[k]:
                     nxt[k] = w
-                    arg[k] = n
-                k += 1
+                    arg[k] = k - j
+        lo, hi = lo + 1, min(hi + cap, most)
         best = nxt
         choices.append(arg)
-    if num_layers not in best:
+    if best[num_layers] == INF:
         return None
     layers = []
     j = num_layers
