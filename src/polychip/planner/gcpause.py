@@ -19,35 +19,25 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def gc_paused(fn: Callable[P, R]) -> Callable[P, R]:
-    """``fn`` with the cyclic collector off while it runs (left as it was found: a caller
-    that turned it off keeps it off)."""
+def _collector(on: bool) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """A decorator that runs its function with the collector ``on`` (or off), then leaves
+    it as it was found."""
 
-    @functools.wraps(fn)
-    def paused(*args: P.args, **kwargs: P.kwargs) -> R:
-        if not gc.isenabled():
-            return fn(*args, **kwargs)
-        gc.disable()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            gc.enable()
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            if gc.isenabled() == on:
+                return fn(*args, **kwargs)
+            gc.enable() if on else gc.disable()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                gc.disable() if on else gc.enable()
 
-    return paused
+        return run
+
+    return decorate
 
 
-def gc_resumed(fn: Callable[P, R]) -> Callable[P, R]:
-    """``fn`` with the cyclic collector on while it runs (inside a paused search: work that
-    makes cycles), then as it was."""
-
-    @functools.wraps(fn)
-    def resumed(*args: P.args, **kwargs: P.kwargs) -> R:
-        if gc.isenabled():
-            return fn(*args, **kwargs)
-        gc.enable()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            gc.disable()
-
-    return resumed
+gc_paused = _collector(False)  # a search: off while it runs (a caller's "off" stays off)
+gc_resumed = _collector(True)  # inside a paused search, work that makes cycles: on
