@@ -91,22 +91,26 @@ def test_no_zero1_no_recompute_are_respected() -> None:
     assert not any(s.recompute for r in plan.replicas for s in r.stages)
 
 
-def test_shape_times_are_the_cost_models() -> None:
+@pytest.mark.parametrize("schedule", ["1f1b", "gpipe", "zb-h1"])
+def test_shape_times_are_the_cost_models(schedule: str) -> None:
+    """A shape's closed form is its schedule's, over the cost model's stage and link times
+    (ZB-H1: forward, B and W apart) in the placement `assign` gives it."""
     cluster = load_cluster(EXAMPLES / "h800-910b.yaml")
     job = TrainingJob(64, 4096)
     cm = CostModel(cluster, load_model("llama3-70b"), job)
-    builder = ShapeBuilder(cm, "1f1b")
+    builder = ShapeBuilder(cm, schedule)
     for tpl in [
         (Segment(0, 2, 8), Segment(1, 4, 8)),
         (Segment(1, 8, 2), Segment(0, 4, 4)),
         (Segment(0, 16, 1),),
     ]:
-        shape = builder.build(tpl, 1, 2)
+        shape = builder.build(tpl, 1, 2, 16 if schedule == "gpipe" else None)
         assert shape is not None
-        reps = assign(cluster, [(shape, [16])])
-        assert reps is not None
-        span, _ = cm.pipeline_time_s(reps[0], builder.schedule)
-        assert shape.time_s(16) == pytest.approx(span, rel=1e-12)
+        for m in (1, 3, 16):
+            reps = assign(cluster, [(shape, [m])])
+            assert reps is not None
+            span, _ = cm.pipeline_time_s(reps[0], builder.schedule)
+            assert shape.time_s(m) == pytest.approx(span, rel=1e-12)
 
 
 def test_infeasible_model_names_the_memory_limit() -> None:

@@ -39,8 +39,10 @@ def _check(search: FastSearch, buckets: tuple[int, ...]) -> list[float]:
 
 @pytest.mark.parametrize("seed", range(16))
 def test_the_sync_floor_is_below_the_estimated_sync(seed: int) -> None:
+    """Also under ZB-H1, whose first stages may be ready before the pipeline's end."""
     cluster, model, job = random_case(seed, 64)
-    search = FastSearch(Scorer(ShapeBuilder(CostModel(cluster, model, job), "1f1b")), 4)
+    schedule = "zb-h1" if seed % 4 == 3 else "1f1b"
+    search = FastSearch(Scorer(ShapeBuilder(CostModel(cluster, model, job), schedule)), 4)
     assert _check(search, (1, 2, 4))  # candidates with a sync were checked
 
 
@@ -68,12 +70,12 @@ def test_the_tokens_bound_is_above_the_estimate() -> None:
     assert checked
 
 
-@pytest.mark.parametrize("schedule", ["1f1b", "gpipe"])
+@pytest.mark.parametrize("schedule", ["1f1b", "gpipe", "zb-h1"])
 def test_the_exact_bound_with_its_sync_floor_is_below_the_step(schedule: str) -> None:
     """`Scorer.bound_s` (each shape's busiest pipeline plus `_sync_floor_s`, the optimizer)
     never exceeds the step `CostModel.evaluate` gives a placed candidate: every candidate
     the search scores on random clusters of up to 64 chips; on some of them the floor is
-    positive (first stages over several nodes)."""
+    positive (first stages over several nodes; 1F1B and GPipe only)."""
     positive = 0
     for seed in range(12):
         cluster, model, job = random_case(seed, 64)
@@ -86,4 +88,4 @@ def test_the_exact_bound_with_its_sync_floor_is_below_the_step(schedule: str) ->
             pipelined = any(shape.num_stages > 1 for shape, _ in shapes)
             positive += any(scorer._sync_floor_s(shape, len(ms), s.zero1, pipelined) > 0
                             for shape, ms in s.classes)
-    assert positive > 0
+    assert positive > 0 or schedule == "zb-h1"

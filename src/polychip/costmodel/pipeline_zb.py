@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,14 @@ class ZeroBubbleForm:
     def stage_s(self, i: int) -> float:
         return self.f[i] + self.b[i] + self.w[i]
 
-    @property
+    @cached_property
+    def totals_s(self) -> tuple[float, ...]:
+        """Per stage, `f + b + w`."""
+        return tuple(self.f[i] + self.b[i] + self.w[i] for i in range(self.num_stages))
+
+    @cached_property
     def compute_beat_s(self) -> float:
-        return max(self.stage_s(i) for i in range(self.num_stages))
+        return max(self.totals_s)
 
     def link_beat_s(self, m: int) -> float:
         return self.link_beats[min(max(m - 1, 0), len(self.link_beats) - 1)]
@@ -92,15 +98,23 @@ class ZeroBubbleForm:
     def steady_beat_s(self) -> float:
         return self.beat_s(10**9)
 
-    @property
+    @cached_property
     def fill_s(self) -> float:
         """The long pipeline's intercept: span(m) ~ fill_s + (m - 1) * steady_beat_s."""
         m = 2 * self.num_stages + 1
         return self.span_s(m) - (m - 1) * self.steady_beat_s
 
+    @cached_property
+    def _spans(self) -> dict[int, float]:
+        return {}
+
     def span_s(self, m: int) -> float:
-        """Seconds for `m` >= 1 micro-batches: the longest chain."""
-        return max(self._chains_s(m), self._link_chain_s(m))
+        """Seconds for `m` >= 1 micro-batches: the longest chain (kept per m: a planner
+        asks the same form many times)."""
+        hit = self._spans.get(m)
+        if hit is None:
+            hit = self._spans[m] = max(self._chains_s(m), self._link_chain_s(m))
+        return hit
 
     def _chains_s(self, m: int) -> float:
         f, b, c, w, n = self.f, self.b, self.c, self.w, self.num_stages
@@ -111,7 +125,7 @@ class ZeroBubbleForm:
             tail = max(tail + (b[k - 1] + c[k - 1] if k else 0.0), min(k + 1, m) * w[k])
             warm = min(n - k, m)
             first = max(warm * f[k], f[k] + trip) - warm * f[k]
-            own = m * self.stage_s(k) - min(k + 1, m) * w[k]
+            own = m * self.totals_s[k] - min(k + 1, m) * w[k]
             longest = max(longest, reach + first + own + tail)
             if k + 1 < n:
                 reach += f[k] + c[k]

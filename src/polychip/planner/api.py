@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from polychip.costmodel import ComputeProfile, CostModel
@@ -200,24 +200,38 @@ class _Run:
     deadline: float
     done: int = 0
     proven: bool = True
+    pool: list = field(default_factory=list)  # the fast search's candidates on every group
 
-    def search(self, groups: list[int], label: str, scorer: Scorer | None = None,
-               oracle: bool = True) -> Scored | None:
-        """The fastest plan on node ``groups`` (fast search, then the oracle if asked and
-        ``oracle``), by ``scorer`` (default: the run's)."""
-        base, span = self.done / self.steps, 1 / self.steps
-        scorer = scorer or self.scorer
-
-        def sub(f: float, msg: str) -> None:
-            self.report(min(base + f * span, 1.0), f"{label}: {msg}")
-
-        result = FastSearch(scorer, self.stages, sub).run(groups)
-        if self.exhaustive and oracle:
-            exact = Exhaustive(scorer, self.stages, progress=sub, deadline=self.deadline)
+    def search(self, groups: list[int], label: str) -> Scored | None:
+        """The fastest plan on node ``groups`` (fast search, then the oracle if asked); the
+        fast search over every group is kept (`pool`)."""
+        fast = FastSearch(self.scorer, self.stages, self._part(label))
+        result = fast.run(groups)
+        if len(groups) == len(self.scorer.cm.cluster.groups):
+            self.pool = fast.pool
+        if self.exhaustive:
+            exact = Exhaustive(self.scorer, self.stages, progress=self._part(label),
+                               deadline=self.deadline)
             result = exact.run(groups, incumbent=result)
             self.proven = self.proven and exact.proven
         self.done += 1
         return result
+
+    def refit(self, scorer: Scorer, label: str) -> Scored | None:
+        """The fast search's candidates over every group, refitted by ``scorer``'s builder
+        (`FastSearch.refit`)."""
+        result = FastSearch(scorer, self.stages, self._part(label)).refit(self.pool)
+        self.done += 1
+        return result
+
+    def _part(self, label: str) -> Progress:
+        """Progress of the search now starting: its share of the run."""
+        base, span = self.done / self.steps, 1 / self.steps
+
+        def sub(f: float, msg: str) -> None:
+            self.report(min(base + f * span, 1.0), f"{label}: {msg}")
+
+        return sub
 
     def every_type(self, types: dict[str, list[int]], num_groups: int
                    ) -> tuple[dict[str, Scored | None], Scored | None]:
@@ -234,11 +248,12 @@ class _Run:
     def schedules(self, cm: CostModel, fastest: Scored, alone: dict[str, Scored | None],
                   opts: list[Option], zb_search: bool) -> Step:
         """The schedule step (planner/schedules.py) over the search's candidates and, with
-        ``zb_search``, those of a search of all chips under ZB-H1's memory."""
+        ``zb_search``, those of the search over all chips refitted to ZB-H1's memory and
+        closed form."""
         pool, builders = self.scorer.scored(), {}
         if zb_search:
-            zb = Scorer(ShapeBuilder(cm, "zb-h1"))
-            self.search(list(range(len(cm.cluster.groups))), "zb-h1", zb, oracle=False)
+            zb = Scorer(ShapeBuilder(cm, "zb-h1"), prune=self.scorer.prune)
+            self.refit(zb, "zb-h1")
             pool += zb.scored()
             builders[Option("zb-h1")] = zb.builder
         return step(cm, pool, fastest, alone, opts, builders)

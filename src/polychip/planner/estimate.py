@@ -28,7 +28,12 @@ class Estimator:
         self.layer_params = self.model.layer_params
 
     def pipeline_s(self, classes: Classes) -> float | None:
-        """Closed-form batch split: sum over replicas of mb * ((T - fill) / beat + 1) = G."""
+        """Closed-form batch split: every replica's pipeline on a line, span(m) = fill +
+        (m - 1) beat, and the shares summing to the batch, sum over replicas of mb ((T -
+        fill) / beat + 1) = G. First with each shape's long-pipeline line, then with the
+        line through its span at the micro-batches that gave it (a short pipeline is
+        below the long one's line: 1F1B's windows, ZB-H1's ramp), so one class whose
+        replicas split the batch evenly gets its exact span."""
         classes = [(s, n) for s, n in classes if n > 0]
         if not classes:
             return None
@@ -40,19 +45,27 @@ class Estimator:
         ):
             return None  # memory caps the micro-batches below the global batch
         rate = sum(n * s.rate for s, n in classes)
-        lag = sum(n * s.rate * (s.fill_s - s.beat_s) for s, n in classes)
-        t = (self.job.global_batch + lag) / rate
-        return max(t, max(s.fill_s for s, _ in classes))
+        t = (g + sum(n * s.rate * (s.fill_s - s.beat_s) for s, n in classes)) / rate
+        lag = 0.0
+        for s, n in classes:
+            m = max(1, round((t - s.fill_s) / s.beat_s + 1))
+            lag += n * s.rate * (s.time_s(m) - m * s.beat_s)
+        return max((g + lag) / rate, max(s.time_s(1) for s, _ in classes))
 
     def optimizer_s(self, shape: Shape, shards: int) -> float:
         return self.scorer.optimizer_s(shape, shards)
 
     def dp_sync_s(self, classes: Classes, zero1: bool = False) -> float:
-        """The slowest device's gradient sync, per shape class: the segments of
-        `plan.segments.cut_layers` (the cost model's), each priced by the closed form of the
-        hierarchical all-reduce (`costmodel.comm`) in the job's reduce dtype; under ZeRO-1,
-        half of it in the reduce dtype (the gradients' reduce-scatter), half in the compute
-        dtype (the parameters' all-gather)."""
+        """The gradient sync left after the pipeline, per shape class, as the cost model
+        runs it (`gradsync.exposed_sync_s`): every segment of `plan.segments.cut_layers`
+        in the one global order (head, layers from the last down, embedding) starts once
+        every stage holding it is ready -- its gradients final (`ShapeBuilder.ready_s`,
+        all at the pipeline's end without overlap) and its syncs before done -- and takes
+        the closed form of the hierarchical all-reduce (`costmodel.comm`) in the job's
+        reduce dtype; under ZeRO-1 half of it in the reduce dtype (the gradients'
+        reduce-scatter), half in the compute dtype (the parameters' all-gather). Stages
+        whose layers are cut differently wait on each other's syncs, which a per-device
+        sum leaves out."""
         replicas = sum(n for _, n in classes)
         if replicas <= 1:
             return 0.0
@@ -74,23 +87,28 @@ class Estimator:
                                                                   zero1)
             return hit
 
-        held = [s.intervals for s, _ in classes]
+        overlap = self.job.overlap_grad_sync
+        ready = {(ci, si): -before for ci, (s, _) in enumerate(classes)
+                 for si, before in enumerate(self.builder.ready_s(s) if overlap
+                                             else (0.0,) * s.num_stages)}
+
+        def sync(stages: Sequence[int], seconds: float) -> None:
+            held = list(enumerate(stages))  # (class, stage) holding the segment
+            done = max(ready[h] for h in held) + seconds
+            for h in held:
+                ready[h] = done
+
         per_stages = [(n, s.stage_groups) for s, n in classes]
-        per_device: dict[tuple[int, int], float] = {}
-        for a, b, stages in cut_layers(held):
-            holders = [(*ps[si], n) for (n, ps), si in zip(per_stages, stages, strict=True)]
-            t = allreduce(holders, (b - a) * self.layer_params)
-            for ci, si in enumerate(stages):
-                per_device[(ci, si)] = per_device.get((ci, si), 0.0) + t
         pipelined = any(len(ps) > 1 for _, ps in per_stages)
-        head_n = head_params(self.model, tied_copy(self.model, pipelined))
-        embed = allreduce([(*ps[0], n) for n, ps in per_stages], self.model.embedding_params)
-        head = allreduce([(*ps[-1], n) for n, ps in per_stages], head_n)
-        for ci, (_, ps) in enumerate(per_stages):
-            per_device[(ci, 0)] = per_device.get((ci, 0), 0.0) + embed
-            last = (ci, len(ps) - 1)
-            per_device[last] = per_device.get(last, 0.0) + head
-        return max(per_device.values())
+        last = [len(ps) - 1 for _, ps in per_stages]
+        sync(last, allreduce([(*ps[-1], n) for n, ps in per_stages],
+                             head_params(self.model, tied_copy(self.model, pipelined))))
+        for a, b, stages in cut_layers([s.intervals for s, _ in classes]):
+            holders = [(*ps[si], n) for (n, ps), si in zip(per_stages, stages, strict=True)]
+            sync(stages, allreduce(holders, (b - a) * self.layer_params))
+        sync([0] * len(classes), allreduce([(*ps[0], n) for n, ps in per_stages],
+                                           self.model.embedding_params))
+        return max(0.0, *ready.values())
 
     def _hierarchical_s(self, holders: list[tuple[int, int, int]], params: int,
                         per_node: dict[int, tuple[int, bool]], zero1: bool) -> float:
@@ -126,12 +144,14 @@ class Estimator:
         )
 
     def sync_floor_s(self, classes: Classes, zero1: bool = False) -> float:
-        """A lower bound on `dp_sync_s` from each class's own replicas alone.
+        """A lower bound on `dp_sync_s` from each class's first stage and own replicas.
 
-        A device of stage i of a class of n replicas sums, over the segments its stage
-        holds, the hierarchical all-reduce of the segment among its holders, which include
-        the class's own n. Each term is at least the ring all-reduce among those n alone:
-        the slowest island's ring is at least that of the class's island (p >= n members;
+        The first stage of a class is ready `ready_s[0]` before the pipeline's end (0 but
+        under ZB-H1, without overlap always 0) and then syncs its segments one after the
+        other: its layers, the embedding, the head if it is the only stage. Each takes the
+        hierarchical all-reduce among its holders, which include the class's own n, and
+        that is at least the ring all-reduce among those n alone: the slowest island's
+        ring is at least that of the class's island (p >= n members;
         `ring_allreduce_time_s` grows with p and the bytes and falls with the bandwidth),
         the bridge only adds; the bytes per rank are at least the stage's (the largest of
         the holders' params / TP). The ring's bandwidth is at most the faster of the two
@@ -140,9 +160,9 @@ class Estimator:
         NIC / own TP; over the chip's own link (only where the group's used chips fit one
         node) with the stage's own bytes. Its latency is at least the smaller of the two.
         Each case is affine in the bytes with a non-negative intercept, so their minimum is
-        concave and subadditive: a sum over segments (and the embedding's and head's
-        all-reduce on the first and last stage) is at least it at their summed parameters,
-        the stage's. tests/planner/test_sync_floors.py checks it on random clusters."""
+        concave and subadditive: the sum over the segments is at least it at their summed
+        parameters, the stage's. tests/planner/test_sync_floors.py checks it on random
+        clusters."""
         if sum(n for _, n in classes) <= 1:
             return 0.0
         groups = self.cluster.groups
@@ -154,34 +174,34 @@ class Estimator:
         floor = 0.0
         for s, n in classes:
             if n > 1:
-                link = tuple(groups[g].num_nodes == 1 or used[g] <= groups[g].chips_per_node
-                             for g in s.groups)
+                g0 = s.template[0].group
+                link = groups[g0].num_nodes == 1 or used[g0] <= groups[g0].chips_per_node
                 key = (id(s), n, zero1, pipelined, link)
                 hit = self._floors.get(key)
                 if hit is None:  # the shape is kept with its floor: its id stays its own
-                    ok = dict(zip(s.groups, link, strict=True))
-                    hit = self._floors[key] = (s, self._class_floor_s(s, n, zero1, pipelined, ok))
+                    hit = self._floors[key] = (s, self._class_floor_s(s, n, zero1, pipelined,
+                                                                      link))
                 floor = max(floor, hit[1])
         return floor * (1 - ROUND_OFF)
 
     def _class_floor_s(self, shape: Shape, n: int, zero1: bool, pipelined: bool,
-                       link: dict[int, bool]) -> float:
-        """`sync_floor_s` of one class: its slowest stage's ring among its n replicas."""
+                       link: bool) -> float:
+        """`sync_floor_s` of one class: its first stage's ring among its n replicas, less
+        how long before the pipeline's end that stage is ready."""
         model, job, net = self.model, self.job, self.cluster.network
         per_param = (job.reduce_bytes + job.compute_bytes) / 2 if zero1 else job.reduce_bytes
-        head = head_params(model, tied_copy(model, pipelined))
-        floor = 0.0
-        for i, ((g, tp), k) in enumerate(zip(shape.stage_groups, shape.layers, strict=True)):
-            params = (k * self.layer_params + (model.embedding_params if i == 0 else 0)
-                      + (head if i == shape.num_stages - 1 else 0))
-            group = self.cluster.groups[g]
-            n_bytes = per_param * params / tp
-            t = ring_allreduce_time_s(n_bytes, n, group.nic_bw_bytes_per_s / tp, net.latency_s)
-            if link[g]:
-                t = min(t, ring_allreduce_time_s(n_bytes, n, group.chip.link_bw_bytes_per_s,
-                                                 INTRA_NODE_LATENCY_S))
-            floor = max(floor, t)
-        return floor
+        params = shape.layers[0] * self.layer_params + model.embedding_params
+        if shape.num_stages == 1:
+            params += head_params(model, tied_copy(model, pipelined))
+        g, tp = shape.stage_groups[0]
+        group = self.cluster.groups[g]
+        n_bytes = per_param * params / tp
+        t = ring_allreduce_time_s(n_bytes, n, group.nic_bw_bytes_per_s / tp, net.latency_s)
+        if link:
+            t = min(t, ring_allreduce_time_s(n_bytes, n, group.chip.link_bw_bytes_per_s,
+                                             INTRA_NODE_LATENCY_S))
+        early = self.builder.ready_s(shape)[0] if self.job.overlap_grad_sync else 0.0
+        return max(0.0, t - early)
 
     def tokens_bound(self, classes: Classes, pipe_s: float) -> float:
         """An upper bound on `tokens_per_s` given the candidate's `pipeline_s`: its

@@ -53,6 +53,7 @@ class FastSearch:
         self.estimator = Estimator(scorer)
         self.mixed = MixedTemplates(self.cluster, self.model, max_stages, self.job)
         self._packed: dict[tuple, bool] = {}
+        self.pool: list[Pooled] = []  # the last `run`'s candidates
 
     # ---- shapes -----------------------------------------------------------------------------
     def micro_ctx(self, bucket: int, mb: int) -> int | None:
@@ -73,6 +74,40 @@ class FastSearch:
 
     # ---- the search ---------------------------------------------------------------------------
     def run(self, groups: Sequence[int]) -> Scored | None:
+        """The fastest plan found on node ``groups``; its candidates stay in `pool`."""
+        self.pool = self._pool(groups)
+        return self._best_of(self.pool)
+
+    def refit(self, pool: Sequence[Pooled]) -> Scored | None:
+        """The fastest plan among another search's candidates (its `pool`) with every
+        shape built again by this search's builder: the layers split for its memory and
+        timed with its closed form (ZB-H1's, for the 1F1B search's candidates). What a
+        search of its own over the same groups would try, without generating them again."""
+        fitted: dict[tuple, Pooled] = {}
+        shapes: dict[int, Shape | None] = {}  # by the other search's shape (ids: pool holds it)
+        for _, family, cand, _ in pool:
+            again = []
+            for s, n in cand:
+                shape = shapes.get(id(s), s)
+                if shape is s:
+                    shape = shapes[id(s)] = self.builder.build(s.template, s.micro_batch_size,
+                                                               s.zero_shards)
+                if shape is None:
+                    break
+                again.append((shape, n))
+            else:
+                key = tuple(sorted((id(s), n) for s, n in again))
+                if key not in fitted:
+                    pipe = self.estimator.pipeline_s(again)
+                    if pipe is not None:
+                        fitted[key] = (self.job.tokens_per_step / pipe, family, tuple(again),
+                                       pipe)
+        self.pool = list(fitted.values())
+        return self._best_of(self.pool)
+
+    def _pool(self, groups: Sequence[int]) -> list[Pooled]:
+        """Every candidate on ``groups`` (`candidates.ContextCandidates`) in every memory
+        context, with its pipeline time."""
         job = self.job
         devices = sum(self.cluster.groups[g].num_devices for g in groups)
         gpipe = self.builder.schedule == "gpipe"
@@ -97,13 +132,17 @@ class FastSearch:
                     pipe = self.estimator.pipeline_s(cand)
                     if pipe is not None:
                         pool[key] = (job.tokens_per_step / pipe, family, cand, pipe)
-        ranked = self._ranked(list(pool.values()))
+        return list(pool.values())
+
+    def _best_of(self, pool: list[Pooled]) -> Scored | None:
+        """The shortlist of ``pool`` scored exactly, the winner polished."""
+        ranked = self._ranked(pool)
         self.progress(0.8, f"scoring {min(len(ranked), EXACT_SHORTLIST)} candidates exactly")
         best: Scored | None = None
         for _, cand in ranked[:EXACT_SHORTLIST]:
             best = better(best, self.scorer.score(cand, against=best))
         if best is None:  # nothing scored yet: walk down the whole ranking until one is a plan
-            for _, cand in self._ranked(list(pool.values()), everything=True)[EXACT_SHORTLIST:]:
+            for _, cand in self._ranked(pool, everything=True)[EXACT_SHORTLIST:]:
                 best = self.scorer.score(cand)
                 if best is not None:
                     break

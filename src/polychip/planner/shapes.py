@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from polychip.costmodel import CostModel
+from polychip.costmodel.gradsync import stage_ends
 from polychip.costmodel.memory import in_flight_micro_batches
-from polychip.costmodel.pipeline import PipelineForm, exposed_stage_s
+from polychip.costmodel.pipeline import PipelineForm, exposed_stage_s, schedule_form
+from polychip.costmodel.pipeline_zb import ZeroBubbleForm
 from polychip.plan.plan import Replica, Stage
 from polychip.planner.layersplit import INF, split_layers
 from polychip.planner.space import Template, canonical_slots, template_devices, template_stages
@@ -30,19 +32,19 @@ class Shape:
     micro_batch_size: int
     layers: tuple[int, ...]  # per stage
     recompute: tuple[bool, ...]  # per stage
-    form: PipelineForm  # the cost model's closed form for its stage and link times
+    form: PipelineForm | ZeroBubbleForm  # the cost model's closed form of its schedule
     zero_shards: int  # memory was checked with optimizer state sharded this many ways
     max_micro_batches: int | None  # memory limit on micro-batches per step (GPipe)
 
     def time_s(self, m: int) -> float:
         return self.form.span_s(m)
 
-    @property
+    @cached_property
     def fill_s(self) -> float:
-        """Pipeline seconds with one micro-batch."""
+        """Pipeline seconds with one micro-batch (ZB-H1: the long pipeline's intercept)."""
         return self.form.fill_s
 
-    @property
+    @cached_property
     def beat_s(self) -> float:
         """Seconds each further micro-batch adds in a long pipeline."""
         return self.form.steady_beat_s
@@ -94,6 +96,7 @@ class ShapeBuilder:
         self._shapes: dict[tuple, Shape | None] = {}
         self._splits = self.table.splits
         self._template_rows: dict[tuple, tuple] = {}
+        self._ready: dict[tuple, tuple[float, ...]] = {}
 
     # ---- shapes ---------------------------------------------------------------------------
     def build(
@@ -140,11 +143,24 @@ class ShapeBuilder:
             if self.schedule == "gpipe":
                 limit = self._gpipe_limit(template, mb, chosen, rec, shards)
             if limit != 0:
-                form = PipelineForm.of(costs, links, self.schedule, self.job.overlap_p2p)
+                form = self._form(template, mb, chosen, rec, costs, links)
                 shape = Shape(template, mb, chosen, rec, form, shards, limit)
         if keep:
             self._shapes[key] = shape
         return shape
+
+    def _form(self, template: Template, mb: int, layers: tuple[int, ...],
+              rec: tuple[bool, ...], costs: list[float], links: list[float]
+              ) -> PipelineForm | ZeroBubbleForm:
+        """The cost model's closed form of the schedule (`pipeline.schedule_form`) over the
+        stage times of this split; ZB-H1's needs each stage's forward, B and W apart."""
+        if self.schedule != "zb-h1":
+            return PipelineForm.of(costs, links, self.schedule, self.job.overlap_p2p)
+        stages = template_stages(template)
+        times = [self.cm.stage_times(self.cluster.groups[g].chip, n, t, mb, i == 0,
+                                     i == len(stages) - 1, r).split_backward()
+                 for i, ((g, t), n, r) in enumerate(zip(stages, layers, rec, strict=True))]
+        return schedule_form(self.schedule, times, links, self.job.overlap_p2p)
 
     def _rows_of(self, template: Template, mb: int, shards: int, micro_batches: int | None,
                  keep: bool) -> tuple[list[list[float]], list[int], tuple[tuple, ...]]:
@@ -222,6 +238,18 @@ class ShapeBuilder:
             else:
                 hi = mid - 1
         return lo
+
+    def ready_s(self, shape: Shape) -> tuple[float, ...]:
+        """Per stage, how long before the end of the shape's pipeline its gradients are
+        final: `gradsync.stage_ends` of its replica in canonical placement running S
+        micro-batches (ZB-H1: every stage's full tail of W's), cached per split."""
+        key = (shape.template, shape.micro_batch_size, shape.layers, shape.recompute)
+        hit = self._ready.get(key)
+        if hit is None:
+            rep = self.representative(shape, shape.micro_batch_size * shape.num_stages)
+            ends = stage_ends(self.cm, rep, 0.0, self.schedule, self.virtual_stages)
+            hit = self._ready[key] = tuple(-e for e in ends)
+        return hit
 
     def representative(self, shape: Shape, batch_size: int | None = None) -> Replica:
         """One replica of the shape in canonical placement on the first nodes of its groups."""
