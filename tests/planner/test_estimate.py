@@ -21,22 +21,20 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "clusters"
 
 
 def _errors(cluster: str, batch: int, schedule: str, one_class: bool = False) -> list[float]:
-    """|estimate / exact - 1| of every candidate the search over all chips scored exactly
-    and the estimate prices (polishing also scores candidates of fewer replicas than their
-    shapes' memory assumed, which the ranking never holds: estimated 0) (``one_class``:
-    only those of one shape whose replicas split the batch evenly)."""
+    """|estimate / exact - 1| of the 40 best-estimated candidates of the search over all
+    chips that are plans (``one_class``: only those of one shape whose replicas split the
+    batch evenly)."""
     cm = CostModel(load_cluster(EXAMPLES / cluster), load_model("llama3-70b"),
                    TrainingJob(batch, 4096))
     scorer = Scorer(ShapeBuilder(cm, schedule))
     search = FastSearch(scorer, 16)
     search.run(list(range(len(cm.cluster.groups))))
     out = []
-    for s in scorer.scored():
-        if one_class and (len(s.classes) > 1 or len(set(s.classes[0][1])) > 1):
+    for estimate, cand in search._ranked(search.pool, everything=True)[:40]:
+        s = scorer.score(cand)
+        if s is None or (one_class and (len(s.classes) > 1 or len(set(s.classes[0][1])) > 1)):
             continue
-        estimate = search.estimator.tokens_per_s(tuple((sh, len(ms)) for sh, ms in s.classes))
-        if estimate > 0:
-            out.append(abs(estimate / s.tokens_per_s - 1))
+        out.append(abs(estimate / s.tokens_per_s - 1))
     return out
 
 

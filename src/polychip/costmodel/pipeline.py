@@ -102,6 +102,11 @@ class PipelineForm:
         return self.beats_s[0]
 
     @property
+    def floor_fill_s(self) -> float:
+        """`span(m) >= floor_fill_s + (m - 1) bottleneck_s` for every m >= 1: the fill."""
+        return self.fill_s
+
+    @property
     def steady_beat_s(self) -> float:
         """The beat of a long pipeline (every window binding): the largest."""
         return self.beats_s[-1]

@@ -105,6 +105,22 @@ class ZeroBubbleForm:
         return self.span_s(m) - (m - 1) * self.steady_beat_s
 
     @cached_property
+    def floor_fill_s(self) -> float:
+        """The largest `a` with `span(m) >= a + (m - 1) bottleneck_s` for every m >= 1 (a
+        lower line for bounds; the ramp makes span(1) too high for one): the least
+        `span(m) - (m - 1) bottleneck` below S micro-batches, and from S on what the lines
+        of `_long` guarantee -- the slowest stage's chain `a_k + m t_k` when it is the
+        bottleneck, else the link chain, whose beat is never below the slowest link and
+        whose credit is at most `(S - 1) w_last`."""
+        n, b = self.num_stages, self.bottleneck_s
+        lines, fixed = self._long
+        ramp = min((self.span_s(m) - (m - 1) * b for m in range(1, n)), default=math.inf)
+        if self.compute_beat_s >= b:
+            a, t = max(lines, key=lambda line: line[1])
+            return min(ramp, a + t)
+        return min(ramp, fixed - (n - 1) * self.w[-1])
+
+    @cached_property
     def _spans(self) -> dict[int, float]:
         return {}
 
@@ -113,8 +129,43 @@ class ZeroBubbleForm:
         asks the same form many times)."""
         hit = self._spans.get(m)
         if hit is None:
-            hit = self._spans[m] = max(self._chains_s(m), self._link_chain_s(m))
+            if m >= self.num_stages:
+                lines, fixed = self._long
+                hit = max(0.0, *(a + m * t for a, t in lines), fixed + self._link_rest_s(m))
+            else:
+                hit = max(self._chains_s(m), self._link_chain_s(m))
+            self._spans[m] = hit
         return hit
+
+    @cached_property
+    def _long(self) -> tuple[tuple[tuple[float, float], ...], float]:
+        """From m >= S on, `min(k + 1, m)` and `min(S - k, m)` stay put: chain k is
+        `a_k + m t_k` (`_chains_s` with its terms regrouped) and the link chain's trip and
+        tail are fixed (`_link_chain_s`)."""
+        f, b, c, w, n = self.f, self.b, self.c, self.w, self.num_stages
+        reach, tail, lines = 0.0, 0.0, []
+        trip = math.fsum(f[1:]) + math.fsum(b[1:]) + 2 * math.fsum(c)  # RT_0
+        for k in range(n):
+            tail = max(tail + (b[k - 1] + c[k - 1] if k else 0.0), (k + 1) * w[k])
+            first = max((n - k) * f[k], f[k] + trip) - (n - k) * f[k]
+            lines.append((reach + first - (k + 1) * w[k] + tail, self.totals_s[k]))
+            if k + 1 < n:
+                reach += f[k] + c[k]
+                trip -= f[k + 1] + b[k + 1] + 2 * c[k]
+        before, link_tail = 0.0, -math.inf
+        for i in range(n):
+            link_tail = max(link_tail, (i + 1) * w[i] - before)
+            if i + 1 < n:
+                before += b[i] + c[i]
+        trip = math.fsum(f) + math.fsum(b) + 2 * math.fsum(c)
+        return tuple(lines), trip + link_tail
+
+    def _link_rest_s(self, m: int) -> float:
+        """The link chain's part that depends on m >= S: its beats, less the credit."""
+        beat = self.link_beat_s(m)
+        slack = (m - 1) * max(0.0, beat - self.compute_beat_s)
+        credit = max(0.0, (self.num_stages - 1) * self.w[-1] - slack)
+        return (m - 1) * beat - credit
 
     def _chains_s(self, m: int) -> float:
         f, b, c, w, n = self.f, self.b, self.c, self.w, self.num_stages

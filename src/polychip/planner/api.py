@@ -265,7 +265,9 @@ class _Run:
         """The ``top`` best distinct candidates (and each type's best alone), each under its
         fastest schedule (``reprice``), replayed in the simulator, best simulated first."""
         always = [best, *(r for r in alone.values() if r is not None)]
-        pool = [reprice(s) for s in shortlist([*scorer.scored(), *always], top, always)]
+        pool = sorted((reprice(s) for s in shortlist([*scorer.scored(), *always], top, always)),
+                      key=lambda s: (-s.tokens_per_s, s.num_replicas))  # analytic rank: as
+        # each is priced under its fastest schedule
 
         def simulating(i: int, n: int) -> None:
             self.report((self.steps - 1 + i / n) / self.steps,

@@ -57,10 +57,13 @@ def _rank(shapes: list[Shape], value: Callable[[Shape], float]) -> list[Shape]:
 
 class ContextCandidates:
     """The candidates of one memory context: shapes fitted with optimizer state over
-    ``shards`` replicas (context ``bucket``) on node ``groups``."""
+    ``shards`` replicas (context ``bucket``) on node ``groups``, for fewer replicas than
+    ``below`` (the next context's: it fits more of them more tightly)."""
 
-    def __init__(self, search: FastSearch, groups: Sequence[int], bucket: int, shards: int):
+    def __init__(self, search: FastSearch, groups: Sequence[int], bucket: int, shards: int,
+                 below: int | None = None):
         self.search, self.groups, self.bucket, self.shards = search, groups, bucket, shards
+        self.below = below
         self.cluster, self.job = search.cluster, search.job
         singles = {g: search.single_shapes(g, bucket, shards) for g in groups}
         singles = {g: s for g, s in singles.items() if s}
@@ -117,6 +120,8 @@ class ContextCandidates:
                 ks = range(1, kfit + 1) if kfit <= 8 else sorted({1, kfit // 2, kfit})
                 variants = []  # k copies plus the fills of the chips left (the leftovers)
                 for k in ks:
+                    if self.below is not None and k >= self.below:
+                        break  # k replicas or more: the next contexts' candidates
                     used = {seg.group: seg.num_devices * k for seg in tpl}
                     variants.append((k, _fill_variants([
                         self.leftovers(g, cluster.groups[g].num_devices - used.get(g, 0))
@@ -173,7 +178,8 @@ class ContextCandidates:
     def _holds(self, replicas: int) -> bool:
         """`FastSearch._memory_context_holds` of this context's shapes for that many."""
         zero1 = self.search.scorer.zero1_for(replicas)
-        return self.shards <= (replicas if zero1 else 1)
+        return (self.shards <= (replicas if zero1 else 1)
+                and (self.below is None or replicas < self.below))
 
 
 def _fill_variants(left: list[list[Classes]]) -> list[Classes]:

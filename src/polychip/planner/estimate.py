@@ -34,23 +34,28 @@ class Estimator:
         line through its span at the micro-batches that gave it (a short pipeline is
         below the long one's line: 1F1B's windows, ZB-H1's ramp), so one class whose
         replicas split the batch evenly gets its exact span."""
-        classes = [(s, n) for s, n in classes if n > 0]
-        if not classes:
-            return None
         g = self.job.global_batch
-        if sum(s.micro_batch_size * n for s, n in classes) > g:
-            return None
-        if all(s.max_micro_batches is not None for s, _ in classes) and (
-            sum(s.micro_batch_size * n * (s.max_micro_batches or 0) for s, n in classes) < g
-        ):
-            return None  # memory caps the micro-batches below the global batch
-        rate = sum(n * s.rate for s, n in classes)
-        t = (g + sum(n * s.rate * (s.fill_s - s.beat_s) for s, n in classes)) / rate
-        lag = 0.0
+        classes = [(s, n) for s, n in classes if n > 0]
+        seqs = rate = lag = 0.0
+        held: float | None = 0.0  # sequences the memory limits allow (None: unlimited)
+        for s, n in classes:
+            seqs += s.micro_batch_size * n
+            r = n * s.rate
+            rate += r
+            lag += r * (s.fill_s - s.beat_s)
+            if held is not None:
+                held = (None if s.max_micro_batches is None
+                        else held + s.micro_batch_size * n * s.max_micro_batches)
+        if not classes or seqs > g or (held is not None and held < g):
+            return None  # no replica, or one micro-batch each is already too many, or
+            # memory caps the micro-batches below the global batch
+        t = (g + lag) / rate
+        lag, first = 0.0, 0.0
         for s, n in classes:
             m = max(1, round((t - s.fill_s) / s.beat_s + 1))
             lag += n * s.rate * (s.time_s(m) - m * s.beat_s)
-        return max((g + lag) / rate, max(s.time_s(1) for s, _ in classes))
+            first = max(first, s.first_s)
+        return max((g + lag) / rate, first)
 
     def optimizer_s(self, shape: Shape, shards: int) -> float:
         return self.scorer.optimizer_s(shape, shards)

@@ -131,7 +131,7 @@ class Exhaustive:
             self.shapes_built += 1
             if s is None:
                 continue
-            out.fill_s = min(out.fill_s, s.fill_s)
+            out.fill_s = min(out.fill_s, s.form.floor_fill_s)  # a line below every span
             out.rate = max(out.rate, s.micro_batch_size / s.form.bottleneck_s)
             top = out.hi if s.max_micro_batches is None else min(out.hi, s.max_micro_batches)
             for m in range(out.lo, top + 1):

@@ -136,7 +136,8 @@ def variant(cm: CostModel, scored: Scored, option: Option,
 def _resplit(cm: CostModel, scored: Scored, builder: ShapeBuilder
              ) -> tuple[tuple[Replica, ...], tuple] | None:
     """The candidate's shapes with their layers split for the builder's schedule (its
-    activations in flight set the layer caps), placed anew; None if one cannot fit."""
+    activations in flight set the layer caps), placed anew; None if one cannot fit, or if
+    they are the candidate's own (it came from that builder's search)."""
     shards = len(scored.replicas) if scored.zero1 else 1
     classes = []
     for shape, micro in scored.classes:
@@ -145,6 +146,8 @@ def _resplit(cm: CostModel, scored: Scored, builder: ShapeBuilder
         if new is None:
             return None
         classes.append((new, micro))
+    if all(new is shape for (new, _), (shape, _) in zip(classes, scored.classes, strict=True)):
+        return None  # the builder's own shapes (a candidate of its search): nothing new
     replicas = assign(cm.cluster, classes)
     return None if replicas is None else (replicas, tuple(classes))
 

@@ -39,7 +39,10 @@ Progress = Callable[[float, str], None]
 Pooled = tuple[float, object, Classes, float]  # pipeline bound on tokens/s, family, classes,
 # pipeline seconds
 
-EXACT_SHORTLIST = 24  # candidates scored exactly per search
+EXACT_SHORTLIST = 24  # candidates scored exactly per search (<= LARGE chips: exact scores are
+# cheap, and a replica's few micro-batches are what the closed-form batch split misjudges)
+EXACT_SHORTLIST_LARGE = 8  # ... on more chips, where the estimate is sharp
+# (tests/planner/test_estimate.py)
 FULL_ESTIMATES = 600  # candidates (best by pipeline time alone) given the full estimate
 ALL_ESTIMATES_UP_TO = 4000  # ... or all of them when there are no more than this
 
@@ -54,6 +57,7 @@ class FastSearch:
         self.mixed = MixedTemplates(self.cluster, self.model, max_stages, self.job)
         self._packed: dict[tuple, bool] = {}
         self.pool: list[Pooled] = []  # the last `run`'s candidates
+        self.shortlist = EXACT_SHORTLIST
 
     # ---- shapes -----------------------------------------------------------------------------
     def micro_ctx(self, bucket: int, mb: int) -> int | None:
@@ -83,6 +87,8 @@ class FastSearch:
         shape built again by this search's builder: the layers split for its memory and
         timed with its closed form (ZB-H1's, for the 1F1B search's candidates). What a
         search of its own over the same groups would try, without generating them again."""
+        devices = sum(g.num_devices for g in self.cluster.groups)
+        self.shortlist = EXACT_SHORTLIST if devices <= LARGE else EXACT_SHORTLIST_LARGE
         fitted: dict[tuple, Pooled] = {}
         shapes: dict[int, Shape | None] = {}  # by the other search's shape (ids: pool holds it)
         for _, family, cand, _ in pool:
@@ -110,6 +116,7 @@ class FastSearch:
         context, with its pipeline time."""
         job = self.job
         devices = sum(self.cluster.groups[g].num_devices for g in groups)
+        self.shortlist = EXACT_SHORTLIST if devices <= LARGE else EXACT_SHORTLIST_LARGE
         gpipe = self.builder.schedule == "gpipe"
         # GPipe holds every micro-batch in flight, so memory depends on the replica count
         # through m = G / (replicas x mb): finer steps (x2), ZeRO-1 or not.
@@ -126,9 +133,10 @@ class FastSearch:
         for bi, bucket in enumerate(buckets):
             self.progress(bi / len(buckets) * 0.8, f"searching (ZeRO shards {bucket})")
             shards = bucket if job.allow_zero1 else 1
-            for family, cand in self._candidates(groups, bucket, shards):
+            below = buckets[bi + 1] if bi + 1 < len(buckets) else None
+            for family, cand in self._candidates(groups, bucket, shards, below):
                 key = tuple(sorted((id(s), n) for s, n in cand))
-                if key not in pool and self._memory_context_holds(cand):
+                if key not in pool and self._memory_context_holds(cand, below):
                     pipe = self.estimator.pipeline_s(cand)
                     if pipe is not None:
                         pool[key] = (job.tokens_per_step / pipe, family, cand, pipe)
@@ -137,12 +145,12 @@ class FastSearch:
     def _best_of(self, pool: list[Pooled]) -> Scored | None:
         """The shortlist of ``pool`` scored exactly, the winner polished."""
         ranked = self._ranked(pool)
-        self.progress(0.8, f"scoring {min(len(ranked), EXACT_SHORTLIST)} candidates exactly")
+        self.progress(0.8, f"scoring {min(len(ranked), self.shortlist)} candidates exactly")
         best: Scored | None = None
-        for _, cand in ranked[:EXACT_SHORTLIST]:
+        for _, cand in ranked[:self.shortlist]:
             best = better(best, self.scorer.score(cand, against=best))
         if best is None:  # nothing scored yet: walk down the whole ranking until one is a plan
-            for _, cand in self._ranked(pool, everything=True)[EXACT_SHORTLIST:]:
+            for _, cand in self._ranked(pool, everything=True)[self.shortlist:]:
                 best = self.scorer.score(cand)
                 if best is not None:
                     break
@@ -177,14 +185,14 @@ class FastSearch:
     def _estimates(self, keep: list[tuple[int, tuple[float, Classes, float]]]
                    ) -> dict[int, float]:
         """Estimates of the candidates ``keep`` (in pipeline-bound order) that can reach the
-        EXACT_SHORTLIST-th best estimate: best first by a tighter bound
+        `shortlist`-th best estimate: best first by a tighter bound
         (`Estimator.tokens_bound`, a floor on the gradient sync added), computed only for
         candidates whose pipeline bound beats every tighter bound not yet estimated, until
-        no bound left reaches the EXACT_SHORTLIST-th best estimate so far. Every candidate
-        whose estimate reaches the final EXACT_SHORTLIST-th is estimated: the shortlist is
+        no bound left reaches the `shortlist`-th best estimate so far. Every candidate
+        whose estimate reaches the final `shortlist`-th is estimated: the shortlist is
         that of estimating all of them."""
         estimates: dict[int, float] = {}
-        top: list[float] = []  # the best EXACT_SHORTLIST estimates so far (a min-heap)
+        top: list[float] = []  # the best `shortlist` estimates so far (a min-heap)
         bounded: list[tuple[float, int, Classes]] = []  # (-tighter bound, i, candidate)
         i = 0
         while i < len(keep) or bounded:
@@ -195,11 +203,11 @@ class FastSearch:
                 i += 1
                 continue
             neg, j, c = heapq.heappop(bounded)
-            if len(top) == EXACT_SHORTLIST and -neg < top[0]:
+            if len(top) == self.shortlist and -neg < top[0]:
                 break  # no bound left reaches the shortlist's last estimate
             estimates[keep[j][0]] = e = self.estimator.tokens_per_s(c)
             if e > 0:
-                heapq.heappush(top, e) if len(top) < EXACT_SHORTLIST else heapq.heappushpop(
+                heapq.heappush(top, e) if len(top) < self.shortlist else heapq.heappushpop(
                     top, e)
         return estimates
 
@@ -224,13 +232,17 @@ class FastSearch:
                 return False
         return True
 
-    def _memory_context_holds(self, cand: Classes) -> bool:
-        """Shapes were fitted assuming optimizer state sharded over `zero_shards` replicas."""
+    def _memory_context_holds(self, cand: Classes, below: int | None = None) -> bool:
+        """Shapes were fitted assuming optimizer state sharded over `zero_shards` replicas
+        (GPipe: the micro-batches in flight of that many); ``below``: the next context's,
+        which fits a candidate of that many replicas or more more tightly -- it is that
+        context's."""
         replicas = sum(n for _, n in cand)
         shards = replicas if self.scorer.zero1_for(replicas) else 1
-        return all(s.zero_shards <= shards for s, _ in cand)
+        return (all(s.zero_shards <= shards for s, _ in cand)
+                and (below is None or replicas < below))
 
     def _candidates(
-        self, groups: Sequence[int], bucket: int, shards: int
+        self, groups: Sequence[int], bucket: int, shards: int, below: int | None = None
     ) -> list[tuple[object, Classes]]:
-        return ContextCandidates(self, groups, bucket, shards).all()
+        return ContextCandidates(self, groups, bucket, shards, below).all()

@@ -40,6 +40,11 @@ class Shape:
         return self.form.span_s(m)
 
     @cached_property
+    def first_s(self) -> float:
+        """Pipeline seconds with one micro-batch."""
+        return self.form.span_s(1)
+
+    @cached_property
     def fill_s(self) -> float:
         """Pipeline seconds with one micro-batch (ZB-H1: the long pipeline's intercept)."""
         return self.form.fill_s
