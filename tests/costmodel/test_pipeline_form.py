@@ -144,16 +144,23 @@ def test_zb_h1_span_grows_with_micro_batches_and_never_exceeds_1f1b(seed: int) -
         assert form.span_s(m) <= one.span_s(m) * (1 + 1e-12)
 
 
+def _random_forms(seed: int, most: int) -> tuple[ZeroBubbleForm, PipelineForm, int]:
+    """ZB-H1's and 1F1B's forms of one random pipeline of up to ``most`` stages (links
+    free, slow or very slow)."""
+    rng = random.Random(seed)
+    n = rng.randint(1, most)
+    f, b, w = ([rng.uniform(0.01, 1.0) for _ in range(n)] for _ in range(3))
+    links = [rng.choice([0.0, rng.uniform(0.0, 0.5), rng.uniform(0.0, 3.0)])
+             for _ in range(n - 1)]
+    one = PipelineForm.of([x + y + z for x, y, z in zip(f, b, w, strict=True)], links, "1f1b")
+    return ZeroBubbleForm.of(f, b, w, links), one, n
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_zb_h1_long_pipelines_are_the_chains_regrouped(seed: int) -> None:
     """From m >= S on, `span_s` takes each chain as a line in m (kept once per form); it
     is the chains' own walk (`_chains_s`, `_link_chain_s`) up to float rounding."""
-    rng = random.Random(seed)
-    n = rng.randint(1, 16)
-    f, b, w = ([rng.uniform(0.01, 1.0) for _ in range(n)] for _ in range(3))
-    links = [rng.choice([0.0, rng.uniform(0.0, 0.5), rng.uniform(0.0, 3.0)])
-             for _ in range(n - 1)]
-    form = ZeroBubbleForm.of(f, b, w, links)
+    form, _, n = _random_forms(seed, 16)
     for m in range(n, 3 * n + 4):
         walked = max(form._chains_s(m), form._link_chain_s(m))
         assert form.span_s(m) == pytest.approx(walked, rel=1e-12)
@@ -162,21 +169,15 @@ def test_zb_h1_long_pipelines_are_the_chains_regrouped(seed: int) -> None:
 @pytest.mark.parametrize("seed", range(60))
 def test_floor_fill_is_a_line_below_every_span(seed: int) -> None:
     """`floor_fill_s + (m - 1) bottleneck_s` never exceeds the span (the exhaustive
-    planner's bound on the sequences a replica finishes by a time), and is tight: 1F1B's
-    at one micro-batch, ZB-H1's somewhere."""
-    rng = random.Random(seed)
-    n = rng.randint(1, 12)
-    f, b, w = ([rng.uniform(0.01, 1.0) for _ in range(n)] for _ in range(3))
-    links = [rng.choice([0.0, rng.uniform(0.0, 0.5), rng.uniform(0.0, 3.0)])
-             for _ in range(n - 1)]
-    zb = ZeroBubbleForm.of(f, b, w, links)
-    one = PipelineForm.of([x + y + z for x, y, z in zip(f, b, w, strict=True)], links, "1f1b")
+    planner's bound on the sequences a replica finishes by a time); 1F1B's is its span at
+    one micro-batch, ZB-H1's (whose ramp puts span(1) above that line) below it."""
+    zb, one, n = _random_forms(seed, 12)
     for form in (zb, one):
         gaps = [form.span_s(m) - form.floor_fill_s - (m - 1) * form.bottleneck_s
                 for m in range(1, 4 * n + 4)]
         assert min(gaps) >= -1e-9 * form.span_s(4 * n + 3)
     assert one.floor_fill_s == one.span_s(1)
-    assert zb.floor_fill_s > 0
+    assert 0 < zb.floor_fill_s <= zb.span_s(1)
 
 
 @pytest.mark.parametrize(("S", "v", "M"), [(2, 2, 4), (4, 2, 8), (4, 4, 8), (8, 2, 16)])

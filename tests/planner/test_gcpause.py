@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from polychip.planner import api, plan_job
+from polychip.planner import api, plan_job, run
 from polychip.planner import search as search_module
 from polychip.planner.gcpause import gc_paused
 from polychip.planner.samples import random_case
@@ -95,13 +95,13 @@ def test_the_collector_comes_back_when_the_search_raises() -> None:
 
 def test_the_simulators_replays_run_with_the_collector_on(monkeypatch) -> None:
     seen: list[bool] = []
-    real = api.rerank
+    real = run.rerank
 
     def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
         seen.append(gc.isenabled())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(api, "rerank", recording)
+    monkeypatch.setattr(run, "rerank", recording)
     cluster = load_cluster(EXAMPLES / "cpu-test.yaml")
     found = api.search_plans(cluster, load_model("tiny"), TrainingJob(16, 256), simulate_top=2)
     assert seen == [True] and found.ranking
