@@ -71,9 +71,6 @@ class ZeroBubbleForm:
     def num_stages(self) -> int:
         return len(self.f)
 
-    def stage_s(self, i: int) -> float:
-        return self.f[i] + self.b[i] + self.w[i]
-
     @cached_property
     def totals_s(self) -> tuple[float, ...]:
         """Per stage, `f + b + w`."""

@@ -126,12 +126,12 @@ def search_plans(
     if exhaustive:  # refuse a space too big for the oracle before searching anything
         check_budget(oracle_size(scorer, stages, types), time_limit_s, stages)
     opts, skipped = options(schedule, virtual_stages, capabilities, model.num_layers)
-    # ZB-H1 holds S micro-batches on every stage: its memory wants shapes of its own (by
-    # the fast search, also under --exhaustive, whose oracle proves 1F1B's shapes)
+    # ZB-H1 holds S micro-batches on every stage: its memory wants shapes of its own (the
+    # fast search's candidates refitted, also under --exhaustive, whose oracle proves 1F1B's)
     zb_search = schedule == "auto" and Option("zb-h1") in opts
     run = SearchRun(scorer, stages, progress or (lambda f, m: None),
-               steps=len(types) + (len(types) > 1) + 1 + bool(simulate_top) + zb_search,
-               exhaustive=exhaustive, deadline=time.monotonic() + time_limit_s)
+                    steps=len(types) + (len(types) > 1) + 1 + bool(simulate_top) + zb_search,
+                    exhaustive=exhaustive, deadline=time.monotonic() + time_limit_s)
     alone, fastest = run.every_type(types, len(cluster.groups))
     if fastest is None:
         raise infeasible_error(cm, scorer.builder, stages)

@@ -87,8 +87,7 @@ class FastSearch:
         shape built again by this search's builder: the layers split for its memory and
         timed with its closed form (ZB-H1's, for the 1F1B search's candidates). What a
         search of its own over the same groups would try, without generating them again."""
-        devices = sum(g.num_devices for g in self.cluster.groups)
-        self.shortlist = EXACT_SHORTLIST if devices <= LARGE else EXACT_SHORTLIST_LARGE
+        self._size_shortlist(range(len(self.cluster.groups)))
         fitted: dict[tuple, Pooled] = {}
         shapes: dict[int, Shape | None] = {}  # by the other search's shape (ids: pool holds it)
         for _, family, cand, _ in pool:
@@ -115,8 +114,7 @@ class FastSearch:
         """Every candidate on ``groups`` (`candidates.ContextCandidates`) in every memory
         context, with its pipeline time."""
         job = self.job
-        devices = sum(self.cluster.groups[g].num_devices for g in groups)
-        self.shortlist = EXACT_SHORTLIST if devices <= LARGE else EXACT_SHORTLIST_LARGE
+        devices = self._size_shortlist(groups)
         gpipe = self.builder.schedule == "gpipe"
         # GPipe holds every micro-batch in flight, so memory depends on the replica count
         # through m = G / (replicas x mb): finer steps (x2), ZeRO-1 or not.
@@ -141,6 +139,12 @@ class FastSearch:
                     if pipe is not None:
                         pool[key] = (job.tokens_per_step / pipe, family, cand, pipe)
         return list(pool.values())
+
+    def _size_shortlist(self, groups: Sequence[int]) -> int:
+        """Set `shortlist` for a search over ``groups``; their chips."""
+        devices = sum(self.cluster.groups[g].num_devices for g in groups)
+        self.shortlist = EXACT_SHORTLIST if devices <= LARGE else EXACT_SHORTLIST_LARGE
+        return devices
 
     def _best_of(self, pool: list[Pooled]) -> Scored | None:
         """The shortlist of ``pool`` scored exactly, the winner polished."""

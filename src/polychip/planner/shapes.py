@@ -46,7 +46,8 @@ class Shape:
 
     @cached_property
     def fill_s(self) -> float:
-        """Pipeline seconds with one micro-batch (ZB-H1: the long pipeline's intercept)."""
+        """The intercept of the long pipeline's line, `time_s(m) ~ fill_s + (m - 1) beat_s`
+        (1F1B, GPipe: its time with one micro-batch; ZB-H1: below it, past the ramp)."""
         return self.form.fill_s
 
     @cached_property
