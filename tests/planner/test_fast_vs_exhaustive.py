@@ -21,12 +21,12 @@ from polychip.spec.model import load_model
 MAX_STAGES = 2
 
 
-def _search(seed: int, max_chips: int, max_stages: int = MAX_STAGES):
+def _search(seed: int, max_chips: int, max_stages: int = MAX_STAGES, schedule: str = "1f1b"):
     cluster, model, job = random_case(seed, max_chips)
     cm = CostModel(cluster, model, job)
     groups = list(range(len(cluster.groups)))
-    fast = FastSearch(Scorer(ShapeBuilder(cm, "1f1b")), max_stages).run(groups)
-    oracle = Exhaustive(Scorer(ShapeBuilder(cm, "1f1b")), max_stages)
+    fast = FastSearch(Scorer(ShapeBuilder(cm, schedule)), max_stages).run(groups)
+    oracle = Exhaustive(Scorer(ShapeBuilder(cm, schedule)), max_stages)
     exact = oracle.run(groups, incumbent=fast)
     return fast, exact
 
@@ -51,15 +51,31 @@ def test_fast_finds_three_stage_splits_whose_1f1b_windows_bind(seed: int) -> Non
     assert fast.tokens_per_s >= 0.99 * exact.tokens_per_s
 
 
-def test_exhaustive_without_incumbent_agrees() -> None:
+def test_fast_is_within_three_percent_of_exhaustive_under_zb_h1() -> None:
+    """`--schedule zb-h1`: both searches with ZB-H1's shapes (its closed form, its memory)
+    and the oracle's bounds on them (`floor_fill_s`, no sync floor: ZB-H1's first stage
+    may be ready before the pipeline ends). The layer split weighs 1F1B's form, so the
+    fast search is not always the oracle here: 14 of 16 random clusters equal, the worst
+    0.978 (a mixed pipeline chosen over one 2-stage replica; docs/planner.md)."""
+    ratios = []
+    for seed in range(16):
+        fast, exact = _search(seed, max_chips=8, schedule="zb-h1")
+        assert exact is not None and fast is not None
+        ratios.append(fast.tokens_per_s / exact.tokens_per_s)
+    assert min(ratios) >= 0.97
+    assert sum(r >= 1 - 1e-9 for r in ratios) >= 14
+
+
+@pytest.mark.parametrize("schedule", ["1f1b", "zb-h1"])
+def test_exhaustive_without_incumbent_agrees(schedule: str) -> None:
     """The incumbent only prunes: without it the oracle finds the same optimum."""
     cluster, model, job = random_case(2, 8)
     cm = CostModel(cluster, model, job)
     groups = list(range(len(cluster.groups)))
-    seeded = Exhaustive(Scorer(ShapeBuilder(cm, "1f1b")), MAX_STAGES)
+    seeded = Exhaustive(Scorer(ShapeBuilder(cm, schedule)), MAX_STAGES)
     fast = FastSearch(seeded.scorer, MAX_STAGES).run(groups)
     a = seeded.run(groups, incumbent=fast)
-    b = Exhaustive(Scorer(ShapeBuilder(cm, "1f1b")), MAX_STAGES).run(groups)
+    b = Exhaustive(Scorer(ShapeBuilder(cm, schedule)), MAX_STAGES).run(groups)
     assert a is not None and b is not None
     assert b.tokens_per_s == pytest.approx(a.tokens_per_s, rel=1e-9)
 

@@ -229,7 +229,10 @@ class Exhaustive:
         # T. Per chip, the best of all kinds is the upper envelope of those lines divided by
         # the kind's chips.
         self._envelope = upper_envelope([self._line(k, 1, per_chip=True) for k in self._kinds])
-        self.sync_floor_s = self._sync_floor_s(self._kinds, groups)
+        # ZB-H1's first stage may be ready before the pipeline ends (its W's are not the
+        # last): no floor on the sync after it
+        self.sync_floor_s = (0.0 if self.builder.schedule == "zb-h1"
+                             else self._sync_floor_s(self._kinds, groups))
         capacity = {i: self.cluster.groups[i].num_devices for i in groups}
         self._dfs(0, [], capacity, 0, 0.0, [])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from polychip.costmodel.pipeline_zb import ZeroBubbleForm
 from polychip.planner.scoring import Scored, Scorer, better
 from polychip.planner.shapes import Shape
 from polychip.planner.space import micro_batch_sizes
@@ -44,9 +45,11 @@ def _moves(scorer: Scorer, best: Scored) -> list[tuple[tuple[Shape, int], ...]]:
                 alt = builder.build(shape.template, mb, shape.zero_shards)
                 if alt is not None:
                     moves.append([*others, (alt, n)])
-        # only where a window binds (else the layer split's own beat is exact), and only
-        # splits whose pipeline is no slower for this shape's micro-batches
-        binds = shape.form.steady_beat_s > shape.form.bottleneck_s
+        # only where a window binds (else the layer split's own beat is exact) or the
+        # shape is ZB-H1's (the split weighs 1F1B's form, not its chains), and only splits
+        # whose pipeline is no slower for this shape's micro-batches
+        binds = (shape.form.steady_beat_s > shape.form.bottleneck_s
+                 or isinstance(shape.form, ZeroBubbleForm))
         for layers in _neighbour_splits(shape.layers) if binds else []:
             alt = builder.build(shape.template, shape.micro_batch_size, shape.zero_shards,
                                 layers=layers)
