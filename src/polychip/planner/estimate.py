@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from polychip.costmodel.comm import hierarchical_allreduce_time_s, ring_allreduce_time_s
 from polychip.costmodel.compute import INTRA_NODE_LATENCY_S
 from polychip.plan.segments import cut_layers, head_params, tied_copy
+from polychip.planner.scoring import first_stage_params, sync_bytes_per_param
 from polychip.planner.shapes import Shape
 
 Classes = Sequence[tuple[Shape, int]]
@@ -138,8 +139,7 @@ class Estimator:
                 rings.append((p, groups[g].chip.link_bw_bytes_per_s, INTRA_NODE_LATENCY_S))
             else:
                 rings.append((p, bw, net.latency_s))
-        job = self.job
-        per_param = (job.reduce_bytes + job.compute_bytes) / 2 if zero1 else job.reduce_bytes
+        per_param = sync_bytes_per_param(self.job, zero1)
         n_bytes = max(per_param * params / tp for _, tp, _ in holders)
         # every rank bridges its own shard: a chip shares its node's NIC with the chips the
         # candidate uses there (canonical packing: the group's fullest node)
@@ -193,14 +193,11 @@ class Estimator:
                        link: bool) -> float:
         """`sync_floor_s` of one class: its first stage's ring among its n replicas, less
         how long before the pipeline's end that stage is ready."""
-        model, job, net = self.model, self.job, self.cluster.network
-        per_param = (job.reduce_bytes + job.compute_bytes) / 2 if zero1 else job.reduce_bytes
-        params = shape.layers[0] * self.layer_params + model.embedding_params
-        if shape.num_stages == 1:
-            params += head_params(model, tied_copy(model, pipelined))
+        net = self.cluster.network
         g, tp = shape.stage_groups[0]
         group = self.cluster.groups[g]
-        n_bytes = per_param * params / tp
+        n_bytes = (sync_bytes_per_param(self.job, zero1)
+                   * first_stage_params(self.model, shape, pipelined) / tp)
         t = ring_allreduce_time_s(n_bytes, n, group.nic_bw_bytes_per_s / tp, net.latency_s)
         if link:
             t = min(t, ring_allreduce_time_s(n_bytes, n, group.chip.link_bw_bytes_per_s,

@@ -17,6 +17,8 @@ from polychip.plan.segments import head_params, tied_copy
 from polychip.planner.assign import assign
 from polychip.planner.batchsplit import BatchClass, split_batch
 from polychip.planner.shapes import Shape, ShapeBuilder
+from polychip.spec.job import TrainingJob
+from polychip.spec.model import ModelSpec
 
 PRUNE_MARGIN = 1e-9  # a bound this far below the best: float round-off cannot matter
 ROUND_OFF = 1e-9  # relative slack for float round-off in a floor
@@ -176,13 +178,10 @@ class Scorer:
         group = self.cm.cluster.groups[g]
         if n * tp <= group.chips_per_node:
             return 0.0
-        model, job = self.cm.model, self.job
-        params = shape.layers[0] * model.layer_params + model.embedding_params
-        if shape.num_stages == 1:
-            params += head_params(model, tied_copy(model, pipelined))
-        per_param = (job.reduce_bytes + job.compute_bytes) / 2 if zero1 else job.reduce_bytes
-        floor = ring_allreduce_time_s(per_param * params, n,
-                                      self._floor_nics[group.chip.island], self._floor_latency)
+        n_bytes = sync_bytes_per_param(self.job, zero1) * first_stage_params(
+            self.cm.model, shape, pipelined)
+        floor = ring_allreduce_time_s(n_bytes, n, self._floor_nics[group.chip.island],
+                                      self._floor_latency)
         return floor * (1 - ROUND_OFF)
 
     def score(self, classes: Sequence[tuple[Shape, int]], against: Scored | None = None
@@ -208,6 +207,22 @@ class Scorer:
             out = self.score_placed(with_micro, self.zero1_for(sum(len(ms) for ms in micro)))
         self._seen[key] = out
         return out
+
+
+def sync_bytes_per_param(job: TrainingJob, zero1: bool) -> float:
+    """Bytes a parameter's gradient sync moves per all-reduce pass: its gradient in the
+    reduce dtype, or under ZeRO-1 half of it (the reduce-scatter) and half the parameter in
+    the compute dtype (the all-gather)."""
+    return (job.reduce_bytes + job.compute_bytes) / 2 if zero1 else job.reduce_bytes
+
+
+def first_stage_params(model: ModelSpec, shape: Shape, pipelined: bool) -> int:
+    """What a shape's first stage syncs: its layers and the embedding, and the head when
+    it is the only stage (the head's tied copy when some replica is pipelined)."""
+    params = shape.layers[0] * model.layer_params + model.embedding_params
+    if shape.num_stages == 1:
+        params += head_params(model, tied_copy(model, pipelined))
+    return params
 
 
 def better(a: Scored | None, b: Scored | None) -> Scored | None:
