@@ -127,10 +127,13 @@ def flash_attention_s(
     (sequence, head) -- 2 forward (QK^T, PV), 5 backward (QK^T again, dV, dP, dQ, dK) --
     only the lower triangle when causal. Thread blocks own a tile of query rows
     (`GEMM_TILE[0]`) and sweep the keys, so waves are of (sequence, head, row-tile) blocks."""
-    # flash kernels take 16-bit operands; in fp32 (and tf32) SDPA runs its memory-efficient
-    # kernel on the CUDA cores: the fp32 rate, not the TF32 matrix units'
-    prec = "fp32" if precision in FP32_PRECISIONS else precision
-    rate = chip.peak_flops(prec) * chip.compute_efficiency
+    # flash kernels take 16-bit operands, at the fraction of the peak they sustain (measured
+    # where the catalog has it: `Accelerator.flash_efficiency`); in fp32 (and tf32) SDPA
+    # runs its memory-efficient kernel on the CUDA cores: the fp32 rate, not the TF32 units'
+    if precision in FP32_PRECISIONS:
+        rate = chip.peak_flops("fp32") * chip.compute_efficiency
+    else:
+        rate = chip.peak_flops(precision) * chip.flash_efficiency
     tiled = chip.compute_units is not None
     rows = GEMM_TILE[0] if tiled else seq_len  # query rows per thread block
     # keys a row sweeps on average: all of them, or under the causal mask the triangle

@@ -30,6 +30,7 @@ FIGURE_KEYS = (
     "memory_gbps",
     "intra_node_gbps",
     "compute_efficiency",
+    "attention_efficiency",
     "compute_units",
     "peer_to_peer",
     "link_efficiency",
@@ -94,6 +95,9 @@ class Accelerator:
     # seconds eager PyTorch spends issuing one kernel on this chip's host (None: the device
     # type's default, costmodel/kernels.LAUNCH_S)
     kernel_launch_s: float | None = None
+    # Sustained fraction of the dense 16-bit peak in fused (flash) attention, forward and
+    # backward together (measured); None: unmeasured, priced as a large GEMM
+    attention_efficiency: float | None = None
     figures: Mapping[str, Figure] = field(default_factory=dict, compare=False, hash=False)
     # board power and prices (spec/economics.py); None figures: unknown
     economics: Economics = field(default_factory=Economics, compare=False, hash=False)
@@ -125,6 +129,12 @@ class Accelerator:
                 f"{use}declare peak_tflops_{precision} for it under `chips:` in the cluster file"
             )
         return peak
+
+    @property
+    def flash_efficiency(self) -> float:
+        """The fraction of the 16-bit peak fused attention sustains: `attention_efficiency`
+        where measured, else a large GEMM's (`compute_efficiency`)."""
+        return self.attention_efficiency or self.compute_efficiency
 
     def achievable_flops(self, precision: str) -> float:
         return self.peak_flops(precision) * self.compute_efficiency
@@ -222,6 +232,10 @@ def build_accelerator(
         if opt(k) is None:
             figs[k] = Figure(value, source, "low")
     units, launch = opt("compute_units"), opt("kernel_launch_us")
+    attention = opt("attention_efficiency")
+    if attention is not None and not 0 < attention <= 1:
+        raise SpecError(f"chip {name!r}: attention_efficiency {attention} must be in (0, 1] "
+                        "(a fraction of the dense peak)", file=file, key=key)
     return Accelerator(
         name=name,
         display_name=str(entry.get("display_name", name)),
@@ -242,6 +256,7 @@ def build_accelerator(
         peer_to_peer=bool(figs["peer_to_peer"].value),
         link_efficiency=need("link_efficiency"),
         kernel_launch_s=None if launch is None else launch * 1e-6,
+        attention_efficiency=attention,
         figures=figs,
         economics=economics_from_entry(entry),
     )

@@ -47,6 +47,7 @@ class ChipDecl(MoneyDecl):
     memory_gbps: PositiveFloat | None = None
     intra_node_gbps: PositiveFloat | None = None
     compute_efficiency: float | None = Field(default=None, gt=0, le=1)
+    attention_efficiency: float | None = Field(default=None, gt=0, le=1)
     compute_units: PositiveInt | None = None
     peer_to_peer: bool | None = None
     link_efficiency: float | None = Field(default=None, gt=0, le=1)

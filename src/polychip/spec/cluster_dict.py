@@ -36,6 +36,7 @@ def _chip_to_dict(chip: Accelerator) -> dict[str, Any]:
         "memory_gbps": chip.memory_bw_bytes_per_s / 1e9,
         "intra_node_gbps": chip.link_bw_bytes_per_s * 2 / 1e9,
         "compute_efficiency": chip.compute_efficiency,
+        "attention_efficiency": chip.attention_efficiency,
         "compute_units": chip.compute_units,
         "peer_to_peer": chip.peer_to_peer,
         "link_efficiency": chip.link_efficiency,
