@@ -22,15 +22,16 @@ if TYPE_CHECKING:
     from polychip.costmodel.estimate import CostModel
 
 T = TypeVar("T")
+MEMO_SIZE = 256  # replica tuples whose classes a cost model keeps
 
 
 def replica_key(cm: CostModel, replica: Replica) -> tuple:
     """Replicas with equal keys have equal pipelines, memory and optimizer steps (the
     last-to-first link: interleaved 1F1B's wrap-around)."""
-    stages = replica.stages
+    stages, link = replica.stages, cm.link
     return (replica.shape_key(),
-            tuple(cm.link(a.node, b.node) for a, b in itertools.pairwise(stages)),
-            cm.link(stages[-1].node, stages[0].node))
+            tuple([link(a.node, b.node) for a, b in itertools.pairwise(stages)]),
+            link(stages[-1].node, stages[0].node))
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,12 @@ class ReplicaClasses:
 
     @classmethod
     def of(cls, cm: CostModel, replicas: Sequence[Replica]) -> ReplicaClasses:
+        """The classes of ``replicas``; a tuple's kept for the next call with it (one
+        candidate priced under several schedules, then its memory and sync)."""
+        memo = cm.classes_memo
+        hit = memo.get(id(replicas))
+        if hit is not None and hit[0] is replicas:
+            return hit[1]
         index: dict[tuple, int] = {}
         class_of, first = [], []
         for ri, r in enumerate(replicas):
@@ -51,7 +58,12 @@ class ReplicaClasses:
             if c == len(first):
                 first.append(ri)
             class_of.append(c)
-        return cls(tuple(replicas), tuple(class_of), tuple(first))
+        out = cls(tuple(replicas), tuple(class_of), tuple(first))
+        if isinstance(replicas, tuple):  # (immutable: the same object, the same classes)
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            memo[id(replicas)] = (replicas, out)
+        return out
 
     @property
     def representatives(self) -> list[Replica]:

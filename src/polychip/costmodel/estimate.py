@@ -12,7 +12,7 @@ the pipeline's closed form: `pipelinecost.PipelineCost`.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from polychip.costmodel import profiled
 from polychip.costmodel.classes import ReplicaClasses
@@ -53,6 +53,7 @@ class CostModel(StageMemory, PipelineCost):
         self.chips_used: Mapping[int, int] | None = None
         self.sync_cache: dict[tuple, tuple] = {}  # piecesync.segment_sync_s
         self._link_cache: dict[tuple[int, int], tuple[LinkKind, float, float]] = {}
+        self.classes_memo: dict[int, tuple] = {}  # classes.ReplicaClasses.of, by tuple
 
     def under(self, replicas: Iterable[Replica]) -> CostModel:
         """This cost model for `replicas`: a chip's NIC share counts only the chips they use
@@ -116,19 +117,29 @@ class CostModel(StageMemory, PipelineCost):
         part, summed the same way. A calibrated compute correction scales all three."""
         key = (chip.name, num_layers, tp, micro_batch, first, last, recompute)
         hit = self._stage_cache.get(key)
-        if hit is not None:
-            return hit
+        if hit is None:
+            hit = self._stage_cache[key] = self.stage_times_by_layers(
+                chip, tp, micro_batch, first, last, recompute)(num_layers)
+        return hit
+
+    def stage_times_by_layers(self, chip: Accelerator, tp: int, micro_batch: int,
+                              first: bool, last: bool, recompute: bool
+                              ) -> Callable[[int], StageTimes]:
+        """`stage_times` of such a stage as a function of its layer count: the block, ends
+        and correction looked up once (a planner prices every count of a stage)."""
         block = self.block_times(chip, tp, micro_batch, recompute)
-        fwd, bwd = num_layers * block.fwd_s, num_layers * block.bwd_s
-        wgrad, redo = num_layers * block.wgrad_s, num_layers * block.redo_s
-        for component, here in (("embedding", first), ("head", last)):
-            if here:
-                t = self.component_times(component, chip, tp, micro_batch)
-                fwd, bwd, wgrad = fwd + t.fwd_s, bwd + t.bwd_s, wgrad + t.wgrad_s
+        ends = [self.component_times(component, chip, tp, micro_batch)
+                for component, here in (("embedding", first), ("head", last)) if here]
         correction = profiled.corrections(self, chip.name).compute
-        out = StageTimes(fwd, bwd, wgrad, redo).scaled(correction)
-        self._stage_cache[key] = out
-        return out
+
+        def of(num_layers: int) -> StageTimes:
+            fwd, bwd = num_layers * block.fwd_s, num_layers * block.bwd_s
+            wgrad, redo = num_layers * block.wgrad_s, num_layers * block.redo_s
+            for t in ends:
+                fwd, bwd, wgrad = fwd + t.fwd_s, bwd + t.bwd_s, wgrad + t.wgrad_s
+            return StageTimes(fwd, bwd, wgrad, redo).scaled(correction)
+
+        return of
 
     def host_times(self, chip: Accelerator, micro_batch: int) -> tuple[float, float]:
         """(seconds per micro-batch, per step) of the runtime's host work outside its

@@ -80,10 +80,14 @@ class PipelineForm:
             # by window w: the slowest round trip over any w consecutive stages, per w
             worst = [0.0] * (n + 1)
             for s in range(n):
-                trip = 0.0
-                for u in range(s, n):
-                    trip += stage_s[u] + (inner * link_s[u - 1] if u > s else 0.0)
-                    worst[u - s + 1] = max(worst[u - s + 1], trip / (u - s + 1))
+                trip = stage_s[s]
+                if trip > worst[1]:
+                    worst[1] = trip
+                for u in range(s + 1, n):  # (comparisons, not max(): a planner's hot loop)
+                    trip += stage_s[u] + inner * link_s[u - 1]
+                    w = u - s + 1
+                    if trip / w > worst[w]:
+                        worst[w] = trip / w
             for w in range(1, n + 1):
                 beat = max(beat, worst[w])
                 beats.append(beat)

@@ -133,19 +133,18 @@ class StageMemory:
                 ) -> tuple[dict[tuple[int, int], MemoryBreakdown], tuple[str, ...]]:
         """Every stage's device memory (once per class of identical replicas); what does not
         fit its chip."""
+        reps = classes.representatives
+        per_class = [[self.memory_of(r, si, schedule, zero_shards, virtual_stages)
+                      for si in range(r.num_stages)] for r in reps]
+        over = [[(si, mem, self.chip(st.chip).memory_bytes, st.chip)  # the same per class
+                 for si, (st, mem) in enumerate(zip(r.stages, mems, strict=True))
+                 if mem.total > self.chip(st.chip).memory_bytes]
+                for r, mems in zip(reps, per_class, strict=True)]
         memory: dict[tuple[int, int], MemoryBreakdown] = {}
         violations: list[str] = []
-        per_class = classes.per_replica(lambda r: [
-            self.memory_of(r, si, schedule, zero_shards, virtual_stages)
-            for si in range(r.num_stages)])
-        for ri, r in enumerate(classes.replicas):
-            for si, st in enumerate(r.stages):
-                mem = per_class[ri][si]
+        for ri, c in enumerate(classes.class_of):
+            for si, mem in enumerate(per_class[c]):
                 memory[(ri, si)] = mem
-                cap = self.chip(st.chip).memory_bytes
-                if mem.total > cap:
-                    violations.append(
-                        f"replica {ri} stage {si} on {st.chip}: needs {mem.total / 2**30:.1f} GiB "
-                        f"of {cap / 2**30:.0f} GiB"
-                    )
+            violations += [f"replica {ri} stage {si} on {chip}: needs {mem.total / 2**30:.1f} "
+                           f"GiB of {cap / 2**30:.0f} GiB" for si, mem, cap, chip in over[c]]
         return memory, tuple(violations)

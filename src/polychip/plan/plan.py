@@ -66,7 +66,8 @@ class Replica:
     def shape_key(self) -> tuple:
         """Replicas with equal keys behave identically (same chips, layers, batch)."""
         return (
-            tuple((s.chip, s.layer_start, s.layer_end, s.tp, s.recompute) for s in self.stages),
+            tuple([(s.chip, s.layer_start, s.layer_end, len(s.local_devices), s.recompute)
+                   for s in self.stages]),  # (a list: a cost model's hot path)
             self.batch_size,
             self.micro_batch_size,
         )

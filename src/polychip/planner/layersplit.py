@@ -77,36 +77,43 @@ def _min_sum(
         return None
     if suffix[0] == num_layers:  # no slack: every stage at its cap is the only split
         return _of(costs, tuple(caps))
-    # best[j]: least cost of the stages so far holding j layers (INF: impossible); lists,
-    # not dicts, and j ascending: the first least total found wins ties, as it always did
-    best = [INF] * (num_layers + 1)
-    best[0] = 0.0
-    choices: list[list[int]] = []
-    lo, hi = 0, 0  # the range of j where best may be finite
+    # best[j - lo]: least cost of the stages so far holding j layers (INF: impossible), over
+    # the window of j the caps allow -- j ascending: the first least total found wins ties,
+    # as it always did; lists of the window, not of every count (the search's hottest loop)
+    best, lo = [0.0], 0
+    choices: list[tuple[int, list[int]]] = []  # per stage: (its window's lo, layers it took)
     for s in range(num_stages):
-        nxt = [INF] * (num_layers + 1)
-        arg = [0] * (num_layers + 1)
         most = num_layers - (num_stages - s - 1)  # leave one layer for each later stage
         least = num_layers - suffix[s + 1]  # later stages cannot take more than their caps
         row, cap = costs[s], caps[s]
-        for j in range(lo, hi + 1):
-            v = best[j]
+        nlo = lo + 1 if lo + 1 > least else least
+        nhi = lo + len(best) - 1 + cap
+        nhi = nhi if nhi < most else most
+        if nhi < nlo:
+            return None
+        nxt = [INF] * (nhi - nlo + 1)
+        arg = [0] * (nhi - nlo + 1)
+        for j, v in enumerate(best, lo):
             if v == INF:
                 continue
-            for k in range(j + max(1, least - j), min(j + cap, most) + 1):
-                w = v + row[k - j]
+            a = least - j if least - j > 1 else 1  # this stage takes n = a..b layers
+            b = most - j if most - j < cap else cap
+            k = j + a - nlo
+            for n, x in enumerate(row[a : b + 1], a):
+                w = v + x
                 if w < nxt[k]:
                     nxt[k] = w
-                    arg[k] = k - j
-        lo, hi = lo + 1, min(hi + cap, most)
-        best = nxt
-        choices.append(arg)
-    if best[num_layers] == INF:
+                    arg[k] = n
+                k += 1
+        choices.append((nlo, arg))
+        best, lo = nxt, nlo
+    if not lo <= num_layers < lo + len(best) or best[num_layers - lo] == INF:
         return None
     layers = []
     j = num_layers
     for s in range(num_stages - 1, -1, -1):
-        n = choices[s][j]
+        base, arg = choices[s]
+        n = arg[j - base]
         layers.append(n)
         j -= n
     layers.reverse()

@@ -103,6 +103,7 @@ class ShapeBuilder:
         self._splits = self.table.splits
         self._template_rows: dict[tuple, tuple] = {}
         self._ready: dict[tuple, tuple[float, ...]] = {}
+        self._forms: dict[tuple, PipelineForm | ZeroBubbleForm] = {}
 
     # ---- shapes ---------------------------------------------------------------------------
     def build(
@@ -149,7 +150,12 @@ class ShapeBuilder:
             if self.schedule == "gpipe":
                 limit = self._gpipe_limit(template, mb, chosen, rec, shards)
             if limit != 0:
-                form = self._form(template, mb, chosen, rec, costs, links)
+                fkey = (template, mb, chosen, rec)  # the same in every memory context
+                form = self._forms.get(fkey)
+                if form is None:
+                    form = self._form(template, mb, chosen, rec, costs, links)
+                    if keep:
+                        self._forms[fkey] = form
                 shape = Shape(template, mb, chosen, rec, form, shards, limit)
         if keep:
             self._shapes[key] = shape

@@ -50,10 +50,9 @@ class StageTable:
         key = (group, tp, mb, first, last, rec)
         row = self._times.get(key)
         if row is None:
-            chip = self.cluster.groups[group].chip
-            row = self._times[key] = [self.cm.stage_times(chip, n, tp, mb, first, last, rec
-                                                          ).total_s
-                                      for n in range(self.num_layers + 1)]
+            of = self.cm.stage_times_by_layers(self.cluster.groups[group].chip, tp, mb, first,
+                                               last, rec)
+            row = self._times[key] = [of(n).total_s for n in range(self.num_layers + 1)]
         return row
 
     def stage_row(self, g: int, t: int, mb: int, first: bool, last: bool, flight: int,
