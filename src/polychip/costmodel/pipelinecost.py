@@ -4,8 +4,10 @@ cost model's stage and transfer times."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from polychip.costmodel.classes import ReplicaClasses
 from polychip.costmodel.compute import StageTimes
 from polychip.costmodel.pipeline import PipelineForm, schedule_form
 from polychip.costmodel.pipeline_zb import ZeroBubbleForm
@@ -16,7 +18,8 @@ if TYPE_CHECKING:
 
 
 class PipelineCost:
-    """Mixed into `CostModel`: `pipeline_form`, `pipeline_time_s`, `wrap_time_s`."""
+    """Mixed into `CostModel`: `pipeline_form`, `pipeline_time_s`, `pipeline_floor_s`,
+    `wrap_time_s`."""
 
     def pipeline_form(self: CostModel, replica: Replica, schedule: str, virtual_stages: int = 1
                       ) -> PipelineForm | ZeroBubbleForm:
@@ -49,3 +52,14 @@ class PipelineCost:
         busy = m * sum(self.times_of(replica, i, schedule).total_s * st.tp
                        for i, st in enumerate(replica.stages))
         return span, busy
+
+    def pipeline_floor_s(self: CostModel, replicas: Sequence[Replica], schedule: str,
+                         virtual_stages: int = 1) -> float:
+        """The slowest replica's pipeline under `schedule`, each class of identical
+        replicas priced once: the part of `evaluate`'s step that every other part (the
+        exposed sync, the optimizer, host work per step) only adds to, so never more than
+        the step. Stage times only grow with recompute, so the floor of replicas without it
+        holds for them with it too."""
+        v = virtual_stages if schedule == "interleaved-1f1b" else 1
+        return max(self.pipeline_form(r, schedule, v).span_s(r.num_micro_batches)
+                   for r in ReplicaClasses.of(self, replicas).representatives)

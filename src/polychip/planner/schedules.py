@@ -115,20 +115,23 @@ def _capacity(cm: CostModel, scored: Scored, key: tuple[int, int]) -> int:
 
 
 def variant(cm: CostModel, scored: Scored, option: Option,
-            builder: ShapeBuilder | None = None) -> tuple[Scored | None, str]:
+            builder: ShapeBuilder | None = None, beat: Scored | None = None
+            ) -> tuple[Scored | None, str]:
     """`scored` re-priced under `option` (None, and why, if it cannot run it or fit): its
     replicas as they are, and with `builder` (the option's memory) each shape's layers
     split again for it; the faster. Under its own schedule as it is, `scored` is its own
-    variant (`evaluate` is a function of the replicas, schedule and ZeRO-1 alone)."""
+    variant (`evaluate` is a function of the replicas, schedule and ZeRO-1 alone). A
+    variant whose pipeline alone is slower than ``beat`` is not priced: it cannot be
+    `better` than it."""
     if option == Option(scored.schedule, scored.virtual_stages):
         got, why = scored, ""
     else:
-        got, why = _priced(cm, scored, scored.replicas, scored.classes, option)
+        got, why = _priced(cm, scored, scored.replicas, scored.classes, option, beat)
     # the resplit keeps every replica's micro-batches and stages: refused the same way
     if builder is not None and not _ungrouped(scored.replicas, option):
         split = _resplit(cm, scored, builder)
         if split is not None:
-            again, _ = _priced(cm, scored, *split, option)
+            again, _ = _priced(cm, scored, *split, option, better(beat, got))
             got = better(got, again)
     return got, "" if got is not None else why
 
@@ -153,7 +156,7 @@ def _resplit(cm: CostModel, scored: Scored, builder: ShapeBuilder
 
 
 def _priced(cm: CostModel, scored: Scored, replicas: tuple[Replica, ...], classes: tuple,
-            option: Option) -> tuple[Scored | None, str]:
+            option: Option, beat: Scored | None = None) -> tuple[Scored | None, str]:
     v = option.virtual_stages
     if option.schedule == "interleaved-1f1b" and v > 1:
         if why := _ungrouped(replicas, option):
@@ -171,6 +174,9 @@ def _priced(cm: CostModel, scored: Scored, replicas: tuple[Replica, ...], classe
                 return None, (f"{rep.num_stages} stages cannot each hold a multiple of {v} "
                               f"of the {cm.model.num_layers} layers")
         replicas = tuple(_relayer(r, c) for r, c in zip(replicas, counts, strict=True))
+    if beat is not None and (cm.job.tokens_per_step / cm.pipeline_floor_s(
+            replicas, option.schedule, v) < beat.tokens_per_s * (1 - 1e-12)):  # (`better`)
+        return None, f"slower than {beat.tokens_per_s:,.0f} tokens/s"
     cost = cm.evaluate(replicas, option.schedule, scored.zero1, v)
     if not cost.feasible and cm.job.allow_recompute:  # recompute where it does not fit
         over = {k for k, mem in cost.memory.items()
@@ -221,8 +227,8 @@ def reschedule(cm: CostModel, candidates: Iterable[Scored], opts: Sequence[Optio
     verdicts, best = [], None
     for option in opts:
         top, reason = None, ""
-        for scored in pool:
-            got, why = variant(cm, scored, option, builders.get(option))
+        for scored in pool:  # (a variant slower than the option's best so far is not priced)
+            got, why = variant(cm, scored, option, builders.get(option), top)
             top = better(top, got)
             reason = reason or why
         verdicts.append(Verdict(option, top, "" if top is not None else reason))
