@@ -140,6 +140,29 @@ def test_inline_figures_override_a_catalog_chip() -> None:
     assert chip.peak_flops("bf16") == lookup("h20").peak_flops("bf16")
 
 
+def test_a_cluster_file_declares_the_rate_fused_attention_sustains() -> None:
+    """`attention_efficiency`: a measured fraction of the 16-bit peak for SDPA's flash
+    kernel, priced instead of a large GEMM's; kept through the plan file's round trip; out
+    of (0, 1] refused."""
+    from polychip.costmodel.kernels import flash_attention_s
+
+    def flash(cluster) -> float:  # type: ignore[no-untyped-def]
+        return flash_attention_s(cluster.groups[0].chip, "bf16", sequences_heads=32,
+                                 seq_len=4096, head_dim=128, matmuls=2, causal=True,
+                                 n_bytes=0.0)
+
+    h20 = cluster_from_dict({"nodes": [_node("h20")]})
+    assert h20.groups[0].chip.attention_efficiency is None  # unmeasured: as a large GEMM
+    halved = cluster_from_dict({"nodes": [_node("h20")],
+                                "chips": {"h20": {"attention_efficiency": 0.39}}})
+    gemm = h20.groups[0].chip.compute_efficiency
+    assert flash(halved) == pytest.approx(flash(h20) * gemm / 0.39)
+    assert cluster_from_dict(cluster_to_dict(halved)) == halved
+    with pytest.raises(SpecError, match="attention_efficiency"):
+        cluster_from_dict({"nodes": [_node("h20")],
+                           "chips": {"h20": {"attention_efficiency": 1.5}}})
+
+
 @pytest.mark.parametrize("key", ["BI150", "iluvatar-bi150", "Bi_V150"])
 def test_inline_completion_matches_the_chip_by_alias_and_case(key: str) -> None:
     # Written differently from the node's `chip:`, the declaration still completes it
