@@ -11,6 +11,7 @@ and the ideal. Every figure is `CostModel.evaluate` of a concrete plan.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -62,18 +63,50 @@ def describe_replicas(replicas: tuple[Replica, ...]) -> str:
 
 
 def naive_mixed(cm: CostModel, schedule: str) -> Naive | None:
-    """The best all-chip homogeneous layout (None if none fits memory)."""
+    """The best all-chip homogeneous layout (None if none fits memory): every layout's
+    quick bound (`_quick_check`: pipeline and optimizer, an upper bound), then layouts
+    priced best bound first until no bound left beats the best priced -- the layout that
+    pricing each in turn finds (ties: the first in (TP, PP, order, micro-batch) order)."""
+    job = cm.job
+    heap = [(-quick, i, args) for i, (quick, args) in enumerate(_naive_layouts(cm, schedule))]
+    heapq.heapify(heap)
+    best: Naive | None = None
+    best_i = -1
+    while heap:
+        neg, i, args = heapq.heappop(heap)
+        if best is not None and (-neg, -i) <= (best.cost.tokens_per_s, -best_i):
+            break  # exact: gradient sync only adds time
+        devices, _, tp, pp, dp, order, _, batches, mb, recompute = args
+        zero1 = job.allow_zero1 and dp > 1
+        reps = _layout(*args)
+        cost = cm.evaluate(reps, schedule, zero1)
+        if not cost.feasible:  # recompute only adds time: tried only when needed
+            if job.allow_recompute and not recompute:
+                again = (*args[:-1], True)
+                quick = _quick_check(cm, _layout(*again, only=_distinct(
+                    cm, devices, tp, pp, dp, order, batches)), schedule, dp if zero1 else 1)
+                if quick is not None:
+                    heapq.heappush(heap, (-quick, i, again))
+            continue
+        if best is None or (cost.tokens_per_s, -i) > (best.cost.tokens_per_s, -best_i):
+            layout = f"TP{tp} x PP{pp} x DP{dp} ({order}), micro-batch {mb}"
+            best, best_i = Naive(reps, cost, zero1, layout + (", recompute" if recompute
+                                                              else "")), i
+    return best
+
+
+def _naive_layouts(cm: CostModel, schedule: str) -> list[tuple[float, tuple]]:
+    """Every all-chip (TP, PP, DP, order, micro-batch) layout that fits memory, in that
+    order: its quick bound and `_layout`'s arguments (with recompute where it does not fit
+    without)."""
     cluster, model, job = cm.cluster, cm.model, cm.job
     devices = [(n.index, slot) for n in cluster.nodes for slot in range(n.group.chips_per_node)]
     chip_of = {n.index: n.group.chip.name for n in cluster.nodes}
     total = len(devices)
-    tps = [
-        t
-        for t in (1, 2, 4, 8, 16)
-        if all(g.chips_per_node % t == 0 for g in cluster.groups)
-        and not tp_problems(model, job, t)
-    ]
-    best: Naive | None = None
+    tps = [t for t in (1, 2, 4, 8, 16)
+           if all(g.chips_per_node % t == 0 for g in cluster.groups)
+           and not tp_problems(model, job, t)]
+    out = []
     for tp in tps:
         for pp in range(1, min(model.num_layers, total // tp) + 1):
             if (total // tp) % pp:
@@ -83,6 +116,7 @@ def naive_mixed(cm: CostModel, schedule: str) -> Naive | None:
                 continue
             layers = even_parts(model.num_layers, pp)
             batches = even_parts(job.global_batch, dp)
+            shards = dp if job.allow_zero1 and dp > 1 else 1
             for order in ("tp-dp-pp", "tp-pp-dp"):
                 # one replica of each distinct chip sequence (the quick check's), the
                 # whole layout only for the cost model
@@ -93,24 +127,12 @@ def naive_mixed(cm: CostModel, schedule: str) -> Naive | None:
                     for recompute in (False, True) if job.allow_recompute else (False,):
                         args = (devices, chip_of, tp, pp, dp, order, layers, batches, mb,
                                 recompute)
-                        zero1 = job.allow_zero1 and dp > 1
                         quick = _quick_check(cm, _layout(*args, only=firsts), schedule,
-                                             dp if zero1 else 1)
-                        if quick is None:
-                            continue  # a stage does not fit: try recompute
-                        if best is not None and quick <= best.cost.tokens_per_s:
-                            break  # exact: gradient sync only adds time
-                        reps = _layout(*args)
-                        cost = cm.evaluate(reps, schedule, zero1)
-                        if not cost.feasible:
-                            continue  # recompute only adds time: tried only when needed
-                        if best is None or cost.tokens_per_s > best.cost.tokens_per_s:
-                            layout = f"TP{tp} x PP{pp} x DP{dp} ({order}), micro-batch {mb}"
-                            if recompute:
-                                layout += ", recompute"
-                            best = Naive(reps, cost, zero1, layout)
-                        break
-    return best
+                                             shards)
+                        if quick is not None:  # else a stage does not fit: try recompute
+                            out.append((quick, args))
+                            break
+    return out
 
 
 def _block(order: str, p: int, d: int, pp: int, dp: int) -> int:
