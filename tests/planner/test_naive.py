@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _in_turn(cm: CostModel, schedule: str) -> tuple[str, float] | None:
     """Every layout priced in order, the best kept (the reference)."""
     best = None
-    for _, args in _naive_layouts(cm, schedule):
+    for _, args, _ in _naive_layouts(cm, schedule):
         for recompute in sorted({args[-1], cm.job.allow_recompute}):
             again = (*args[:-1], recompute)
             dp = args[4]

@@ -86,8 +86,9 @@ class PipelineForm:
                 for u in range(s + 1, n):  # (comparisons, not max(): a planner's hot loop)
                     trip += stage_s[u] + inner * link_s[u - 1]
                     w = u - s + 1
-                    if trip / w > worst[w]:
-                        worst[w] = trip / w
+                    per = trip / w
+                    if per > worst[w]:
+                        worst[w] = per
             for w in range(1, n + 1):
                 beat = max(beat, worst[w])
                 beats.append(beat)

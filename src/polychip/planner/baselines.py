@@ -67,26 +67,25 @@ def naive_mixed(cm: CostModel, schedule: str) -> Naive | None:
     quick bound (`_quick_check`: pipeline and optimizer, an upper bound), then layouts
     priced best bound first until no bound left beats the best priced -- the layout that
     pricing each in turn finds (ties: the first in (TP, PP, order, micro-batch) order)."""
-    job = cm.job
-    heap = [(-quick, i, args) for i, (quick, args) in enumerate(_naive_layouts(cm, schedule))]
+    heap = [(-quick, i, args, firsts)
+            for i, (quick, args, firsts) in enumerate(_naive_layouts(cm, schedule))]
     heapq.heapify(heap)
     best: Naive | None = None
     best_i = -1
     while heap:
-        neg, i, args = heapq.heappop(heap)
+        neg, i, args, firsts = heapq.heappop(heap)
         if best is not None and (-neg, -i) <= (best.cost.tokens_per_s, -best_i):
             break  # exact: gradient sync only adds time
-        devices, _, tp, pp, dp, order, _, batches, mb, recompute = args
-        zero1 = job.allow_zero1 and dp > 1
+        _, _, tp, pp, dp, order, _, _, mb, recompute = args
+        zero1 = cm.job.allow_zero1 and dp > 1
         reps = _layout(*args)
         cost = cm.evaluate(reps, schedule, zero1)
         if not cost.feasible:  # recompute only adds time: tried only when needed
-            if job.allow_recompute and not recompute:
+            if cm.job.allow_recompute and not recompute:
                 again = (*args[:-1], True)
-                quick = _quick_check(cm, _layout(*again, only=_distinct(
-                    cm, devices, tp, pp, dp, order, batches)), schedule, dp if zero1 else 1)
+                quick = _layout_bound(cm, again, firsts, schedule)
                 if quick is not None:
-                    heapq.heappush(heap, (-quick, i, again))
+                    heapq.heappush(heap, (-quick, i, again, firsts))
             continue
         if best is None or (cost.tokens_per_s, -i) > (best.cost.tokens_per_s, -best_i):
             layout = f"TP{tp} x PP{pp} x DP{dp} ({order}), micro-batch {mb}"
@@ -95,10 +94,10 @@ def naive_mixed(cm: CostModel, schedule: str) -> Naive | None:
     return best
 
 
-def _naive_layouts(cm: CostModel, schedule: str) -> list[tuple[float, tuple]]:
+def _naive_layouts(cm: CostModel, schedule: str) -> list[tuple[float, tuple, list[int]]]:
     """Every all-chip (TP, PP, DP, order, micro-batch) layout that fits memory, in that
-    order: its quick bound and `_layout`'s arguments (with recompute where it does not fit
-    without)."""
+    order: its quick bound, `_layout`'s arguments (with recompute where it does not fit
+    without) and the replicas the quick check looks at (`_distinct`)."""
     cluster, model, job = cm.cluster, cm.model, cm.job
     devices = [(n.index, slot) for n in cluster.nodes for slot in range(n.group.chips_per_node)]
     chip_of = {n.index: n.group.chip.name for n in cluster.nodes}
@@ -116,7 +115,6 @@ def _naive_layouts(cm: CostModel, schedule: str) -> list[tuple[float, tuple]]:
                 continue
             layers = even_parts(model.num_layers, pp)
             batches = even_parts(job.global_batch, dp)
-            shards = dp if job.allow_zero1 and dp > 1 else 1
             for order in ("tp-dp-pp", "tp-pp-dp"):
                 # one replica of each distinct chip sequence (the quick check's), the
                 # whole layout only for the cost model
@@ -127,12 +125,19 @@ def _naive_layouts(cm: CostModel, schedule: str) -> list[tuple[float, tuple]]:
                     for recompute in (False, True) if job.allow_recompute else (False,):
                         args = (devices, chip_of, tp, pp, dp, order, layers, batches, mb,
                                 recompute)
-                        quick = _quick_check(cm, _layout(*args, only=firsts), schedule,
-                                             shards)
+                        quick = _layout_bound(cm, args, firsts, schedule)
                         if quick is not None:  # else a stage does not fit: try recompute
-                            out.append((quick, args))
+                            out.append((quick, args, firsts))
                             break
     return out
+
+
+def _layout_bound(cm: CostModel, args: tuple, firsts: list[int], schedule: str
+                  ) -> float | None:
+    """`_quick_check` of the layout `_layout(*args)` on its distinct replicas ``firsts``."""
+    dp = args[4]
+    shards = dp if cm.job.allow_zero1 and dp > 1 else 1
+    return _quick_check(cm, _layout(*args, only=firsts), schedule, shards)
 
 
 def _block(order: str, p: int, d: int, pp: int, dp: int) -> int:

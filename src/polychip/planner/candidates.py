@@ -176,10 +176,8 @@ class ContextCandidates:
                             if len(opts) > 1)})
 
     def _holds(self, replicas: int) -> bool:
-        """`FastSearch._memory_context_holds` of this context's shapes for that many."""
-        zero1 = self.search.scorer.zero1_for(replicas)
-        return (self.shards <= (replicas if zero1 else 1)
-                and (self.below is None or replicas < self.below))
+        """Whether this context takes a candidate of that many (`FastSearch.context_takes`)."""
+        return self.search.context_takes(self.shards, replicas, self.below)
 
 
 def _fill_variants(left: list[list[Classes]]) -> list[Classes]:

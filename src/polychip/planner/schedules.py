@@ -24,7 +24,7 @@ from polychip.costmodel import CostModel
 from polychip.plan.capabilities import Capabilities
 from polychip.plan.plan import Replica, Stage
 from polychip.planner.assign import assign
-from polychip.planner.scoring import Scored, better
+from polychip.planner.scoring import TIE, Scored, better
 from polychip.planner.shapes import ShapeBuilder
 from polychip.spec.errors import InfeasibleError
 
@@ -175,7 +175,7 @@ def _priced(cm: CostModel, scored: Scored, replicas: tuple[Replica, ...], classe
                               f"of the {cm.model.num_layers} layers")
         replicas = tuple(_relayer(r, c) for r, c in zip(replicas, counts, strict=True))
     if beat is not None and (cm.job.tokens_per_step / cm.pipeline_floor_s(
-            replicas, option.schedule, v) < beat.tokens_per_s * (1 - 1e-12)):  # (`better`)
+            replicas, option.schedule, v) < beat.tokens_per_s * (1 - TIE)):  # not a tie
         return None, f"slower than {beat.tokens_per_s:,.0f} tokens/s"
     cost = cm.evaluate(replicas, option.schedule, scored.zero1, v)
     if not cost.feasible and cm.job.allow_recompute:  # recompute where it does not fit

@@ -22,6 +22,7 @@ from polychip.spec.model import ModelSpec
 
 PRUNE_MARGIN = 1e-9  # a bound this far below the best: float round-off cannot matter
 ROUND_OFF = 1e-9  # relative slack for float round-off in a floor
+TIE = 1e-12  # `better`: tokens/s this close (relative) are a tie
 
 
 @dataclass(frozen=True)
@@ -231,8 +232,8 @@ def better(a: Scored | None, b: Scored | None) -> Scored | None:
         return b
     if b is None:
         return a
-    if b.tokens_per_s > a.tokens_per_s * (1 + 1e-12):
+    if b.tokens_per_s > a.tokens_per_s * (1 + TIE):
         return b
-    if b.tokens_per_s >= a.tokens_per_s * (1 - 1e-12) and b.num_replicas < a.num_replicas:
+    if b.tokens_per_s >= a.tokens_per_s * (1 - TIE) and b.num_replicas < a.num_replicas:
         return b
     return a

@@ -241,10 +241,15 @@ class FastSearch:
         (GPipe: the micro-batches in flight of that many); ``below``: the next context's,
         which fits a candidate of that many replicas or more more tightly -- it is that
         context's."""
-        replicas = sum(n for _, n in cand)
-        shards = replicas if self.scorer.zero1_for(replicas) else 1
-        return (all(s.zero_shards <= shards for s, _ in cand)
-                and (below is None or replicas < below))
+        return self.context_takes(max(s.zero_shards for s, _ in cand),
+                                  sum(n for _, n in cand), below)
+
+    def context_takes(self, shards: int, replicas: int, below: int | None) -> bool:
+        """Whether the memory context of ``shards`` ZeRO shards (the next one's ``below``)
+        takes a candidate of ``replicas``: at least that many shards, fewer than
+        ``below``."""
+        zero1 = self.scorer.zero1_for(replicas)
+        return shards <= (replicas if zero1 else 1) and (below is None or replicas < below)
 
     def _candidates(
         self, groups: Sequence[int], bucket: int, shards: int, below: int | None = None
