@@ -11,7 +11,7 @@ import pytest
 from polychip.costmodel import CostModel
 from polychip.planner.assign import assign
 from polychip.planner.bounds import most_replicas
-from polychip.planner.caps import LayerCaps
+from polychip.planner.caps import LayerCaps, line_error
 from polychip.planner.samples import random_case
 from polychip.planner.scoring import Scorer
 from polychip.planner.search import EXACT_SHORTLIST, FastSearch
@@ -82,22 +82,54 @@ def test_a_context_skipped_for_its_replicas_has_no_candidate(seed: int) -> None:
                     and search.estimator.pipeline_s(c) is not None]
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_bracketed_memory_caps_equal_a_plain_bisection(seed: int) -> None:
-    """Caps found with their neighbours' brackets, in a random order of contexts, equal the
-    most layers that fit by a plain search."""
+def _random_context(rng: random.Random, cluster) -> tuple:
+    """(group, tp, micro-batch, first, last, recompute, in flight, shards): in flight up to
+    GPipe's hundreds."""
+    return (rng.randrange(len(cluster.groups)), rng.choice([1, 2]), rng.choice([1, 2, 4]),
+            rng.random() < 0.3, rng.random() < 0.3, rng.random() < 0.5,
+            rng.choice([rng.randint(1, 8), rng.randint(9, 512)]), rng.choice([1, 2, 8, 64]))
+
+
+def _memory(cm: CostModel, args: tuple, n: int) -> int:
+    g, tp, mb, first, last, rec, flight, shards = args
+    return cm.stage_memory(cm.cluster.groups[g].chip, n, tp, mb, first=first, last=last,
+                           in_flight=flight, recompute=rec, zero_shards=shards).total
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_memory_caps_equal_a_plain_search(seed: int) -> None:
+    """Caps -- decided by the memory line where it is clear of the capacity, else walked
+    with memory checks -- in a random order of contexts, equal the most layers that fit by
+    a plain search; both ways are taken."""
     cluster, model, job = random_case(seed, 16)
     cm = CostModel(cluster, model, job)
     caps, rng = LayerCaps(cm), random.Random(seed)
-    for _ in range(200):
-        g = rng.randrange(len(cluster.groups))
-        chip, tp = cluster.groups[g].chip, rng.choice([1, 2])
-        args = (g, tp, rng.choice([1, 2, 4]), rng.random() < 0.3, rng.random() < 0.3,
-                rng.random() < 0.5, rng.randint(1, 8), rng.choice([1, 2, 8, 64]))
-        want = max([n for n in range(model.num_layers + 1) if cm.stage_memory(
-            chip, n, tp, args[2], first=args[3], last=args[4], in_flight=args[6],
-            recompute=args[5], zero_shards=args[7]).total <= chip.memory_bytes], default=0)
+    walked = 0
+    for _ in range(300):
+        args = _random_context(rng, cluster)
+        want = max([n for n in range(model.num_layers + 1)
+                    if _memory(cm, args, n) <= cluster.groups[args[0]].chip.memory_bytes],
+                   default=0)
+        before = len(caps._memory)
         assert caps.cap(*args) == want
+        walked += len(caps._memory) > before
+    assert 0 < walked < 300 // 2  # mostly decided by the line alone
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_memory_line_is_within_its_error_bound(seed: int) -> None:
+    """`caps.line_error` bounds how far the line through three stage memories is from the
+    stage memory, at every layer count from one on: what lets the line alone decide a cap."""
+    cluster, model, job = random_case(seed, 16)
+    cm = CostModel(cluster, model, job)
+    caps, rng = LayerCaps(cm), random.Random(seed)
+    for _ in range(60):
+        args = _random_context(rng, cluster)
+        fixed, per_layer = caps._line_at(args[:6], args[6], args[7])
+        capacity = cluster.groups[args[0]].chip.memory_bytes
+        for n in range(1, model.num_layers + 1):
+            off = abs(fixed + n * per_layer - _memory(cm, args, n))
+            assert off <= line_error(n, args[6], capacity) / 4  # a 4x margin to spare
 
 
 @pytest.mark.parametrize("seed", [19, 28])

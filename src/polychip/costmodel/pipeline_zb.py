@@ -59,9 +59,11 @@ class ZeroBubbleForm:
         worst = [0.0] * (n + 1)  # by window w >= 2: the slowest round trip over w stages
         for s in range(n):
             trip = f[s] + b[s] + w[s]
-            for u in range(s + 1, n):
+            for u in range(s + 1, n):  # (comparisons, not max(): a planner's hot loop)
                 trip += f[u] + b[u] + 2 * link_s[u - 1]
-                worst[u - s + 1] = max(worst[u - s + 1], trip / (u - s + 1))
+                per = trip / (u - s + 1)
+                if per > worst[u - s + 1]:
+                    worst[u - s + 1] = per
         beats = [max(link_s, default=0.0)]
         for k in range(1, n + 1):
             beats.append(max(beats[-1], worst[k]))

@@ -148,13 +148,14 @@ def _block(order: str, p: int, d: int, pp: int, dp: int) -> int:
 def _distinct(cm: CostModel, devices, tp: int, pp: int, dp: int, order: str,
               batches: list[int]) -> list[int]:
     """The first replica of each chip sequence (node group of each stage, the kind of link
-    into it) and batch: the ones the quick check looks at, found without building any."""
+    into it) and batch: the ones the quick check looks at, found without building any. The
+    kind of link into a stage depends only on the two groups and whether the stage shares
+    the previous one's node (`links.node_link`): that flag stands for it here."""
     group_of = [n.group.index for n in cm.nodes]
     seen: dict[tuple, int] = {}
     for d in range(dp):
         nodes = [devices[_block(order, p, d, pp, dp) * tp][0] for p in range(pp)]
-        key = tuple((group_of[n], p > 0 and cm.link(nodes[p - 1], n)[0])
-                    for p, n in enumerate(nodes))
+        key = tuple((group_of[n], p > 0 and nodes[p - 1] == n) for p, n in enumerate(nodes))
         seen.setdefault((key, batches[d]), d)
     return list(seen.values())
 

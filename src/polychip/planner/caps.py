@@ -4,9 +4,14 @@ A stage's cap depends on its node group, TP degree, micro-batch size, whether it
 first or last stage, recompute, the micro-batches it holds in flight and the replicas its
 optimizer state is sharded over (ZeRO-1). It is the largest n whose cost-model stage memory
 (`CostModel.stage_memory`, the one memory formula) fits the chip. Memory never shrinks with
-more layers, so checking that n fits and n + 1 does not proves it: n is first guessed from
-a straight line through three stage memories per context (layers, in flight), and the
-guess walked to the cap -- usually two memory checks a cap.
+more layers, so checking that n fits and n + 1 does not proves it.
+
+The stage memory is a straight line in the layers (from one on), the micro-batches in
+flight and 1 / shards, each term truncated to whole bytes (`memory.stage_memory`): the line
+through three stage memories per context (`_line`) is off by at most a few bytes per layer
+and micro-batch in flight (`line_error`). Where the line puts n and n + 1 each farther than
+that from the chip's capacity, it alone decides the cap; else the guess is walked to the cap
+with memory checks (tests/planner/test_scale.py holds both to a plain search).
 """
 
 from __future__ import annotations
@@ -18,6 +23,15 @@ from polychip.costmodel import CostModel
 from polychip.costmodel.memory import MemoryBreakdown
 
 Context = tuple[int, int, int, bool, bool, bool]  # group, tp, micro-batch, first, last, rec
+
+
+def line_error(layers: int, in_flight: int, capacity: int) -> float:
+    """Bytes the line (`LayerCaps._line`) may be off the stage memory at up to `layers`
+    layers: each of the three memories it is drawn through truncates five terms (< 1 byte
+    each), so each slope is off by < 2 bytes, the activations' per layer and per
+    micro-batch in flight; a generous 16 bytes per (layer + 2) x (in flight + 1), and
+    float round-off far below 1e-9 of the capacity."""
+    return 16.0 * (layers + 2) * (in_flight + 1) + 1e-9 * capacity
 
 
 class LayerCaps:
@@ -35,12 +49,19 @@ class LayerCaps:
         if hit is not None:
             return hit
         ctx = key[:6]
-        memory, capacity = self._memory_of(ctx), self.cm.cluster.groups[group].chip.memory_bytes
+        capacity = self.cm.cluster.groups[group].chip.memory_bytes
+        fixed, per_layer = self._line_at(ctx, in_flight, shards)
+        n = self._guess(fixed, per_layer, capacity)
+        err = line_error(n + 1, in_flight, capacity)
+        if ((n == 0 or fixed + n * per_layer <= capacity - err)
+                and (n == self.num_layers or fixed + (n + 1) * per_layer > capacity + err)):
+            self._caps[key] = n  # the line is clear of the capacity at n and n + 1
+            return n
+        memory = self._memory_of(ctx)
 
         def fits(n: int) -> bool:
             return memory(n, in_flight, shards).total <= capacity
 
-        n = self._guess(ctx, in_flight, shards)
         if n >= 1 and not fits(n):
             n -= 1
             while n >= 1 and not fits(n):
@@ -51,18 +72,20 @@ class LayerCaps:
         self._caps[key] = n
         return n
 
-    def _guess(self, ctx: Context, in_flight: int, shards: int) -> int:
-        """The cap the straight line through the context's memory predicts, in [0, L]."""
+    def _line_at(self, ctx: Context, in_flight: int, shards: int) -> tuple[float, float]:
+        """The context's stage memory as `fixed + n * per_layer` bytes (n >= 1 layers)."""
         line = self._lines.get(ctx)
         if line is None:
             line = self._lines[ctx] = self._line(ctx)
         wg, d_wg, opt, d_opt, block, ends, rest = line
         fixed = rest + wg - d_wg + (opt - d_opt) / shards + in_flight * ends
-        per_layer = d_wg + d_opt / shards + in_flight * block
-        chip = self.cm.cluster.groups[ctx[0]].chip
+        return fixed, d_wg + d_opt / shards + in_flight * block
+
+    def _guess(self, fixed: float, per_layer: float, capacity: int) -> int:
+        """The cap the line predicts, in [0, L]."""
         if per_layer <= 0:
             return self.num_layers
-        n = (chip.memory_bytes - fixed) / per_layer
+        n = (capacity - fixed) / per_layer
         return min(max(math.floor(n), 0), self.num_layers) if math.isfinite(n) else 0
 
     def _memory_of(self, ctx: Context) -> Callable[[int, int, int], MemoryBreakdown]:

@@ -144,19 +144,18 @@ def split_layers(
     num_stages = len(costs)
     if num_stages == 0 or num_stages > num_layers:
         return None
-    if max(c[1] for c in costs) == INF:
-        return None
-    if sum(_caps(costs, BIG, num_layers)) < num_layers:
+    one = max(c[1] for c in costs)  # the dearest stage holding one layer
+    loose = _caps(costs, BIG, num_layers)  # every finite entry
+    if one == INF or sum(loose) < num_layers:
         return None
     # Sum over stages of caps(beta) counts the (stage, n) entries <= beta, so the smallest
     # feasible bottleneck is the num_layers-th smallest entry (or some stage's first layer).
-    start = max(_kth_entry(costs, num_layers), max(c[1] for c in costs), floor)  # below the
-    # floor, bottlenecks tie
+    start = max(_kth_entry(costs, num_layers), one, floor)  # below the floor, bottlenecks tie
     first = _min_sum(costs, _caps(costs, start, num_layers), num_layers)
     assert first is not None
     if weight == INF and first.beat_s(floor, window) == max(floor, first.bottleneck_s):
         return first  # the least bottleneck, and its window does not bind
-    free = _min_sum(costs, _caps(costs, BIG, num_layers), num_layers)
+    free = _min_sum(costs, loose, num_layers)
     assert free is not None
     # No split has a beat below `least` nor a sum below free's: if free's beat is `least`,
     # free is optimal for every weight.

@@ -104,6 +104,7 @@ class ShapeBuilder:
         self._template_rows: dict[tuple, tuple] = {}
         self._ready: dict[tuple, tuple[float, ...]] = {}
         self._forms: dict[tuple, PipelineForm | ZeroBubbleForm] = {}
+        self._flight_rows: dict[tuple[int, int | None], list[int]] = {}
 
     # ---- shapes ---------------------------------------------------------------------------
     def build(
@@ -184,24 +185,26 @@ class ShapeBuilder:
         if hit is not None:
             return hit
         stages = template_stages(template)
-        num = len(stages)
-        many = micro_batches is None
-        m_mem = 10**9 if many else micro_batches
-        rows, norec, rkeys = [], [], []
-        one_flight = self.schedule == "gpipe" and many  # GPipe memory grows with m: the
-        # batch split caps m (`_gpipe_limit`)
-        for i, (g, t) in enumerate(stages):
-            first, last = i == 0, i == num - 1
-            flight = 1 if one_flight else in_flight_micro_batches(
-                self.schedule, i, num, m_mem, self.virtual_stages)
-            hit = self.table.stage_row(g, t, mb, first, last, flight, shards)
-            rows.append(hit[0])
-            norec.append(hit[1])
-            rkeys.append(hit[2])
-        out = (rows, norec, tuple(rkeys))
+        out = self.table.rows_of(stages, mb, self._flights(len(stages), micro_batches), shards)
         if keep:
             self._template_rows[ckey] = out
         return out
+
+    def _flights(self, num: int, micro_batches: int | None) -> list[int]:
+        """Per stage of a pipeline of `num` stages, the micro-batches it holds in flight
+        (`memory.in_flight_micro_batches`; many micro-batches: GPipe's one, as the batch
+        split caps m by memory, `_gpipe_limit`), cached."""
+        key = (num, micro_batches)
+        hit = self._flight_rows.get(key)
+        if hit is None:
+            if self.schedule == "gpipe" and micro_batches is None:
+                hit = [1] * num
+            else:
+                m = 10**9 if micro_batches is None else micro_batches
+                hit = [in_flight_micro_batches(self.schedule, i, num, m, self.virtual_stages)
+                       for i in range(num)]
+            self._flight_rows[key] = hit
+        return hit
 
     def _split(
         self, rows: list[list[float]], links: list[float], weight: float

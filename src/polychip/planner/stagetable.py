@@ -79,6 +79,21 @@ class StageTable:
         hit = self._contexts[ctx] = (row, cap0, rkey)
         return hit
 
+    def rows_of(self, stages: list[tuple[int, int]], mb: int, flights: list[int], shards: int
+                ) -> tuple[list[list[float]], list[int], tuple[tuple, ...]]:
+        """`stage_row` of every stage of a pipeline ((group, TP) per stage, the
+        micro-batches each holds in flight): the rows, plain caps and row keys."""
+        rows, norec, rkeys = [], [], []
+        contexts, last = self._contexts, len(stages) - 1
+        for i, (g, t) in enumerate(stages):
+            hit = contexts.get((g, t, mb, i == 0, i == last, flights[i], shards))
+            if hit is None:
+                hit = self.stage_row(g, t, mb, i == 0, i == last, flights[i], shards)
+            rows.append(hit[0])
+            norec.append(hit[1])
+            rkeys.append(hit[2])
+        return rows, norec, tuple(rkeys)
+
     def link_times(self, template: Template, mb: int) -> list[float]:
         """Seconds to pass one micro-batch's activations across each stage boundary, in
         canonical placement."""
