@@ -14,6 +14,7 @@ from polychip.costmodel.compute import INTRA_NODE_LATENCY_S
 from polychip.plan.segments import cut_layers, head_params, tied_copy
 from polychip.planner.scoring import first_stage_params, sync_bytes_per_param
 from polychip.planner.shapes import Shape
+from polychip.planner.space import canonical_slots
 
 Classes = Sequence[tuple[Shape, int]]
 ROUND_OFF = 1e-9  # relative slack for float round-off in bounds
@@ -26,6 +27,7 @@ class Estimator:
         self.cluster, self.model = self.cm.cluster, self.cm.model
         self._allreduce: dict[tuple, float] = {}
         self._floors: dict[tuple, tuple[Shape, float]] = {}
+        self._nodes: dict[tuple, tuple[tuple[int, int], ...]] = {}
         self.layer_params = self.model.layer_params
 
     def pipeline_s(self, classes: Classes) -> float | None:
@@ -71,7 +73,8 @@ class Estimator:
         reduce dtype; under ZeRO-1 half of it in the reduce dtype (the gradients'
         reduce-scatter), half in the compute dtype (the parameters' all-gather). Stages
         whose layers are cut differently wait on each other's syncs, which a per-device
-        sum leaves out."""
+        sum leaves out. Stages of a class that share a node in canonical placement take
+        turns at its NIC, as the cost model's syncs do."""
         replicas = sum(n for _, n in classes)
         if replicas <= 1:
             return 0.0
@@ -98,11 +101,24 @@ class Estimator:
                  for si, before in enumerate(self.builder.ready_s(s) if overlap
                                              else (0.0,) * s.num_stages)}
 
+        # a sync through a node's NIC waits for the syncs through it before
+        # (`gradsync.exposed_sync_s`): the stages of a class that share a node in canonical
+        # placement, where their group's chips do not all fit one node
+        nics = {(ci, si): (ci, node) for ci, (s, _) in enumerate(classes)
+                for si, node in enumerate(self._stage_nodes(s)) if not per_node[node[0]][1]}
+        nic_free: dict[tuple, float] = {}
+
         def sync(stages: Sequence[int], seconds: float) -> None:
             held = list(enumerate(stages))  # (class, stage) holding the segment
-            done = max(ready[h] for h in held) + seconds
+            start = max(ready[h] for h in held)
+            for h in held:
+                if h in nics:
+                    start = max(start, nic_free.get(nics[h], start))
+            done = start + seconds
             for h in held:
                 ready[h] = done
+                if h in nics:
+                    nic_free[nics[h]] = done
 
         per_stages = [(n, s.stage_groups) for s, n in classes]
         pipelined = any(len(ps) > 1 for _, ps in per_stages)
@@ -115,6 +131,17 @@ class Estimator:
         sync([0] * len(classes), allreduce([(*ps[0], n) for n, ps in per_stages],
                                            self.model.embedding_params))
         return max(0.0, *ready.values())
+
+    def _stage_nodes(self, shape: Shape) -> tuple[tuple[int, int], ...]:
+        """Per stage of the shape, its node in canonical placement: (group, node offset)."""
+        hit = self._nodes.get(shape.template)
+        if hit is None:
+            groups = [seg.group for seg in shape.template for _ in range(seg.num_stages)]
+            hit = self._nodes[shape.template] = tuple(
+                (g, off) for g, (off, _) in zip(groups, canonical_slots(self.cluster,
+                                                                        shape.template),
+                                                 strict=True))
+        return hit
 
     def _hierarchical_s(self, holders: list[tuple[int, int, int]], params: int,
                         per_node: dict[int, tuple[int, bool]], zero1: bool) -> float:
