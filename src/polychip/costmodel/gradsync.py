@@ -12,8 +12,9 @@ and share what they cross -- a NIC side among the hops crossing it, a chip's lin
 its own hops -- equally; the step lasts as long as its slowest hop; steps follow each other.
 The simulator replays the same hops (`simulator/collectives.py`) with the NIC shares
 recomputed as flows come and go: alone, they agree to round-off; syncs of stages sharing a
-node take turns at its NIC here (`exposed_sync_s`), where the replay shares it. The cost model prices
-them from one piece, cached by how the holders sit (`piecesync.py`: the same floats).
+node take turns at its NIC here (`exposed_sync_s`), where the replay shares it. The cost
+model prices them from one piece, cached by how the holders sit (`piecesync.py`: the same
+floats).
 """
 
 from __future__ import annotations
