@@ -124,15 +124,16 @@ def exposed_sync_s(cm: CostModel, classes: ReplicaClasses, segments: Sequence[Se
         if len(seg.holders) > 1:
             held = {(classes.class_of[ri], si) for ri, si in seg.holders}
             nodes = {replicas[ri].stages[si].node for ri, si in seg.holders}
+            if len(nodes) == 1:
+                nodes.clear()  # one node: its rings stay inside it, off the NIC
             start = max(ready[h] for h in held)
-            if len(nodes) > 1:  # its rings cross these nodes' NICs: after the syncs there
-                start = max(start, max(nic_free.get(n, start) for n in nodes))
+            for n in nodes:  # its rings cross these NICs: it starts after the syncs there
+                start = max(start, nic_free.get(n, start))
             done = start + segment_sync_s(cm, replicas, seg, zero1)
             for h in held:
                 ready[h] = done
-            if len(nodes) > 1:
-                for n in nodes:
-                    nic_free[n] = done
+            for n in nodes:
+                nic_free[n] = done
     return max(0.0, max(ready.values(), default=0.0) - pipeline_s)
 
 
